@@ -1,0 +1,234 @@
+"""
+The seams between layers, as C{typing.Protocol}s.
+
+The mover (L{realize.services.mover}) talks to a L{Store}: a local arena
+store served in-process (L{realize.storage.real.LocalStore}), an in-memory
+fake (L{realize.storage.memory.MemoryStore}) or a remote daemon over AMP
+(L{realize.net.client.RemoteStore}).  All of them implement the same
+methods with the same errors (L{realize.errors}), so the mover does not
+know which it talks to.
+
+Bulk data moves as async iterables of chunks (C{bytes}, at most
+L{realize.net.commands.CHUNK_SIZE} long): the consumer pulls, so
+back-pressure is the consumer not asking for more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from typing import Any, Protocol, TypeVar
+
+from attrs import frozen
+from twisted.internet.defer import Deferred
+
+from realize.model import ArenaName, FileInfo
+
+__all__ = [
+    "FileState",
+    "ReadStream",
+    "RunInThread",
+    "Store",
+    "WriteResult",
+]
+
+T = TypeVar("T")
+
+
+class RunInThread(Protocol):
+    """
+    Run a blocking function in a thread pool and get its result in the
+    reactor thread (e.g. C{functools.partial(deferToThreadPool, reactor,
+    pool)}).
+    """
+
+    def __call__(
+        self, f: Callable[..., T], /, *args: Any, **kwargs: Any
+    ) -> Deferred[T]: ...
+
+
+@frozen
+class FileState:
+    """
+    What a read or hash saw of a file.
+
+    @ivar leaves: Merkle leaf digests (L{realize.hashing}) of the hashed
+        range, starting at its leaf-aligned start; empty if no hash was
+        asked for.
+    @ivar size: the file's size in bytes when the operation ended.
+    @ivar mtime_ns: the file's mtime in ns when the operation ended.
+    """
+
+    leaves: tuple[bytes, ...]
+    size: int
+    mtime_ns: int
+
+
+@frozen
+class WriteResult:
+    """
+    The outcome of L{Store.write}.
+
+    @ivar leaves: Merkle leaves of C{[align_down(start), end)} of the
+        partial file after the write, if asked for.
+    @ivar finished: whether the file was verified and finished (only when
+        a C{finish_root} was given).
+    """
+
+    leaves: tuple[bytes, ...]
+    finished: bool = False
+
+
+class ReadStream(Protocol):
+    """
+    Data of a L{Store.read}: iterate for chunks, then await L{result}.
+
+    Iteration raises the store's error if reading fails.  Call L{cancel}
+    to stop early (e.g. because the consumer failed); the stream then ends
+    and frees what it holds.
+    """
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def result(self) -> FileState:
+        """
+        @return: hashes and state of the file at the end of the read;
+            only valid after the iteration ended.
+        """
+
+    def cancel(self) -> None: ...
+
+
+class Store(Protocol):
+    """
+    The store commands of DESIGN.md section 5, for one peer.
+
+    L{read} acts on the final file of a path if there is one, else on the
+    partial; L{hash}, L{write} and L{truncate} act on the partial if there
+    is one, else on the final (writing turns a final file into a partial
+    first).
+
+    Paths are final paths (L{realize.model.check_path}); the partial file
+    of a path is an implementation detail of the store.  Methods raise the
+    errors of L{realize.errors}: L{NotFound}, L{InvalidPath},
+    L{Unauthorized}, L{PermissionDenied}, L{NoSpace}, L{IOFailure},
+    L{Conflict}, L{NetworkError}.
+    """
+
+    def describe(self) -> str:
+        """
+        @return: the peer for messages, e.g. C{"b (10.0.0.2:9771)"} or
+            C{"local:/srv/data"}.
+        """
+
+    async def arenas(self) -> list[ArenaName]:
+        """
+        @return: the arenas the caller may use.
+        """
+
+    async def list_files(self, arena: ArenaName) -> list[FileInfo]:
+        """
+        @return: the regular files of the arena, finals and partials (a
+            partial has C{partial=True} and the path of its final file).
+            Symlinks, devices, sockets and empty directories are not
+            listed.
+        """
+
+    def read(
+        self,
+        arena: ArenaName,
+        path: str,
+        start: int,
+        end: int,
+        *,
+        hash_from: int | None = None,
+    ) -> ReadStream:
+        """
+        Stream the bytes C{[start, end)} of a file: the final file if there
+        is one, else the partial.
+
+        @param hash_from: if given, a multiple of
+            L{realize.hashing.LEAF_SIZE} not above C{start}: the store also
+            computes the Merkle leaves of C{[hash_from, end)} while reading,
+            in one sequential pass (the bytes before C{start} are read and
+            hashed, not sent).  The source of a move passes 0, so that it
+            reads and hashes each file exactly once.
+        """
+
+    async def write(
+        self,
+        arena: ArenaName,
+        path: str,
+        start: int,
+        end: int,
+        file_size: int,
+        data: AsyncIterable[bytes],
+        *,
+        hash: bool = False,
+        finish_root: bytes | None = None,
+        mtime_ns: int | None = None,
+    ) -> WriteResult:
+        """
+        Write C{[start, end)} of the partial file from C{data}.
+
+        A final file is turned back into a partial first; writing past the
+        end extends with zeros; when C{end == file_size} the file is
+        truncated to C{file_size}.
+
+        @param data: exactly C{end - start} bytes in chunks; fewer raises
+            L{Conflict}.
+        @param hash: return the leaves of C{[align_down(start), end)}.
+        @param finish_root: if given and C{end == file_size}, the store
+            hashes the whole file and, if its Merkle root equals this one,
+            finishes it (as L{finish}, durably, with C{mtime_ns}) before
+            answering.
+        @param mtime_ns: mtime to give the file when finishing it.
+        """
+
+    async def truncate(self, arena: ArenaName, path: str, size: int) -> None:
+        """
+        Truncate or extend the partial file (a final file becomes partial).
+        """
+
+    async def finish(
+        self, arena: ArenaName, path: str, mtime_ns: int | None = None
+    ) -> None:
+        """
+        Turn the partial file into the final one, durably: its data is on
+        disk before the rename and the rename before this returns.  A no-op
+        if the file is already final.
+
+        @param mtime_ns: mtime to set before the rename, or C{None}.
+        @raise NotFound: if there is neither a partial nor a final file.
+        """
+
+    async def delete(
+        self,
+        arena: ArenaName,
+        path: str,
+        *,
+        size: int | None = None,
+        mtime_ns: int | None = None,
+    ) -> None:
+        """
+        Delete the final and the partial file of a path; succeeds if there
+        is none.  Directories left empty are removed, up to the arena root.
+
+        @param size: if given with C{mtime_ns}, delete the final file only
+            if it still has this size and mtime.
+        @raise Conflict: if the final file changed.
+        """
+
+    async def hash(
+        self, arena: ArenaName, path: str, start: int, end: int
+    ) -> FileState:
+        """
+        Merkle leaves of C{[start, min(end, size))} of the file (the
+        partial if it exists, else the final).
+
+        @param start: a multiple of L{realize.hashing.LEAF_SIZE}.
+        """
+
+    async def close(self) -> None:
+        """
+        Release connections and threads.
+        """
