@@ -1,0 +1,587 @@
+"""
+The connection: a framing layer under AMP that also carries bulk data.
+
+AMP values are limited to 65,535 bytes and AMP's parsing costs per byte
+(DESIGN.md section 5 measured ~215 MB/s for a stream of AMP boxes over TLS
+against ~550 MB/s for bare TLS).  So every message on the TLS connection is
+a I{frame}::
+
+    kind (1 byte) | stream id (4 bytes) | length (4 bytes) | payload
+
+all big-endian.  Kinds:
+
+    - C{BOX} (0): the payload is bytes of the AMP box stream; the stream
+      id is 0.
+    - C{WRITE_DATA} (1): a chunk of the data of a command the sender
+      called (Write): the caller allocated the stream id.
+    - C{WRITE_END} (2): end of such a stream; the payload is one byte, 0
+      for complete, 1 for aborted by the sender.
+    - C{READ_DATA} (3): a chunk of data answering a command the receiver
+      called (Read, List): the receiver allocated the stream id.
+    - C{READ_CANCEL} (4): the caller of a Read no longer wants its data.
+
+Frames are ordered on the connection, so the data of a Read is complete
+when its AMP answer arrives, and the data of a Write cannot arrive before
+the Write command.  Data payloads are at most L{MAX_DATA_FRAME} bytes, box
+payloads at most L{MAX_BOX_FRAME}; a larger frame or an unknown kind drops
+the connection.  Data for an unknown stream id is discarded (the stream
+was abandoned, e.g. because its command failed).
+
+Back-pressure: the connection registers as a streaming producer on its
+transport; senders of data wait on L{Connection.writable} while the
+transport is paused.  Received data waits in an L{Inbox} per stream; while
+any inbox holds more than L{Inbox.HIGH} bytes, the connection stops reading
+from its transport, so neither side buffers more than a bounded window.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from realize.errors import BadRequest, Conflict, NetworkError
+from realize.model import CHUNK_SIZE, FileInfo, PeerId
+from realize.net.tls import auth_log, fingerprint, peer_spki
+
+__all__ = [
+    "BOX",
+    "READ_CANCEL",
+    "READ_DATA",
+    "WRITE_DATA",
+    "WRITE_END",
+    "Connection",
+    "Inbox",
+    "decode_entries",
+    "encode_entries",
+]
+
+log = Logger()
+
+BOX = 0
+WRITE_DATA = 1
+WRITE_END = 2
+READ_DATA = 3
+READ_CANCEL = 4
+
+_HEADER = struct.Struct("!BII")
+_HEADER_SIZE = _HEADER.size
+
+#: Largest data frame payload, in bytes.
+MAX_DATA_FRAME = CHUNK_SIZE
+
+#: Largest box frame payload, in bytes (an AMP box carrying the Merkle
+#: leaves of a 2 TiB file).
+MAX_BOX_FRAME = 64 << 20
+
+_END_OK = b"\x00"
+_END_ABORT = b"\x01"
+
+_ENTRY = struct.Struct("!HQqB")
+
+
+def encode_entries(
+    entries: Iterable[FileInfo], limit: int = CHUNK_SIZE
+) -> Iterable[bytes]:
+    """
+    Encode file entries for the data frames of a List.
+
+    Each entry is C{path length (u16) | size (u64) | mtime ns (i64) | flags
+    (u8, bit 0: partial) | path (UTF-8)}.
+
+    @param entries: the entries.
+    @param limit: largest chunk, in bytes.
+    @return: chunks of whole entries, each at most C{limit} bytes.
+    """
+    parts: list[bytes] = []
+    size = 0
+    for entry in entries:
+        path = entry.path.encode("utf-8")
+        encoded = (
+            _ENTRY.pack(len(path), entry.size, entry.mtime_ns, entry.partial) + path
+        )
+        if size + len(encoded) > limit and parts:
+            yield b"".join(parts)
+            parts, size = [], 0
+        parts.append(encoded)
+        size += len(encoded)
+    if parts:
+        yield b"".join(parts)
+
+
+def decode_entries(chunk: bytes) -> list[FileInfo]:
+    """
+    Decode a chunk made by L{encode_entries}.
+
+    @param chunk: the bytes of whole entries.
+    @return: the entries.
+    @raise BadRequest: if the chunk is malformed.
+    """
+    entries = []
+    offset = 0
+    end = len(chunk)
+    try:
+        while offset < end:
+            length, size, mtime_ns, flags = _ENTRY.unpack_from(chunk, offset)
+            offset += _ENTRY.size
+            if offset + length > end:
+                raise BadRequest("truncated file entry in listing")
+            path = chunk[offset : offset + length].decode("utf-8")
+            offset += length
+            entries.append(FileInfo(path, size, mtime_ns, bool(flags & 1)))
+    except (struct.error, UnicodeDecodeError) as e:
+        raise BadRequest(f"malformed file entry in listing: {e}") from None
+    return entries
+
+
+class Inbox:
+    """
+    Chunks received for one stream, waiting for their consumer: an async
+    iterator of C{bytes} that ends at the end of the stream and raises
+    the stream's error if it failed.
+
+    @cvar HIGH: bytes held above which the connection stops reading.
+    @cvar LOW: bytes held below which it reads again.
+    """
+
+    HIGH = 4 * CHUNK_SIZE
+    LOW = 2 * CHUNK_SIZE
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        self._chunks: deque[bytes] = deque()
+        self._held = 0
+        self._over = False
+        self._waiter: Deferred[None] | None = None
+        self._closed = False
+        self._error: BaseException | None = None
+        self.received = 0
+
+    def put(self, chunk: bytes) -> None:
+        """
+        Add a chunk received from the network.
+        """
+        if self._closed:
+            return
+        self._chunks.append(chunk)
+        self._held += len(chunk)
+        self.received += len(chunk)
+        if not self._over and self._held > self.HIGH:
+            self._over = True
+            self._connection._inbox_full(+1)
+        self._wake()
+
+    def close(self, error: BaseException | None = None) -> None:
+        """
+        End the stream, after the chunks already held.
+
+        @param error: if given, the consumer gets it after those chunks.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._error = error
+        self._wake()
+
+    def discard(self) -> None:
+        """
+        Drop the stream: free what is held and ignore what comes.
+        """
+        self._chunks.clear()
+        self._held = 0
+        self._release()
+        if not self._closed:
+            self.close(Conflict("stream discarded"))
+
+    def _release(self) -> None:
+        if self._over:
+            self._over = False
+            self._connection._inbox_full(-1)
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            waiter.callback(None)
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while not self._chunks:
+            if self._closed:
+                if self._error is not None:
+                    raise self._error
+                raise StopAsyncIteration
+            self._waiter = Deferred()
+            await self._waiter
+        chunk = self._chunks.popleft()
+        self._held -= len(chunk)
+        if self._over and self._held < self.LOW:
+            self._release()
+        return chunk
+
+
+class _BoxTransport:
+    """
+    The transport AMP sees: what it writes becomes box frames.
+    """
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+
+    def write(self, data: bytes) -> None:
+        self._connection.send_frame(BOX, 0, data)
+
+    def writeSequence(self, data: Iterable[bytes]) -> None:
+        self.write(b"".join(data))
+
+    def loseConnection(self) -> None:
+        self._connection.close()
+
+    def abortConnection(self) -> None:
+        transport = self._connection.transport
+        if transport is not None:
+            transport.abortConnection()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._connection.transport, name)
+
+
+@implementer(IPushProducer, IHandshakeListener)
+class Connection(Protocol):
+    """
+    One peer connection over TLS: framing, streams and the AMP protocol.
+
+    @ivar amp: the AMP protocol running over box frames.
+    @ivar peer: the peer's id once the TLS handshake completed and its key
+        was found in the config; C{None} before.
+    @ivar handshake: fires with the peer id when the handshake completed,
+        or fails with the reason the connection was lost before that.
+    @ivar bytes_received: data bytes received in data frames.
+    @ivar bytes_sent: data bytes sent in data frames.
+    """
+
+    def __init__(
+        self,
+        locator: amp.CommandLocator,
+        lookup: Callable[[bytes], PeerId | None],
+    ) -> None:
+        self.amp = amp.AMP(locator=locator)
+        self.locator = locator
+        self._lookup = lookup
+        self.peer: PeerId | None = None
+        self.address = "?"
+        self.handshake: Deferred[PeerId] = Deferred()
+        self.lost: Deferred[None] = Deferred()
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self._header = b""
+        self._kind = -1
+        self._stream = 0
+        self._need = 0
+        self._parts: list[bytes] = []
+        self._next_stream = 1
+        self._incoming: dict[int, Inbox] = {}
+        self._reading: dict[int, Inbox] = {}
+        self._cancelled: set[int] = set()
+        self._paused = False
+        self._writable: list[Deferred[None]] = []
+        self._full_inboxes = 0
+        self._lost = False
+        self._registered = False
+
+    # -- connection lifecycle -------------------------------------------
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()
+        host = getattr(peer, "host", "?")
+        port = getattr(peer, "port", "?")
+        self.address = f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+        self.transport.registerProducer(self, True)
+        self._registered = True
+        self.amp.makeConnection(_BoxTransport(self))  # type: ignore[arg-type]
+
+    def handshakeCompleted(self) -> None:
+        spki = peer_spki(self.transport)
+        peer = self._lookup(spki) if spki is not None else None
+        if peer is None:
+            # Cannot happen with the verify callbacks of realize.net.tls.
+            auth_log.error(
+                "TLS handshake with {address} completed without a known key",
+                address=self.address,
+                accepted=False,
+            )
+            self.transport.abortConnection()
+            return
+        self.peer = peer
+        auth_log.info(
+            "authenticated {peer} at {address} ({fingerprint})",
+            peer=peer,
+            address=self.address,
+            fingerprint=fingerprint(spki or b""),
+            accepted=True,
+        )
+        self.handshake.callback(peer)
+
+    def close(self) -> None:
+        """
+        Close the connection cleanly: unregister as the transport's
+        producer (TLS does not shut down while a producer is registered),
+        then lose the connection.
+        """
+        transport = self.transport
+        if transport is None or self._lost:
+            return
+        if self._registered:
+            self._registered = False
+            transport.unregisterProducer()
+        transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = Failure(Exception("lost"))) -> None:  # noqa: B008
+        self._lost = True
+        error = NetworkError(
+            f"connection to {self.peer or self.address} lost: {_reason(reason)}"
+        )
+        for inbox in [*self._incoming.values(), *self._reading.values()]:
+            inbox.close(error)
+        self._incoming.clear()
+        self._reading.clear()
+        self._wake_writers()
+        if not self.handshake.called:
+            self.handshake.errback(reason)
+        self.amp.connectionLost(reason)
+        self.lost.callback(None)
+
+    # -- receiving -------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            if self._need == 0:
+                take = _HEADER_SIZE - len(self._header)
+                self._header += view[:take]
+                view = view[take:]
+                if len(self._header) < _HEADER_SIZE:
+                    return
+                kind, stream, length = _HEADER.unpack(self._header)
+                self._header = b""
+                limit = MAX_BOX_FRAME if kind == BOX else MAX_DATA_FRAME
+                if kind > READ_CANCEL or length > limit:
+                    log.warn(
+                        "dropping connection from {peer}: bad frame "
+                        "(kind {kind}, {length} bytes)",
+                        peer=self.peer or self.address,
+                        kind=kind,
+                        length=length,
+                    )
+                    self.transport.abortConnection()
+                    return
+                self._kind, self._stream = kind, stream
+                if length == 0:
+                    self._frame(b"")
+                    continue
+                self._need = length
+            take = min(self._need, len(view))
+            if take == self._need and not self._parts:
+                piece = bytes(view[:take])
+                self._need = 0
+                view = view[take:]
+                self._frame(piece)
+                continue
+            self._parts.append(bytes(view[:take]))
+            self._need -= take
+            view = view[take:]
+            if self._need == 0:
+                payload = b"".join(self._parts)
+                self._parts = []
+                self._frame(payload)
+            if self._lost:
+                return
+
+    def _frame(self, payload: bytes) -> None:
+        kind = self._kind
+        if kind == BOX:
+            if self.peer is None:
+                self.transport.abortConnection()
+                return
+            self.amp.dataReceived(payload)
+        elif kind == WRITE_DATA:
+            self.bytes_received += len(payload)
+            inbox = self._incoming.get(self._stream)
+            if inbox is not None:
+                inbox.put(payload)
+        elif kind == WRITE_END:
+            inbox = self._incoming.pop(self._stream, None)
+            if inbox is not None:
+                inbox.close(
+                    None
+                    if payload == _END_OK
+                    else Conflict("the sender aborted the write stream")
+                )
+        elif kind == READ_DATA:
+            self.bytes_received += len(payload)
+            inbox = self._reading.get(self._stream)
+            if inbox is not None:
+                inbox.put(payload)
+        elif kind == READ_CANCEL:
+            self._cancelled.add(self._stream)
+
+    # -- streams -----------------------------------------------------------
+
+    def new_stream(self) -> int:
+        """
+        @return: a fresh stream id for a command this side calls.
+        """
+        stream = self._next_stream
+        self._next_stream = (self._next_stream + 1) & 0xFFFFFFFF or 1
+        return stream
+
+    def open_reading(self, stream: int) -> Inbox:
+        """
+        Register the inbox of a command this side calls (Read, List),
+        before calling it.
+
+        @param stream: the stream id given to the command.
+        @return: the inbox; close it when the command answers.
+        """
+        inbox = Inbox(self)
+        if self._lost:
+            inbox.close(NetworkError("connection lost"))
+        else:
+            self._reading[stream] = inbox
+        return inbox
+
+    def close_reading(self, stream: int, error: BaseException | None = None) -> None:
+        """
+        The command of a reading stream answered: end its inbox.
+
+        @param error: the command's error, if it failed.
+        """
+        inbox = self._reading.pop(stream, None)
+        if inbox is not None:
+            inbox.close(error)
+
+    def cancel_reading(self, stream: int) -> None:
+        """
+        Abandon a reading stream: ask the responder to stop, drop the data.
+        """
+        inbox = self._reading.get(stream)
+        if inbox is not None:
+            inbox.discard()
+            self.send_frame(READ_CANCEL, stream, b"")
+
+    def open_incoming(self, stream: int) -> Inbox:
+        """
+        Register the inbox of a Write stream the other side called; done by
+        the responder synchronously, as the command is dispatched.
+
+        @raise BadRequest: if the stream id is in use.
+        """
+        if stream in self._incoming:
+            raise BadRequest(f"stream {stream} is already in use")
+        inbox = Inbox(self)
+        self._incoming[stream] = inbox
+        return inbox
+
+    def close_incoming(self, stream: int) -> None:
+        """
+        The responder is done with a Write stream: drop whatever else comes.
+        """
+        inbox = self._incoming.pop(stream, None)
+        if inbox is not None:
+            inbox.discard()
+
+    def is_cancelled(self, stream: int) -> bool:
+        """
+        @return: whether the caller cancelled this Read stream; forgets it.
+        """
+        if stream in self._cancelled:
+            self._cancelled.discard(stream)
+            return True
+        return False
+
+    # -- sending -----------------------------------------------------------
+
+    def send_frame(self, kind: int, stream: int, payload: bytes) -> None:
+        """
+        Send one frame (dropped silently if the connection is lost).
+        """
+        if self._lost:
+            return
+        transport = self.transport
+        if len(payload) <= 4096:
+            transport.write(_HEADER.pack(kind, stream, len(payload)) + payload)
+        else:
+            transport.write(_HEADER.pack(kind, stream, len(payload)))
+            transport.write(payload)
+
+    def send_data(self, kind: int, stream: int, data: bytes) -> None:
+        """
+        Send a chunk of a stream, split into frames of at most
+        L{MAX_DATA_FRAME} bytes.
+        """
+        self.bytes_sent += len(data)
+        if len(data) <= MAX_DATA_FRAME:
+            self.send_frame(kind, stream, data)
+            return
+        view = memoryview(data)
+        for offset in range(0, len(data), MAX_DATA_FRAME):
+            self.send_frame(kind, stream, bytes(view[offset : offset + MAX_DATA_FRAME]))
+
+    def end_write(self, stream: int, ok: bool) -> None:
+        """
+        End a Write stream this side called.
+        """
+        self.send_frame(WRITE_END, stream, _END_OK if ok else _END_ABORT)
+
+    def writable(self) -> Deferred[None] | None:
+        """
+        @return: C{None} if data may be sent now, else a Deferred that
+            fires when the transport wants more (or the connection is
+            lost).
+        """
+        if not self._paused or self._lost:
+            return None
+        d: Deferred[None] = Deferred()
+        self._writable.append(d)
+        return d
+
+    def _wake_writers(self) -> None:
+        waiters, self._writable = self._writable, []
+        for d in waiters:
+            d.callback(None)
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._wake_writers()
+
+    def stopProducing(self) -> None:
+        self._paused = True
+
+    def _inbox_full(self, delta: int) -> None:
+        before = self._full_inboxes
+        self._full_inboxes += delta
+        if self._lost or self.transport is None:
+            return
+        if before == 0 and self._full_inboxes > 0:
+            self.transport.pauseProducing()
+        elif before > 0 and self._full_inboxes == 0:
+            self.transport.resumeProducing()
+
+
+def _reason(reason: Failure) -> str:
+    value = reason.value
+    text = str(value) or type(value).__name__
+    return text
