@@ -1,0 +1,637 @@
+"""
+The move algorithm of C{realize-move} (DESIGN.md section 6).
+
+L{Mover.move} moves every final file of some arenas from a source store to
+a destination store (each local or remote: the mover only sees
+L{realize.interfaces.Store}).  For each file, concurrently with others
+within a byte budget (#sizegate):
+
+    1. Pair the source file with the destination's partial (or final) file
+       of the same path; a destination file longer than the source is
+       truncated.
+    2. Copy the bytes the destination lacks (from its size to the source's
+       size) as a stream, while the source reads and hashes the whole file
+       once, sequentially (#hasverification, #readopt).
+    3. Meanwhile ask the destination for the Merkle leaves of the whole
+       leaves it already held (#sizebeforehash); the write returns the
+       leaves of what it wrote.
+    4. Compare the leaves.  Differing leaves are repaired by a
+       L{Repairer} (a plain copy of the range; the delta repairer of
+       #rsync plugs in here) and compared again; a file still differing
+       is reported failed and its source kept.
+    5. Finish on the destination (durable), then Delete on the source,
+       only if the source still has the size and mtime it was listed
+       with: a source file that changed during the move is kept.
+
+Small files that the destination does not have go in one Write that
+verifies the root and finishes in the same call.
+
+Nothing is deleted at the source unless the destination holds a finished,
+verified copy.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Protocol
+
+from attrs import define, field, frozen
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.logger import Logger
+
+from realize.errors import (
+    Conflict,
+    NetworkError,
+    SideError,
+    describe,
+    is_retryable,
+)
+from realize.hashing import LEAF_SIZE, align_down, format_hash, merkle_root
+from realize.interfaces import FileState, ReadStream, Store
+from realize.model import CHUNK_SIZE, ArenaName, FileInfo
+
+__all__ = [
+    "BYTE_BUDGET",
+    "ByteBudget",
+    "CopyRepairer",
+    "NullObserver",
+    "Repairer",
+    "differing_ranges",
+    "MAX_FILES_IN_FLIGHT",
+    "FileResult",
+    "MoveObserver",
+    "MoveReport",
+    "Mover",
+]
+
+log = Logger(namespace="realize.move")
+
+#: Bytes of files in flight at once: many small files move together, large
+#: ones one or two at a time (#sizegate).
+BYTE_BUDGET = 32 << 20
+
+#: Files in flight at once, whatever their size.
+MAX_FILES_IN_FLIGHT = 128
+
+#: Files up to this size that the destination lacks go in a single Write
+#: that verifies and finishes them.
+SMALL_FILE = CHUNK_SIZE
+
+MOVED = "moved"
+FAILED = "failed"
+
+
+@frozen
+class FileResult:
+    """
+    The outcome of one file.
+
+    @ivar arena: its arena.
+    @ivar path: its path.
+    @ivar size: its size in bytes.
+    @ivar status: C{"moved"} or C{"failed"}.
+    @ivar copied: bytes sent to the destination for it.
+    @ivar root: its Merkle root when moved.
+    @ivar error: why it failed.
+    """
+
+    arena: ArenaName
+    path: str
+    size: int
+    status: str
+    copied: int = 0
+    root: bytes | None = None
+    error: BaseException | None = None
+
+
+@define
+class MoveReport:
+    """
+    The outcome of a move.
+
+    @ivar results: one per file attempted.
+    @ivar errors: errors that stopped a whole arena (listing failed, the
+        connection was lost).
+    """
+
+    results: list[FileResult] = field(factory=list)
+    errors: list[BaseException] = field(factory=list)
+
+    @property
+    def moved(self) -> list[FileResult]:
+        return [r for r in self.results if r.status == MOVED]
+
+    @property
+    def failed(self) -> list[FileResult]:
+        return [r for r in self.results if r.status == FAILED]
+
+    @property
+    def ok(self) -> bool:
+        """
+        @return: whether every file moved and no arena failed.
+        """
+        return not self.errors and not self.failed
+
+    @property
+    def retryable(self) -> bool:
+        """
+        @return: whether everything that went wrong was a network error.
+        """
+        failures = [*self.errors, *(r.error for r in self.failed)]
+        return bool(failures) and all(
+            e is not None and is_retryable(e) for e in failures
+        )
+
+
+class MoveObserver(Protocol):
+    """
+    Receives the progress of a move (for progress bars, logs, metrics).
+    """
+
+    def listed(self, arena: ArenaName, files: int, size: int) -> None:
+        """
+        The files to move of an arena are known.
+
+        @param files: number of files.
+        @param size: their total size in bytes.
+        """
+
+    def file_started(self, arena: ArenaName, path: str, size: int) -> None: ...
+
+    def transferred(self, arena: ArenaName, path: str, size: int) -> None:
+        """
+        @param size: bytes just sent to the destination for this file.
+        """
+
+    def file_done(self, result: FileResult) -> None: ...
+
+
+class NullObserver:
+    """
+    An observer that ignores everything.
+    """
+
+    def listed(self, arena: ArenaName, files: int, size: int) -> None:
+        pass
+
+    def file_started(self, arena: ArenaName, path: str, size: int) -> None:
+        pass
+
+    def transferred(self, arena: ArenaName, path: str, size: int) -> None:
+        pass
+
+    def file_done(self, result: FileResult) -> None:
+        pass
+
+
+class ByteBudget:
+    """
+    A counting semaphore of bytes and files, first come first served.
+
+    @ivar capacity: bytes available in all.
+    @ivar max_files: holders at once.
+    """
+
+    def __init__(self, capacity: int, max_files: int) -> None:
+        self.capacity = capacity
+        self.max_files = max_files
+        self._free = capacity
+        self._files = 0
+        self._waiting: deque[tuple[int, Deferred[None]]] = deque()
+
+    def weight(self, size: int) -> int:
+        """
+        @return: what a file of C{size} bytes takes, at least 1, at most
+            the capacity.
+        """
+        return max(1, min(size, self.capacity))
+
+    def acquire(self, weight: int) -> Deferred[None]:
+        """
+        @return: a Deferred that fires once C{weight} bytes are held.
+        """
+        d: Deferred[None] = Deferred()
+        self._waiting.append((weight, d))
+        self._pump()
+        return d
+
+    def release(self, weight: int) -> None:
+        self._free += weight
+        self._files -= 1
+        self._pump()
+
+    def _pump(self) -> None:
+        while self._waiting:
+            weight, d = self._waiting[0]
+            if weight > self._free or self._files >= self.max_files:
+                return
+            self._waiting.popleft()
+            self._free -= weight
+            self._files += 1
+            d.callback(None)
+
+
+class _Counted:
+    """
+    Wraps a source read stream: reports the bytes it yields, and turns its
+    errors into source-side errors.
+    """
+
+    def __init__(
+        self,
+        stream: ReadStream,
+        side: Callable[[BaseException], SideError],
+        on_chunk: Callable[[int], None],
+    ) -> None:
+        self._iterator = aiter(stream)
+        self._side = side
+        self._on_chunk = on_chunk
+        self.count = 0
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            chunk = await self._iterator.__anext__()
+        except StopAsyncIteration:
+            raise
+        except SideError:
+            raise
+        except Exception as e:
+            raise self._side(e) from e
+        self.count += len(chunk)
+        self._on_chunk(len(chunk))
+        return chunk
+
+
+class _Chunks:
+    """
+    An async iterator over chunks already in memory.
+    """
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self._chunks = iter(chunks)
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return next(self._chunks)
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+
+def differing_ranges(
+    source: Sequence[bytes], destination: Sequence[bytes], size: int
+) -> list[tuple[int, int]]:
+    """
+    Byte ranges whose Merkle leaves differ, adjacent ones merged.
+
+    @param source: the source's leaves of the whole file.
+    @param destination: the destination's leaves (possibly fewer).
+    @param size: the file's size in bytes.
+    @return: C{[(start, end), ...]} in bytes, sorted.
+    """
+    ranges: list[tuple[int, int]] = []
+    for index, leaf in enumerate(source):
+        if index < len(destination) and destination[index] == leaf:
+            continue
+        start = index * LEAF_SIZE
+        end = min(start + LEAF_SIZE, size)
+        if ranges and ranges[-1][1] == start:
+            ranges[-1] = (ranges[-1][0], end)
+        else:
+            ranges.append((start, end))
+    return ranges
+
+
+class Repairer(Protocol):
+    """
+    Makes a byte range of the destination file equal to the source's.
+    """
+
+    async def repair(
+        self,
+        mover: Mover,
+        arena: ArenaName,
+        info: FileInfo,
+        start: int,
+        end: int,
+    ) -> tuple[bytes, ...]:
+        """
+        @return: the destination's leaves of C{[start, end)} afterwards
+            (C{start} is leaf-aligned).
+        """
+
+
+class CopyRepairer:
+    """
+    Repairs a range by copying it again.
+    """
+
+    async def repair(
+        self,
+        mover: Mover,
+        arena: ArenaName,
+        info: FileInfo,
+        start: int,
+        end: int,
+    ) -> tuple[bytes, ...]:
+        return await mover.copy_range(arena, info, start, end)
+
+
+@define(eq=False)
+class Mover:
+    """
+    Moves files from one store to another.
+
+    @ivar source: where files come from.
+    @ivar destination: where they go.
+    @ivar observer: told about progress.
+    @ivar repairer: fixes differing ranges.
+    @ivar budget: bytes and files in flight.
+    """
+
+    source: Store
+    destination: Store
+    observer: MoveObserver = field(factory=NullObserver)
+    repairer: Repairer = field(factory=CopyRepairer)
+    budget: ByteBudget = field(
+        factory=lambda: ByteBudget(BYTE_BUDGET, MAX_FILES_IN_FLIGHT)
+    )
+    _broken: BaseException | None = field(default=None, init=False)
+
+    def _source_error(self, error: BaseException) -> SideError:
+        if isinstance(error, SideError):
+            return error
+        return SideError("source", self.source.describe(), error)
+
+    def _destination_error(self, error: BaseException) -> SideError:
+        if isinstance(error, SideError):
+            return error
+        return SideError("destination", self.destination.describe(), error)
+
+    async def move(self, arenas: Sequence[ArenaName]) -> MoveReport:
+        """
+        Move every final file of the arenas.
+
+        @param arenas: arena names, present on both sides.
+        @return: the report; errors of single files are in it, not raised.
+        """
+        report = MoveReport()
+        for arena in arenas:
+            if self._broken is not None:
+                break
+            await self._move_arena(arena, report)
+        return report
+
+    async def _list(self, arena: ArenaName) -> tuple[list[FileInfo], list[FileInfo]]:
+        sources = Deferred.fromCoroutine(self.source.list_files(arena))
+        destinations = Deferred.fromCoroutine(self.destination.list_files(arena))
+        results = await DeferredList([sources, destinations], consumeErrors=True)
+        (ok_source, source), (ok_destination, destination) = results
+        if not ok_source:
+            raise self._source_error(source.value)
+        if not ok_destination:
+            raise self._destination_error(destination.value)
+        return source, destination
+
+    async def _move_arena(self, arena: ArenaName, report: MoveReport) -> None:
+        try:
+            source_files, destination_files = await self._list(arena)
+        except SideError as e:
+            report.errors.append(e)
+            if is_retryable(e):
+                self._broken = e
+            return
+        finals: dict[str, FileInfo] = {}
+        partials: dict[str, FileInfo] = {}
+        for info in destination_files:
+            (partials if info.partial else finals)[info.path] = info
+        files = sorted((f for f in source_files if not f.partial), key=lambda f: f.path)
+        self.observer.listed(arena, len(files), sum(f.size for f in files))
+        running: list[Deferred[None]] = []
+        for info in files:
+            if self._broken is not None:
+                break
+            weight = self.budget.weight(info.size)
+            await self.budget.acquire(weight)
+            if self._broken is not None:
+                self.budget.release(weight)
+                break
+            target = partials.get(info.path) or finals.get(info.path)
+            d = Deferred.fromCoroutine(self._run_file(arena, info, target, report))
+            d.addBoth(self._released, weight)
+            running.append(d)
+        await DeferredList(running)
+
+    def _released(self, result: object, weight: int) -> object:
+        self.budget.release(weight)
+        return result
+
+    async def _run_file(
+        self,
+        arena: ArenaName,
+        info: FileInfo,
+        target: FileInfo | None,
+        report: MoveReport,
+    ) -> None:
+        self.observer.file_started(arena, info.path, info.size)
+        try:
+            result = await self._move_file(arena, info, target)
+        except Exception as e:
+            error = e if isinstance(e, SideError) else self._destination_error(e)
+            if isinstance(error.cause, NetworkError) and self._broken is None:
+                self._broken = error
+            result = FileResult(arena, info.path, info.size, FAILED, error=error)
+            log.error(
+                "failed to move {arena}/{path}: {error}",
+                arena=arena,
+                path=info.path,
+                error=describe(error),
+            )
+        else:
+            if result.status == MOVED:
+                log.info(
+                    "moved {arena}/{path} ({size} bytes, {hash}) from {source} "
+                    "to {destination}",
+                    arena=arena,
+                    path=info.path,
+                    size=info.size,
+                    hash=format_hash(result.root or b""),
+                    source=self.source.describe(),
+                    destination=self.destination.describe(),
+                )
+        report.results.append(result)
+        self.observer.file_done(result)
+
+    def _source_read(
+        self,
+        arena: ArenaName,
+        info: FileInfo,
+        start: int,
+        end: int,
+        hash_from: int | None,
+    ) -> tuple[ReadStream, _Counted]:
+        try:
+            stream = self.source.read(arena, info.path, start, end, hash_from=hash_from)
+        except Exception as e:
+            raise self._source_error(e) from e
+
+        def transferred(size: int) -> None:
+            self.observer.transferred(arena, info.path, size)
+
+        return stream, _Counted(stream, self._source_error, transferred)
+
+    async def _source_state(self, stream: ReadStream, info: FileInfo) -> FileState:
+        try:
+            state = await stream.result()
+        except Exception as e:
+            raise self._source_error(e) from e
+        if state.size != info.size or state.mtime_ns != info.mtime_ns:
+            raise self._source_error(
+                Conflict(
+                    f"{info.path!r} changed during the move (size {info.size} -> "
+                    f"{state.size}); kept, it will move on the next run"
+                )
+            )
+        return state
+
+    async def copy_range(
+        self, arena: ArenaName, info: FileInfo, start: int, end: int
+    ) -> tuple[bytes, ...]:
+        """
+        Copy a byte range of a file from the source to the destination's
+        partial file.
+
+        @param start: a leaf boundary.
+        @return: the destination's leaves of C{[start, end)}.
+        """
+        stream, counted = self._source_read(arena, info, start, end, None)
+        try:
+            result = await self.destination.write(
+                arena, info.path, start, end, info.size, counted, hash=True
+            )
+        except Exception as e:
+            stream.cancel()
+            raise self._destination_error(e) from e
+        await self._source_state(stream, info)
+        return result.leaves
+
+    async def _move_file(
+        self, arena: ArenaName, info: FileInfo, target: FileInfo | None
+    ) -> FileResult:
+        size = info.size
+        have = target.size if target is not None else 0
+        if target is None and size <= SMALL_FILE:
+            return await self._move_small(arena, info)
+        destination = self.destination
+        try:
+            if have > size:
+                await destination.truncate(arena, info.path, size)
+                have = size
+            elif target is not None and not target.partial and have < size:
+                # Turn the final file into the partial one before hashing it
+                # and writing to it at the same time.
+                await destination.truncate(arena, info.path, have)
+        except Exception as e:
+            raise self._destination_error(e) from e
+        held = align_down(have)
+        prefix: Deferred[FileState] | None = None
+        if held:
+            prefix = Deferred.fromCoroutine(destination.hash(arena, info.path, 0, held))
+        stream, counted = self._source_read(arena, info, have, size, 0)
+        try:
+            written = await destination.write(
+                arena, info.path, have, size, size, counted, hash=True
+            )
+        except Exception as e:
+            stream.cancel()
+            if prefix is not None:
+                prefix.addErrback(lambda _: None)
+            raise self._destination_error(e) from e
+        source_state = await self._source_state(stream, info)
+        try:
+            prefix_leaves = (await prefix).leaves if prefix is not None else ()
+        except Exception as e:
+            raise self._destination_error(e) from e
+        copied = counted.count
+        source_leaves = source_state.leaves
+        destination_leaves = prefix_leaves + written.leaves
+        ranges = differing_ranges(source_leaves, destination_leaves, size)
+        if ranges:
+            log.warn(
+                "{arena}/{path}: {count} range(s) differ at the destination, repairing",
+                arena=arena,
+                path=info.path,
+                count=len(ranges),
+            )
+            repaired = list(destination_leaves)
+            for start, end in ranges:
+                leaves = await self.repairer.repair(self, arena, info, start, end)
+                first = start // LEAF_SIZE
+                repaired[first : first + len(leaves)] = leaves
+                copied += end - start
+            if differing_ranges(source_leaves, repaired, size):
+                raise self._destination_error(
+                    Conflict(
+                        f"arena {arena!r}, path {info.path!r}: still differs "
+                        "from the source after repair; source kept"
+                    )
+                )
+        root = merkle_root(source_leaves)
+        try:
+            await destination.finish(arena, info.path, info.mtime_ns)
+        except Exception as e:
+            raise self._destination_error(e) from e
+        await self._delete_source(arena, info)
+        return FileResult(arena, info.path, size, MOVED, copied, root)
+
+    async def _move_small(self, arena: ArenaName, info: FileInfo) -> FileResult:
+        for attempt in range(2):
+            stream, counted = self._source_read(arena, info, 0, info.size, 0)
+            chunks = [chunk async for chunk in counted]
+            state = await self._source_state(stream, info)
+            root = merkle_root(state.leaves)
+
+            try:
+                result = await self.destination.write(
+                    arena,
+                    info.path,
+                    0,
+                    info.size,
+                    info.size,
+                    _Chunks(chunks),
+                    finish_root=root,
+                    mtime_ns=info.mtime_ns,
+                )
+            except Exception as e:
+                raise self._destination_error(e) from e
+            if result.finished:
+                await self._delete_source(arena, info)
+                return FileResult(
+                    arena, info.path, info.size, MOVED, info.size * (attempt + 1), root
+                )
+            log.warn(
+                "{arena}/{path}: destination hash differs, copying again",
+                arena=arena,
+                path=info.path,
+            )
+        raise self._destination_error(
+            Conflict(
+                f"arena {arena!r}, path {info.path!r}: still differs from the "
+                "source after a second copy; source kept"
+            )
+        )
+
+    async def _delete_source(self, arena: ArenaName, info: FileInfo) -> None:
+        try:
+            await self.source.delete(
+                arena, info.path, size=info.size, mtime_ns=info.mtime_ns
+            )
+        except Exception as e:
+            raise self._source_error(e) from e
+

@@ -1,0 +1,125 @@
+"""
+Pieces shared by the commands: exit codes, the thread pool, and ending a
+twistd process with an exit code.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import getopt
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.threads import deferToThreadPool
+from twisted.python import usage
+from twisted.python.threadpool import ThreadPool
+
+from realize.interfaces import RunInThread
+
+__all__ = [
+    "EXIT_ERROR",
+    "EXIT_INTERRUPTED",
+    "EXIT_MAX_DURATION",
+    "EXIT_METRICS_PUSH",
+    "EXIT_OK",
+    "GnuOptions",
+    "ThreadPoolService",
+    "exit_after_shutdown",
+    "make_thread_pool",
+]
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_MAX_DURATION = 11
+EXIT_METRICS_PUSH = 12
+EXIT_INTERRUPTED = 20
+
+#: Threads for file I/O, hashing and delta work.
+IO_THREADS = 8
+
+
+def make_thread_pool(reactor: Any, name: str) -> tuple[ThreadPool, RunInThread]:
+    """
+    Start a dedicated thread pool for blocking work.
+
+    @param reactor: the reactor the results are delivered to.
+    @param name: the pool's name (thread names).
+    @return: the pool (stop it when done) and a L{RunInThread} using it.
+    """
+    pool = ThreadPool(minthreads=0, maxthreads=IO_THREADS, name=name)
+    pool.start()
+    return pool, functools.partial(deferToThreadPool, reactor, pool)
+
+
+class ThreadPoolService(Service):
+    """
+    A thread pool as a service: started with the application, stopped
+    (after the services that use it) when it stops.
+    """
+
+    def __init__(self, reactor: Any, name: str) -> None:
+        self.pool = ThreadPool(minthreads=0, maxthreads=IO_THREADS, name=name)
+        self.run_in_thread: RunInThread = functools.partial(
+            deferToThreadPool, reactor, self.pool
+        )
+
+    def startService(self) -> None:
+        super().startService()
+        self.pool.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.pool.stop()
+
+
+def _exit_now(code: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def exit_after_shutdown(reactor: Any, code: int) -> None:
+    """
+    Stop the reactor and make the process exit with C{code}.
+
+    twistd always exits 0 once its reactor stops; a twistd plugin that
+    must end with another code (C{realize-move}) registers an C{atexit}
+    handler that ends the process with it, after twistd's own cleanup.
+
+    @param reactor: the running reactor.
+    @param code: the exit code.
+    """
+    if code:
+        atexit.register(_exit_now, code)
+    if reactor.running:
+        reactor.stop()
+
+
+class GnuOptions(usage.Options):
+    """
+    C{usage.Options} that, like GNU tools, accepts options after positional
+    arguments (C{realize-move ARENA --output log}); C{--} ends options.
+    """
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        if options is None:
+            options = sys.argv[1:]
+        try:
+            opts, args = getopt.gnu_getopt(list(options), self.shortOpt, self.longOpt)
+        except getopt.error as e:
+            raise usage.UsageError(str(e)) from None
+        flat: list[str] = []
+        for name, value in opts:
+            flat.append(name)
+            takes_value = (
+                f"{name[2:]}=" in self.longOpt
+                if name.startswith("--")
+                else f"{name[1:]}:" in self.shortOpt
+            )
+            if takes_value:
+                flat.append(value)
+        super().parseOptions([*flat, "--", *args])

@@ -1,0 +1,343 @@
+"""
+C{realize-move}: move the files of some arenas from one peer to another
+(DESIGN.md section 8).
+
+Two entry points share L{run}: the C{realize-move} console script
+(L{main}, through C{task.react}) and the twistd plugin (C{twistd -n
+realize-move ...}, L{makeService}), which ends the process with the same
+exit code.
+
+Exit codes: 0 every file moved, 1 an error or a file failed, 20
+interrupted by SIGINT.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.application.service import IService, Service
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import react
+from twisted.logger import Logger
+from twisted.python import usage
+
+from realize.config import Config, load_config
+from realize.errors import ConfigError, RealizeError, SideError, describe
+from realize.interfaces import Store
+from realize.model import ArenaName, check_arena_name
+from realize.net.client import connect
+from realize.net.tls import ClientTLS, load_private_key
+from realize.services.mover import Mover
+from realize.storage.real import LocalStore
+from realize.tap._common import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    GnuOptions,
+    exit_after_shutdown,
+    make_thread_pool,
+)
+from realize.tap.output import Output, make_output
+
+__all__ = ["MoveOptions", "main", "makeService", "run"]
+
+log = Logger(namespace="realize.move")
+
+
+class MoveOptions(GnuOptions):
+    """
+    Command line of C{realize-move}.
+    """
+
+    synopsis = "--src PEER --dst PEER [--config FILE] [--privkey FILE] ARENA..."
+
+    longdesc = (
+        "Move every file of the given arenas from the source peer to the "
+        "destination peer.  PEER is a peer id from the config, 'local' "
+        "(this machine's arenas, from their datadir in the config), or "
+        "'local:/path' (one directory used as the root of the single ARENA). "
+        "Exit codes: 0 all files moved, 1 error, 20 interrupted."
+    )
+
+    optParameters = [
+        ["src", None, None, "Source peer: a peer id, local or local:/path."],
+        ["dst", None, None, "Destination peer: a peer id, local or local:/path."],
+        [
+            "config",
+            "c",
+            None,
+            "Config file (TOML); optional if both sides are local:/path.",
+        ],
+        ["privkey", "k", None, "This peer's ed25519 private key (PEM)."],
+        [
+            "output",
+            "o",
+            "auto",
+            "progress (bars), log (a line per file) or quiet; default: "
+            "progress on a terminal, log otherwise.",
+        ],
+    ]
+
+    def parseArgs(self, *arenas: str) -> None:
+        if not arenas:
+            raise usage.UsageError("give at least one ARENA to move")
+        self["arenas"] = list(arenas)
+
+    def postOptions(self) -> None:
+        for side in ("src", "dst"):
+            if not self[side]:
+                raise usage.UsageError(f"--{side} is required")
+        if self["output"] not in ("auto", "progress", "log", "quiet"):
+            raise usage.UsageError(
+                f"--output {self['output']!r}: use progress, log or quiet"
+            )
+        try:
+            self["arenas"] = [check_arena_name(a) for a in self["arenas"]]
+        except RealizeError as e:
+            raise usage.UsageError(str(e)) from None
+        if len(set(self["arenas"])) != len(self["arenas"]):
+            raise usage.UsageError("an arena is given twice")
+
+
+def _is_local_path(peer: str) -> bool:
+    return peer.startswith("local:")
+
+
+def _same_side(src: str, dst: str) -> bool:
+    if _is_local_path(src) and _is_local_path(dst):
+        a, b = src[len("local:") :], dst[len("local:") :]
+        try:
+            return os.path.samefile(a, b)
+        except OSError:
+            return os.path.realpath(a) == os.path.realpath(b)
+    return src == dst
+
+
+async def _open_store(
+    reactor: Any,
+    side: str,
+    peer: str,
+    arenas: Sequence[ArenaName],
+    config: Config | None,
+    privkey_path: str | None,
+    run_in_thread: Any,
+) -> Store:
+    """
+    Open one side of the move.
+
+    @param side: C{"source"} or C{"destination"}, for messages.
+    @param peer: the C{--src}/C{--dst} value.
+    @raise SideError: naming the side, if it cannot be opened or lacks an
+        arena.
+    """
+    if _is_local_path(peer):
+        path = peer[len("local:") :]
+        if not path:
+            raise ConfigError(f"--{side[:3]}: local: needs a path, e.g. local:/data")
+        if len(arenas) != 1:
+            raise ConfigError(
+                f"{side} {peer}: a local:/path side moves exactly one arena, "
+                f"{len(arenas)} given"
+            )
+        path = os.path.abspath(path)
+        if side == "destination":
+            try:
+                os.makedirs(path, exist_ok=True)
+            except OSError as e:
+                raise SideError(
+                    side, peer, ConfigError(f"cannot create {path}: {e.strerror}")
+                ) from None
+        elif not os.path.isdir(path):
+            raise SideError(side, peer, ConfigError(f"{path} is not a directory"))
+        return LocalStore.single(arenas[0], path, run_in_thread)
+    if config is None:
+        raise ConfigError(f"--config is required for {side} {peer!r}")
+    if peer == "local":
+        store: Store = LocalStore.from_config(config, run_in_thread)
+    else:
+        peer_config = config.peer(peer)
+        if privkey_path is None:
+            raise ConfigError(f"--privkey is required to connect to peer {peer!r}")
+        key = load_private_key(privkey_path)
+        tls = ClientTLS(key, peer_config.spki, peer_config.id)
+        try:
+            store = await connect(reactor, peer_config, tls)
+        except RealizeError as e:
+            raise SideError(side, peer_config.describe(), e) from None
+    try:
+        available = set(await store.arenas())
+    except RealizeError as e:
+        raise SideError(side, store.describe(), e) from None
+    for arena in arenas:
+        if arena not in available:
+            await store.close()
+            why = (
+                "no arena with a datadir of that name in the config"
+                if peer == "local"
+                else "no such arena, or this peer may not use it"
+            )
+            raise SideError(
+                side, store.describe(), ConfigError(f"arena {arena!r}: {why}")
+            )
+    return store
+
+
+async def run(reactor: Any, options: MoveOptions, output: Output | None = None) -> int:
+    """
+    Run a move.
+
+    @param reactor: the reactor.
+    @param options: parsed options.
+    @param output: where to show progress and errors (default: as
+        C{--output} says, on stdout/stderr).
+    @return: the exit code.
+    """
+    if output is None:
+        output = make_output(options["output"], reactor)
+    src, dst = options["src"], options["dst"]
+    arenas: list[ArenaName] = options["arenas"]
+    if _same_side(src, dst):
+        output.error(f"source and destination are the same ({src})")
+        return EXIT_ERROR
+    pool, run_in_thread = make_thread_pool(reactor, "realize-move")
+    stores: list[Store] = []
+    interrupted = False
+    work: Deferred[Any] | None = None
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        nonlocal interrupted
+        interrupted = True
+        if work is not None:
+            reactor.callFromThread(work.cancel)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        config = None
+        needs_config = not (_is_local_path(src) and _is_local_path(dst))
+        if options["config"] is not None or needs_config:
+            if options["config"] is None:
+                output.error("--config is required unless both sides are local:/path")
+                return EXIT_ERROR
+            config = load_config(options["config"])
+
+        async def open_both() -> tuple[Store, Store]:
+            source = await _open_store(
+                reactor,
+                "source",
+                src,
+                arenas,
+                config,
+                options["privkey"],
+                run_in_thread,
+            )
+            stores.append(source)
+            destination = await _open_store(
+                reactor,
+                "destination",
+                dst,
+                arenas,
+                config,
+                options["privkey"],
+                run_in_thread,
+            )
+            stores.append(destination)
+            return source, destination
+
+        work = Deferred.fromCoroutine(open_both())
+        source, destination = await work
+        mover = Mover(source, destination, observer=output)
+        started = time.monotonic()
+        output.start()
+        try:
+            work = Deferred.fromCoroutine(mover.move(arenas))
+            report = await work
+        finally:
+            output.stop()
+        output.summary(report, time.monotonic() - started)
+        for error in report.errors:
+            output.error(describe(error))
+        return EXIT_OK if report.ok else EXIT_ERROR
+    except CancelledError:
+        if interrupted:
+            output.error("interrupted; partial files are kept for the next run")
+            return EXIT_INTERRUPTED
+        raise
+    except RealizeError as e:
+        output.error(describe(e))
+        return EXIT_ERROR
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        for store in stores:
+            try:
+                await store.close()
+            except Exception:
+                pass
+        pool.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """
+    The C{realize-move} console script.
+
+    @param argv: arguments (default: C{sys.argv[1:]}).
+    """
+    options = MoveOptions()
+    try:
+        options.parseOptions(sys.argv[1:] if argv is None else list(argv))
+    except usage.UsageError as e:
+        sys.stderr.write(f"realize-move: {e}\nTry realize-move --help.\n")
+        sys.exit(EXIT_ERROR)
+
+    async def go(reactor: Any) -> int:
+        return await run(reactor, options)
+
+    def start(reactor: Any) -> Deferred[None]:
+        def done(code: int) -> None:
+            if code:
+                raise SystemExit(code)
+
+        return Deferred.fromCoroutine(go(reactor)).addCallback(done)
+
+    react(start)
+
+
+class _MoveService(Service):
+    """
+    Runs L{run} once under twistd, then stops the reactor and makes the
+    process exit with its code.
+    """
+
+    def __init__(self, options: MoveOptions) -> None:
+        self.options = options
+
+    def startService(self) -> None:
+        super().startService()
+        from twisted.internet import reactor
+
+        def go() -> None:
+            d = Deferred.fromCoroutine(run(reactor, self.options))
+
+            def failed(failure: Any) -> int:
+                log.failure("realize-move failed", failure)
+                return EXIT_ERROR
+
+            d.addErrback(failed)
+            d.addCallback(lambda code: exit_after_shutdown(reactor, code))
+
+        reactor.callWhenRunning(go)
+
+
+def makeService(options: MoveOptions) -> IService:
+    """
+    The twistd plugin's service: runs the move once.
+    """
+    return _MoveService(options)
+
+
+#: The name twistd's ServiceMaker looks for.
+Options = MoveOptions
