@@ -24,11 +24,12 @@ Example::
 
 from __future__ import annotations
 
-import itertools
+import math
 import os
 import re
 import tomllib
 from collections.abc import Mapping
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,7 @@ DEFAULT_PORT = 9771
 
 MARKS = ("own", "keep", "watch")
 
-_PEER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_PEER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 @frozen
@@ -248,7 +249,9 @@ def parse_rate(value: str | int) -> int:
             "optional k, M or G suffix, e.g. 512k"
         )
     number, unit = match.groups()
-    return int(float(number) * _UNITS[unit.lower()])
+    # Exact arithmetic: a float loses bytes past 2**53 and overflows to an
+    # infinity that int() refuses with OverflowError.
+    return int(Fraction(number) * _UNITS[unit.lower()])
 
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -268,13 +271,15 @@ def parse_duration(value: str) -> float:
         seconds = float(text)
     else:
         parts = re.findall(r"(\d+(?:\.\d+)?)\s*([smhd])", text)
-        if not parts or re.sub(r"[\d.\s]+[smhd]", "", text):
+        if not re.fullmatch(r"(?:\d+(?:\.\d+)?\s*[smhd]\s*)+", text):
             raise ValueError(
                 f"bad duration {value!r}: expected e.g. 30s, 5m, 2h or 1h30m"
             )
         seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
     if seconds <= 0:
         raise ValueError(f"bad duration {value!r}: must be positive")
+    if not math.isfinite(seconds):
+        raise ValueError(f"bad duration {value!r}: too long")
     return seconds
 
 
@@ -378,7 +383,7 @@ def parse_config(data: Mapping[str, Any], source: str, base: Path) -> Config:
     peers_table = top.take("peers", dict) or {}
     for peer_id, value in peers_table.items():
         where = f"peers.{peer_id}"
-        if not _PEER_ID.match(peer_id):
+        if not _PEER_ID.fullmatch(peer_id):
             top.fail(
                 where,
                 "bad peer id: use letters, digits, '_', '.' or '-', "
@@ -435,7 +440,9 @@ def parse_config(data: Mapping[str, Any], source: str, base: Path) -> Config:
         mountpoint = _resolve(base, mountpoint_text) if mountpoint_text else None
         if mountpoint is not None and datadir is None:
             table.fail(table.key("mountpoint"), "needs a datadir")
-        mark = table.take("mark", str) or "watch"
+        mark = table.take("mark", str)
+        if mark is None:
+            mark = "watch"
         if mark not in MARKS:
             table.fail(table.key("mark"), f"must be one of {', '.join(MARKS)}")
         acl_list = table.take("peers", list)
@@ -454,13 +461,17 @@ def parse_config(data: Mapping[str, Any], source: str, base: Path) -> Config:
             mark=mark,
             peers=acl,
         )
-    names = sorted(arenas)
-    for first, second in itertools.pairwise(names):
-        if second.startswith(first + "/"):
-            top.fail(
-                "arena",
-                f"arena name {first!r} is a prefix of arena {second!r}",
-            )
+    # Check every leading run of segments: adjacent names in sorted order
+    # are not enough ("a" < "a b" < "a/b" hides "a" from "a/b").
+    for name in sorted(arenas):
+        segments = name.split("/")
+        for count in range(1, len(segments)):
+            prefix = "/".join(segments[:count])
+            if prefix in arenas:
+                top.fail(
+                    "arena",
+                    f"arena name {prefix!r} is a prefix of arena {name!r}",
+                )
 
     cache = CacheConfig()
     cache_value = top.take("cache", dict)
@@ -520,6 +531,6 @@ def load_config(path: str | os.PathLike[str]) -> Config:
             data = tomllib.load(f)
     except OSError as e:
         raise ConfigError(f"{source}: cannot read config: {e.strerror or e}") from None
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{source}: not valid TOML: {e}") from None
     return parse_config(data, source, Path(source).absolute().parent)
