@@ -40,13 +40,17 @@ def _leaves(data: bytes | bytearray | memoryview, start: int, end: int) -> tuple
 
 class _MemoryReadStream:
     def __init__(
-        self, store: MemoryStore, data: bytes, state: FileState, chunk_size: int
+        self,
+        file: MemoryFile,
+        data: bytes,
+        leaves: tuple[bytes, ...],
+        chunk_size: int,
     ) -> None:
         self._chunks = [
             data[i : i + chunk_size] for i in range(0, len(data), chunk_size)
         ]
-        self._state = state
-        self._store = store
+        self._file = file
+        self._leaves = leaves
         self.cancelled = False
 
     def __aiter__(self) -> AsyncIterator[bytes]:
@@ -58,7 +62,8 @@ class _MemoryReadStream:
         return self._chunks.pop(0)
 
     async def result(self) -> FileState:
-        return self._state
+        # Size and mtime as the read ends, as LocalStore reports them.
+        return FileState(self._leaves, len(self._file.data), self._file.mtime_ns)
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -189,8 +194,7 @@ class MemoryStore:
             if hash_from % LEAF_SIZE or hash_from > start:
                 raise BadRequest(f"hash start {hash_from} is not a leaf boundary")
             leaves = _leaves(file.data, hash_from, end)
-        state = FileState(leaves, len(file.data), file.mtime_ns)
-        return _MemoryReadStream(self, data, state, self.chunk_size)
+        return _MemoryReadStream(file, data, leaves, self.chunk_size)
 
     async def write(
         self,

@@ -264,6 +264,21 @@ class ArenaRoot:
                 ) from None
             raise self._error(e, "") from None
 
+    def _check_path(self, path: str) -> list[str]:
+        """
+        Validate a path of this arena.
+
+        @return: its segments.
+        @raise InvalidPath: if the path is malformed or in the excluded
+            workdir.
+        """
+        segments = check_path(path)
+        if self.exclude is not None and segments[0] == self.exclude:
+            raise InvalidPath(
+                f"arena {self.name!r}, path {path!r}: inside the arena's workdir"
+            )
+        return segments
+
     def _open_parent(self, path: str, create: bool) -> tuple[_Dir, str]:
         """
         Open the directory holding C{path}.
@@ -275,11 +290,7 @@ class ArenaRoot:
             or a non-directory.
         @raise NotFound: if a directory is missing and not C{create}.
         """
-        segments = check_path(path)
-        if self.exclude is not None and segments[0] == self.exclude:
-            raise InvalidPath(
-                f"arena {self.name!r}, path {path!r}: inside the arena's workdir"
-            )
+        segments = self._check_path(path)
         fd = self._open_root()
         try:
             for segment in segments[:-1]:
@@ -732,7 +743,7 @@ class ArenaRoot:
         @param size: with C{mtime_ns}, a precondition on the final file.
         @raise Conflict: if the final file's size or mtime differ.
         """
-        segments = check_path(path)
+        segments = self._check_path(path)
         fds = [self._open_root()]
         try:
             for segment in segments[:-1]:
@@ -785,8 +796,12 @@ def _finish_final(item: CommitItem, parent: _Dir, name: str) -> RealizeError | N
         st = None
     except OSError as e:
         return item.root._error(e, item.path)
-    if st is None or not stat.S_ISREG(st.st_mode):
+    if st is None:
         return NotFound(f"arena {item.root.name!r}: no file {item.path!r}")
+    if not stat.S_ISREG(st.st_mode):
+        return InvalidPath(
+            f"arena {item.root.name!r}, path {item.path!r}: not a regular file"
+        )
     if item.mtime_ns is not None and st.st_mtime_ns != item.mtime_ns:
         try:
             os.utime(
@@ -921,13 +936,22 @@ class _LocalReadStream:
                     if not data:
                         raise StopAsyncIteration
                     return data
-                self._handle = await self._run(
+                handle = await self._run(
                     self._root.open_read, self._path, self._start, self._hash_from
                 )
+                if self._done:  # cancelled while opening
+                    self._run(handle.close).addErrback(lambda f: None)
+                    raise StopAsyncIteration
+                self._handle = handle
                 self._prefetch()
-            pending, self._pending = self._pending, None
+            # Keep the pending read visible while it runs, so that cancel()
+            # closes the file only after it (not under the reading thread).
+            pending = self._pending
             assert pending is not None
             chunk = await pending
+            self._pending = None
+            if self._done:  # cancelled while reading; cancel() closes
+                raise StopAsyncIteration
             self._offset += len(chunk)
             if chunk and self._offset < self._end:
                 self._prefetch()
