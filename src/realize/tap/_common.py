@@ -97,6 +97,8 @@ def exit_after_shutdown(reactor: Any, code: int) -> None:
         atexit.register(_exit_now, code)
     if reactor.running:
         reactor.stop()
+    else:
+        reactor.callWhenRunning(reactor.stop)
 
 
 class GnuOptions(usage.Options):

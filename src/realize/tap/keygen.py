@@ -68,3 +68,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"wrote {private} (keep it secret) and {public}")
     print("\nconfig entry for this peer:\n")
     print(f'[peers.{args.name}]\n# address = "host:9771"\npubkey = """{pem.strip()}"""')
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

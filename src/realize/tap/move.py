@@ -320,7 +320,12 @@ class _MoveService(Service):
         from twisted.internet import reactor
 
         def go() -> None:
-            d = Deferred.fromCoroutine(run(reactor, self.options))
+            # twistd sends sys.stdout/sys.stderr to its log: show the user
+            # progress and errors on the real streams.
+            output = make_output(
+                self.options["output"], reactor, sys.__stdout__, sys.__stderr__
+            )
+            d = Deferred.fromCoroutine(run(reactor, self.options, output))
 
             def failed(failure: Any) -> int:
                 log.failure("realize-move failed", failure)
@@ -341,3 +346,7 @@ def makeService(options: MoveOptions) -> IService:
 
 #: The name twistd's ServiceMaker looks for.
 Options = MoveOptions
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

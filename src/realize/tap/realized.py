@@ -92,7 +92,10 @@ class _ListenService(Service):
         def listening(port: IListeningPort) -> None:
             self.port = port
             host = port.getHost()
-            log.info(
+            # Logged once the reactor runs, with its signal handlers in
+            # place: from then on the daemon is ready and stops cleanly.
+            self.reactor.callWhenRunning(
+                log.info,
                 "listening on {address}",
                 address=f"{getattr(host, 'host', '?')}:{getattr(host, 'port', '?')}",
             )
@@ -105,7 +108,9 @@ class _ListenService(Service):
         )
 
     def _fail(self, message: str) -> None:
-        sys.stderr.write(f"realized: error: {message}\n")
+        # twistd sends sys.stderr to its log: tell the user directly too.
+        sys.__stderr__.write(f"realized: error: {message}\n")
+        sys.__stderr__.flush()
         log.critical("{message}", message=message)
         exit_after_shutdown(self.reactor, EXIT_ERROR)
 
@@ -178,3 +183,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 #: The name twistd's ServiceMaker looks for.
 Options = DaemonOptions
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,232 @@
+"""
+Integration tests: the real C{realized} (console script and C{twistd -n
+realized}) and the real C{realize-move} (console script and C{twistd -n
+realize-move}) on loopback TLS with real files.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.trial.unittest import TestCase
+
+from .integration import (
+    REALIZE_MOVE,
+    REALIZED,
+    TWISTD,
+    Household,
+    make_tree,
+    read_tree,
+    run_command,
+)
+
+
+class MoveIntegrationTests(TestCase):
+    """
+    realize-move from a local arena into a running realized.
+    """
+
+    timeout = 120
+
+    async def test_moves_tree(self) -> None:
+        """
+        A generated tree (nested directories, an empty file, names with
+        spaces, ':' and non-ASCII, a file of several MiB) arrives identical
+        and the source is emptied; the run exits 0 and prints a line per
+        file.
+        """
+        household = Household(self)
+        files = make_tree(household.source)
+        await household.start_daemon()
+        run = await household.move("docs")
+        self.assertEqual(run.code, 0, run)
+        self.assertEqual(read_tree(household.destination), files)
+        self.assertEqual(read_tree(household.source), {})
+        self.assertEqual(run.out.count("\nmoved ") + run.out.startswith("moved "), len(files))
+        self.assertIn(f"{len(files)} file(s) moved", run.out)
+        self.assertEqual(run.err, "")
+        # mtimes are preserved
+        source_tree = make_tree(household.root + "/again")
+        del source_tree
+
+    async def test_unknown_key_refused(self) -> None:
+        """
+        A client whose key the daemon does not know is refused with exit 1
+        and a clear message; nothing moves and the daemon keeps serving.
+        """
+        household = Household(self)
+        files = make_tree(household.source, big=1000)
+        await household.start_daemon()
+        run = await household.move("docs", key="stranger")
+        self.assertEqual(run.code, 1, run)
+        self.assertIn("refused our key", run.err)
+        self.assertIn("destination b (127.0.0.1:", run.err)
+        self.assertEqual(len(run.err.strip().splitlines()), 1, run)
+        self.assertEqual(read_tree(household.source), files)
+        self.assertEqual(read_tree(household.destination), {})
+        assert household.daemon is not None
+        self.assertIn(b"rejected connection from 127.0.0.1", household.daemon.out)
+        run = await household.move("docs")
+        self.assertEqual(run.code, 0, run)
+
+    async def test_daemon_not_running(self) -> None:
+        """
+        No daemon at the address: exit 1, one line saying the connection
+        was refused, nothing deleted.
+        """
+        household = Household(self)
+        files = make_tree(household.source, big=1000)
+        household.port = 9  # discard: nobody listens there on loopback
+        run = await household.move("docs")
+        self.assertEqual(run.code, 1, run)
+        self.assertIn("connection refused", run.err)
+        self.assertEqual(len(run.err.strip().splitlines()), 1, run)
+        self.assertEqual(read_tree(household.source), files)
+
+    async def test_unknown_arena(self) -> None:
+        """
+        An arena the daemon does not have: exit 1 naming the arena and the
+        side.
+        """
+        household = Household(self)
+        await household.start_daemon()
+        household.arena = "other"
+        os.makedirs(household.source, exist_ok=True)
+        run = await household.move("other")
+        self.assertEqual(run.code, 1, run)
+        self.assertIn("destination b", run.err)
+        self.assertIn("'other'", run.err)
+
+    async def test_twistd_plugins(self) -> None:
+        """
+        Under twistd, realized serves and realize-move moves, ending with
+        the same exit codes as the console script: 0 on success, 1 on an
+        error.
+        """
+        household = Household(self)
+        files = make_tree(household.source, big=1000)
+        await household.start_daemon(command=[*TWISTD, "-n", "--pidfile=", "realized"])
+        twistd_move = [*TWISTD, "-n", "--pidfile=", "realize-move"]
+        run = await household.move("docs", command=twistd_move)
+        self.assertEqual(run.code, 0, run)
+        self.assertEqual(read_tree(household.destination), files)
+        run = await household.move("nope", command=twistd_move)
+        self.assertEqual(run.code, 1, run)
+        self.assertIn("arena 'nope'", run.err)
+
+    async def test_local_paths(self) -> None:
+        """
+        local:/path to local:/path without a config: moves the tree.
+        """
+        root = os.path.abspath(self.mktemp())
+        source = os.path.join(root, "src")
+        destination = os.path.join(root, "dst")
+        files = make_tree(source, big=3 << 20)
+        run = await run_command(
+            [
+                *REALIZE_MOVE,
+                "--src",
+                f"local:{source}",
+                "--dst",
+                f"local:{destination}",
+                "--output",
+                "quiet",
+                "x",
+            ]
+        )
+        self.assertEqual(run.code, 0, run)
+        self.assertEqual(run.out, "")
+        self.assertEqual(read_tree(destination), files)
+        self.assertEqual(read_tree(source), {})
+
+    async def test_same_source_and_destination(self) -> None:
+        """
+        Source and destination the same: exit 1, nothing touched.
+        """
+        root = os.path.abspath(self.mktemp())
+        files = make_tree(root, big=10)
+        run = await run_command(
+            [*REALIZE_MOVE, "--src", f"local:{root}", "--dst", f"local:{root}/", "x"]
+        )
+        self.assertEqual(run.code, 1, run)
+        self.assertIn("same", run.err)
+        self.assertEqual(read_tree(root), files)
+
+    async def test_bad_usage(self) -> None:
+        """
+        Missing options: exit 1 with a usage message.
+        """
+        run = await run_command([*REALIZE_MOVE, "docs"])
+        self.assertEqual(run.code, 1, run)
+        self.assertIn("--src is required", run.err)
+
+
+class DaemonIntegrationTests(TestCase):
+    """
+    realized's own failures.
+    """
+
+    timeout = 60
+
+    async def test_bad_config(self) -> None:
+        """
+        A config with an unknown key: exit 1, one line naming the file and
+        the key.
+        """
+        household = Household(self)
+        config = household.write_config("bad.toml", "[peers.a]\npubkey='x'\ncolour='red'\n")
+        run = await run_command(
+            [*REALIZED, "--config", config, "--privkey", household.key("b")]
+        )
+        self.assertEqual(run.code, 1, run)
+        self.assertIn("bad.toml: peers.a.pubkey", run.err)
+
+    async def test_unreadable_key(self) -> None:
+        """
+        A key file that does not exist: exit 1 naming it.
+        """
+        household = Household(self)
+        run = await run_command(
+            [
+                *REALIZED,
+                "--config",
+                household.daemon_config(),
+                "--privkey",
+                household.root + "/missing.key",
+            ]
+        )
+        self.assertEqual(run.code, 1, run)
+        self.assertIn("missing.key: cannot read private key", run.err)
+
+    async def test_port_in_use(self) -> None:
+        """
+        A second daemon on the same port exits 1 saying it cannot listen.
+        """
+        household = Household(self)
+        port = await household.start_daemon()
+        run = await run_command(
+            [
+                *REALIZED,
+                "--config",
+                household.daemon_config(),
+                "--privkey",
+                household.key("b"),
+                "--listen",
+                f"tcp:{port}:interface=127.0.0.1",
+            ]
+        )
+        self.assertEqual(run.code, 1, run)
+        self.assertIn("cannot listen", run.err)
+
+    async def test_sigterm(self) -> None:
+        """
+        SIGTERM stops the daemon cleanly: it shuts its services down, then
+        ends by the signal, as twistd does (systemd counts that as a clean
+        exit).
+        """
+        household = Household(self)
+        await household.start_daemon()
+        daemon = household.daemon
+        assert daemon is not None
+        self.assertEqual(await household.stop_daemon(), -15)
+        self.assertIn(b"Server Shut Down", daemon.out, daemon.out + daemon.err)

@@ -1,0 +1,620 @@
+"""
+Tests for L{realize.services.mover}, with in-memory stores.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import SynchronousTestCase
+
+from realize.errors import (
+    Conflict,
+    NetworkError,
+    NoSpace,
+    NotFound,
+    SideError,
+)
+from realize.hashing import LEAF_SIZE, LeafHasher, merkle_root
+from realize.model import ArenaName
+from realize.services.mover import (
+    FAILED,
+    MOVED,
+    ByteBudget,
+    FileResult,
+    Mover,
+    differing_ranges,
+)
+from realize.storage.faults import Fault, FaultyStore
+from realize.storage.memory import MemoryStore
+
+from .helpers import result_of
+
+A = ArenaName("a")
+
+
+def data(size: int, seed: int = 0) -> bytes:
+    """
+    Deterministic pseudo-random bytes.
+    """
+    return random.Random(seed).randbytes(size)
+
+
+def root_of(content: bytes) -> bytes:
+    hasher = LeafHasher()
+    hasher.update(content)
+    return merkle_root(hasher.finish())
+
+
+class RecordingObserver:
+    """
+    A L{MoveObserver} that records what it is told.
+    """
+
+    def __init__(self) -> None:
+        self.listed_calls: list[tuple[str, int, int]] = []
+        self.started: list[str] = []
+        self.transferred_bytes = 0
+        self.done: list[FileResult] = []
+
+    def listed(self, arena: ArenaName, files: int, size: int) -> None:
+        self.listed_calls.append((arena, files, size))
+
+    def file_started(self, arena: ArenaName, path: str, size: int) -> None:
+        self.started.append(path)
+
+    def transferred(self, arena: ArenaName, path: str, size: int) -> None:
+        self.transferred_bytes += size
+
+    def file_done(self, result: FileResult) -> None:
+        self.done.append(result)
+
+
+class MoverTestsMixin:
+    """
+    Helpers for mover tests.
+    """
+
+    def move(self, source: Any, destination: Any, **kwargs: Any) -> Any:
+        mover = Mover(source, destination, **kwargs)
+        return result_of(self, mover.move([A]))  # type: ignore[arg-type]
+
+
+class FreshMoveTests(MoverTestsMixin, SynchronousTestCase):
+    """
+    Moving files the destination does not have.
+    """
+
+    def test_moves_everything(self) -> None:
+        """
+        Every final file arrives identical with the source's mtime, the
+        source is emptied, and each result says moved with its root.
+        """
+        files = {
+            "small": b"hello",
+            "empty": b"",
+            "dir/sub/big": data(2 * LEAF_SIZE + 12345),
+            "name with spaces: and é": data(1000, 1),
+        }
+        source = MemoryStore.with_files("a", files, label="src")
+        source.chunk_size = 300_000
+        mtimes = {f.path: f.mtime_ns for f in result_of(self, source.list_files(A))}
+        destination = MemoryStore.with_files("a", label="dst")
+        observer = RecordingObserver()
+        report = self.move(source, destination, observer=observer)
+        self.assertTrue(report.ok)
+        self.assertEqual(
+            sorted((r.path, r.status) for r in report.results),
+            sorted((path, MOVED) for path in files),
+        )
+        for path, content in files.items():
+            self.assertEqual(destination.content("a", path), content)
+            self.assertEqual(destination.finals[A][path].mtime_ns, mtimes[path])
+        self.assertEqual(source.finals[A], {})
+        self.assertEqual(destination.partials[A], {})
+        roots = {r.path: r.root for r in report.results}
+        self.assertEqual(roots["dir/sub/big"], root_of(files["dir/sub/big"]))
+        self.assertEqual(
+            observer.listed_calls,
+            [("a", 4, sum(len(c) for c in files.values()))],
+        )
+        self.assertEqual(
+            observer.transferred_bytes, sum(len(c) for c in files.values())
+        )
+        self.assertEqual(len(observer.done), 4)
+
+    def test_source_hashed_once(self) -> None:
+        """
+        The source is read once per file, with hashing, and never asked to
+        hash separately (#hasverification).
+        """
+        source = MemoryStore.with_files(
+            "a", {"big": data(3 * LEAF_SIZE), "small": b"x"}, label="src"
+        )
+        destination = MemoryStore.with_files("a", label="dst")
+        self.move(source, destination)
+        self.assertEqual(source.calls.count("read"), 2)
+        self.assertNotIn("hash", source.calls)
+
+    def test_source_partials_ignored(self) -> None:
+        """
+        Partial files at the source are not moved.
+        """
+        source = MemoryStore.with_files(
+            "a", {"done": b"1"}, partials={"incoming": b"half"}, label="src"
+        )
+        destination = MemoryStore.with_files("a", label="dst")
+        report = self.move(source, destination)
+        self.assertEqual([r.path for r in report.results], ["done"])
+        self.assertEqual(source.content("a", "incoming", partial=True), b"half")
+        self.assertIsNone(destination.content("a", "incoming"))
+
+
+class HashRecordingStore(MemoryStore):
+    """
+    Records the ranges it is asked to hash.
+    """
+
+    hashed: list[tuple[int, int]]
+
+    async def hash(self, arena: ArenaName, path: str, start: int, end: int) -> Any:
+        if not hasattr(self, "hashed"):
+            self.hashed = []
+        self.hashed.append((start, end))
+        return await super().hash(arena, path, start, end)
+
+
+class ResumeTests(MoverTestsMixin, SynchronousTestCase):
+    """
+    Destination files left by an earlier run, in every state.
+    """
+
+    def test_shorter_partial_appended(self) -> None:
+        """
+        A partial shorter than the source is resumed by appending: only
+        the missing bytes are sent, and the destination hashes only the
+        whole leaves it held (#sizebeforehash).
+        """
+        content = data(3 * LEAF_SIZE + 500)
+        have = LEAF_SIZE + 777
+        source = MemoryStore.with_files("a", {"f": content}, label="src")
+        destination = HashRecordingStore.with_files(
+            "a", partials={"f": content[:have]}, label="dst"
+        )
+        report = self.move(source, destination)
+        self.assertTrue(report.ok)
+        self.assertEqual(report.results[0].copied, len(content) - have)
+        self.assertEqual(destination.content("a", "f"), content)
+        self.assertEqual(destination.hashed, [(0, LEAF_SIZE)])
+
+    def test_longer_partial_truncated(self) -> None:
+        """
+        A partial longer than the source is truncated, then verified.
+        """
+        content = data(LEAF_SIZE + 10)
+        source = MemoryStore.with_files("a", {"f": content}, label="src")
+        destination = MemoryStore.with_files(
+            "a", partials={"f": content + b"garbage" * 1000}, label="dst"
+        )
+        report = self.move(source, destination)
+        self.assertTrue(report.ok)
+        self.assertEqual(report.results[0].copied, 0)
+        self.assertEqual(destination.content("a", "f"), content)
+        self.assertIn("truncate", destination.calls)
+
+    def test_same_size_corrupted_repaired(self) -> None:
+        """
+        A partial of the right size with a corrupted leaf is repaired by
+        sending that leaf only.
+        """
+        content = data(4 * LEAF_SIZE)
+        corrupted = bytearray(content)
+        corrupted[2 * LEAF_SIZE + 5] ^= 0xFF
+        source = MemoryStore.with_files("a", {"f": content}, label="src")
+        destination = MemoryStore.with_files(
+            "a", partials={"f": bytes(corrupted)}, label="dst"
+        )
+        report = self.move(source, destination)
+        self.assertTrue(report.ok)
+        self.assertEqual(report.results[0].copied, LEAF_SIZE)
+        self.assertEqual(destination.content("a", "f"), content)
+
+    def test_shifted_partial(self) -> None:
+        """
+        A partial with bytes inserted near its start differs from there on:
+        it is repaired and ends up identical.
+        """
+        content = data(3 * LEAF_SIZE)
+        shifted = content[:100] + b"inserted" + content[100 : 2 * LEAF_SIZE]
+        source = MemoryStore.with_files("a", {"f": content}, label="src")
+        destination = MemoryStore.with_files(
+            "a", partials={"f": shifted}, label="dst"
+        )
+        report = self.move(source, destination)
+        self.assertTrue(report.ok)
+        self.assertEqual(destination.content("a", "f"), content)
+
+    def test_identical_final_not_copied(self) -> None:
+        """
+        A destination final file identical to the source (a run that
+        stopped before deleting the source) costs no copy; the source is
+        deleted.
+        """
+        content = data(LEAF_SIZE * 2 + 1)
+        source = MemoryStore.with_files("a", {"f": content}, label="src")
+        destination = MemoryStore.with_files("a", {"f": content}, label="dst")
+        report = self.move(source, destination)
+        self.assertTrue(report.ok)
+        self.assertEqual(report.results[0].copied, 0)
+        self.assertEqual(source.finals[A], {})
+        self.assertEqual(destination.content("a", "f"), content)
+
+    def test_different_final_replaced(self) -> None:
+        """
+        A destination final file with other content is replaced by the
+        source's (move semantics: the source wins).
+        """
+        content = data(LEAF_SIZE + 3, seed=1)
+        for old in (data(LEAF_SIZE + 3, seed=2), b"short", data(5 * LEAF_SIZE)):
+            source = MemoryStore.with_files("a", {"f": content}, label="src")
+            destination = MemoryStore.with_files("a", {"f": old}, label="dst")
+            report = self.move(source, destination)
+            self.assertTrue(report.ok)
+            self.assertEqual(destination.content("a", "f"), content)
+            self.assertEqual(destination.partials[A], {})
+
+    def test_small_file_over_old_partial(self) -> None:
+        """
+        A small file whose destination has a stale partial is verified
+        through the general path and arrives identical.
+        """
+        source = MemoryStore.with_files("a", {"f": b"new content"}, label="src")
+        destination = MemoryStore.with_files(
+            "a", partials={"f": b"old"}, label="dst"
+        )
+        report = self.move(source, destination)
+        self.assertTrue(report.ok)
+        self.assertEqual(destination.content("a", "f"), b"new content")
+
+
+class FaultTests(MoverTestsMixin, SynchronousTestCase):
+    """
+    Injected faults are repaired or reported, and the source is kept.
+    """
+
+    def test_corrupted_write_repaired(self) -> None:
+        """
+        A write that corrupts a byte once is caught by the hash comparison
+        and repaired.
+        """
+        content = data(3 * LEAF_SIZE)
+        source = MemoryStore.with_files("a", {"f": content}, label="src")
+        inner = MemoryStore.with_files("a", label="dst")
+        destination = FaultyStore(inner).add(
+            Fault("write", "corrupt", offset=LEAF_SIZE + 10)
+        )
+        report = self.move(source, destination)
+        self.assertTrue(report.ok)
+        self.assertEqual(inner.content("a", "f"), content)
+        self.assertEqual(report.results[0].copied, len(content) + LEAF_SIZE)
+
+    def test_always_corrupted_fails_and_keeps_source(self) -> None:
+        """
+        A destination that always corrupts what it is sent: the file is
+        reported failed, not finished, and the source is kept.
+        """
+        content = data(2 * LEAF_SIZE)
+        source = MemoryStore.with_files("a", {"f": content}, label="src")
+        inner = MemoryStore.with_files("a", label="dst")
+        destination = FaultyStore(inner).add(Fault("write", "corrupt", times=-1))
+        report = self.move(source, destination)
+        self.assertFalse(report.ok)
+        [result] = report.failed
+        self.assertIsInstance(result.error, SideError)
+        self.assertIn("destination dst", str(result.error))
+        self.assertIn("still differs", str(result.error))
+        self.assertEqual(source.content("a", "f"), content)
+        self.assertIsNone(inner.content("a", "f"))
+
+    def test_small_file_corrupted_once(self) -> None:
+        """
+        A small file corrupted on its first write is copied again and
+        moves.
+        """
+        source = MemoryStore.with_files("a", {"f": b"small file"}, label="src")
+        inner = MemoryStore.with_files("a", label="dst")
+        destination = FaultyStore(inner).add(Fault("write", "corrupt", offset=3))
+        report = self.move(source, destination)
+        self.assertTrue(report.ok)
+        self.assertEqual(inner.content("a", "f"), b"small file")
+
+    def test_small_file_always_corrupted(self) -> None:
+        """
+        A small file whose writes are always corrupted fails after two
+        tries; the source is kept and nothing is finished.
+        """
+        source = MemoryStore.with_files("a", {"f": b"small file"}, label="src")
+        inner = MemoryStore.with_files("a", label="dst")
+        destination = FaultyStore(inner).add(Fault("write", "corrupt", times=-1))
+        report = self.move(source, destination)
+        self.assertEqual([r.status for r in report.results], [FAILED])
+        self.assertEqual(source.content("a", "f"), b"small file")
+        self.assertIsNone(inner.content("a", "f"))
+
+    def test_truncated_stream(self) -> None:
+        """
+        A read stream that stops early fails that file (the write sees
+        fewer bytes than announced); the source is kept and the partial
+        stays for the next run.
+        """
+        content = data(2 * LEAF_SIZE)
+        inner_source = MemoryStore.with_files("a", {"f": content}, label="src")
+        source = FaultyStore(inner_source).add(Fault("read", "short", offset=LEAF_SIZE))
+        destination = MemoryStore.with_files("a", label="dst")
+        report = self.move(source, destination)
+        [result] = report.failed
+        self.assertIsInstance(result.error, SideError)
+        self.assertEqual(inner_source.content("a", "f"), content)
+        self.assertIsNone(destination.content("a", "f"))
+        # The next run resumes and completes.
+        report = self.move(inner_source, destination)
+        self.assertTrue(report.ok)
+        self.assertEqual(destination.content("a", "f"), content)
+
+    def test_write_error_names_destination(self) -> None:
+        """
+        A destination that is full: the file fails with an error naming
+        the destination and the cause; the source is kept.
+        """
+        source = MemoryStore.with_files("a", {"f": data(LEAF_SIZE * 2)}, label="src")
+        destination = FaultyStore(MemoryStore.with_files("a", label="dst")).add(
+            Fault("write", "error", times=-1, error=NoSpace("disk full"))
+        )
+        report = self.move(source, destination)
+        [result] = report.failed
+        self.assertEqual(str(result.error), "destination dst: disk full")
+        self.assertIsInstance(result.error.cause, NoSpace)  # type: ignore[union-attr]
+        self.assertIsNotNone(source.content("a", "f"))
+
+    def test_finish_error_keeps_source(self) -> None:
+        """
+        If the destination cannot finish the file, the source is kept.
+        """
+        source = MemoryStore.with_files("a", {"f": data(LEAF_SIZE * 2)}, label="src")
+        destination = FaultyStore(MemoryStore.with_files("a", label="dst")).add(
+            Fault("finish", "error", times=-1)
+        )
+        report = self.move(source, destination)
+        self.assertEqual(len(report.failed), 1)
+        self.assertIsNotNone(source.content("a", "f"))
+
+    def test_missing_source_file(self) -> None:
+        """
+        A source file that vanished after the listing fails alone, named
+        as a source error; the others move.
+        """
+        source = MemoryStore.with_files("a", {"gone": b"1", "here": b"2"}, label="src")
+        faulty = FaultyStore(source).add(
+            Fault("read", "error", path="gone", error=NotFound("no file 'gone'"))
+        )
+        destination = MemoryStore.with_files("a", label="dst")
+        report = self.move(faulty, destination)
+        self.assertEqual(
+            sorted((r.path, r.status) for r in report.results),
+            [("gone", FAILED), ("here", MOVED)],
+        )
+        [failed] = report.failed
+        self.assertEqual(str(failed.error), "source src: no file 'gone'")
+
+    def test_network_error_stops_scheduling(self) -> None:
+        """
+        A lost connection fails the file and stops starting new ones; the
+        report is retryable.
+        """
+        source = MemoryStore.with_files(
+            "a", {f"f{i}": b"x" * 10 for i in range(5)}, label="src"
+        )
+        destination = FaultyStore(MemoryStore.with_files("a", label="dst")).add(
+            Fault("write", "disconnect", times=-1)
+        )
+        mover = Mover(source, destination)
+        mover.budget = ByteBudget(1 << 20, 1)
+        report = result_of(self, mover.move([A]))
+        self.assertEqual(len(report.results), 1)
+        self.assertIsInstance(report.failed[0].error.cause, NetworkError)  # type: ignore[union-attr]
+        self.assertTrue(report.retryable)
+        self.assertEqual(len(source.finals[A]), 5)
+
+    def test_listing_error(self) -> None:
+        """
+        A listing that fails is an arena error naming the side.
+        """
+        source = FaultyStore(MemoryStore.with_files("a", label="src")).add(
+            Fault("list", "error", error=NotFound("no arena 'a'"))
+        )
+        report = self.move(source, MemoryStore.with_files("a", label="dst"))
+        self.assertEqual([str(e) for e in report.errors], ["source src: no arena 'a'"])
+        self.assertFalse(report.ok)
+
+
+class ChangingSource(MemoryStore):
+    """
+    A source whose file changes while it is being read.
+    """
+
+    def read(self, arena: ArenaName, path: str, start: int, end: int, **kw: Any) -> Any:
+        stream = super().read(arena, path, start, end, **kw)
+        self.finals[arena][path].data[0:1] = b"X"
+        self.finals[arena][path].mtime_ns = self.tick()
+        return stream
+
+
+class ChangeOnFinish(MemoryStore):
+    """
+    A destination that changes the source file right after finishing.
+    """
+
+    source: MemoryStore
+
+    async def finish(self, arena: ArenaName, path: str, mtime_ns: Any = None) -> None:
+        await super().finish(arena, path, mtime_ns)
+        self.source.finals[arena][path].data += b"appended"
+        self.source.finals[arena][path].mtime_ns = self.source.tick()
+
+
+class ChangedSourceTests(MoverTestsMixin, SynchronousTestCase):
+    """
+    A source file that changes during the move is not deleted.
+    """
+
+    def test_changed_during_read(self) -> None:
+        """
+        The file changed while read: not finished, not deleted, reported
+        failed; its destination copy stays partial.
+        """
+        source = ChangingSource.with_files("a", {"f": data(LEAF_SIZE * 2)}, label="src")
+        destination = MemoryStore.with_files("a", label="dst")
+        report = self.move(source, destination)
+        [result] = report.failed
+        self.assertIsInstance(result.error.cause, Conflict)  # type: ignore[union-attr]
+        self.assertIn("changed during the move", str(result.error))
+        self.assertIsNotNone(source.content("a", "f"))
+        self.assertIsNone(destination.content("a", "f"))
+
+    def test_changed_small_file(self) -> None:
+        """
+        Same for a small file: nothing finished at the destination.
+        """
+        source = ChangingSource.with_files("a", {"f": b"abc"}, label="src")
+        destination = MemoryStore.with_files("a", label="dst")
+        report = self.move(source, destination)
+        self.assertEqual(len(report.failed), 1)
+        self.assertIsNone(destination.content("a", "f"))
+        self.assertEqual(source.content("a", "f"), b"Xbc")
+
+    def test_changed_before_delete(self) -> None:
+        """
+        A source changed after the destination finished its verified copy
+        is not deleted (the conditional delete refuses).
+        """
+        content = data(LEAF_SIZE * 2)
+        source = MemoryStore.with_files("a", {"f": content}, label="src")
+        destination = ChangeOnFinish.with_files("a", label="dst")
+        destination.source = source
+        report = self.move(source, destination)
+        [result] = report.failed
+        self.assertIsInstance(result.error.cause, Conflict)  # type: ignore[union-attr]
+        self.assertEqual(source.content("a", "f"), content + b"appended")
+        self.assertEqual(destination.content("a", "f"), content)
+
+
+class DifferingRangesTests(SynchronousTestCase):
+    """
+    L{differing_ranges}.
+    """
+
+    def test_merges_adjacent(self) -> None:
+        """
+        Adjacent differing leaves merge; the last range ends at the size;
+        leaves the destination lacks differ.
+        """
+        source = [b"a", b"b", b"c", b"d", b"e"]
+        destination = [b"a", b"X", b"Y", b"d"]
+        size = 4 * LEAF_SIZE + 10
+        self.assertEqual(
+            differing_ranges(source, destination, size),
+            [(LEAF_SIZE, 3 * LEAF_SIZE), (4 * LEAF_SIZE, size)],
+        )
+
+    def test_equal(self) -> None:
+        """
+        Equal leaves: nothing differs.
+        """
+        self.assertEqual(differing_ranges([b"a"], [b"a"], 5), [])
+
+
+class ByteBudgetTests(SynchronousTestCase):
+    """
+    L{ByteBudget}.
+    """
+
+    def test_bytes(self) -> None:
+        """
+        Holders wait until enough bytes are free, first come first served.
+        """
+        budget = ByteBudget(100, 10)
+        first = budget.acquire(60)
+        second = budget.acquire(50)
+        third = budget.acquire(10)
+        self.successResultOf(first)
+        self.assertNoResult(second)
+        self.assertNoResult(third)
+        budget.release(60)
+        self.successResultOf(second)
+        self.successResultOf(third)
+
+    def test_files(self) -> None:
+        """
+        At most max_files holders at once.
+        """
+        budget = ByteBudget(100, 2)
+        ds = [budget.acquire(1) for _ in range(3)]
+        self.successResultOf(ds[0])
+        self.successResultOf(ds[1])
+        self.assertNoResult(ds[2])
+        budget.release(1)
+        self.successResultOf(ds[2])
+
+    def test_weight(self) -> None:
+        """
+        Weights are at least 1 and at most the capacity.
+        """
+        budget = ByteBudget(100, 2)
+        self.assertEqual(
+            [budget.weight(0), budget.weight(50), budget.weight(10**12)], [1, 50, 100]
+        )
+
+
+class WaitingStore(MemoryStore):
+    """
+    A destination whose writes wait until the test lets them go.
+    """
+
+    waiting: list[Deferred[None]]
+
+    async def write(self, *args: Any, **kwargs: Any) -> Any:
+        d: Deferred[None] = Deferred()
+        self.waiting.append(d)
+        await d
+        return await super().write(*args, **kwargs)
+
+
+class ConcurrencyTests(SynchronousTestCase):
+    """
+    Files move concurrently within the budget.
+    """
+
+    def test_in_flight(self) -> None:
+        """
+        With writes that wait, as many files are in flight as the budget
+        allows, no more.
+        """
+        source = MemoryStore.with_files(
+            "a", {f"f{i}": b"x" * 100 for i in range(10)}, label="src"
+        )
+        destination = WaitingStore.with_files("a", label="dst")
+        waiting = destination.waiting = []
+        mover = Mover(source, destination)
+        mover.budget = ByteBudget(250, 100)
+        done = Deferred.fromCoroutine(mover.move([A]))
+        self.assertEqual(len(waiting), 2)
+        while waiting:
+            waiting.pop(0).callback(None)
+        report = self.successResultOf(done)
+        self.assertTrue(report.ok)
+        self.assertEqual(len(report.moved), 10)
+
+
+

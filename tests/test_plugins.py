@@ -1,0 +1,105 @@
+"""
+Tests for the twistd plugins in C{src/twisted/plugins/realize_plugins.py}.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.application.service import IService, IServiceMaker, MultiService
+from twisted.plugin import getPlugins
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from realize.tap.keygen import write_key_pair
+
+
+def plugins() -> dict[str, IServiceMaker]:
+    return {p.tapname: p for p in getPlugins(IServiceMaker)}
+
+
+class PluginTests(SynchronousTestCase):
+    """
+    Both plugins are found by twistd and build their services.
+    """
+
+    def setUp(self) -> None:
+        self.root = os.path.abspath(self.mktemp())
+        os.makedirs(self.root)
+        _, public = write_key_pair(self.root, "b")
+        with open(public) as f:
+            pem = f.read()
+        self.config = os.path.join(self.root, "b.toml")
+        with open(self.config, "w") as f:
+            f.write(
+                f'[peers.b]\npubkey = """{pem}"""\n'
+                f'[[arena]]\nname = "docs"\ndatadir = "{self.root}/docs"\n'
+            )
+
+    def test_found(self) -> None:
+        """
+        getPlugins finds realized and realize-move with descriptions.
+        """
+        found = plugins()
+        self.assertIn("realized", found)
+        self.assertIn("realize-move", found)
+        self.assertIn("daemon", found["realized"].description)
+
+    def test_realized_service(self) -> None:
+        """
+        The realized plugin parses its options and builds a MultiService of
+        thread pool, store and listener, in that order.
+        """
+        maker = plugins()["realized"]
+        options = maker.options()
+        options.parseOptions(
+            [
+                "--config",
+                self.config,
+                "--privkey",
+                os.path.join(self.root, "b.key"),
+                "--listen",
+                "tcp:0:interface=127.0.0.1",
+            ]
+        )
+        service = maker.makeService(options)
+        self.assertTrue(IService.providedBy(service))
+        self.assertIsInstance(service, MultiService)
+        names = [type(s).__name__ for s in service]  # type: ignore[attr-defined]
+        self.assertEqual(names, ["ThreadPoolService", "StoreService", "_ListenService"])
+
+    def test_realized_requires_options(self) -> None:
+        """
+        realized without --config or --privkey is a usage error.
+        """
+        options = plugins()["realized"].options()
+        self.assertRaises(usage.UsageError, options.parseOptions, ["--config", "x"])
+
+    def test_realize_move_service(self) -> None:
+        """
+        The realize-move plugin parses its options (options after the
+        arenas too) and builds a service.
+        """
+        maker = plugins()["realize-move"]
+        options = maker.options()
+        options.parseOptions(["--src", "local:/a", "docs", "--dst", "local:/b", "-o", "quiet"])
+        self.assertEqual(options["arenas"], ["docs"])
+        self.assertEqual(options["output"], "quiet")
+        self.assertEqual(options["dst"], "local:/b")
+        self.assertTrue(IService.providedBy(maker.makeService(options)))
+
+    def test_realize_move_usage_errors(self) -> None:
+        """
+        realize-move refuses a missing side, no arena, a bad output mode and
+        a bad arena name.
+        """
+        for argv, message in [
+            (["--dst", "b", "docs"], "--src is required"),
+            (["--src", "a", "--dst", "b"], "at least one ARENA"),
+            (["--src", "a", "--dst", "b", "-o", "loud", "x"], "--output"),
+            (["--src", "a", "--dst", "b", "../x"], "'..'"),
+            (["--src", "a", "--dst", "b", "x", "x"], "twice"),
+        ]:
+            options = plugins()["realize-move"].options()
+            error = self.assertRaises(usage.UsageError, options.parseOptions, argv)
+            self.assertIn(message, str(error))
