@@ -128,6 +128,9 @@ class _RemoteReadStream:
     def cancel(self) -> None:
         if not self._answer.called:
             self._store.connection.cancel_reading(self._stream)
+        # All the data may have arrived already: free it, or the connection
+        # stays paused while this inbox is over its high water mark.
+        self._inbox.discard()
 
 
 @define(eq=False)
@@ -165,19 +168,31 @@ class RemoteStore:
         stream = connection.new_stream()
         inbox = connection.open_reading(stream)
         answer = connection.amp.callRemote(commands.List, arena=arena, stream=stream)
-        answer.addBoth(lambda r: connection.close_reading(stream, None) or r)
+        counts: list[int] = []
+
+        def answered(result: Any) -> None:
+            # Ending the inbox resumes the loop below at once, inside this
+            # callback: hand it the outcome through the inbox, not by
+            # awaiting the answer whose callbacks are running.
+            if isinstance(result, Failure):
+                connection.close_reading(stream, self._error(result))
+            else:
+                counts.append(result["count"])
+                connection.close_reading(stream, None)
+
+        answer.addBoth(answered)
         entries: list[FileInfo] = []
         try:
             async for chunk in inbox:
                 entries.extend(decode_entries(chunk))
-            result = await answer
         except Exception:
             connection.cancel_reading(stream)
+            inbox.discard()
             raise self._error(Failure()) from None
-        if result["count"] != len(entries):
+        if counts != [len(entries)]:
             raise IOFailure(
                 f"listing of arena {arena!r} announced "
-                f"{result['count']} files, sent {len(entries)}"
+                f"{counts[0] if counts else 'no'} files, sent {len(entries)}"
             )
         return entries
 
@@ -209,7 +224,7 @@ class RemoteStore:
     ) -> WriteResult:
         connection = self.connection
         stream = connection.new_stream()
-        answer = connection.amp.callRemote(
+        called = connection.amp.callRemote(
             commands.Write,
             arena=arena,
             path=path,
@@ -221,6 +236,11 @@ class RemoteStore:
             finish_root=finish_root,
             mtime_ns=mtime_ns,
         )
+        # Take the answer as soon as it comes, even while sending: AMP
+        # treats an error answer with no errback attached yet as unhandled
+        # (it logs it, drops the connection and makes the result None).
+        answer: Deferred[dict[str, Any]] = Deferred()
+        called.addCallbacks(answer.callback, answer.errback)
         ok = False
         try:
             async for chunk in data:
@@ -232,10 +252,13 @@ class RemoteStore:
                     await wait
             else:
                 ok = True
-        finally:
-            connection.end_write(stream, ok)
-            if not ok and not answer.called:
-                answer.addErrback(lambda _: None)
+        except BaseException:
+            # The source (or the connection) failed: its error is raised,
+            # the answer is not awaited, so it must not be left unhandled.
+            connection.end_write(stream, False)
+            answer.addErrback(lambda _: None)
+            raise
+        connection.end_write(stream, ok)
         try:
             result = await answer
         except Exception:

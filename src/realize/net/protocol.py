@@ -41,7 +41,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -297,6 +297,8 @@ class Connection(Protocol):
         self._writable: list[Deferred[None]] = []
         self._full_inboxes = 0
         self._lost = False
+        self._lost_error: NetworkError | None = None
+        self._aborted = False
         self._registered = False
 
     # -- connection lifecycle -------------------------------------------
@@ -320,7 +322,7 @@ class Connection(Protocol):
                 address=self.address,
                 accepted=False,
             )
-            self.transport.abortConnection()
+            self._abort()
             return
         self.peer = peer
         auth_log.info(
@@ -351,11 +353,14 @@ class Connection(Protocol):
         error = NetworkError(
             f"connection to {self.peer or self.address} lost: {_reason(reason)}"
         )
+        self._lost_error = error
         for inbox in [*self._incoming.values(), *self._reading.values()]:
             inbox.close(error)
         self._incoming.clear()
         self._reading.clear()
-        self._wake_writers()
+        waiters, self._writable = self._writable, []
+        for d in waiters:
+            d.errback(error)
         if not self.handshake.called:
             self.handshake.errback(reason)
         self.amp.connectionLost(reason)
@@ -363,9 +368,14 @@ class Connection(Protocol):
 
     # -- receiving -------------------------------------------------------
 
+    def _abort(self) -> None:
+        # Drop the connection; whatever the peer sent after is ignored.
+        self._aborted = True
+        self.transport.abortConnection()
+
     def dataReceived(self, data: bytes) -> None:
         view = memoryview(data)
-        while view:
+        while view and not self._aborted:
             if self._need == 0:
                 take = _HEADER_SIZE - len(self._header)
                 self._header += view[:take]
@@ -383,7 +393,7 @@ class Connection(Protocol):
                         kind=kind,
                         length=length,
                     )
-                    self.transport.abortConnection()
+                    self._abort()
                     return
                 self._kind, self._stream = kind, stream
                 if length == 0:
@@ -411,7 +421,7 @@ class Connection(Protocol):
         kind = self._kind
         if kind == BOX:
             if self.peer is None:
-                self.transport.abortConnection()
+                self._abort()
                 return
             self.amp.dataReceived(payload)
         elif kind == WRITE_DATA:
@@ -546,10 +556,13 @@ class Connection(Protocol):
     def writable(self) -> Deferred[None] | None:
         """
         @return: C{None} if data may be sent now, else a Deferred that
-            fires when the transport wants more (or the connection is
-            lost).
+            fires when the transport wants more, or fails with
+            L{NetworkError} when the connection is lost (so that senders
+            stop instead of producing data nobody will receive).
         """
-        if not self._paused or self._lost:
+        if self._lost_error is not None:
+            return fail(self._lost_error)
+        if not self._paused:
             return None
         d: Deferred[None] = Deferred()
         self._writable.append(d)

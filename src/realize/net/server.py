@@ -21,7 +21,7 @@ from twisted.protocols import amp
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
-from realize.errors import WIRE_ERRORS, IOFailure
+from realize.errors import WIRE_ERRORS, IOFailure, NetworkError
 from realize.interfaces import Store
 from realize.model import ArenaName, PeerId
 from realize.net import commands
@@ -39,6 +39,10 @@ def _respond(command: str, coro: Coroutine[Any, Any, T]) -> Deferred[T]:
     def unexpected(failure: Failure) -> Failure:
         if isinstance(failure.value, tuple(WIRE_ERRORS)):
             return failure
+        if isinstance(failure.value, NetworkError):
+            # The connection was lost under the command: not a bug, and
+            # nobody will read the answer.
+            return Failure(IOFailure(f"{command} failed: {failure.value}"))
         log.failure("unexpected error in {command}", failure, command=command)
         return Failure(IOFailure(f"{command} failed on the daemon: internal error"))
 
@@ -102,13 +106,18 @@ class StoreLocator(amp.CommandLocator):
             reading = self._store().read(
                 ArenaName(arena), path, start, end, hash_from=hash_from
             )
-            async for chunk in reading:
-                if connection.is_cancelled(stream):
-                    reading.cancel()
-                    break
-                connection.send_data(READ_DATA, stream, chunk)
-                if (wait := connection.writable()) is not None:
-                    await wait
+            try:
+                async for chunk in reading:
+                    if connection.is_cancelled(stream):
+                        reading.cancel()
+                        break
+                    connection.send_data(READ_DATA, stream, chunk)
+                    if (wait := connection.writable()) is not None:
+                        await wait
+            except BaseException:
+                # E.g. the connection was lost: stop reading the file.
+                reading.cancel()
+                raise
             state = await reading.result()
             return {
                 "leaves": b"".join(state.leaves),
@@ -203,10 +212,11 @@ class StoreLocator(amp.CommandLocator):
         return _respond("Hash", go())
 
 
-@define(eq=False)
+@define(eq=False, repr=False)
 class _ConnectionFactory(Factory):
     view: Callable[[PeerId], Store]
     lookup: Callable[[bytes], PeerId | None]
+    noisy = False
 
     def buildProtocol(self, addr: Any) -> Protocol:
         locator = StoreLocator(self.view)
