@@ -19,7 +19,9 @@ from realize.net.tls import public_key_pem
 T = TypeVar("T")
 
 
-def sync_run_in_thread(f: Callable[..., T], /, *args: Any, **kwargs: Any) -> Deferred[T]:
+def sync_run_in_thread(
+    f: Callable[..., T], /, *args: Any, **kwargs: Any
+) -> Deferred[T]:
     """
     A L{realize.interfaces.RunInThread} that runs the function at once, in
     the calling thread: stores become synchronous for
@@ -39,7 +41,9 @@ def result_of(case: SynchronousTestCase, coro: Coroutine[Any, Any, T]) -> T:
 
 
 def failure_of(
-    case: SynchronousTestCase, coro: Coroutine[Any, Any, Any], *types: type[BaseException]
+    case: SynchronousTestCase,
+    coro: Coroutine[Any, Any, Any],
+    *types: type[BaseException],
 ) -> BaseException:
     """
     Run a coroutine that fails synchronously and return its exception,

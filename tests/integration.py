@@ -92,7 +92,9 @@ def run_command(args: list[str], env: dict[str, str] | None = None) -> Deferred[
         collector, args[0], args, env=env or dict(os.environ)
     )
     collector.listening.addErrback(lambda _: None)
-    return collector.ended.addCallback(lambda code: Run(code, collector.out, collector.err))
+    return collector.ended.addCallback(
+        lambda code: Run(code, collector.out, collector.err)
+    )
 
 
 class Household:
@@ -201,7 +203,9 @@ class Household:
             return code
         return await daemon.ended
 
-    def move(self, *args: str, key: str = "a", command: list[str] | None = None) -> Deferred[Run]:
+    def move(
+        self, *args: str, key: str = "a", command: list[str] | None = None
+    ) -> Deferred[Run]:
         """
         Run realize-move from a's local arena to b.
         """
@@ -263,4 +267,12 @@ def read_tree(root: str) -> dict[str, bytes]:
     return found
 
 
-__all__ = ["Household", "Run", "make_tree", "read_tree", "run_command", "defer", "signal"]
+__all__ = [
+    "Household",
+    "Run",
+    "make_tree",
+    "read_tree",
+    "run_command",
+    "defer",
+    "signal",
+]

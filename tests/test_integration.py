@@ -42,7 +42,9 @@ class MoveIntegrationTests(TestCase):
         self.assertEqual(run.code, 0, run)
         self.assertEqual(read_tree(household.destination), files)
         self.assertEqual(read_tree(household.source), {})
-        self.assertEqual(run.out.count("\nmoved ") + run.out.startswith("moved "), len(files))
+        self.assertEqual(
+            run.out.count("\nmoved ") + run.out.startswith("moved "), len(files)
+        )
         self.assertIn(f"{len(files)} file(s) moved", run.out)
         self.assertEqual(run.err, "")
         # mtimes are preserved
@@ -174,7 +176,9 @@ class DaemonIntegrationTests(TestCase):
         the key.
         """
         household = Household(self)
-        config = household.write_config("bad.toml", "[peers.a]\npubkey='x'\ncolour='red'\n")
+        config = household.write_config(
+            "bad.toml", "[peers.a]\npubkey='x'\ncolour='red'\n"
+        )
         run = await run_command(
             [*REALIZED, "--config", config, "--privkey", household.key("b")]
         )

@@ -18,8 +18,10 @@ from realize.errors import (
     SideError,
 )
 from realize.hashing import LEAF_SIZE, LeafHasher, merkle_root
-from realize.model import ArenaName
+from realize.model import ArenaName, FileInfo
 from realize.services.mover import (
+    BATCH_FILE,
+    BATCH_FILES,
     FAILED,
     MOVED,
     ByteBudget,
@@ -135,7 +137,8 @@ class FreshMoveTests(MoverTestsMixin, SynchronousTestCase):
         )
         destination = MemoryStore.with_files("a", label="dst")
         self.move(source, destination)
-        self.assertEqual(source.calls.count("read"), 2)
+        self.assertEqual(source.calls.count("read"), 1)
+        self.assertEqual(source.calls.count("read_files"), 1)
         self.assertNotIn("hash", source.calls)
 
     def test_source_partials_ignored(self) -> None:
@@ -164,6 +167,65 @@ class HashRecordingStore(MemoryStore):
             self.hashed = []
         self.hashed.append((start, end))
         return await super().hash(arena, path, start, end)
+
+
+class BatchTests(MoverTestsMixin, SynchronousTestCase):
+    """
+    Small files move in batches.
+    """
+
+    def test_batches(self) -> None:
+        """
+        Many small files take one read, one write and one delete call per
+        batch of at most BATCH_FILES files, and all arrive.
+        """
+        files = {f"d{i % 7}/f{i}": data(i % 5000, i) for i in range(300)}
+        source = MemoryStore.with_files("a", files, label="src")
+        destination = MemoryStore.with_files("a", label="dst")
+        report = self.move(source, destination)
+        self.assertTrue(report.ok)
+        batches = -(-300 // BATCH_FILES)
+        self.assertEqual(source.calls.count("read_files"), batches)
+        self.assertEqual(source.calls.count("delete_files"), batches)
+        self.assertEqual(destination.calls.count("write_files"), batches)
+        for path, content in files.items():
+            self.assertEqual(destination.content("a", path), content)
+        self.assertEqual(source.finals[A], {})
+
+    def test_replaces_existing(self) -> None:
+        """
+        Small files whose destination has a stale final or partial file are
+        sent again whole and replace it.
+        """
+        source = MemoryStore.with_files(
+            "a", {"final": b"new 1", "partial": b"new 2"}, label="src"
+        )
+        destination = MemoryStore.with_files(
+            "a", {"final": b"old"}, partials={"partial": b"old old old"}, label="dst"
+        )
+        report = self.move(source, destination)
+        self.assertTrue(report.ok)
+        self.assertEqual(destination.content("a", "final"), b"new 1")
+        self.assertEqual(destination.content("a", "partial"), b"new 2")
+        self.assertEqual(destination.partials[A], {})
+
+    def test_write_error_fails_batch_only(self) -> None:
+        """
+        A destination that fails a whole batch fails its files, keeps their
+        sources, and the larger files still move.
+        """
+        source = MemoryStore.with_files(
+            "a", {"small": b"s", "big": data(BATCH_FILE + 1)}, label="src"
+        )
+        destination = FaultyStore(MemoryStore.with_files("a", label="dst")).add(
+            Fault("write_files", "error", error=NoSpace("disk full"))
+        )
+        report = self.move(source, destination)
+        self.assertEqual(
+            sorted((r.path, r.status) for r in report.results),
+            [("big", MOVED), ("small", FAILED)],
+        )
+        self.assertEqual(source.content("a", "small"), b"s")
 
 
 class ResumeTests(MoverTestsMixin, SynchronousTestCase):
@@ -229,9 +291,7 @@ class ResumeTests(MoverTestsMixin, SynchronousTestCase):
         content = data(3 * LEAF_SIZE)
         shifted = content[:100] + b"inserted" + content[100 : 2 * LEAF_SIZE]
         source = MemoryStore.with_files("a", {"f": content}, label="src")
-        destination = MemoryStore.with_files(
-            "a", partials={"f": shifted}, label="dst"
-        )
+        destination = MemoryStore.with_files("a", partials={"f": shifted}, label="dst")
         report = self.move(source, destination)
         self.assertTrue(report.ok)
         self.assertEqual(destination.content("a", "f"), content)
@@ -271,9 +331,7 @@ class ResumeTests(MoverTestsMixin, SynchronousTestCase):
         through the general path and arrives identical.
         """
         source = MemoryStore.with_files("a", {"f": b"new content"}, label="src")
-        destination = MemoryStore.with_files(
-            "a", partials={"f": b"old"}, label="dst"
-        )
+        destination = MemoryStore.with_files("a", partials={"f": b"old"}, label="dst")
         report = self.move(source, destination)
         self.assertTrue(report.ok)
         self.assertEqual(destination.content("a", "f"), b"new content")
@@ -325,10 +383,12 @@ class FaultTests(MoverTestsMixin, SynchronousTestCase):
         """
         source = MemoryStore.with_files("a", {"f": b"small file"}, label="src")
         inner = MemoryStore.with_files("a", label="dst")
-        destination = FaultyStore(inner).add(Fault("write", "corrupt", offset=3))
+        destination = FaultyStore(inner).add(Fault("write_files", "corrupt"))
         report = self.move(source, destination)
         self.assertTrue(report.ok)
         self.assertEqual(inner.content("a", "f"), b"small file")
+        self.assertEqual(report.results[0].copied, 2 * len(b"small file"))
+        self.assertEqual(inner.calls, ["list", "write_files", "write", "finish"])
 
     def test_small_file_always_corrupted(self) -> None:
         """
@@ -337,9 +397,13 @@ class FaultTests(MoverTestsMixin, SynchronousTestCase):
         """
         source = MemoryStore.with_files("a", {"f": b"small file"}, label="src")
         inner = MemoryStore.with_files("a", label="dst")
-        destination = FaultyStore(inner).add(Fault("write", "corrupt", times=-1))
+        destination = FaultyStore(inner).add(
+            Fault("write_files", "corrupt", times=-1),
+            Fault("write", "corrupt", times=-1),
+        )
         report = self.move(source, destination)
         self.assertEqual([r.status for r in report.results], [FAILED])
+        self.assertIn("still differs", str(report.results[0].error))
         self.assertEqual(source.content("a", "f"), b"small file")
         self.assertIsNone(inner.content("a", "f"))
 
@@ -393,20 +457,17 @@ class FaultTests(MoverTestsMixin, SynchronousTestCase):
     def test_missing_source_file(self) -> None:
         """
         A source file that vanished after the listing fails alone, named
-        as a source error; the others move.
+        as a source error; the others of its batch move.
         """
-        source = MemoryStore.with_files("a", {"gone": b"1", "here": b"2"}, label="src")
-        faulty = FaultyStore(source).add(
-            Fault("read", "error", path="gone", error=NotFound("no file 'gone'"))
-        )
+        source = PhantomSource.with_files("a", {"here": b"2"}, label="src")
         destination = MemoryStore.with_files("a", label="dst")
-        report = self.move(faulty, destination)
+        report = self.move(source, destination)
         self.assertEqual(
             sorted((r.path, r.status) for r in report.results),
             [("gone", FAILED), ("here", MOVED)],
         )
         [failed] = report.failed
-        self.assertEqual(str(failed.error), "source src: no file 'gone'")
+        self.assertEqual(str(failed.error), "source src: arena 'a': no file 'gone'")
 
     def test_network_error_stops_scheduling(self) -> None:
         """
@@ -414,13 +475,13 @@ class FaultTests(MoverTestsMixin, SynchronousTestCase):
         report is retryable.
         """
         source = MemoryStore.with_files(
-            "a", {f"f{i}": b"x" * 10 for i in range(5)}, label="src"
+            "a", {f"f{i}": data(BATCH_FILE + 1, i) for i in range(5)}, label="src"
         )
         destination = FaultyStore(MemoryStore.with_files("a", label="dst")).add(
             Fault("write", "disconnect", times=-1)
         )
         mover = Mover(source, destination)
-        mover.budget = ByteBudget(1 << 20, 1)
+        mover.budget = ByteBudget(1 << 30, 1)
         report = result_of(self, mover.move([A]))
         self.assertEqual(len(report.results), 1)
         self.assertIsInstance(report.failed[0].error.cause, NetworkError)  # type: ignore[union-attr]
@@ -441,14 +502,32 @@ class FaultTests(MoverTestsMixin, SynchronousTestCase):
 
 class ChangingSource(MemoryStore):
     """
-    A source whose file changes while it is being read.
+    A source whose file changes while it is being read (or, for a batch,
+    between the listing and the read).
     """
+
+    def _change(self, arena: ArenaName, path: str) -> None:
+        self.finals[arena][path].data[0:1] = b"X"
+        self.finals[arena][path].mtime_ns = self.tick()
 
     def read(self, arena: ArenaName, path: str, start: int, end: int, **kw: Any) -> Any:
         stream = super().read(arena, path, start, end, **kw)
-        self.finals[arena][path].data[0:1] = b"X"
-        self.finals[arena][path].mtime_ns = self.tick()
+        self._change(arena, path)
         return stream
+
+    async def read_files(self, arena: ArenaName, files: Any) -> Any:
+        for path, _ in files:
+            self._change(arena, path)
+        return await super().read_files(arena, files)
+
+
+class PhantomSource(MemoryStore):
+    """
+    A source that lists a file C{gone} it does not have.
+    """
+
+    async def list_files(self, arena: ArenaName) -> Any:
+        return [*await super().list_files(arena), FileInfo("gone", 5, 1)]
 
 
 class ChangeOnFinish(MemoryStore):
@@ -601,13 +680,14 @@ class ConcurrencyTests(SynchronousTestCase):
         With writes that wait, as many files are in flight as the budget
         allows, no more.
         """
+        size = BATCH_FILE + 100
         source = MemoryStore.with_files(
-            "a", {f"f{i}": b"x" * 100 for i in range(10)}, label="src"
+            "a", {f"f{i}": data(size, i) for i in range(10)}, label="src"
         )
         destination = WaitingStore.with_files("a", label="dst")
         waiting = destination.waiting = []
         mover = Mover(source, destination)
-        mover.budget = ByteBudget(250, 100)
+        mover.budget = ByteBudget(size * 2 + size // 2, 100)
         done = Deferred.fromCoroutine(mover.move([A]))
         self.assertEqual(len(waiting), 2)
         while waiting:
@@ -615,6 +695,3 @@ class ConcurrencyTests(SynchronousTestCase):
         report = self.successResultOf(done)
         self.assertTrue(report.ok)
         self.assertEqual(len(report.moved), 10)
-
-
-

@@ -21,6 +21,7 @@ from twisted.internet.task import Clock, deferLater
 
 from realize.config import Config, parse_config
 from realize.errors import (
+    BadRequest,
     Conflict,
     InvalidPath,
     IOFailure,
@@ -29,8 +30,10 @@ from realize.errors import (
     Unauthorized,
 )
 from realize.hashing import LEAF_SIZE, leaf_hash, merkle_root
-from realize.interfaces import FileState, ReadStream, Store
+from realize.interfaces import FileState, ReadStream, SmallFile, Store
 from realize.model import ArenaName, FileInfo
+from realize.net import client as client_module
+from realize.net import server as server_module
 from realize.net.client import RemoteStore
 from realize.net.protocol import MAX_DATA_FRAME, Inbox
 from realize.services.store import StoreService
@@ -185,6 +188,80 @@ class ServiceTests(RemoteTestCase):
             for p in sorted(root.rglob("*"))
             if p.is_file()
         }
+
+    def test_batches_round_trip(self) -> None:
+        """
+        write_files, read_files and delete_files over the wire, split into
+        several calls, act on the server's disk and carry per-file
+        outcomes back as the right error classes.
+        """
+        self.patch(client_module, "BATCH_CALL_FILES", 3)
+        contents = {f"batch/{i} é:x": bytes([i]) * (i * 100) for i in range(8)}
+        files = [
+            SmallFile(
+                path, len(data), 1_700_000_000_000_000_000, merkle_root(leaves_of(data))
+            )
+            for path, data in contents.items()
+        ]
+        files.append(SmallFile("batch/wrong", 2, 1, b"\0" * 32))
+        outcomes = self.call(
+            self.remote.write_files(DOCS, files, [*contents.values(), b"no"])
+        )
+        self.assertEqual(outcomes[:-1], [None] * 8)
+        self.assertIsInstance(outcomes[-1], Conflict)
+        disk = self.on_disk("docs")
+        for path, data in contents.items():
+            self.assertEqual(disk[path], data)
+        self.assertEqual(disk["batch/.wrong.part"], b"no")
+        reads = self.call(
+            self.remote.read_files(
+                DOCS, [(path, 10_000) for path in contents] + [("batch/none", 5)]
+            )
+        )
+        self.assertEqual([r.data for r in reads[:-1]], list(contents.values()))
+        self.assertEqual([r.root for r in reads[:-1]], [f.root for f in files[:-1]])
+        self.assertIsInstance(reads[-1], NotFound)
+        infos = [
+            FileInfo(path, len(data), 1_700_000_000_000_000_000)
+            for path, data in contents.items()
+        ]
+        infos[0] = FileInfo(infos[0].path, infos[0].size + 1, infos[0].mtime_ns)
+        deleted = self.call(self.remote.delete_files(DOCS, infos))
+        self.assertIsInstance(deleted[0], Conflict)
+        self.assertEqual(deleted[1:], [None] * 7)
+        self.assertEqual(
+            sorted(self.on_disk("docs")),
+            sorted([next(iter(contents)), "batch/.wrong.part"]),
+        )
+
+    def test_batches_acl(self) -> None:
+        """
+        The batch commands are refused for an arena the peer may not use.
+        """
+        photos = ArenaName("photos")
+        self.error(self.remote.read_files(photos, [("x", 1)]), Unauthorized)
+        self.error(
+            self.remote.write_files(photos, [SmallFile("x", 1, 1, b"r")], [b"x"]),
+            Unauthorized,
+        )
+        self.error(
+            self.remote.delete_files(photos, [FileInfo("x", 1, 1)]), Unauthorized
+        )
+        self.assertEqual(self.on_disk("photos"), {})
+
+    def test_batch_too_large(self) -> None:
+        """
+        A batch over the server's limits is refused as a bad request and
+        nothing is written.
+        """
+        self.patch(client_module, "BATCH_CALL_FILES", 5000)
+        count = server_module.MAX_BATCH_FILES + 1
+        files = [SmallFile(f"f{i}", 0, 1, b"r") for i in range(count)]
+        error = self.error(
+            self.remote.write_files(DOCS, files, [b""] * count), BadRequest
+        )
+        self.assertIn("exceeds the limits", str(error))
+        self.assertEqual(self.on_disk("docs"), {})
 
     def test_arenas_filtered_by_acl(self) -> None:
         """

@@ -82,7 +82,9 @@ class PluginTests(SynchronousTestCase):
         """
         maker = plugins()["realize-move"]
         options = maker.options()
-        options.parseOptions(["--src", "local:/a", "docs", "--dst", "local:/b", "-o", "quiet"])
+        options.parseOptions(
+            ["--src", "local:/a", "docs", "--dst", "local:/b", "-o", "quiet"]
+        )
         self.assertEqual(options["arenas"], ["docs"])
         self.assertEqual(options["output"], "quiet")
         self.assertEqual(options["dst"], "local:/b")

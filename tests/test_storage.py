@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from realize.errors import BadRequest, Conflict, InvalidPath, NotFound
 from realize.hashing import EMPTY_ROOT, LEAF_SIZE, leaf_hash, merkle_root
-from realize.interfaces import FileState, Store, WriteResult
+from realize.interfaces import FileState, SmallFile, Store, WriteResult
 from realize.model import ArenaName, FileInfo, partial_name
 from realize.storage.memory import MemoryFile, MemoryStore
 from realize.storage.real import ArenaRoot, LocalStore
@@ -823,6 +823,108 @@ class StoreContractMixin(_Base):
             for coro in coros:
                 self.fails(coro, InvalidPath)
         self.assert_empty()
+
+    # -- batches of small files ------------------------------------------
+
+    def test_read_files(self) -> None:
+        """
+        read_files reads whole files (final preferred, else partial) with
+        their size, mtime and root; a missing file or an invalid path is an
+        error entry; a file over its limit is not read.
+        """
+        self.put("d/one", b"first", mtime_ns=MTIME)
+        self.put("d/two", b"partial only", partial=True)
+        self.put("big", b"x" * 100)
+        reads = result_of(
+            self,
+            self.store.read_files(
+                A,
+                [("d/one", 10), ("d/two", 100), ("gone", 5), ("../x", 5), ("big", 99)],
+            ),
+        )
+        one, two, gone, bad, big = reads
+        self.assertEqual(
+            (one.data, one.size, one.mtime_ns, one.root),  # type: ignore[union-attr]
+            (b"first", 5, MTIME, leaf_hash(b"first")),
+        )
+        self.assertEqual(two.data, b"partial only")  # type: ignore[union-attr]
+        self.assertIsInstance(gone, NotFound)
+        self.assertIsInstance(bad, InvalidPath)
+        self.assertEqual((big.data, big.size), (b"", 100))  # type: ignore[union-attr]
+
+    def test_read_files_empty(self) -> None:
+        """
+        An empty file reads as no data with the empty root.
+        """
+        self.put("empty", b"")
+        [read] = result_of(self, self.store.read_files(A, [("empty", 0)]))
+        self.assertEqual((read.data, read.root), (b"", EMPTY_ROOT))  # type: ignore[union-attr]
+
+    def test_write_files(self) -> None:
+        """
+        write_files writes, verifies and finishes each file with its mtime,
+        replacing a final or partial file; a file whose root differs stays
+        partial with a Conflict; bad entries fail alone.
+        """
+        self.put("old", b"old final")
+        self.put("half", b"old partial", partial=True)
+        contents = {
+            "new/a": b"alpha",
+            "old": b"replaced",
+            "half": b"completed",
+            "empty": b"",
+        }
+        files = [
+            SmallFile(
+                path,
+                len(data),
+                MTIME,
+                merkle_root([leaf_hash(data)]) if data else EMPTY_ROOT,
+            )
+            for path, data in contents.items()
+        ]
+        files.append(SmallFile("wrong", 3, MTIME, leaf_hash(b"not this")))
+        files.append(SmallFile("../bad", 3, MTIME, leaf_hash(b"bad")))
+        files.append(SmallFile("short", 10, MTIME, leaf_hash(b"short")))
+        data = [*contents.values(), b"abc", b"bad", b"short"]
+        outcomes = result_of(self, self.store.write_files(A, files, data))
+        self.assertEqual(outcomes[:4], [None, None, None, None])
+        self.assertIsInstance(outcomes[4], Conflict)
+        self.assertIsInstance(outcomes[5], InvalidPath)
+        self.assertIsInstance(outcomes[6], Conflict)
+        for path, content in contents.items():
+            self.assertEqual(self.stored(path), content)
+            self.assertIsNone(self.stored(path, partial=True))
+            self.assertEqual(self.stored_mtime(path), MTIME)
+        self.assertIsNone(self.stored("wrong"))
+        self.assertEqual(self.stored("wrong", partial=True), b"abc")
+
+    def test_delete_files(self) -> None:
+        """
+        delete_files deletes each file that still has its size and mtime,
+        with its partial; a changed file is a Conflict and stays; a missing
+        one is fine.
+        """
+        self.put("d/keep", b"changed", mtime_ns=MTIME)
+        self.put("d/go", b"going", mtime_ns=MTIME)
+        self.put("d/go", b"stale", partial=True)
+        outcomes = result_of(
+            self,
+            self.store.delete_files(
+                A,
+                [
+                    FileInfo("d/go", 5, MTIME),
+                    FileInfo("d/keep", 3, MTIME),
+                    FileInfo("missing", 1, MTIME),
+                ],
+            ),
+        )
+        self.assertIsNone(outcomes[0])
+        self.assertIsInstance(outcomes[1], Conflict)
+        self.assertIsNone(outcomes[2])
+        self.assertIsNone(self.stored("d/go"))
+        self.assertIsNone(self.stored("d/go", partial=True))
+        self.assertEqual(self.stored("d/keep"), b"changed")
 
 
 class LocalStoreContractTests(StoreContractMixin, SynchronousTestCase):

@@ -19,7 +19,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from realize.errors import InvalidPath, IOFailure, NotFound, RealizeError
 from realize.hashing import LEAF_SIZE, hash_fd_range, merkle_root
-from realize.interfaces import FileState
+from realize.interfaces import FileState, SmallFile
 from realize.model import ArenaName, FileInfo
 from realize.storage import real
 from realize.storage.real import ArenaRoot, CommitItem, Committer, LocalStore
@@ -803,3 +803,73 @@ class StreamTests(_LocalCase):
         for data, error in failures:
             failure_of(self, self.store.write(A, "f", 0, 4, 4, data), error)
         self.assertEqual(open_fds(), before)
+
+
+class BatchOnDiskTests(SynchronousTestCase):
+    """
+    The batch commands of L{LocalStore} on a real directory.
+    """
+
+    def setUp(self) -> None:
+        self.root = os.path.abspath(self.mktemp())
+        os.makedirs(self.root)
+        self.store = LocalStore.single(ArenaName("a"), self.root, sync_run_in_thread)
+
+    def test_delete_files_removes_emptied_directories(self) -> None:
+        """
+        delete_files removes the directories it emptied, not the arena root
+        and not a directory that still holds something.
+        """
+        write_file(f"{self.root}/x/y/one", b"1", mtime_ns=10)
+        write_file(f"{self.root}/x/two", b"2", mtime_ns=10)
+        write_file(f"{self.root}/z/three", b"3", mtime_ns=10)
+        write_file(f"{self.root}/z/other", b"o", mtime_ns=10)
+        outcomes = result_of(
+            self,
+            self.store.delete_files(
+                ArenaName("a"),
+                [
+                    FileInfo("x/y/one", 1, 10),
+                    FileInfo("x/two", 1, 10),
+                    FileInfo("z/three", 1, 10),
+                ],
+            ),
+        )
+        self.assertEqual(outcomes, [None, None, None])
+        self.assertEqual(tree(self.root), ["z", "z/other"])
+        self.assertTrue(os.path.isdir(self.root))
+
+    def test_write_files_refuses_symlink_final(self) -> None:
+        """
+        write_files refuses a path whose final file is a symlink: the link
+        and its target are untouched and no partial is left behind.
+        """
+        target = os.path.abspath(self.mktemp())
+        write_file(target, b"outside")
+        os.symlink(target, f"{self.root}/link")
+        [outcome] = result_of(
+            self,
+            self.store.write_files(
+                ArenaName("a"), [SmallFile("link", 3, 1, merkle_root([b""]))], [b"new"]
+            ),
+        )
+        self.assertIsInstance(outcome, InvalidPath)
+        self.assertEqual(read_file(target), b"outside")
+        self.assertTrue(os.path.islink(f"{self.root}/link"))
+        self.assertEqual(os.listdir(self.root), ["link"])
+
+    def test_write_files_symlink_directory(self) -> None:
+        """
+        A directory component that is a symlink is refused, never followed.
+        """
+        outside = os.path.abspath(self.mktemp())
+        os.makedirs(outside)
+        os.symlink(outside, f"{self.root}/dir")
+        [outcome] = result_of(
+            self,
+            self.store.write_files(
+                ArenaName("a"), [SmallFile("dir/f", 1, 1, merkle_root([b""]))], [b"x"]
+            ),
+        )
+        self.assertIsInstance(outcome, InvalidPath)
+        self.assertEqual(os.listdir(outside), [])

@@ -15,16 +15,20 @@ back-pressure is the consumer not asking for more.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
 
+from realize.errors import RealizeError
 from realize.model import ArenaName, FileInfo
 
 __all__ = [
+    "ChunkList",
     "FileState",
+    "SmallFile",
+    "SmallRead",
     "ReadStream",
     "RunInThread",
     "Store",
@@ -32,6 +36,25 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+
+class ChunkList:
+    """
+    An async iterator over chunks already in memory, for the C{data} of
+    L{Store.write}.
+    """
+
+    def __init__(self, chunks: Sequence[bytes]) -> None:
+        self._chunks = iter(chunks)
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return next(self._chunks)
+        except StopIteration:
+            raise StopAsyncIteration from None
 
 
 class RunInThread(Protocol):
@@ -61,6 +84,40 @@ class FileState:
     leaves: tuple[bytes, ...]
     size: int
     mtime_ns: int
+
+
+@frozen
+class SmallFile:
+    """
+    A whole small file to write in a batch (L{Store.write_files}).
+
+    @ivar path: its path.
+    @ivar size: its size in bytes (the length of its data).
+    @ivar mtime_ns: the mtime to give it.
+    @ivar root: the Merkle root its data must have.
+    """
+
+    path: str
+    size: int
+    mtime_ns: int
+    root: bytes
+
+
+@frozen
+class SmallRead:
+    """
+    A whole small file read in a batch (L{Store.read_files}).
+
+    @ivar data: its content (empty if it was larger than the limit).
+    @ivar size: its size in bytes when read.
+    @ivar mtime_ns: its mtime when read.
+    @ivar root: the Merkle root of C{data}.
+    """
+
+    data: bytes
+    size: int
+    mtime_ns: int
+    root: bytes
 
 
 @frozen
@@ -226,6 +283,41 @@ class Store(Protocol):
         partial if it exists, else the final).
 
         @param start: a multiple of L{realize.hashing.LEAF_SIZE}.
+        """
+
+    async def read_files(
+        self, arena: ArenaName, files: Sequence[tuple[str, int]]
+    ) -> list[SmallRead | RealizeError]:
+        """
+        Read whole small files (final, else partial) in one batch.
+
+        @param files: C{(path, limit)}: a file larger than C{limit} bytes is
+            not read (its L{SmallRead} has its size and no data).
+        @return: per file, what was read or its error.
+        """
+
+    async def write_files(
+        self, arena: ArenaName, files: Sequence[SmallFile], data: Sequence[bytes]
+    ) -> list[RealizeError | None]:
+        """
+        Write whole small files in one batch: each goes to its partial file
+        (a final file becomes partial), is hashed and, if its root is the
+        expected one, is finished durably with its mtime.
+
+        @param data: the content of each file.
+        @return: per file, C{None} if it is finished, else its error
+            (L{Conflict} if its hash differs: it stays partial).
+        """
+
+    async def delete_files(
+        self, arena: ArenaName, files: Sequence[FileInfo]
+    ) -> list[RealizeError | None]:
+        """
+        Delete files in one batch, each only if it still has the size and
+        mtime given (as L{delete} with both); directories left empty are
+        removed.
+
+        @return: per file, C{None} or its error.
         """
 
     async def close(self) -> None:

@@ -9,8 +9,8 @@ key, L{AuthenticationError} with the peer, its address and the reason.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from typing import Any, TypeVar
 
 from attrs import define
 from OpenSSL import SSL
@@ -24,16 +24,18 @@ from twisted.python.failure import Failure
 
 from realize.config import PeerConfig
 from realize.errors import (
+    WIRE_ERRORS,
     AuthenticationError,
     IOFailure,
     NetworkError,
     RealizeError,
 )
 from realize.hashing import DIGEST_SIZE
-from realize.interfaces import FileState, WriteResult
+from realize.interfaces import ChunkList, FileState, SmallFile, SmallRead, WriteResult
 from realize.model import ArenaName, FileInfo
 from realize.net import commands
 from realize.net.protocol import (
+    MAX_DATA_FRAME,
     WRITE_DATA,
     Connection,
     Inbox,
@@ -51,6 +53,82 @@ def _split_leaves(data: bytes) -> tuple[bytes, ...]:
     if len(data) % DIGEST_SIZE:
         raise IOFailure(f"malformed leaf list of {len(data)} bytes")
     return tuple(data[i : i + DIGEST_SIZE] for i in range(0, len(data), DIGEST_SIZE))
+
+
+#: Most files per batch call, and most bytes of the records describing
+#: them (the daemon refuses batches over 1,024 files or 16 MiB).
+BATCH_CALL_FILES = 512
+BATCH_CALL_COST = 1 << 20
+
+T = TypeVar("T")
+
+_ERRORS_BY_CODE = {code: cls for cls, code in WIRE_ERRORS.items()}
+
+
+def _entry_cost(path: str) -> int:
+    """
+    @return: a generous estimate of the bytes a batch entry for C{path}
+        takes in its records (lengths, numbers, a 32-byte root).
+    """
+    return 64 + len(path.encode("utf-8", "replace"))
+
+
+def _batches(items: Sequence[T], cost: Callable[[T], int]) -> list[Sequence[T]]:
+    """
+    Split a batch into calls that fit: at most L{BATCH_CALL_FILES} items
+    and L{BATCH_CALL_COST} bytes of records each.
+    """
+    parts: list[Sequence[T]] = []
+    start = 0
+    total = 0
+    for index, item in enumerate(items):
+        item_cost = cost(item)
+        if index > start and (
+            index - start >= BATCH_CALL_FILES or total + item_cost > BATCH_CALL_COST
+        ):
+            parts.append(items[start:index])
+            start, total = index, 0
+        total += item_cost
+    if start < len(items):
+        parts.append(items[start:])
+    return parts
+
+
+def _frames(contents: Sequence[bytes]) -> list[bytes]:
+    """
+    Concatenate small contents into chunks of about L{MAX_DATA_FRAME}
+    bytes (L{Connection.send_data} splits any larger one into frames).
+    """
+    frames: list[bytes] = []
+    pending: list[bytes] = []
+    size = 0
+    for content in contents:
+        if size + len(content) > MAX_DATA_FRAME and pending:
+            frames.append(b"".join(pending))
+            pending, size = [], 0
+        pending.append(content)
+        size += len(content)
+    if size:
+        frames.append(b"".join(pending))
+    return frames
+
+
+def _decode_error(code: bytes, message: str) -> RealizeError:
+    """
+    @return: the error of a batch outcome.
+    """
+    cls = _ERRORS_BY_CODE.get(code, IOFailure)
+    return cls(message)  # type: ignore[return-value]
+
+
+def _decode_outcomes(
+    entries: list[dict[str, Any]], count: int, label: str
+) -> list[RealizeError | None]:
+    if len(entries) != count:
+        raise IOFailure(f"{label} answered {len(entries)} outcomes for {count} files")
+    return [
+        _decode_error(e["code"], e["message"]) if e["code"] else None for e in entries
+    ]
 
 
 def _translate(failure: Failure, label: str) -> BaseException:
@@ -164,35 +242,16 @@ class RemoteStore:
         return [ArenaName(name) for name in answer["arenas"]]
 
     async def list_files(self, arena: ArenaName) -> list[FileInfo]:
-        connection = self.connection
-        stream = connection.new_stream()
-        inbox = connection.open_reading(stream)
-        answer = connection.amp.callRemote(commands.List, arena=arena, stream=stream)
-        counts: list[int] = []
-
-        def answered(result: Any) -> None:
-            # Ending the inbox resumes the loop below at once, inside this
-            # callback: hand it the outcome through the inbox, not by
-            # awaiting the answer whose callbacks are running.
-            if isinstance(result, Failure):
-                connection.close_reading(stream, self._error(result))
-            else:
-                counts.append(result["count"])
-                connection.close_reading(stream, None)
-
-        answer.addBoth(answered)
         entries: list[FileInfo] = []
-        try:
-            async for chunk in inbox:
-                entries.extend(decode_entries(chunk))
-        except Exception:
-            connection.cancel_reading(stream)
-            inbox.discard()
-            raise self._error(Failure()) from None
-        if counts != [len(entries)]:
+        answer = await self._call_reading(
+            commands.List,
+            lambda chunk: entries.extend(decode_entries(chunk)),
+            arena=arena,
+        )
+        if answer["count"] != len(entries):
             raise IOFailure(
-                f"listing of arena {arena!r} announced "
-                f"{counts[0] if counts else 'no'} files, sent {len(entries)}"
+                f"listing of arena {arena!r} announced {answer['count']} files, "
+                f"sent {len(entries)}"
             )
         return entries
 
@@ -222,20 +281,36 @@ class RemoteStore:
         finish_root: bytes | None = None,
         mtime_ns: int | None = None,
     ) -> WriteResult:
-        connection = self.connection
-        stream = connection.new_stream()
-        called = connection.amp.callRemote(
+        result = await self._call_sending(
             commands.Write,
+            data,
             arena=arena,
             path=path,
             start=start,
             end=end,
             file_size=file_size,
-            stream=stream,
             hash=hash,
             finish_root=finish_root,
             mtime_ns=mtime_ns,
         )
+        return WriteResult(_split_leaves(result["leaves"]), result["finished"])
+
+    async def _call_sending(
+        self,
+        command: type[amp.Command],
+        data: AsyncIterable[bytes],
+        **arguments: Any,
+    ) -> dict[str, Any]:
+        """
+        Call a command that takes a data stream (Write, WriteFiles): send
+        the data after the command, end the stream, await the answer.
+
+        @raise: the data's own error if iterating it fails (the stream is
+            then ended as aborted), else the command's error.
+        """
+        connection = self.connection
+        stream = connection.new_stream()
+        called = connection.amp.callRemote(command, stream=stream, **arguments)
         # Take the answer as soon as it comes, even while sending: AMP
         # treats an error answer with no errback attached yet as unhandled
         # (it logs it, drops the connection and makes the result None).
@@ -260,10 +335,121 @@ class RemoteStore:
             raise
         connection.end_write(stream, ok)
         try:
-            result = await answer
+            return await answer
         except Exception:
             raise self._error(Failure()) from None
-        return WriteResult(_split_leaves(result["leaves"]), result["finished"])
+
+    async def _call_reading(
+        self,
+        command: type[amp.Command],
+        on_chunk: Callable[[bytes], None],
+        **arguments: Any,
+    ) -> dict[str, Any]:
+        """
+        Call a command that answers with a data stream (List, ReadFiles):
+        hand each chunk to C{on_chunk}, return the answer.
+        """
+        connection = self.connection
+        stream = connection.new_stream()
+        inbox = connection.open_reading(stream)
+        called = connection.amp.callRemote(command, stream=stream, **arguments)
+        answers: list[dict[str, Any]] = []
+
+        def answered(result: Any) -> None:
+            # Ending the inbox resumes the loop below at once, inside this
+            # callback: hand it the outcome through the inbox, not by
+            # awaiting the answer whose callbacks are running.
+            if isinstance(result, Failure):
+                connection.close_reading(stream, self._error(result))
+            else:
+                answers.append(result)
+                connection.close_reading(stream, None)
+
+        called.addBoth(answered)
+        try:
+            async for chunk in inbox:
+                on_chunk(chunk)
+        except Exception:
+            connection.cancel_reading(stream)
+            inbox.discard()
+            raise self._error(Failure()) from None
+        if not answers:
+            raise IOFailure(f"no answer to {command.__name__}")
+        return answers[0]
+
+    async def read_files(
+        self, arena: ArenaName, files: Sequence[tuple[str, int]]
+    ) -> list[SmallRead | RealizeError]:
+        results: list[SmallRead | RealizeError] = []
+        for part in _batches(files, lambda f: _entry_cost(f[0])):
+            chunks: list[bytes] = []
+            answer = await self._call_reading(
+                commands.ReadFiles,
+                chunks.append,
+                arena=arena,
+                files=[{"path": path, "limit": limit} for path, limit in part],
+            )
+            data = memoryview(b"".join(chunks))
+            entries = answer["results"]
+            if len(entries) != len(part) or sum(e["length"] for e in entries) != len(
+                data
+            ):
+                raise IOFailure(f"malformed ReadFiles answer from {self.label}")
+            offset = 0
+            for entry in entries:
+                length = entry["length"]
+                if entry["code"]:
+                    results.append(_decode_error(entry["code"], entry["message"]))
+                else:
+                    results.append(
+                        SmallRead(
+                            bytes(data[offset : offset + length]),
+                            entry["size"],
+                            entry["mtime_ns"],
+                            entry["root"],
+                        )
+                    )
+                offset += length
+        return results
+
+    async def write_files(
+        self, arena: ArenaName, files: Sequence[SmallFile], data: Sequence[bytes]
+    ) -> list[RealizeError | None]:
+        results: list[RealizeError | None] = []
+        pairs = list(zip(files, data, strict=True))
+        for part in _batches(pairs, lambda pair: _entry_cost(pair[0].path)):
+            answer = await self._call_sending(
+                commands.WriteFiles,
+                ChunkList(_frames([content for _, content in part])),
+                arena=arena,
+                files=[
+                    {
+                        "path": file.path,
+                        "size": file.size,
+                        "mtime_ns": file.mtime_ns,
+                        "root": file.root,
+                    }
+                    for file, _ in part
+                ],
+            )
+            results.extend(_decode_outcomes(answer["results"], len(part), self.label))
+        return results
+
+    async def delete_files(
+        self, arena: ArenaName, files: Sequence[FileInfo]
+    ) -> list[RealizeError | None]:
+        results: list[RealizeError | None] = []
+        for part in _batches(files, lambda info: _entry_cost(info.path)):
+            answer = await self._call(
+                commands.DeleteFiles,
+                arena=arena,
+                files=[
+                    {"path": f.path, "size": f.size, "mtime_ns": f.mtime_ns}
+                    for f in part
+                ],
+            )
+            results.extend(_decode_outcomes(answer["results"], len(part), self.label))
+        return results
 
     async def truncate(self, arena: ArenaName, path: str, size: int) -> None:
         await self._call(commands.Truncate, arena=arena, path=path, size=size)

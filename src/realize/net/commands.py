@@ -13,6 +13,7 @@ codes.
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 from twisted.protocols.amp import (
@@ -32,12 +33,16 @@ __all__ = [
     "Arenas",
     "BigBytes",
     "Delete",
+    "DeleteFiles",
     "Finish",
     "Hash",
     "List",
     "Read",
+    "ReadFiles",
+    "Records",
     "Truncate",
     "Write",
+    "WriteFiles",
 ]
 
 
@@ -78,6 +83,116 @@ class BigBytes(Argument):
             parts.append(strings[key])
             index += 1
         objects[name.decode("ascii")] = b"".join(parts)
+
+
+class Records(Argument):
+    """
+    A list of records (dicts with the same fields), packed compactly: AMP's
+    own C{AmpList} parses every record as a whole AMP box in Python, which
+    costs more than the files of a batch of small files themselves.
+
+    Each record is its fields in order: C{"text"} (UTF-8) and C{"blob"}
+    (bytes) as a 2-byte big-endian length and the bytes, C{"uint"} as 8
+    bytes unsigned, C{"int"} as 8 bytes signed, big-endian.  The packed
+    list is carried like L{BigBytes}, so it may exceed AMP's 65,535-byte
+    value limit.
+
+    @ivar fields: C{(name, kind)} pairs.
+    """
+
+    def __init__(self, fields: list[tuple[str, str]]) -> None:
+        super().__init__()
+        for _, kind in fields:
+            if kind not in _KINDS:
+                raise ValueError(f"unknown record field kind {kind!r}")
+        self.fields = fields
+        self._big = BigBytes()
+
+    def toBox(
+        self,
+        name: bytes,
+        strings: dict[bytes, bytes],
+        objects: dict[str, Any],
+        proto: Any,
+    ) -> None:
+        self._big.toBox(
+            name,
+            strings,
+            {name.decode("ascii"): self.pack(objects[name.decode("ascii")])},
+            proto,
+        )
+
+    def fromBox(
+        self,
+        name: bytes,
+        strings: dict[bytes, bytes],
+        objects: dict[str, Any],
+        proto: Any,
+    ) -> None:
+        packed: dict[str, Any] = {}
+        self._big.fromBox(name, strings, packed, proto)
+        objects[name.decode("ascii")] = self.unpack(packed[name.decode("ascii")])
+
+    def pack(self, records: list[dict[str, Any]]) -> bytes:
+        """
+        @param records: the records.
+        @return: their packed form.
+        @raise ValueError: if a text or blob field is longer than 65,535
+            bytes, or a number is out of range.
+        """
+        parts: list[bytes] = []
+        append = parts.append
+        for record in records:
+            for field, kind in self.fields:
+                value = record[field]
+                if kind == "text":
+                    value = value.encode("utf-8")
+                if kind in ("text", "blob"):
+                    append(_LENGTH.pack(len(value)))
+                    append(value)
+                else:
+                    append((_UINT if kind == "uint" else _INT).pack(value))
+        return b"".join(parts)
+
+    def unpack(self, data: bytes) -> list[dict[str, Any]]:
+        """
+        @param data: a packed list.
+        @return: the records.
+        @raise ValueError: if the data is malformed (truncated, not UTF-8).
+        """
+        records = []
+        offset = 0
+        end = len(data)
+        fields = self.fields
+        try:
+            while offset < end:
+                record: dict[str, Any] = {}
+                for field, kind in fields:
+                    if kind in ("text", "blob"):
+                        (length,) = _LENGTH.unpack_from(data, offset)
+                        offset += 2
+                        if offset + length > end:
+                            raise ValueError("truncated record")
+                        value: Any = data[offset : offset + length]
+                        offset += length
+                        record[field] = (
+                            value.decode("utf-8") if kind == "text" else value
+                        )
+                    else:
+                        (record[field],) = (
+                            _UINT if kind == "uint" else _INT
+                        ).unpack_from(data, offset)
+                        offset += 8
+                records.append(record)
+        except (struct.error, UnicodeDecodeError) as e:
+            raise ValueError(f"malformed records: {e}") from None
+        return records
+
+
+_KINDS = ("text", "blob", "uint", "int")
+_LENGTH = struct.Struct("!H")
+_UINT = struct.Struct("!Q")
+_INT = struct.Struct("!q")
 
 
 class _StoreCommand(Command):
@@ -198,3 +313,79 @@ class Hash(_StoreCommand):
         (b"size", Integer()),
         (b"mtime_ns", Integer()),
     ]
+
+
+#: Per-file outcome in the answer of a batch command: an empty C{code} for
+#: success, else an error code of L{realize.errors.WIRE_ERRORS} and its
+#: message.
+_OUTCOME = [("code", "blob"), ("message", "text")]
+
+
+class ReadFiles(_StoreCommand):
+    """
+    Whole small files (final, else partial), in one batch.  Their contents
+    arrive as data frames on C{stream} before the answer, concatenated in
+    order; each result gives the C{length} of its file's part (0 for a
+    file larger than its C{limit} or in error).
+    """
+
+    arguments = [
+        (b"arena", Unicode()),
+        (b"stream", Integer()),
+        (b"files", Records([("path", "text"), ("limit", "uint")])),
+    ]
+    response = [
+        (
+            b"results",
+            Records(
+                [
+                    *_OUTCOME,
+                    ("size", "uint"),
+                    ("mtime_ns", "int"),
+                    ("root", "blob"),
+                    ("length", "uint"),
+                ]
+            ),
+        )
+    ]
+
+
+class WriteFiles(_StoreCommand):
+    """
+    Write, verify and finish whole small files, in one batch.  Their
+    contents follow the command as data frames on C{stream}, concatenated
+    in order, up to the stream's end frame.
+    """
+
+    arguments = [
+        (b"arena", Unicode()),
+        (b"stream", Integer()),
+        (
+            b"files",
+            Records(
+                [
+                    ("path", "text"),
+                    ("size", "uint"),
+                    ("mtime_ns", "int"),
+                    ("root", "blob"),
+                ]
+            ),
+        ),
+    ]
+    response = [(b"results", Records(_OUTCOME))]
+
+
+class DeleteFiles(_StoreCommand):
+    """
+    Delete files in one batch, each only if it still has its size and
+    mtime.
+    """
+
+    arguments = [
+        (b"arena", Unicode()),
+        (
+            b"files",
+            Records([("path", "text"), ("size", "uint"), ("mtime_ns", "int")]),
+        ),
+    ]
+    response = [(b"results", Records(_OUTCOME))]

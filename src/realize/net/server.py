@@ -21,11 +21,18 @@ from twisted.protocols import amp
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
-from realize.errors import WIRE_ERRORS, IOFailure, NetworkError
-from realize.interfaces import Store
-from realize.model import ArenaName, PeerId
+from realize.errors import (
+    WIRE_ERRORS,
+    BadRequest,
+    Conflict,
+    IOFailure,
+    NetworkError,
+    RealizeError,
+)
+from realize.interfaces import SmallFile, Store
+from realize.model import ArenaName, FileInfo, PeerId
 from realize.net import commands
-from realize.net.protocol import READ_DATA, Connection, encode_entries
+from realize.net.protocol import MAX_DATA_FRAME, READ_DATA, Connection, encode_entries
 from realize.net.tls import ServerTLS, auth_log
 
 __all__ = ["StoreLocator", "server_factory"]
@@ -210,6 +217,137 @@ class StoreLocator(amp.CommandLocator):
             }
 
         return _respond("Hash", go())
+
+    @commands.ReadFiles.responder
+    def read_files(
+        self, arena: str, stream: int, files: list[dict[str, Any]]
+    ) -> Deferred[dict[str, Any]]:
+        connection = self.connection
+        assert connection is not None
+
+        async def go() -> dict[str, Any]:
+            _check_batch(len(files), sum(f["limit"] for f in files))
+            reads = await self._store().read_files(
+                ArenaName(arena), [(f["path"], f["limit"]) for f in files]
+            )
+            results = []
+            pending: list[bytes] = []
+            size = 0
+            for read in reads:
+                if isinstance(read, RealizeError):
+                    results.append({**_outcome(read), **_NO_READ})
+                    continue
+                results.append(
+                    {
+                        "code": b"",
+                        "message": "",
+                        "size": read.size,
+                        "mtime_ns": read.mtime_ns,
+                        "root": read.root,
+                        "length": len(read.data),
+                    }
+                )
+                pending.append(read.data)
+                size += len(read.data)
+                if size >= MAX_DATA_FRAME:
+                    await _send(connection, stream, b"".join(pending))
+                    pending, size = [], 0
+            if size:
+                await _send(connection, stream, b"".join(pending))
+            return {"results": results}
+
+        return _respond("ReadFiles", go())
+
+    @commands.WriteFiles.responder
+    def write_files(
+        self, arena: str, stream: int, files: list[dict[str, Any]]
+    ) -> Deferred[dict[str, Any]]:
+        connection = self.connection
+        assert connection is not None
+        inbox = connection.open_incoming(stream)
+
+        async def go() -> dict[str, Any]:
+            try:
+                total = sum(f["size"] for f in files)
+                _check_batch(len(files), total)
+                received: list[bytes] = []
+                held = 0
+                async for chunk in inbox:
+                    held += len(chunk)
+                    if held > total:
+                        raise Conflict(
+                            f"WriteFiles: more data than the {total} bytes announced"
+                        )
+                    received.append(chunk)
+            finally:
+                connection.close_incoming(stream)
+            if held != total:
+                raise Conflict(f"WriteFiles: {held} bytes received, {total} announced")
+            data = memoryview(b"".join(received))
+            contents = []
+            offset = 0
+            for f in files:
+                contents.append(bytes(data[offset : offset + f["size"]]))
+                offset += f["size"]
+            outcomes = await self._store().write_files(
+                ArenaName(arena),
+                [
+                    SmallFile(f["path"], f["size"], f["mtime_ns"], f["root"])
+                    for f in files
+                ],
+                contents,
+            )
+            return {"results": [_outcome(o) for o in outcomes]}
+
+        return _respond("WriteFiles", go())
+
+    @commands.DeleteFiles.responder
+    def delete_files(
+        self, arena: str, files: list[dict[str, Any]]
+    ) -> Deferred[dict[str, Any]]:
+        async def go() -> dict[str, Any]:
+            _check_batch(len(files), 0)
+            outcomes = await self._store().delete_files(
+                ArenaName(arena),
+                [FileInfo(f["path"], f["size"], f["mtime_ns"]) for f in files],
+            )
+            return {"results": [_outcome(o) for o in outcomes]}
+
+        return _respond("DeleteFiles", go())
+
+
+#: Largest batch a peer may send or ask for: files, and bytes of data.
+MAX_BATCH_FILES = 1024
+MAX_BATCH_BYTES = 16 << 20
+
+_NO_READ = {"size": 0, "mtime_ns": 0, "root": b"", "length": 0}
+
+
+def _check_batch(files: int, size: int) -> None:
+    if files > MAX_BATCH_FILES or size > MAX_BATCH_BYTES:
+        raise BadRequest(
+            f"batch of {files} files, {size} bytes exceeds the limits "
+            f"({MAX_BATCH_FILES} files, {MAX_BATCH_BYTES} bytes)"
+        )
+
+
+def _outcome(error: BaseException | None) -> dict[str, Any]:
+    """
+    @return: the wire form of one file's outcome in a batch answer.
+    """
+    if error is None:
+        return {"code": b"", "message": ""}
+    if not isinstance(error, RealizeError) or isinstance(error, NetworkError):
+        if not isinstance(error, NetworkError):
+            log.error("unexpected error in a batch: {error!r}", error=error)
+        error = IOFailure("internal error")
+    return {"code": error.code, "message": str(error)[:500]}
+
+
+async def _send(connection: Connection, stream: int, data: bytes) -> None:
+    connection.send_data(READ_DATA, stream, data)
+    if (wait := connection.writable()) is not None:
+        await wait
 
 
 @define(eq=False, repr=False)

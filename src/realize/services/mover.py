@@ -33,8 +33,10 @@ verified copy.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Protocol
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from typing import Any, Protocol
+
+import attrs
 
 from attrs import define, field, frozen
 from twisted.internet.defer import Deferred, DeferredList
@@ -43,12 +45,20 @@ from twisted.logger import Logger
 from realize.errors import (
     Conflict,
     NetworkError,
+    RealizeError,
     SideError,
     describe,
     is_retryable,
 )
 from realize.hashing import LEAF_SIZE, align_down, format_hash, merkle_root
-from realize.interfaces import FileState, ReadStream, Store
+from realize.interfaces import (
+    ChunkList,
+    FileState,
+    ReadStream,
+    SmallFile,
+    SmallRead,
+    Store,
+)
 from realize.model import CHUNK_SIZE, ArenaName, FileInfo
 
 __all__ = [
@@ -77,6 +87,20 @@ MAX_FILES_IN_FLIGHT = 128
 #: Files up to this size that the destination lacks go in a single Write
 #: that verifies and finishes them.
 SMALL_FILE = CHUNK_SIZE
+
+#: Files up to this size move in batches, whatever the destination has:
+#: sending them again costs less than comparing them.
+BATCH_FILE = 256 << 10
+
+#: Most files in one batch.
+BATCH_FILES = 256
+
+#: Most bytes of data in one batch.
+BATCH_BYTES = 4 << 20
+
+#: Batches in flight at once: enough to keep both sides busy (one being
+#: read, one on the wire, one being written), few enough to bound memory.
+BATCHES_IN_FLIGHT = 4
 
 MOVED = "moved"
 FAILED = "failed"
@@ -266,22 +290,11 @@ class _Counted:
         return chunk
 
 
-class _Chunks:
-    """
-    An async iterator over chunks already in memory.
-    """
-
-    def __init__(self, chunks: list[bytes]) -> None:
-        self._chunks = iter(chunks)
-
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self
-
-    async def __anext__(self) -> bytes:
-        try:
-            return next(self._chunks)
-        except StopIteration:
-            raise StopAsyncIteration from None
+def _changed(info: FileInfo, size: int) -> Conflict:
+    return Conflict(
+        f"{info.path!r} changed during the move (size {info.size} -> {size}); "
+        "kept, it will move on the next run"
+    )
 
 
 def differing_ranges(
@@ -362,6 +375,9 @@ class Mover:
     budget: ByteBudget = field(
         factory=lambda: ByteBudget(BYTE_BUDGET, MAX_FILES_IN_FLIGHT)
     )
+    batches: ByteBudget = field(
+        factory=lambda: ByteBudget(BATCHES_IN_FLIGHT, BATCHES_IN_FLIGHT)
+    )
     _broken: BaseException | None = field(default=None, init=False)
 
     def _source_error(self, error: BaseException) -> SideError:
@@ -414,19 +430,64 @@ class Mover:
         files = sorted((f for f in source_files if not f.partial), key=lambda f: f.path)
         self.observer.listed(arena, len(files), sum(f.size for f in files))
         running: list[Deferred[None]] = []
+        batch: list[FileInfo] = []
+        batch_bytes = 0
         for info in files:
             if self._broken is not None:
                 break
-            weight = self.budget.weight(info.size)
-            await self.budget.acquire(weight)
-            if self._broken is not None:
-                self.budget.release(weight)
-                break
+            if info.size <= BATCH_FILE:
+                batch.append(info)
+                batch_bytes += info.size
+                if len(batch) >= BATCH_FILES or batch_bytes >= BATCH_BYTES:
+                    await self._start_batch(running, arena, batch, report)
+                    batch, batch_bytes = [], 0
+                continue
             target = partials.get(info.path) or finals.get(info.path)
-            d = Deferred.fromCoroutine(self._run_file(arena, info, target, report))
-            d.addBoth(self._released, weight)
-            running.append(d)
+            await self._start(
+                running, info.size, self._run_file(arena, info, target, report)
+            )
+        if batch and self._broken is None:
+            await self._start(
+                running, batch_bytes, self._run_batch(arena, batch, report)
+            )
         await DeferredList(running)
+
+    async def _start(
+        self,
+        running: list[Deferred[None]],
+        size: int,
+        work: Coroutine[Any, Any, None],
+    ) -> bool:
+        """
+        Start some work once the budget has room for C{size} bytes.
+
+        @return: whether it started (not if the move broke meanwhile).
+        """
+        weight = self.budget.weight(size)
+        await self.budget.acquire(weight)
+        if self._broken is not None:
+            self.budget.release(weight)
+            work.close()
+            return False
+        d = Deferred.fromCoroutine(work)
+        d.addBoth(self._released, weight)
+        running.append(d)
+        return True
+
+    async def _start_batch(
+        self,
+        running: list[Deferred[None]],
+        arena: ArenaName,
+        batch: list[FileInfo],
+        report: MoveReport,
+    ) -> None:
+        """
+        Start a batch once one of the L{BATCHES_IN_FLIGHT} slots is free.
+        """
+        await self.batches.acquire(1)
+        size = sum(info.size for info in batch)
+        if not await self._start(running, size, self._run_batch(arena, batch, report)):
+            self.batches.release(1)
 
     def _released(self, result: object, weight: int) -> object:
         self.budget.release(weight)
@@ -443,30 +504,150 @@ class Mover:
         try:
             result = await self._move_file(arena, info, target)
         except Exception as e:
-            error = e if isinstance(e, SideError) else self._destination_error(e)
-            if isinstance(error.cause, NetworkError) and self._broken is None:
-                self._broken = error
-            result = FileResult(arena, info.path, info.size, FAILED, error=error)
-            log.error(
-                "failed to move {arena}/{path}: {error}",
-                arena=arena,
-                path=info.path,
-                error=describe(error),
+            result = self._failed(arena, info, e)
+        self._report(result, report)
+
+    def _failed(
+        self, arena: ArenaName, info: FileInfo, error: BaseException
+    ) -> FileResult:
+        """
+        @return: the result of a file that failed with C{error} (a
+            destination error unless it names its side).
+        """
+        side = error if isinstance(error, SideError) else self._destination_error(error)
+        return FileResult(arena, info.path, info.size, FAILED, error=side)
+
+    def _report(self, result: FileResult, report: MoveReport) -> None:
+        """
+        Log, record and show the result of one file.
+        """
+        if result.status == MOVED:
+            log.info(
+                "moved {arena}/{path} ({size} bytes, {hash}) from {source} "
+                "to {destination}",
+                arena=result.arena,
+                path=result.path,
+                size=result.size,
+                hash=format_hash(result.root or b""),
+                source=self.source.describe(),
+                destination=self.destination.describe(),
             )
         else:
-            if result.status == MOVED:
-                log.info(
-                    "moved {arena}/{path} ({size} bytes, {hash}) from {source} "
-                    "to {destination}",
-                    arena=arena,
-                    path=info.path,
-                    size=info.size,
-                    hash=format_hash(result.root or b""),
-                    source=self.source.describe(),
-                    destination=self.destination.describe(),
-                )
+            error = result.error
+            if (
+                isinstance(error, SideError)
+                and isinstance(error.cause, NetworkError)
+                and self._broken is None
+            ):
+                self._broken = error
+            log.error(
+                "failed to move {arena}/{path}: {error}",
+                arena=result.arena,
+                path=result.path,
+                error=describe(error or Exception("unknown error")),
+            )
         report.results.append(result)
         self.observer.file_done(result)
+
+    async def _run_batch(
+        self, arena: ArenaName, infos: list[FileInfo], report: MoveReport
+    ) -> None:
+        try:
+            for info in infos:
+                self.observer.file_started(arena, info.path, info.size)
+            for result in await self._move_batch(arena, infos):
+                self._report(result, report)
+        finally:
+            self.batches.release(1)
+
+    async def _move_batch(
+        self, arena: ArenaName, infos: list[FileInfo]
+    ) -> list[FileResult]:
+        """
+        Move small files as a batch: one read at the source (each file read
+        and hashed whole), one write at the destination (each written,
+        verified and finished durably), one conditional delete at the
+        source.  A file whose destination hash differs is copied once more
+        on its own.
+        """
+        results: dict[str, FileResult] = {}
+        try:
+            reads = await self.source.read_files(
+                arena, [(info.path, info.size) for info in infos]
+            )
+        except Exception as e:
+            error = self._source_error(e)
+            return [self._failed(arena, info, error) for info in infos]
+        sending: list[tuple[FileInfo, SmallRead]] = []
+        for info, read in zip(infos, reads, strict=True):
+            if isinstance(read, BaseException):
+                results[info.path] = self._failed(arena, info, self._source_error(read))
+            elif read.size != info.size or read.mtime_ns != info.mtime_ns:
+                results[info.path] = self._failed(
+                    arena, info, self._source_error(_changed(info, read.size))
+                )
+            else:
+                sending.append((info, read))
+                self.observer.transferred(arena, info.path, info.size)
+        outcomes: list[RealizeError | None] = []
+        if sending:
+            try:
+                outcomes = await self.destination.write_files(
+                    arena,
+                    [
+                        SmallFile(info.path, info.size, info.mtime_ns, read.root)
+                        for info, read in sending
+                    ],
+                    [read.data for _, read in sending],
+                )
+            except Exception as e:
+                error = self._destination_error(e)
+                for info, _ in sending:
+                    results[info.path] = self._failed(arena, info, error)
+                sending = []
+        finished: list[tuple[FileInfo, SmallRead]] = []
+        again: list[FileInfo] = []
+        for (info, read), outcome in zip(sending, outcomes, strict=True):
+            if outcome is None:
+                finished.append((info, read))
+            elif isinstance(outcome, Conflict):
+                again.append(info)
+            else:
+                results[info.path] = self._failed(
+                    arena, info, self._destination_error(outcome)
+                )
+        if finished:
+            try:
+                deleted: Sequence[
+                    BaseException | None
+                ] = await self.source.delete_files(
+                    arena, [info for info, _ in finished]
+                )
+            except Exception as e:
+                deleted = [e] * len(finished)
+            for (info, read), error in zip(finished, deleted, strict=True):
+                if error is None:
+                    results[info.path] = FileResult(
+                        arena, info.path, info.size, MOVED, info.size, read.root
+                    )
+                else:
+                    results[info.path] = self._failed(
+                        arena, info, self._source_error(error)
+                    )
+        for info in again:
+            log.warn(
+                "{arena}/{path}: destination hash differs, copying again",
+                arena=arena,
+                path=info.path,
+            )
+            try:
+                result = await self._move_small(arena, info, attempts=1)
+                results[info.path] = attrs.evolve(
+                    result, copied=result.copied + info.size
+                )
+            except Exception as e:
+                results[info.path] = self._failed(arena, info, e)
+        return [results[info.path] for info in infos]
 
     def _source_read(
         self,
@@ -492,12 +673,7 @@ class Mover:
         except Exception as e:
             raise self._source_error(e) from e
         if state.size != info.size or state.mtime_ns != info.mtime_ns:
-            raise self._source_error(
-                Conflict(
-                    f"{info.path!r} changed during the move (size {info.size} -> "
-                    f"{state.size}); kept, it will move on the next run"
-                )
-            )
+            raise self._source_error(_changed(info, state.size))
         return state
 
     async def copy_range(
@@ -590,8 +766,10 @@ class Mover:
         await self._delete_source(arena, info)
         return FileResult(arena, info.path, size, MOVED, copied, root)
 
-    async def _move_small(self, arena: ArenaName, info: FileInfo) -> FileResult:
-        for attempt in range(2):
+    async def _move_small(
+        self, arena: ArenaName, info: FileInfo, attempts: int = 2
+    ) -> FileResult:
+        for attempt in range(attempts):
             stream, counted = self._source_read(arena, info, 0, info.size, 0)
             chunks = [chunk async for chunk in counted]
             state = await self._source_state(stream, info)
@@ -604,7 +782,7 @@ class Mover:
                     0,
                     info.size,
                     info.size,
-                    _Chunks(chunks),
+                    ChunkList(chunks),
                     finish_root=root,
                     mtime_ns=info.mtime_ns,
                 )
@@ -623,7 +801,7 @@ class Mover:
         raise self._destination_error(
             Conflict(
                 f"arena {arena!r}, path {info.path!r}: still differs from the "
-                "source after a second copy; source kept"
+                "source after copying it again; source kept"
             )
         )
 
@@ -634,4 +812,3 @@ class Mover:
             )
         except Exception as e:
             raise self._source_error(e) from e
-

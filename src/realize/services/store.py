@@ -11,15 +11,22 @@ dropping connections.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Sequence
 
 from attrs import define, field
 from twisted.application.service import Service
 from twisted.logger import Logger
 
 from realize.config import Config
-from realize.errors import NotFound, Unauthorized
-from realize.interfaces import FileState, ReadStream, RunInThread, WriteResult
+from realize.errors import NotFound, RealizeError, Unauthorized
+from realize.interfaces import (
+    FileState,
+    ReadStream,
+    RunInThread,
+    SmallFile,
+    SmallRead,
+    WriteResult,
+)
 from realize.model import ArenaName, FileInfo, PeerId
 from realize.storage.real import ArenaRoot, LocalStore
 
@@ -159,6 +166,21 @@ class PeerView:
         self, arena: ArenaName, path: str, start: int, end: int
     ) -> FileState:
         return await self._store(arena).hash(arena, path, start, end)
+
+    async def read_files(
+        self, arena: ArenaName, files: Sequence[tuple[str, int]]
+    ) -> list[SmallRead | RealizeError]:
+        return await self._store(arena).read_files(arena, files)
+
+    async def write_files(
+        self, arena: ArenaName, files: Sequence[SmallFile], data: Sequence[bytes]
+    ) -> list[RealizeError | None]:
+        return await self._store(arena).write_files(arena, files, data)
+
+    async def delete_files(
+        self, arena: ArenaName, files: Sequence[FileInfo]
+    ) -> list[RealizeError | None]:
+        return await self._store(arena).delete_files(arena, files)
 
     async def close(self) -> None:
         pass

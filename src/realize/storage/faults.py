@@ -22,13 +22,20 @@ optional path, and a number of times (C{times=-1}: forever).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from typing import Any
 
 from attrs import define, field
 
-from realize.errors import IOFailure, NetworkError
-from realize.interfaces import FileState, ReadStream, Store, WriteResult
+from realize.errors import IOFailure, NetworkError, RealizeError
+from realize.interfaces import (
+    FileState,
+    ReadStream,
+    SmallFile,
+    SmallRead,
+    Store,
+    WriteResult,
+)
 from realize.model import ArenaName, FileInfo
 
 __all__ = ["Fault", "FaultyStore"]
@@ -199,7 +206,9 @@ class FaultyStore:
         fault = self._raise(self._take("write", path))
         if fault is not None:
             data = _Altered(data, fault)
-        return await self.inner.write(arena, path, start, end, file_size, data, **kwargs)
+        return await self.inner.write(
+            arena, path, start, end, file_size, data, **kwargs
+        )
 
     async def truncate(self, arena: ArenaName, path: str, size: int) -> None:
         self._raise(self._take("truncate", path))
@@ -215,9 +224,38 @@ class FaultyStore:
         self._raise(self._take("delete", path))
         await self.inner.delete(arena, path, **kwargs)
 
-    async def hash(self, arena: ArenaName, path: str, start: int, end: int) -> FileState:
+    async def hash(
+        self, arena: ArenaName, path: str, start: int, end: int
+    ) -> FileState:
         self._raise(self._take("hash", path))
         return await self.inner.hash(arena, path, start, end)
+
+    async def read_files(
+        self, arena: ArenaName, files: Sequence[tuple[str, int]]
+    ) -> list[SmallRead | RealizeError]:
+        self._raise(self._take("read_files", None))
+        return await self.inner.read_files(arena, files)
+
+    async def write_files(
+        self, arena: ArenaName, files: Sequence[SmallFile], data: Sequence[bytes]
+    ) -> list[RealizeError | None]:
+        """
+        C{"corrupt"} flips the first byte of the data of each file the
+        fault matches (by path, or all).
+        """
+        data = list(data)
+        for index, file in enumerate(files):
+            fault = self._raise(self._take("write_files", file.path))
+            if fault is not None and fault.kind == "corrupt" and data[index]:
+                content = data[index]
+                data[index] = bytes([content[0] ^ 0xFF]) + content[1:]
+        return await self.inner.write_files(arena, files, data)
+
+    async def delete_files(
+        self, arena: ArenaName, files: Sequence[FileInfo]
+    ) -> list[RealizeError | None]:
+        self._raise(self._take("delete_files", None))
+        return await self.inner.delete_files(arena, files)
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         # Commands added later (signature, diff, apply_delta, ...) go

@@ -10,13 +10,13 @@ C{SynchronousTestCase}.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 
 from attrs import define, field
 
-from realize.errors import BadRequest, Conflict, NotFound
+from realize.errors import BadRequest, Conflict, NotFound, RealizeError
 from realize.hashing import LEAF_SIZE, LeafHasher, align_down, merkle_root
-from realize.interfaces import FileState, WriteResult
+from realize.interfaces import FileState, SmallFile, SmallRead, WriteResult
 from realize.model import CHUNK_SIZE, ArenaName, FileInfo, check_path, check_range
 
 __all__ = ["MemoryFile", "MemoryStore"]
@@ -32,7 +32,9 @@ class MemoryFile:
     mtime_ns: int
 
 
-def _leaves(data: bytes | bytearray | memoryview, start: int, end: int) -> tuple[bytes, ...]:
+def _leaves(
+    data: bytes | bytearray | memoryview, start: int, end: int
+) -> tuple[bytes, ...]:
     hasher = LeafHasher()
     hasher.update(memoryview(data)[start:end])
     return tuple(hasher.finish())
@@ -105,7 +107,9 @@ class MemoryStore:
         store = cls(label=label)
         store.add_arena(ArenaName(arena))
         for path, data in (files or {}).items():
-            store.finals[ArenaName(arena)][path] = MemoryFile(bytearray(data), store.tick())
+            store.finals[ArenaName(arena)][path] = MemoryFile(
+                bytearray(data), store.tick()
+            )
         for path, data in (partials or {}).items():
             store.partials[ArenaName(arena)][path] = MemoryFile(
                 bytearray(data), store.tick()
@@ -131,14 +135,14 @@ class MemoryStore:
         file = files.get(path)
         return None if file is None else bytes(file.data)
 
-    def _arena(self, arena: ArenaName) -> tuple[dict[str, MemoryFile], dict[str, MemoryFile]]:
+    def _arena(
+        self, arena: ArenaName
+    ) -> tuple[dict[str, MemoryFile], dict[str, MemoryFile]]:
         if arena not in self.finals:
             raise NotFound(f"{self.label} has no arena {arena!r}")
         return self.finals[arena], self.partials[arena]
 
-    def _prefer(
-        self, arena: ArenaName, path: str, partial_first: bool
-    ) -> MemoryFile:
+    def _prefer(self, arena: ArenaName, path: str, partial_first: bool) -> MemoryFile:
         check_path(path)
         finals, partials = self._arena(arena)
         order: Iterable[dict[str, MemoryFile]] = (
@@ -174,7 +178,10 @@ class MemoryStore:
         finals, partials = self._arena(arena)
         return [
             FileInfo(path, len(f.data), f.mtime_ns, False) for path, f in finals.items()
-        ] + [FileInfo(path, len(f.data), f.mtime_ns, True) for path, f in partials.items()]
+        ] + [
+            FileInfo(path, len(f.data), f.mtime_ns, True)
+            for path, f in partials.items()
+        ]
 
     def read(
         self,
@@ -215,7 +222,9 @@ class MemoryStore:
         offset = start
         async for chunk in data:
             if offset + len(chunk) > end:
-                raise Conflict(f"arena {arena!r}, path {path!r}: more data than announced")
+                raise Conflict(
+                    f"arena {arena!r}, path {path!r}: more data than announced"
+                )
             if len(file.data) < offset:
                 file.data.extend(bytes(offset - len(file.data)))
             file.data[offset : offset + len(chunk)] = chunk
@@ -294,6 +303,72 @@ class MemoryStore:
         end = min(end, len(file.data))
         leaves = _leaves(file.data, start, end) if end > start else ()
         return FileState(leaves, len(file.data), file.mtime_ns)
+
+    async def read_files(
+        self, arena: ArenaName, files: Sequence[tuple[str, int]]
+    ) -> list[SmallRead | RealizeError]:
+        self.calls.append("read_files")
+        self._arena(arena)
+        results: list[SmallRead | RealizeError] = []
+        for path, limit in files:
+            try:
+                file = self._prefer(arena, path, partial_first=False)
+            except RealizeError as e:
+                results.append(e)
+                continue
+            data = bytes(file.data) if len(file.data) <= limit else b""
+            results.append(
+                SmallRead(
+                    data,
+                    len(file.data),
+                    file.mtime_ns,
+                    merkle_root(_leaves(data, 0, len(data))),
+                )
+            )
+        return results
+
+    async def write_files(
+        self, arena: ArenaName, files: Sequence[SmallFile], data: Sequence[bytes]
+    ) -> list[RealizeError | None]:
+        self.calls.append("write_files")
+        self._arena(arena)
+        results: list[RealizeError | None] = []
+        for file, content in zip(files, data, strict=True):
+            try:
+                if len(content) != file.size:
+                    raise Conflict(f"arena {arena!r}, path {file.path!r}: wrong size")
+                partial = self._partial(arena, file.path, create=True)
+                partial.data[:] = content
+                partial.mtime_ns = self.tick()
+                if merkle_root(_leaves(content, 0, len(content))) != file.root:
+                    raise Conflict(
+                        f"arena {arena!r}, path {file.path!r}: hash differs from "
+                        "the source's"
+                    )
+                finals, partials = self._arena(arena)
+                finals[file.path] = partials.pop(file.path)
+                finals[file.path].mtime_ns = file.mtime_ns
+                results.append(None)
+            except RealizeError as e:
+                results.append(e)
+        return results
+
+    async def delete_files(
+        self, arena: ArenaName, files: Sequence[FileInfo]
+    ) -> list[RealizeError | None]:
+        self.calls.append("delete_files")
+        self._arena(arena)
+        results: list[RealizeError | None] = []
+        for info in files:
+            try:
+                await self.delete(
+                    arena, info.path, size=info.size, mtime_ns=info.mtime_ns
+                )
+                self.calls.pop()
+                results.append(None)
+            except RealizeError as e:
+                results.append(e)
+        return results
 
     async def close(self) -> None:
         pass

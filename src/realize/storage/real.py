@@ -32,7 +32,7 @@ import ctypes
 import errno
 import os
 import stat
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from typing import Any, TypeVar
 
 from attrs import define, field, frozen
@@ -57,7 +57,13 @@ from realize.hashing import (
     hash_fd_range,
     merkle_root,
 )
-from realize.interfaces import FileState, RunInThread, WriteResult
+from realize.interfaces import (
+    FileState,
+    RunInThread,
+    SmallFile,
+    SmallRead,
+    WriteResult,
+)
 from realize.model import (
     CHUNK_SIZE,
     ArenaName,
@@ -317,11 +323,12 @@ class ArenaRoot:
 
     def _open_existing(
         self, parent: _Dir, name: str, prefer_partial: bool, flags: int
-    ) -> tuple[int, bool]:
+    ) -> tuple[int, bool, os.stat_result]:
         """
         Open the final or partial file of a name.
 
-        @return: the file descriptor and whether it is the partial.
+        @return: the file descriptor, whether it is the partial, and its
+            status.
         @raise NotFound: if neither exists.
         """
         order = (
@@ -337,11 +344,11 @@ class ArenaRoot:
             except OSError as e:
                 raise self._error(e, parent.path) from None
             try:
-                self._check_regular(fd, parent.path)
+                st = self._check_regular(fd, parent.path)
             except BaseException:
                 os.close(fd)
                 raise
-            return fd, is_partial
+            return fd, is_partial, st
         raise NotFound(f"arena {self.name!r}: no file {parent.path!r}")
 
     def _open_partial(self, parent: _Dir, name: str, create: bool) -> int:
@@ -392,6 +399,51 @@ class ArenaRoot:
             os.close(fd)
             raise
         return fd
+
+    def _create_partial(self, dir_fd: int, name: str, path: str) -> tuple[int, bool]:
+        """
+        Open the partial file of a name to replace its whole content: a
+        new one if possible (the common case, two system calls), else the
+        existing partial.  The final file is left alone (the rename that
+        finishes the partial replaces it) but must be a regular file if it
+        exists.
+
+        @return: the descriptor, and whether the file was created empty.
+        @raise InvalidPath: if the partial or the final is not a regular
+            file.
+        """
+        partial = partial_name(name)
+        try:
+            try:
+                fd = os.open(
+                    partial, _O_WRITE | os.O_CREAT | os.O_EXCL, 0o666, dir_fd=dir_fd
+                )
+                created = True
+            except FileExistsError:
+                fd = os.open(partial, _O_WRITE, dir_fd=dir_fd)
+                created = False
+        except OSError as e:
+            raise self._error(e, path) from None
+        try:
+            if not created:
+                self._check_regular(fd, path)
+            try:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                st = None
+            if st is not None and not stat.S_ISREG(st.st_mode):
+                raise InvalidPath(
+                    f"arena {self.name!r}, path {path!r}: not a regular file"
+                )
+        except BaseException as e:
+            os.close(fd)
+            if created:
+                with contextlib.suppress(OSError):
+                    os.unlink(partial, dir_fd=dir_fd)
+            if isinstance(e, OSError):
+                raise self._error(e, path) from None
+            raise
+        return fd, created
 
     # -- listing --------------------------------------------------------
 
@@ -474,7 +526,7 @@ class ArenaRoot:
         """
         parent, name = self._open_parent(path, create=False)
         try:
-            fd, _ = self._open_existing(parent, name, False, _O_READ)
+            fd, _, _ = self._open_existing(parent, name, False, _O_READ)
         finally:
             os.close(parent.fd)
         try:
@@ -641,7 +693,7 @@ class ArenaRoot:
         """
         parent, name = self._open_parent(path, create=False)
         try:
-            fd, _ = self._open_existing(parent, name, True, _O_READ)
+            fd, _, _ = self._open_existing(parent, name, True, _O_READ)
         finally:
             os.close(parent.fd)
         try:
@@ -652,6 +704,182 @@ class ArenaRoot:
         finally:
             os.close(fd)
         return FileState(tuple(leaves), st.st_size, st.st_mtime_ns)
+
+    # -- batches of small files ------------------------------------------
+
+    def read_files(
+        self, files: list[tuple[str, int]]
+    ) -> list[SmallRead | RealizeError]:
+        """
+        Read whole small files (final, else partial) in one call.
+
+        @param files: C{(path, limit)}; a file larger than C{limit} is not
+            read, only its size and mtime are returned.
+        @return: per file, what was read or its error.
+        """
+        results: list[SmallRead | RealizeError] = []
+        with _DirCache(self) as dirs:
+            for path, limit in files:
+                try:
+                    segments = self._check_path(path)
+                    parent = _Dir(dirs.open(segments[:-1], path, create=False), path)
+                    fd, _, st = self._open_existing(
+                        parent, segments[-1], False, _O_READ
+                    )
+                    try:
+                        data = b""
+                        if st.st_size <= limit:
+                            data = _read_fd(fd, st.st_size)
+                            st = os.fstat(fd)
+                    finally:
+                        os.close(fd)
+                    results.append(
+                        SmallRead(data, st.st_size, st.st_mtime_ns, _root(data))
+                    )
+                except RealizeError as e:
+                    results.append(e)
+                except OSError as e:
+                    results.append(self._error(e, path))
+        return results
+
+    def write_files(
+        self, files: list[SmallFile], data: list[bytes]
+    ) -> list[RealizeError | None]:
+        """
+        Write, verify and finish whole small files in one call: every file
+        is written to its partial file and hashed; those with the expected
+        root get their mtime and are renamed final between two
+        C{syncfs} (one C{fdatasync} and a directory C{fsync} for a single
+        file), so they are on disk when this returns.
+
+        @param files: the files.
+        @param data: their contents.
+        @return: per file, C{None} if it is final, else its error.
+        """
+        results: list[RealizeError | None] = [None] * len(files)
+        ready: list[tuple[int, int, str]] = []
+        with _DirCache(self) as dirs:
+            for index, (file, content) in enumerate(zip(files, data, strict=True)):
+                try:
+                    segments = self._check_path(file.path)
+                    if len(content) != file.size:
+                        raise Conflict(
+                            f"arena {self.name!r}, path {file.path!r}: "
+                            f"{len(content)} bytes sent for a {file.size}-byte file"
+                        )
+                    dir_fd = dirs.open(segments[:-1], file.path, create=True)
+                    name = segments[-1]
+                    fd, created = self._create_partial(dir_fd, name, file.path)
+                    try:
+                        _write_fd(fd, content)
+                        if not created:
+                            os.ftruncate(fd, file.size)
+                        if _root(content) != file.root:
+                            raise Conflict(
+                                f"arena {self.name!r}, path {file.path!r}: hash "
+                                "differs from the source's"
+                            )
+                        os.utime(fd, ns=(file.mtime_ns, file.mtime_ns))
+                        if len(files) == 1:
+                            os.fdatasync(fd)
+                    finally:
+                        os.close(fd)
+                    ready.append((index, dir_fd, name))
+                except RealizeError as e:
+                    results[index] = e
+                except OSError as e:
+                    results[index] = self._error(e, file.path)
+            if not ready:
+                return results
+            try:
+                if len(files) > 1:
+                    _sync_filesystems(fd for _, fd, _ in ready)
+                for index, dir_fd, name in ready:
+                    try:
+                        os.rename(
+                            partial_name(name),
+                            name,
+                            src_dir_fd=dir_fd,
+                            dst_dir_fd=dir_fd,
+                        )
+                    except OSError as e:
+                        results[index] = self._error(e, files[index].path)
+                if len(files) > 1:
+                    _sync_filesystems(fd for _, fd, _ in ready)
+                else:
+                    os.fsync(ready[0][1])
+            except OSError as e:
+                for index, _, _ in ready:
+                    if results[index] is None:
+                        results[index] = self._error(e, files[index].path)
+        return results
+
+    def delete_files(self, files: list[FileInfo]) -> list[RealizeError | None]:
+        """
+        Delete final files in one call, each only if it still has its
+        size and mtime, and their partial files; then remove the
+        directories this left empty, up to the arena root.
+
+        @return: per file, C{None} or its error (L{Conflict} if it changed).
+        """
+        results: list[RealizeError | None] = []
+        touched: set[tuple[str, ...]] = set()
+        with _DirCache(self) as dirs:
+            for info in files:
+                try:
+                    segments = self._check_path(info.path)
+                    try:
+                        dir_fd = dirs.open(segments[:-1], info.path, create=False)
+                    except NotFound:
+                        results.append(None)
+                        continue
+                    self._delete_in(
+                        dir_fd, segments[-1], info.path, info.size, info.mtime_ns
+                    )
+                    results.append(None)
+                    for depth in range(1, len(segments)):
+                        touched.add(tuple(segments[:depth]))
+                except RealizeError as e:
+                    results.append(e)
+                except OSError as e:
+                    results.append(self._error(e, info.path))
+            for directory in sorted(touched, key=len, reverse=True):
+                try:
+                    parent = dirs.open(
+                        list(directory[:-1]), "/".join(directory), create=False
+                    )
+                    os.rmdir(directory[-1], dir_fd=parent)
+                except (OSError, RealizeError):
+                    continue
+        return results
+
+    def _delete_in(
+        self, dir_fd: int, name: str, path: str, size: int | None, mtime_ns: int | None
+    ) -> None:
+        """
+        Delete the final and partial file of C{name} in an open directory,
+        the final one only if it still has C{size} and C{mtime_ns}.
+        """
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            st = None
+        if st is not None:
+            if not stat.S_ISREG(st.st_mode):
+                raise InvalidPath(
+                    f"arena {self.name!r}, path {path!r}: not a regular file"
+                )
+            if size is not None and (
+                st.st_size != size
+                or (mtime_ns is not None and st.st_mtime_ns != mtime_ns)
+            ):
+                raise Conflict(
+                    f"arena {self.name!r}, path {path!r}: changed since it "
+                    f"was listed (size {size} -> {st.st_size}), not deleted"
+                )
+            os.unlink(name, dir_fd=dir_fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(partial_name(name), dir_fd=dir_fd)
 
     # -- finishing and deleting -----------------------------------------
 
@@ -751,28 +979,7 @@ class ArenaRoot:
                     fds.append(os.open(segment, _O_DIR, dir_fd=fds[-1]))
                 except FileNotFoundError:
                     return
-            name = segments[-1]
-            dir_fd = fds[-1]
-            try:
-                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-            except FileNotFoundError:
-                st = None
-            if st is not None:
-                if not stat.S_ISREG(st.st_mode):
-                    raise InvalidPath(
-                        f"arena {self.name!r}, path {path!r}: not a regular file"
-                    )
-                if size is not None and (
-                    st.st_size != size
-                    or (mtime_ns is not None and st.st_mtime_ns != mtime_ns)
-                ):
-                    raise Conflict(
-                        f"arena {self.name!r}, path {path!r}: changed since it "
-                        f"was listed (size {size} -> {st.st_size}), not deleted"
-                    )
-                os.unlink(name, dir_fd=dir_fd)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(partial_name(name), dir_fd=dir_fd)
+            self._delete_in(fds[-1], segments[-1], path, size, mtime_ns)
             for index in range(len(segments) - 2, -1, -1):
                 try:
                     os.rmdir(segments[index], dir_fd=fds[index])
@@ -813,6 +1020,83 @@ def _finish_final(item: CommitItem, parent: _Dir, name: str) -> RealizeError | N
         except OSError as e:
             return item.root._error(e, item.path)
     return None
+
+
+def _root(data: bytes) -> bytes:
+    hasher = LeafHasher()
+    hasher.update(data)
+    return merkle_root(hasher.finish())
+
+
+def _read_fd(fd: int, size: int) -> bytes:
+    """
+    Read a whole small file from its start.
+    """
+    parts = []
+    offset = 0
+    while True:
+        chunk = os.pread(fd, max(size - offset, 0) + 1, offset)
+        if not chunk:
+            break
+        parts.append(chunk)
+        offset += len(chunk)
+    return b"".join(parts)
+
+
+def _write_fd(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    offset = 0
+    while offset < len(view):
+        offset += os.pwrite(fd, view[offset:], offset)
+
+
+class _DirCache:
+    """
+    Directories of an arena opened during one batch, by their segments,
+    each resolved without following symlinks (as L{ArenaRoot._open_parent}
+    does); closed when the batch ends.
+    """
+
+    def __init__(self, root: ArenaRoot) -> None:
+        self._root = root
+        self._fds: dict[tuple[str, ...], int] = {}
+
+    def __enter__(self) -> _DirCache:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def open(self, segments: list[str], path: str, create: bool) -> int:
+        """
+        @return: the descriptor of the directory C{segments} (owned by
+            the cache).
+        @raise NotFound: if missing and not C{create}.
+        @raise InvalidPath: if it is or crosses a symlink or non-directory.
+        """
+        key = tuple(segments)
+        fd = self._fds.get(key)
+        if fd is not None:
+            return fd
+        if not key:
+            fd = self._root._open_root()
+        else:
+            parent = self.open(segments[:-1], path, create)
+            try:
+                try:
+                    fd = os.open(key[-1], _O_DIR, dir_fd=parent)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(key[-1], 0o777, dir_fd=parent)
+                    fd = os.open(key[-1], _O_DIR, dir_fd=parent)
+            except OSError as e:
+                raise self._root._error(e, path) from None
+        self._fds[key] = fd
+        return fd
 
 
 def _read_range(fd: int, start: int, end: int) -> Iterable[bytes]:
@@ -1198,6 +1482,23 @@ class LocalStore:
         if start % LEAF_SIZE:
             raise BadRequest(f"hash start {start} is not a leaf boundary")
         return await self.run_in_thread(self.root(arena).hash, path, start, end)
+
+    async def read_files(
+        self, arena: ArenaName, files: Sequence[tuple[str, int]]
+    ) -> list[SmallRead | RealizeError]:
+        return await self.run_in_thread(self.root(arena).read_files, list(files))
+
+    async def write_files(
+        self, arena: ArenaName, files: Sequence[SmallFile], data: Sequence[bytes]
+    ) -> list[RealizeError | None]:
+        return await self.run_in_thread(
+            self.root(arena).write_files, list(files), list(data)
+        )
+
+    async def delete_files(
+        self, arena: ArenaName, files: Sequence[FileInfo]
+    ) -> list[RealizeError | None]:
+        return await self.run_in_thread(self.root(arena).delete_files, list(files))
 
     async def close(self) -> None:
         pass

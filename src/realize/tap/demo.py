@@ -48,9 +48,7 @@ def make_tree(root: str, big_mib: int) -> dict[str, str]:
         "videos/big.bin": b"",
     }
     for i in range(200):
-        names[f"notes/{i // 50:02d}/note {i:03d}.txt"] = os.urandom(
-            (i * 997) % 20_000
-        )
+        names[f"notes/{i // 50:02d}/note {i:03d}.txt"] = os.urandom((i * 997) % 20_000)
     digests = {}
     for path, content in names.items():
         full = os.path.join(root, path)
@@ -110,7 +108,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         description="Start a realized on 127.0.0.1 with generated keys and "
         "move a generated tree of files into it with realize-move.",
     )
-    parser.add_argument("--big-mib", type=int, default=256, help="size of the large file")
+    parser.add_argument(
+        "--big-mib", type=int, default=256, help="size of the large file"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the directory")
     parser.add_argument(
         "--output", default="auto", help="realize-move --output (progress, log, quiet)"
@@ -194,7 +194,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         arrived = tree_digests(destination)
         left = tree_digests(source)
         if arrived == expected and not left:
-            _say(f"verified: all {len(expected)} files arrived identical; source is empty")
+            _say(
+                f"verified: all {len(expected)} files arrived identical; source is empty"
+            )
         else:
             missing = sorted(set(expected) - set(arrived))
             wrong = sorted(p for p in arrived if expected.get(p) != arrived[p])

@@ -13,17 +13,17 @@ interrupted by SIGINT.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from twisted.application.service import IService, Service
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import react
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel, formatEvent, globalLogBeginner
 from twisted.python import usage
 
 from realize.config import Config, load_config
@@ -43,6 +43,9 @@ from realize.tap._common import (
     make_thread_pool,
 )
 from realize.tap.output import Output, make_output
+
+if TYPE_CHECKING:
+    from twisted.application.service import IService
 
 __all__ = ["MoveOptions", "main", "makeService", "run"]
 
@@ -280,6 +283,30 @@ async def run(reactor: Any, options: MoveOptions, output: Output | None = None) 
         pool.stop()
 
 
+def start_logging(stderr: Any) -> None:
+    """
+    Log of the console script: warnings and errors of the stores (e.g. a
+    directory skipped because it cannot be read) as one line each on
+    stderr; the move's own failures are shown by the output, not
+    repeated here.  Everything else is discarded (and not buffered: by
+    default twisted.logger keeps the events of a process that never
+    starts logging).
+    """
+
+    def observe(event: dict[str, Any]) -> None:
+        level = event.get("log_level")
+        if level is None or level < LogLevel.warn:
+            return
+        if event.get("log_namespace", "").startswith("realize.move"):
+            return
+        text = formatEvent(event)
+        stderr.write(f"realize-move: {level.name}: {text}\n")
+
+    globalLogBeginner.beginLoggingTo(
+        [observe], discardBuffer=True, redirectStandardIO=False
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """
     The C{realize-move} console script.
@@ -292,6 +319,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     except usage.UsageError as e:
         sys.stderr.write(f"realize-move: {e}\nTry realize-move --help.\n")
         sys.exit(EXIT_ERROR)
+
+    start_logging(sys.stderr)
+    # Objects made at start-up live to the end: keep the collector from
+    # scanning them again and again while thousands of files move.
+    gc.freeze()
 
     async def go(reactor: Any) -> int:
         return await run(reactor, options)
@@ -306,42 +338,37 @@ def main(argv: Sequence[str] | None = None) -> None:
     react(start)
 
 
-class _MoveService(Service):
-    """
-    Runs L{run} once under twistd, then stops the reactor and makes the
-    process exit with its code.
-    """
-
-    def __init__(self, options: MoveOptions) -> None:
-        self.options = options
-
-    def startService(self) -> None:
-        super().startService()
-        from twisted.internet import reactor
-
-        def go() -> None:
-            # twistd sends sys.stdout/sys.stderr to its log: show the user
-            # progress and errors on the real streams.
-            output = make_output(
-                self.options["output"], reactor, sys.__stdout__, sys.__stderr__
-            )
-            d = Deferred.fromCoroutine(run(reactor, self.options, output))
-
-            def failed(failure: Any) -> int:
-                log.failure("realize-move failed", failure)
-                return EXIT_ERROR
-
-            d.addErrback(failed)
-            d.addCallback(lambda code: exit_after_shutdown(reactor, code))
-
-        reactor.callWhenRunning(go)
-
-
 def makeService(options: MoveOptions) -> IService:
     """
-    The twistd plugin's service: runs the move once.
+    The twistd plugin's service: runs the move once, then stops the
+    reactor and makes the process exit with the move's code.
     """
-    return _MoveService(options)
+    # Imported here: the console script does not need twistd's machinery.
+    from twisted.application.service import Service
+
+    class MoveService(Service):
+        def startService(self) -> None:
+            super().startService()
+            from twisted.internet import reactor
+
+            def go() -> None:
+                # twistd sends sys.stdout/sys.stderr to its log: show the
+                # user progress and errors on the real streams.
+                output = make_output(
+                    options["output"], reactor, sys.__stdout__, sys.__stderr__
+                )
+                d = Deferred.fromCoroutine(run(reactor, options, output))
+
+                def failed(failure: Any) -> int:
+                    log.failure("realize-move failed", failure)
+                    return EXIT_ERROR
+
+                d.addErrback(failed)
+                d.addCallback(lambda code: exit_after_shutdown(reactor, code))
+
+            reactor.callWhenRunning(go)
+
+    return MoveService()
 
 
 #: The name twistd's ServiceMaker looks for.

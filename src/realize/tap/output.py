@@ -12,17 +12,6 @@ import os
 import sys
 from typing import IO, Any
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
@@ -142,6 +131,18 @@ class ProgressOutput(LogOutput):
     """
 
     def __init__(self, stdout: IO[str], stderr: IO[str], clock: IReactorTime) -> None:
+        # rich is imported only when bars are drawn: it costs start-up time.
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
         super().__init__(stdout, stderr)
         self.console = Console(file=stdout)
         self.progress = Progress(
@@ -160,9 +161,9 @@ class ProgressOutput(LogOutput):
             console=self.console,
             auto_refresh=False,
         )
-        self._total: TaskID | None = None
-        self._files_task: TaskID | None = None
-        self._per_file: dict[tuple[str, str], TaskID] = {}
+        self._total: Any = None
+        self._files_task: Any = None
+        self._per_file: dict[tuple[str, str], Any] = {}
         self._refresh = LoopingCall(self._draw)
         self._refresh.clock = clock
         self._total_size = 0

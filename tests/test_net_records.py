@@ -1,0 +1,101 @@
+"""
+Tests for L{realize.net.commands.Records}, the packed list argument of the
+batch commands.
+"""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.protocols.amp import MAX_VALUE_LENGTH
+from twisted.trial.unittest import SynchronousTestCase
+
+from realize.net.commands import Records
+
+FIELDS = [("path", "text"), ("size", "uint"), ("mtime_ns", "int"), ("root", "blob")]
+
+
+class RecordsTests(SynchronousTestCase):
+    """
+    Packing and unpacking records.
+    """
+
+    records = Records(FIELDS)
+
+    @settings(database=None, max_examples=200)
+    @given(
+        st.lists(
+            st.fixed_dictionaries(
+                {
+                    "path": st.text(max_size=50),
+                    "size": st.integers(0, 2**64 - 1),
+                    "mtime_ns": st.integers(-(2**63), 2**63 - 1),
+                    "root": st.binary(max_size=40),
+                }
+            ),
+            max_size=20,
+        )
+    )
+    def test_round_trip(self, values: list[dict[str, object]]) -> None:
+        """
+        Any list of records comes back equal after packing.
+        """
+        self.assertEqual(self.records.unpack(self.records.pack(values)), values)
+
+    def test_known_answer(self) -> None:
+        """
+        The packed form is length-prefixed UTF-8 text and blobs and 8-byte
+        big-endian numbers, in field order.
+        """
+        packed = self.records.pack(
+            [{"path": "é", "size": 1, "mtime_ns": -1, "root": b"r"}]
+        )
+        self.assertEqual(
+            packed,
+            b"\x00\x02\xc3\xa9" + b"\x00" * 7 + b"\x01" + b"\xff" * 8 + b"\x00\x01r",
+        )
+
+    def test_big_list_through_a_box(self) -> None:
+        """
+        A list packed larger than an AMP value travels over several keys of
+        the box and comes back whole.
+        """
+        values = [
+            {"path": f"dir/{i:05d}" * 10, "size": i, "mtime_ns": i, "root": b"x" * 32}
+            for i in range(2000)
+        ]
+        strings: dict[bytes, bytes] = {}
+        self.records.toBox(b"files", strings, {"files": values}, None)
+        self.assertGreater(len(strings), 1)
+        self.assertTrue(all(len(v) <= MAX_VALUE_LENGTH for v in strings.values()))
+        objects: dict[str, object] = {}
+        self.records.fromBox(b"files", strings, objects, None)
+        self.assertEqual(objects["files"], values)
+
+    def test_malformed(self) -> None:
+        """
+        Truncated data or text that is not UTF-8 raise ValueError.
+        """
+        good = self.records.pack(
+            [{"path": "p", "size": 1, "mtime_ns": 1, "root": b"r"}]
+        )
+        for bad in (good[:-1], good[:5], b"\x00\x01\xff" + good[3:]):
+            self.assertRaises(ValueError, self.records.unpack, bad)
+
+    def test_too_long_text(self) -> None:
+        """
+        A text field longer than 65,535 bytes cannot be packed.
+        """
+        import struct
+
+        self.assertRaises(
+            struct.error,
+            self.records.pack,
+            [{"path": "x" * 70_000, "size": 1, "mtime_ns": 1, "root": b""}],
+        )
+
+    def test_unknown_kind(self) -> None:
+        """
+        A field of an unknown kind is refused when the argument is made.
+        """
+        self.assertRaises(ValueError, Records, [("x", "float")])
