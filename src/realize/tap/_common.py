@@ -39,7 +39,7 @@ EXIT_METRICS_PUSH = 12
 EXIT_INTERRUPTED = 20
 
 #: Threads for file I/O, hashing and delta work.
-IO_THREADS = 1
+IO_THREADS = 2
 
 
 def make_thread_pool(reactor: Any, name: str) -> tuple[ThreadPool, RunInThread]:
