@@ -29,7 +29,7 @@ def sync_run_in_thread(
     """
     try:
         return succeed(f(*args, **kwargs))
-    except BaseException as e:  # noqa: BLE001 - delivered as a Failure
+    except BaseException as e:
         return fail(e)
 
 

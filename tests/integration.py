@@ -6,6 +6,7 @@ directory.  Everything started is stopped by the test's cleanups.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -190,10 +191,8 @@ class Household:
             return None
         daemon, self.daemon = self.daemon, None
         if not daemon.ended.called:
-            try:
+            with contextlib.suppress(error.ProcessExitedAlready):
                 self.daemon_transport.signalProcess("TERM")
-            except error.ProcessExitedAlready:
-                pass
             timeout = reactor.callLater(  # type: ignore[attr-defined]
                 10, lambda: self.daemon_transport.signalProcess("KILL")
             )
@@ -270,9 +269,9 @@ def read_tree(root: str) -> dict[str, bytes]:
 __all__ = [
     "Household",
     "Run",
+    "defer",
     "make_tree",
     "read_tree",
     "run_command",
-    "defer",
     "signal",
 ]

@@ -31,7 +31,7 @@ import tomllib
 from collections.abc import Mapping
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from attrs import field, frozen
 from cryptography.hazmat.primitives import serialization
@@ -315,7 +315,7 @@ class _Table:
         self.where = where
         if not isinstance(value, dict):
             self.fail(where, f"must be a table, not {_kind(value)}")
-        self.items: dict[str, Any] = dict(value)
+        self.items: dict[str, Any] = dict(cast(dict[str, Any], value))
 
     def key(self, name: str) -> str:
         return f"{self.where}.{name}" if self.where else name
@@ -499,16 +499,16 @@ def parse_config(data: Mapping[str, Any], source: str, base: Path) -> Config:
     if limits_value is not None:
         table = _Table(source, "limits", limits_value)
         rates = {}
-        for name in ("throttle_up", "throttle_down"):
-            if name not in table.items:
+        for limit in ("throttle_up", "throttle_down"):
+            if limit not in table.items:
                 continue
-            raw = table.items.pop(name)
+            raw = table.items.pop(limit)
             if not isinstance(raw, str | int) or isinstance(raw, bool):
-                table.fail(table.key(name), "must be a string such as '1M'")
+                table.fail(table.key(limit), "must be a string such as '1M'")
             try:
-                rates[name] = parse_rate(raw)
+                rates[limit] = parse_rate(raw)
             except ValueError as e:
-                table.fail(table.key(name), str(e))
+                table.fail(table.key(limit), str(e))
         table.done()
         limits = LimitsConfig(**rates)
 

@@ -27,10 +27,10 @@ from realize.model import ArenaName, FileInfo
 __all__ = [
     "ChunkList",
     "FileState",
-    "SmallFile",
-    "SmallRead",
     "ReadStream",
     "RunInThread",
+    "SmallFile",
+    "SmallRead",
     "Store",
     "WriteResult",
 ]

@@ -148,7 +148,7 @@ def _translate(failure: Failure, label: str) -> BaseException:
         return AuthenticationError(f"TLS failed: {_ssl_reason(value)}")
     if isinstance(value, amp.UnknownRemoteError | amp.RemoteAmpError):
         return IOFailure(f"remote error: {value}")
-    return value
+    return value if value is not None else IOFailure("unknown error")
 
 
 def _ssl_reason(error: SSL.Error) -> str:
@@ -233,9 +233,12 @@ class RemoteStore:
         self, command: type[amp.Command], **arguments: Any
     ) -> dict[str, Any]:
         try:
-            return await self.connection.amp.callRemote(command, **arguments)
+            answer: dict[str, Any] = await self.connection.amp.callRemote(
+                command, **arguments
+            )
         except Exception:
             raise self._error(Failure()) from None
+        return answer
 
     async def arenas(self) -> list[ArenaName]:
         answer = await self._call(commands.Arenas)

@@ -14,7 +14,7 @@ codes.
 from __future__ import annotations
 
 import struct
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.protocols.amp import (
     MAX_VALUE_LENGTH,
@@ -53,6 +53,9 @@ class BigBytes(Argument):
 
     Used for Merkle leaf lists, 32 bytes per MiB of file.
     """
+
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
 
     def toBox(
         self,
@@ -101,7 +104,7 @@ class Records(Argument):
     """
 
     def __init__(self, fields: list[tuple[str, str]]) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         for _, kind in fields:
             if kind not in _KINDS:
                 raise ValueError(f"unknown record field kind {kind!r}")
@@ -196,7 +199,7 @@ _INT = struct.Struct("!q")
 
 
 class _StoreCommand(Command):
-    errors = WIRE_ERRORS  # type: ignore[assignment]
+    errors = WIRE_ERRORS
 
 
 class Arenas(_StoreCommand):
@@ -204,7 +207,7 @@ class Arenas(_StoreCommand):
     The arenas the calling peer may use.
     """
 
-    arguments: list[tuple[bytes, Argument]] = []
+    arguments: ClassVar[list[tuple[bytes, Argument]]] = []
     response = [(b"arenas", ListOf(Unicode()))]
 
 
@@ -266,7 +269,7 @@ class Truncate(_StoreCommand):
     """
 
     arguments = [(b"arena", Unicode()), (b"path", Unicode()), (b"size", Integer())]
-    response: list[tuple[bytes, Argument]] = []
+    response: ClassVar[list[tuple[bytes, Argument]]] = []
 
 
 class Finish(_StoreCommand):
@@ -279,7 +282,7 @@ class Finish(_StoreCommand):
         (b"path", Unicode()),
         (b"mtime_ns", Integer(optional=True)),
     ]
-    response: list[tuple[bytes, Argument]] = []
+    response: ClassVar[list[tuple[bytes, Argument]]] = []
 
 
 class Delete(_StoreCommand):
@@ -294,7 +297,7 @@ class Delete(_StoreCommand):
         (b"size", Integer(optional=True)),
         (b"mtime_ns", Integer(optional=True)),
     ]
-    response: list[tuple[bytes, Argument]] = []
+    response: ClassVar[list[tuple[bytes, Argument]]] = []
 
 
 class Hash(_StoreCommand):

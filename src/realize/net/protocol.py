@@ -270,6 +270,10 @@ class Connection(Protocol):
     @ivar bytes_sent: data bytes sent in data frames.
     """
 
+    #: The TLS protocol under us: an ITransport that is also a producer
+    #: and consumer (pause/resume reading, register a producer, abort).
+    transport: Any
+
     def __init__(
         self,
         locator: amp.CommandLocator,
@@ -310,7 +314,7 @@ class Connection(Protocol):
         self.address = f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
         self.transport.registerProducer(self, True)
         self._registered = True
-        self.amp.makeConnection(_BoxTransport(self))  # type: ignore[arg-type]
+        self.amp.makeConnection(_BoxTransport(self))
 
     def handshakeCompleted(self) -> None:
         spki = peer_spki(self.transport)

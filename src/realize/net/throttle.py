@@ -583,7 +583,7 @@ class ThrottlingProtocol(ProtocolWrapper):
         self._stop_waiting()
         self._drop_queue()
         self._wire_stopped()
-        ProtocolWrapper.connectionLost(self, reason)  # type: ignore[no-untyped-call]
+        ProtocolWrapper.connectionLost(self, reason)
 
     # The pump
 

@@ -34,13 +34,13 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import attrs
-
 from attrs import define, field, frozen
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from realize.errors import (
     Conflict,
@@ -63,16 +63,16 @@ from realize.model import CHUNK_SIZE, ArenaName, FileInfo
 
 __all__ = [
     "BYTE_BUDGET",
+    "MAX_FILES_IN_FLIGHT",
     "ByteBudget",
     "CopyRepairer",
-    "NullObserver",
-    "Repairer",
-    "differing_ranges",
-    "MAX_FILES_IN_FLIGHT",
     "FileResult",
     "MoveObserver",
     "MoveReport",
     "Mover",
+    "NullObserver",
+    "Repairer",
+    "differing_ranges",
 ]
 
 log = Logger(namespace="realize.move")
@@ -290,6 +290,15 @@ class _Counted:
         return chunk
 
 
+def _value(failure: object) -> BaseException:
+    """
+    @return: the exception of a L{Failure} from a C{DeferredList}.
+    """
+    value = cast(Failure, failure).value
+    assert value is not None
+    return value
+
+
 def _changed(info: FileInfo, size: int) -> Conflict:
     return Conflict(
         f"{info.path!r} changed during the move (size {info.size} -> {size}); "
@@ -410,9 +419,9 @@ class Mover:
         results = await DeferredList([sources, destinations], consumeErrors=True)
         (ok_source, source), (ok_destination, destination) = results
         if not ok_source:
-            raise self._source_error(source.value)
+            raise self._source_error(_value(source))
         if not ok_destination:
-            raise self._destination_error(destination.value)
+            raise self._destination_error(_value(destination))
         return source, destination
 
     async def _move_arena(self, arena: ArenaName, report: MoveReport) -> None:
@@ -625,14 +634,14 @@ class Mover:
                 )
             except Exception as e:
                 deleted = [e] * len(finished)
-            for (info, read), error in zip(finished, deleted, strict=True):
-                if error is None:
+            for (info, read), deletion in zip(finished, deleted, strict=True):
+                if deletion is None:
                     results[info.path] = FileResult(
                         arena, info.path, info.size, MOVED, info.size, read.root
                     )
                 else:
                     results[info.path] = self._failed(
-                        arena, info, self._source_error(error)
+                        arena, info, self._source_error(deletion)
                     )
         for info in again:
             log.warn(

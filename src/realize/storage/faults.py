@@ -109,11 +109,10 @@ class _Altered:
             chunk = chunk[: max(0, self._fault.offset - start)]
             if not chunk:
                 raise StopAsyncIteration
-        elif kind == "shift":
-            if start == 0:
-                chunk = chunk[1:]
-                if not chunk:
-                    return await self.__anext__()
+        elif kind == "shift" and start == 0:
+            chunk = chunk[1:]
+            if not chunk:
+                return await self.__anext__()
         return chunk
 
 

@@ -101,8 +101,8 @@ try:
         ctypes.c_uint,
     ]
 except (OSError, AttributeError):  # pragma: no cover - not Linux/glibc
-    _syncfs = None
-    _sync_file_range = None
+    _syncfs = None  # type: ignore[assignment]
+    _sync_file_range = None  # type: ignore[assignment]
 
 _SYNC_FILE_RANGE_WRITE = 2
 

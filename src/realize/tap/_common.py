@@ -68,11 +68,11 @@ class ThreadPoolService(Service):
         )
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         self.pool.start()
 
     def stopService(self) -> None:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         self.pool.stop()
 
 
@@ -124,4 +124,4 @@ class GnuOptions(usage.Options):
             )
             if takes_value:
                 flat.append(value)
-        super().parseOptions([*flat, "--", *args])
+        super().parseOptions([*flat, "--", *args])  # type: ignore[no-untyped-call]

@@ -165,7 +165,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         with open(a_config, "w") as f:
             f.write(
                 f'[peers.a]\npubkey = """{pub["a"]}"""\n\n'
-                f'[peers.b]\naddress = "127.0.0.1:{port}"\npubkey = """{pub["b"]}"""\n\n'
+                f'[peers.b]\naddress = "127.0.0.1:{port}"\n'
+                f'pubkey = """{pub["b"]}"""\n\n'
                 f'[[arena]]\nname = "demo"\ndatadir = "{source}"\n'
             )
         _say(f"generating files in {source}")
@@ -195,7 +196,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         left = tree_digests(source)
         if arrived == expected and not left:
             _say(
-                f"verified: all {len(expected)} files arrived identical; source is empty"
+                f"verified: all {len(expected)} files arrived identical; "
+                "source is empty"
             )
         else:
             missing = sorted(set(expected) - set(arrived))

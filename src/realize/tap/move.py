@@ -13,17 +13,24 @@ interrupted by SIGINT.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import signal
 import sys
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import react
-from twisted.logger import Logger, LogLevel, formatEvent, globalLogBeginner
+from twisted.logger import (
+    ILogObserver,
+    Logger,
+    LogLevel,
+    formatEvent,
+    globalLogBeginner,
+)
 from twisted.python import usage
 
 from realize.config import Config, load_config
@@ -276,10 +283,8 @@ async def run(reactor: Any, options: MoveOptions, output: Output | None = None) 
     finally:
         signal.signal(signal.SIGINT, previous)
         for store in stores:
-            try:
+            with contextlib.suppress(Exception):
                 await store.close()
-            except Exception:
-                pass
         pool.stop()
 
 
@@ -303,7 +308,7 @@ def start_logging(stderr: Any) -> None:
         stderr.write(f"realize-move: {level.name}: {text}\n")
 
     globalLogBeginner.beginLoggingTo(
-        [observe], discardBuffer=True, redirectStandardIO=False
+        [cast(ILogObserver, observe)], discardBuffer=True, redirectStandardIO=False
     )
 
 
@@ -313,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     @param argv: arguments (default: C{sys.argv[1:]}).
     """
-    options = MoveOptions()
+    options = MoveOptions()  # type: ignore[no-untyped-call]
     try:
         options.parseOptions(sys.argv[1:] if argv is None else list(argv))
     except usage.UsageError as e:
@@ -348,7 +353,7 @@ def makeService(options: MoveOptions) -> IService:
 
     class MoveService(Service):
         def startService(self) -> None:
-            super().startService()
+            super().startService()  # type: ignore[no-untyped-call]
             from twisted.internet import reactor
 
             def go() -> None:

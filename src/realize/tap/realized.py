@@ -81,7 +81,7 @@ class _ListenService(Service):
         self.port: IListeningPort | None = None
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         try:
             endpoint = endpoints.serverFromString(self.reactor, self.description)
         except (ValueError, KeyError, TypeError) as e:
@@ -109,13 +109,14 @@ class _ListenService(Service):
 
     def _fail(self, message: str) -> None:
         # twistd sends sys.stderr to its log: tell the user directly too.
-        sys.__stderr__.write(f"realized: error: {message}\n")
-        sys.__stderr__.flush()
+        stderr = sys.__stderr__ or sys.stderr
+        stderr.write(f"realized: error: {message}\n")
+        stderr.flush()
         log.critical("{message}", message=message)
         exit_after_shutdown(self.reactor, EXIT_ERROR)
 
     def stopService(self) -> Any:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         if self.port is not None:
             port, self.port = self.port, None
             return port.stopListening()
@@ -139,17 +140,17 @@ def make_daemon(reactor: Any, config: Config, key: Any, listen: str) -> MultiSer
     """
     top = MultiService()
     threads = ThreadPoolService(reactor, "realized-io")
-    threads.setServiceParent(top)
+    top.addService(threads)
     store = StoreService(config, threads.run_in_thread)
-    store.setName("store")
-    store.setServiceParent(top)
+    store.name = "store"
+    top.addService(store)
 
     def lookup(spki: bytes) -> PeerId | None:
         return store.config.peer_by_spki().get(spki)
 
     tls = ServerTLS(key, lookup)
     factory = server_factory(tls, store.view)
-    _ListenService(reactor, listen, factory).setServiceParent(top)
+    top.addService(_ListenService(reactor, listen, factory))
     return top
 
 
