@@ -7,24 +7,28 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import attrs
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from realize.errors import (
+    BadDelta,
     Conflict,
+    IOFailure,
     NetworkError,
     NoSpace,
     NotFound,
     SideError,
 )
 from realize.hashing import LEAF_SIZE, LeafHasher, merkle_root
-from realize.model import ArenaName, FileInfo
+from realize.model import MAX_DELTA_RANGE, ArenaName, FileInfo
 from realize.services.mover import (
     BATCH_FILE,
     BATCH_FILES,
     FAILED,
     MOVED,
     ByteBudget,
+    CopyRepairer,
     FileResult,
     Mover,
     differing_ranges,
@@ -280,6 +284,24 @@ class ResumeTests(MoverTestsMixin, SynchronousTestCase):
         )
         report = self.move(source, destination)
         self.assertTrue(report.ok)
+        # A signature of the leaf (256 blocks of 20 bytes) and a delta of
+        # one literal block: a few KiB instead of the 1 MiB leaf.
+        self.assertLess(report.results[0].copied, 16_384)
+        self.assertEqual(destination.content("a", "f"), content)
+
+    def test_same_size_corrupted_copy_repairer(self) -> None:
+        """
+        With the copy repairer, the corrupted leaf is sent whole.
+        """
+        content = data(4 * LEAF_SIZE)
+        corrupted = bytearray(content)
+        corrupted[2 * LEAF_SIZE + 5] ^= 0xFF
+        source = MemoryStore.with_files("a", {"f": content}, label="src")
+        destination = MemoryStore.with_files(
+            "a", partials={"f": bytes(corrupted)}, label="dst"
+        )
+        report = self.move(source, destination, repairer=CopyRepairer())
+        self.assertTrue(report.ok)
         self.assertEqual(report.results[0].copied, LEAF_SIZE)
         self.assertEqual(destination.content("a", "f"), content)
 
@@ -337,6 +359,177 @@ class ResumeTests(MoverTestsMixin, SynchronousTestCase):
         self.assertEqual(destination.content("a", "f"), b"new content")
 
 
+class LyingHash(MemoryStore):
+    """
+    A destination whose hash of the first leaf is wrong, although its
+    bytes are right.
+    """
+
+    async def hash(self, arena: ArenaName, path: str, start: int, end: int) -> Any:
+        state = await super().hash(arena, path, start, end)
+        if start == 0 and state.leaves:
+            flipped = bytes([state.leaves[0][0] ^ 1]) + state.leaves[0][1:]
+            return attrs.evolve(state, leaves=(flipped, *state.leaves[1:]))
+        return state
+
+
+class DeltaTests(MoverTestsMixin, SynchronousTestCase):
+    """
+    Repair by rsync delta (#rsync, #emptydelta).
+    """
+
+    def test_scattered_corruption(self) -> None:
+        """
+        A full-size partial with a corrupted byte in every leaf is repaired
+        with deltas: what is sent is a small fraction of the file, and the
+        stats say so.
+        """
+        content = data(8 * LEAF_SIZE)
+        corrupted = bytearray(content)
+        for leaf in range(8):
+            corrupted[leaf * LEAF_SIZE + 777] ^= 0x55
+        source = MemoryStore.with_files("a", {"f": content}, label="src")
+        destination = MemoryStore.with_files(
+            "a", partials={"f": bytes(corrupted)}, label="dst"
+        )
+        mover = Mover(source, destination)
+        report = result_of(self, mover.move([A]))
+        self.assertTrue(report.ok)
+        self.assertEqual(destination.content("a", "f"), content)
+        self.assertLess(report.results[0].copied, len(content) // 50)
+        self.assertEqual(mover.stats.copied_bytes, 0)
+        self.assertEqual(mover.stats.files_repaired, 1)
+        self.assertGreater(mover.stats.saved_bytes, len(content) * 9 // 10)
+        self.assertEqual(mover.stats.delta_bytes, report.results[0].copied)
+
+    def test_insertion_repaired_cheaply(self) -> None:
+        """
+        A partial whose data is shifted by an insertion near its start is
+        repaired by delta with little data: the rolling match finds the
+        shifted blocks.
+        """
+        content = data(3 * LEAF_SIZE)
+        shifted = content[:5000] + b"INSERTED" + content[5000:]
+        source = MemoryStore.with_files("a", {"f": content}, label="src")
+        destination = MemoryStore.with_files(
+            "a", partials={"f": shifted[: len(content)]}, label="dst"
+        )
+        report = self.move(source, destination)
+        self.assertTrue(report.ok)
+        self.assertEqual(destination.content("a", "f"), content)
+        self.assertLess(report.results[0].copied, 100_000)
+
+    def test_large_range_in_pieces(self) -> None:
+        """
+        A differing run longer than MAX_DELTA_RANGE is repaired in pieces
+        of at most that size.
+        """
+        size = 2 * MAX_DELTA_RANGE + 3 * LEAF_SIZE
+        content = data(size)
+        corrupted = bytearray(content)
+        for leaf in range(size // LEAF_SIZE):
+            corrupted[leaf * LEAF_SIZE] ^= 1
+        source = MemoryStore.with_files("a", {"f": content}, label="src")
+        destination = MemoryStore.with_files(
+            "a", partials={"f": bytes(corrupted)}, label="dst"
+        )
+        report = self.move(source, destination)
+        self.assertTrue(report.ok)
+        self.assertEqual(destination.calls.count("signature"), 3)
+        self.assertEqual(destination.content("a", "f"), content)
+
+    def test_apply_error_falls_back_to_copy(self) -> None:
+        """
+        A destination that refuses the delta (BadDelta): the range is
+        copied instead, and the fallback is counted.
+        """
+        content = data(2 * LEAF_SIZE)
+        corrupted = bytearray(content)
+        corrupted[10] ^= 1
+        source = MemoryStore.with_files("a", {"f": content}, label="src")
+        inner = MemoryStore.with_files(
+            "a", partials={"f": bytes(corrupted)}, label="dst"
+        )
+        destination = FaultyStore(inner).add(
+            Fault("apply_delta", "error", error=BadDelta("malformed"))
+        )
+        mover = Mover(source, destination)
+        report = result_of(self, mover.move([A]))
+        self.assertTrue(report.ok)
+        self.assertEqual(inner.content("a", "f"), content)
+        self.assertEqual(mover.stats.fallbacks, 1)
+        self.assertEqual(mover.stats.copied_bytes, LEAF_SIZE)
+
+    def test_wrong_apply_falls_back_to_copy(self) -> None:
+        """
+        A delta that lands on the wrong bytes is caught by the leaves the
+        destination returns, and the range is copied instead.
+        """
+        content = data(2 * LEAF_SIZE)
+        corrupted = bytearray(content)
+        corrupted[LEAF_SIZE + 10] ^= 1
+        source = MemoryStore.with_files("a", {"f": content}, label="src")
+        inner = MemoryStore.with_files(
+            "a", partials={"f": bytes(corrupted)}, label="dst"
+        )
+        destination = FaultyStore(inner).add(Fault("apply_delta", "corrupt"))
+        mover = Mover(source, destination)
+        report = result_of(self, mover.move([A]))
+        self.assertTrue(report.ok)
+        self.assertEqual(inner.content("a", "f"), content)
+        self.assertEqual(mover.stats.fallbacks, 1)
+
+    def test_identity_delta_skips_apply(self) -> None:
+        """
+        When the delta only copies the basis, ApplyDelta is not called
+        (#emptydelta); a range the hashes still say differs is copied.
+        """
+        content = data(LEAF_SIZE + 100)
+        source = MemoryStore.with_files("a", {"f": content}, label="src")
+        destination = LyingHash.with_files("a", partials={"f": content}, label="dst")
+        mover = Mover(source, destination)
+        report = result_of(self, mover.move([A]))
+        self.assertTrue(report.ok)
+        self.assertIn("signature", destination.calls)
+        self.assertNotIn("apply_delta", destination.calls)
+        self.assertEqual(mover.stats.fallbacks, 1)
+
+    def test_signature_failure(self) -> None:
+        """
+        A destination that cannot make a signature fails the file as a
+        destination error; the source is kept.
+        """
+        content = data(2 * LEAF_SIZE)
+        corrupted = bytearray(content)
+        corrupted[0] ^= 1
+        source = MemoryStore.with_files("a", {"f": content}, label="src")
+        destination = FaultyStore(
+            MemoryStore.with_files("a", partials={"f": bytes(corrupted)}, label="dst")
+        ).add(Fault("signature", "error", error=IOFailure("read error")))
+        report = self.move(source, destination)
+        [result] = report.failed
+        self.assertEqual(str(result.error), "destination dst: read error")
+        self.assertEqual(source.content("a", "f"), content)
+
+    def test_diff_disconnect(self) -> None:
+        """
+        A source lost while computing the delta fails the file as a
+        retryable source error.
+        """
+        content = data(2 * LEAF_SIZE)
+        corrupted = bytearray(content)
+        corrupted[0] ^= 1
+        source = FaultyStore(MemoryStore.with_files("a", {"f": content}, label="src"))
+        source.add(Fault("diff", "disconnect"))
+        destination = MemoryStore.with_files(
+            "a", partials={"f": bytes(corrupted)}, label="dst"
+        )
+        report = self.move(source, destination)
+        [result] = report.failed
+        self.assertIn("source src", str(result.error))
+        self.assertTrue(report.retryable)
+
+
 class FaultTests(MoverTestsMixin, SynchronousTestCase):
     """
     Injected faults are repaired or reported, and the source is kept.
@@ -353,10 +546,14 @@ class FaultTests(MoverTestsMixin, SynchronousTestCase):
         destination = FaultyStore(inner).add(
             Fault("write", "corrupt", offset=LEAF_SIZE + 10)
         )
-        report = self.move(source, destination)
+        mover = Mover(source, destination)
+        report = result_of(self, mover.move([A]))
         self.assertTrue(report.ok)
         self.assertEqual(inner.content("a", "f"), content)
-        self.assertEqual(report.results[0].copied, len(content) + LEAF_SIZE)
+        # The copy, then a signature and a small delta for the bad block.
+        self.assertLess(report.results[0].copied, len(content) + 16_384)
+        self.assertEqual(mover.stats.files_repaired, 1)
+        self.assertEqual(mover.stats.fallbacks, 0)
 
     def test_always_corrupted_fails_and_keeps_source(self) -> None:
         """
@@ -366,7 +563,10 @@ class FaultTests(MoverTestsMixin, SynchronousTestCase):
         content = data(2 * LEAF_SIZE)
         source = MemoryStore.with_files("a", {"f": content}, label="src")
         inner = MemoryStore.with_files("a", label="dst")
-        destination = FaultyStore(inner).add(Fault("write", "corrupt", times=-1))
+        destination = FaultyStore(inner).add(
+            Fault("write", "corrupt", times=-1),
+            Fault("apply_delta", "corrupt", times=-1),
+        )
         report = self.move(source, destination)
         self.assertFalse(report.ok)
         [result] = report.failed

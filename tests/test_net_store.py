@@ -21,6 +21,7 @@ from twisted.internet.task import Clock, deferLater
 
 from realize.config import Config, parse_config
 from realize.errors import (
+    BadDelta,
     BadRequest,
     Conflict,
     InvalidPath,
@@ -188,6 +189,48 @@ class ServiceTests(RemoteTestCase):
             for p in sorted(root.rglob("*"))
             if p.is_file()
         }
+
+    def test_delta_round_trip(self) -> None:
+        """
+        Signature, Diff and ApplyDelta over the wire repair the server's
+        partial file, and the leaves answered match its new content.
+        """
+        source = content(3 * LEAF_SIZE)
+        corrupted = bytearray(source)
+        corrupted[LEAF_SIZE + 99] ^= 0xFF
+        self.put("docs", "src", source)
+        self.put("docs", ".dst.part", bytes(corrupted))
+        signature = self.call(self.remote.signature(DOCS, "dst", 0, len(source)))
+        change = self.call(self.remote.diff(DOCS, "src", 0, len(source), signature))
+        self.assertLess(len(change), 8192)
+        leaves = self.call(
+            self.remote.apply_delta(DOCS, "dst", 0, len(source), len(source), change)
+        )
+        self.assertEqual(self.on_disk("docs")[".dst.part"], source)
+        self.assertEqual(leaves, leaves_of(source))
+        self.assertIsNone(
+            self.call(self.remote.signature(DOCS, "src", 4 * LEAF_SIZE, 5 * LEAF_SIZE))
+        )
+
+    def test_delta_acl(self) -> None:
+        """
+        The delta commands are refused for an arena the peer may not use.
+        """
+        photos = ArenaName("photos")
+        self.error(self.remote.signature(photos, "x", 0, 1), Unauthorized)
+        self.error(self.remote.diff(photos, "x", 0, 1, b""), Unauthorized)
+        self.error(self.remote.apply_delta(photos, "x", 0, 1, 1, b"d"), Unauthorized)
+
+    def test_delta_too_large(self) -> None:
+        """
+        A delta far larger than its range is refused before it is applied.
+        """
+        self.put("docs", ".dst.part", b"old")
+        error = self.error(
+            self.remote.apply_delta(DOCS, "dst", 0, 3, 3, b"x" * 100_000), BadDelta
+        )
+        self.assertIn("larger than", str(error))
+        self.assertEqual(self.on_disk("docs")[".dst.part"], b"old")
 
     def test_batches_round_trip(self) -> None:
         """

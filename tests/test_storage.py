@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from realize.errors import BadRequest, Conflict, InvalidPath, NotFound
+from realize.errors import BadDelta, BadRequest, Conflict, InvalidPath, NotFound
 from realize.hashing import EMPTY_ROOT, LEAF_SIZE, leaf_hash, merkle_root
 from realize.interfaces import FileState, SmallFile, Store, WriteResult
 from realize.model import ArenaName, FileInfo, partial_name
@@ -823,6 +823,81 @@ class StoreContractMixin(_Base):
             for coro in coros:
                 self.fails(coro, InvalidPath)
         self.assert_empty()
+
+    # -- repair by delta ---------------------------------------------------
+
+    def test_signature_diff_apply(self) -> None:
+        """
+        The destination's signature of a range, the source's delta against
+        it and the destination's apply turn the destination's range into
+        the source's; the leaves returned are those of the new range.
+        """
+        source = random.Random(3).randbytes(2 * LEAF_SIZE + 500)
+        basis = bytearray(source)
+        basis[LEAF_SIZE + 7] ^= 0xFF
+        self.put("src", source)
+        self.put("dst", bytes(basis), partial=True)
+        signature = result_of(
+            self, self.store.signature(A, "dst", LEAF_SIZE, len(source))
+        )
+        assert signature is not None
+        change = result_of(
+            self, self.store.diff(A, "src", LEAF_SIZE, len(source), signature)
+        )
+        self.assertLess(len(change), 8192)
+        leaves = result_of(
+            self,
+            self.store.apply_delta(
+                A, "dst", LEAF_SIZE, len(source), len(source), change
+            ),
+        )
+        self.assertEqual(self.stored("dst", partial=True), source)
+        self.assertEqual(
+            leaves,
+            (
+                leaf_hash(source[LEAF_SIZE : 2 * LEAF_SIZE]),
+                leaf_hash(source[2 * LEAF_SIZE :]),
+            ),
+        )
+
+    def test_signature_missing_range(self) -> None:
+        """
+        A file with no byte at the range's start has no signature.
+        """
+        self.put("short", b"x" * 10, partial=True)
+        self.assertIsNone(
+            result_of(self, self.store.signature(A, "short", LEAF_SIZE, 2 * LEAF_SIZE))
+        )
+
+    def test_apply_extends_and_truncates(self) -> None:
+        """
+        Applying to a shorter basis extends the file; applying on the last
+        range truncates it at the file size.
+        """
+        source = random.Random(4).randbytes(3000)
+        self.put("src", source)
+        self.put("dst", source[:1000] + b"trailing garbage" * 500, partial=True)
+        signature = result_of(self, self.store.signature(A, "dst", 0, 3000))
+        assert signature is not None
+        change = result_of(self, self.store.diff(A, "src", 0, 3000, signature))
+        result_of(self, self.store.apply_delta(A, "dst", 0, 3000, 3000, change))
+        self.assertEqual(self.stored("dst", partial=True), source)
+
+    def test_apply_bad_delta(self) -> None:
+        """
+        A malformed delta, or one that produces the wrong length, is
+        refused with BadDelta and the file is unchanged.
+        """
+        self.put("dst", b"original", partial=True)
+        self.fails(self.store.apply_delta(A, "dst", 0, 8, 8, b"garbage"), BadDelta)
+        self.assertEqual(self.stored("dst", partial=True), b"original")
+
+    def test_diff_bad_signature(self) -> None:
+        """
+        A malformed signature is refused with BadDelta.
+        """
+        self.put("src", b"content")
+        self.fails(self.store.diff(A, "src", 0, 7, b"not a signature"), BadDelta)
 
     # -- batches of small files ------------------------------------------
 

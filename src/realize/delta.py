@@ -82,6 +82,7 @@ __all__ = [
     "is_identity",
     "parse_signature",
     "signature",
+    "signature_basis_length",
     "weak_checksum",
 ]
 
@@ -738,14 +739,15 @@ def apply(
     *,
     expected_length: int | None = None,
     max_length: int = DEFAULT_MAX_LENGTH,
-) -> bytes:
+    out: bytearray | None = None,
+) -> bytearray | memoryview:
     """
     Rebuild a target from its basis and a delta made by L{diff}
     (Tridgell and Mackerras 1996, §2 step 5), validating the delta as it goes.
 
     The target is allocated once, at its declared length (at most
-    C{max_length}), and only after every op has been checked; until then
-    memory is a reference of about 200 bytes per op.
+    C{max_length}), and filled op by op, so memory stays bounded by the
+    target and the delta whatever the number of ops.
 
     @param basis: the basis the delta was computed against; may be a
         memoryview of an mmap.
@@ -753,7 +755,10 @@ def apply(
     @param expected_length: if given, the target length in bytes the delta
         must declare.
     @param max_length: largest target length in bytes to build.
-    @return: the target.
+    @param out: a buffer to build the target in, reused across calls to
+        spare allocating (and page-faulting) a new one; grown if smaller
+        than the target.
+    @return: the target: a C{bytearray}, or a C{memoryview} of C{out}.
     @raise DeltaFormatError: on a malformed header, a declared length above
         C{max_length} or different from C{expected_length}, an unknown,
         empty or truncated op, a COPY outside the basis, or ops that produce
@@ -766,13 +771,38 @@ def apply(
         )
     source = _as_bytes_view(basis)
     literals = memoryview(delta)
-    pieces: list[memoryview] = []
+    # The output is allocated once (its length is checked against
+    # max_length) and filled op by op: memory stays the target plus the
+    # delta, however many ops the delta has.
+    if out is None:
+        output: bytearray | memoryview = bytearray(target_length)
+    else:
+        if len(out) < target_length:
+            out.extend(bytes(target_length - len(out)))
+        output = memoryview(out)[:target_length]
+    position = 0
     for op, start, length in _iter_ops(delta, target_length, len(source)):
-        if op == OP_COPY:
-            pieces.append(source[start : start + length])
-        else:
-            pieces.append(literals[start : start + length])
-    return b"".join(pieces)
+        piece = source if op == OP_COPY else literals
+        output[position : position + length] = piece[start : start + length]
+        position += length
+    return output
+
+
+def signature_basis_length(signature: bytes) -> int:
+    """
+    Basis length a signature declares, read from its header only.
+
+    @param signature: a signature made by L{signature}.
+    @return: the basis length in bytes.
+    @raise DeltaFormatError: if the header is truncated or not a version 1
+        signature.
+    """
+    if len(signature) < _SIG_HEADER.size:
+        raise DeltaFormatError("signature: truncated header")
+    version, kind, _, basis_length = _SIG_HEADER.unpack_from(signature)
+    if version != VERSION or kind != SIGNATURE_KIND:
+        raise DeltaFormatError("signature: not a version 1 signature")
+    return int(basis_length)
 
 
 def is_identity(delta: bytes, basis_length: int) -> bool:

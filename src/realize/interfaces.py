@@ -285,6 +285,49 @@ class Store(Protocol):
         @param start: a multiple of L{realize.hashing.LEAF_SIZE}.
         """
 
+    async def signature(
+        self, arena: ArenaName, path: str, start: int, end: int
+    ) -> bytes | None:
+        """
+        rsync signature (L{realize.delta.signature}) of C{[start, min(end,
+        size))} of the file being received (partial, else final).
+
+        @param start: a leaf boundary; C{end - start} at most
+            L{realize.storage.real.MAX_DELTA_RANGE}.
+        @return: the signature, or C{None} if the file has no byte at
+            C{start}.
+        """
+
+    async def diff(
+        self, arena: ArenaName, path: str, start: int, end: int, signature: bytes
+    ) -> bytes:
+        """
+        Delta (L{realize.delta.diff}) that turns the basis described by
+        C{signature} into C{[start, end)} of the file (final, else
+        partial).
+
+        @raise BadDelta: if the signature is malformed.
+        """
+
+    async def apply_delta(
+        self,
+        arena: ArenaName,
+        path: str,
+        start: int,
+        end: int,
+        file_size: int,
+        change: bytes,
+    ) -> tuple[bytes, ...]:
+        """
+        Apply a delta to C{[start, end)} of the partial file, whose bytes
+        from C{start} on are the basis; truncate at C{file_size} if C{end}
+        is the end of the file.
+
+        @return: the Merkle leaves of C{[start, end)} afterwards.
+        @raise BadDelta: if the delta is malformed or does not produce
+            exactly C{end - start} bytes.
+        """
+
     async def read_files(
         self, arena: ArenaName, files: Sequence[tuple[str, int]]
     ) -> list[SmallRead | RealizeError]:

@@ -19,6 +19,7 @@ from realize.errors import BadRequest, InvalidPath
 
 __all__ = [
     "CHUNK_SIZE",
+    "MAX_DELTA_RANGE",
     "MAX_NAME_BYTES",
     "MAX_PATH_BYTES",
     "ArenaName",
@@ -41,6 +42,11 @@ ArenaName = NewType("ArenaName", str)
 #: and of data frames on the wire.  Equal to the Merkle leaf size, so that a
 #: stream that starts on a leaf boundary hashes without copying.
 CHUNK_SIZE = 1 << 20
+
+#: Largest byte range of one delta command (Signature, Diff, ApplyDelta):
+#: the range, its basis and the delta are held in memory while it runs, so
+#: callers repair larger ranges in pieces of this size.
+MAX_DELTA_RANGE = 16 << 20
 
 #: Longest path accepted, in bytes of UTF-8 (Linux C{PATH_MAX}).
 MAX_PATH_BYTES = 4096

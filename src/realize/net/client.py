@@ -380,6 +380,54 @@ class RemoteStore:
             raise IOFailure(f"no answer to {command.__name__}")
         return answers[0]
 
+    async def signature(
+        self, arena: ArenaName, path: str, start: int, end: int
+    ) -> bytes | None:
+        answer = await self._call(
+            commands.Signature, arena=arena, path=path, start=start, end=end
+        )
+        return answer["signature"] if answer["present"] else None
+
+    async def diff(
+        self, arena: ArenaName, path: str, start: int, end: int, signature: bytes
+    ) -> bytes:
+        chunks: list[bytes] = []
+        answer = await self._call_reading(
+            commands.Diff,
+            chunks.append,
+            arena=arena,
+            path=path,
+            start=start,
+            end=end,
+            signature=signature,
+        )
+        change = b"".join(chunks)
+        if answer["length"] != len(change):
+            raise IOFailure(
+                f"Diff announced {answer['length']} bytes, sent {len(change)}"
+            )
+        return change
+
+    async def apply_delta(
+        self,
+        arena: ArenaName,
+        path: str,
+        start: int,
+        end: int,
+        file_size: int,
+        change: bytes,
+    ) -> tuple[bytes, ...]:
+        answer = await self._call_sending(
+            commands.ApplyDelta,
+            ChunkList([change]),
+            arena=arena,
+            path=path,
+            start=start,
+            end=end,
+            file_size=file_size,
+        )
+        return _split_leaves(answer["leaves"])
+
     async def read_files(
         self, arena: ArenaName, files: Sequence[tuple[str, int]]
     ) -> list[SmallRead | RealizeError]:

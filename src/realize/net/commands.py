@@ -30,16 +30,19 @@ from twisted.protocols.amp import (
 from realize.errors import WIRE_ERRORS
 
 __all__ = [
+    "ApplyDelta",
     "Arenas",
     "BigBytes",
     "Delete",
     "DeleteFiles",
+    "Diff",
     "Finish",
     "Hash",
     "List",
     "Read",
     "ReadFiles",
     "Records",
+    "Signature",
     "Truncate",
     "Write",
     "WriteFiles",
@@ -392,3 +395,55 @@ class DeleteFiles(_StoreCommand):
         ),
     ]
     response = [(b"results", Records(_OUTCOME))]
+
+
+class Signature(_StoreCommand):
+    """
+    rsync signature of C{[start, end)} of the file being received
+    (docs/delta-format.md); C{present} is false if the file has no byte at
+    C{start}.
+    """
+
+    arguments = [
+        (b"arena", Unicode()),
+        (b"path", Unicode()),
+        (b"start", Integer()),
+        (b"end", Integer()),
+    ]
+    response = [(b"signature", BigBytes()), (b"present", Boolean())]
+
+
+class Diff(_StoreCommand):
+    """
+    Delta from the basis described by C{signature} to C{[start, end)} of
+    the file; the delta arrives as data frames on C{stream} before the
+    answer, which gives its C{length}.
+    """
+
+    arguments = [
+        (b"arena", Unicode()),
+        (b"path", Unicode()),
+        (b"start", Integer()),
+        (b"end", Integer()),
+        (b"signature", BigBytes()),
+        (b"stream", Integer()),
+    ]
+    response = [(b"length", Integer())]
+
+
+class ApplyDelta(_StoreCommand):
+    """
+    Apply the delta that follows the command as data frames on C{stream}
+    to C{[start, end)} of the partial file; answers the leaves of the
+    range afterwards.
+    """
+
+    arguments = [
+        (b"arena", Unicode()),
+        (b"path", Unicode()),
+        (b"start", Integer()),
+        (b"end", Integer()),
+        (b"file_size", Integer()),
+        (b"stream", Integer()),
+    ]
+    response = [(b"leaves", BigBytes())]

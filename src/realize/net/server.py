@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 
 from realize.errors import (
     WIRE_ERRORS,
+    BadDelta,
     BadRequest,
     Conflict,
     IOFailure,
@@ -314,6 +315,75 @@ class StoreLocator(amp.CommandLocator):
             return {"results": [_outcome(o) for o in outcomes]}
 
         return _respond("DeleteFiles", go())
+
+    @commands.Signature.responder
+    def signature(
+        self, arena: str, path: str, start: int, end: int
+    ) -> Deferred[dict[str, Any]]:
+        async def go() -> dict[str, Any]:
+            signature = await self._store().signature(
+                ArenaName(arena), path, start, end
+            )
+            return {"signature": signature or b"", "present": signature is not None}
+
+        return _respond("Signature", go())
+
+    @commands.Diff.responder
+    def diff(
+        self, arena: str, path: str, start: int, end: int, signature: bytes, stream: int
+    ) -> Deferred[dict[str, Any]]:
+        connection = self.connection
+        assert connection is not None
+
+        async def go() -> dict[str, Any]:
+            change = await self._store().diff(
+                ArenaName(arena), path, start, end, signature
+            )
+            for offset in range(0, len(change), MAX_DATA_FRAME):
+                await _send(
+                    connection, stream, change[offset : offset + MAX_DATA_FRAME]
+                )
+            return {"length": len(change)}
+
+        return _respond("Diff", go())
+
+    @commands.ApplyDelta.responder
+    def apply_delta(
+        self, arena: str, path: str, start: int, end: int, file_size: int, stream: int
+    ) -> Deferred[dict[str, Any]]:
+        connection = self.connection
+        assert connection is not None
+        inbox = connection.open_incoming(stream)
+
+        async def go() -> dict[str, Any]:
+            limit = _max_delta(end - start)
+            try:
+                received: list[bytes] = []
+                held = 0
+                async for chunk in inbox:
+                    held += len(chunk)
+                    if held > limit:
+                        raise BadDelta(
+                            f"ApplyDelta: delta larger than {limit} bytes for a "
+                            f"{end - start}-byte range"
+                        )
+                    received.append(chunk)
+            finally:
+                connection.close_incoming(stream)
+            leaves = await self._store().apply_delta(
+                ArenaName(arena), path, start, end, file_size, b"".join(received)
+            )
+            return {"leaves": b"".join(leaves)}
+
+        return _respond("ApplyDelta", go())
+
+
+def _max_delta(length: int) -> int:
+    """
+    @return: the largest delta accepted for a range of C{length} bytes:
+        all literal, in the smallest literal ops, plus the header.
+    """
+    return length + length // 64 + 64
 
 
 #: Largest batch a peer may send or ask for: files, and bytes of data.

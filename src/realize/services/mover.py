@@ -42,7 +42,9 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from realize import delta
 from realize.errors import (
+    BadDelta,
     Conflict,
     NetworkError,
     RealizeError,
@@ -59,16 +61,18 @@ from realize.interfaces import (
     SmallRead,
     Store,
 )
-from realize.model import CHUNK_SIZE, ArenaName, FileInfo
+from realize.model import CHUNK_SIZE, MAX_DELTA_RANGE, ArenaName, FileInfo
 
 __all__ = [
     "BYTE_BUDGET",
     "MAX_FILES_IN_FLIGHT",
     "ByteBudget",
     "CopyRepairer",
+    "DeltaRepairer",
     "FileResult",
     "MoveObserver",
     "MoveReport",
+    "MoveStats",
     "Mover",
     "NullObserver",
     "Repairer",
@@ -330,9 +334,30 @@ def differing_ranges(
     return ranges
 
 
+@define
+class MoveStats:
+    """
+    What a move sent, for reports and metrics (#rsync).
+
+    @ivar copied_bytes: file bytes sent as plain copies.
+    @ivar delta_bytes: bytes of signatures and deltas exchanged.
+    @ivar saved_bytes: bytes of ranges repaired by delta, less the
+        signature and delta bytes it took.
+    @ivar files_repaired: files whose destination had ranges that differed
+        and were repaired.
+    @ivar fallbacks: ranges a delta did not repair, copied instead.
+    """
+
+    copied_bytes: int = 0
+    delta_bytes: int = 0
+    saved_bytes: int = 0
+    files_repaired: int = 0
+    fallbacks: int = 0
+
+
 class Repairer(Protocol):
     """
-    Makes a byte range of the destination file equal to the source's.
+    Makes byte ranges of the destination file equal to the source's.
     """
 
     async def repair(
@@ -340,18 +365,28 @@ class Repairer(Protocol):
         mover: Mover,
         arena: ArenaName,
         info: FileInfo,
-        start: int,
-        end: int,
-    ) -> tuple[bytes, ...]:
+        ranges: Sequence[tuple[int, int]],
+        expected: Sequence[bytes],
+    ) -> list[tuple[bytes, ...]]:
         """
-        @return: the destination's leaves of C{[start, end)} afterwards
-            (C{start} is leaf-aligned).
+        @param ranges: C{(start, end)} byte ranges, C{start} on a leaf
+            boundary.
+        @param expected: the source's leaves of the whole file.
+        @return: for each range, the destination's leaves of it afterwards.
         """
+
+
+def _leaves_of(expected: Sequence[bytes], start: int, end: int) -> Sequence[bytes]:
+    """
+    @return: the leaves of C{[start, end)} among a whole file's leaves.
+    """
+    first = start // LEAF_SIZE
+    return expected[first : first + -(-(end - start) // LEAF_SIZE)]
 
 
 class CopyRepairer:
     """
-    Repairs a range by copying it again.
+    Repairs ranges by copying them again.
     """
 
     async def repair(
@@ -359,9 +394,114 @@ class CopyRepairer:
         mover: Mover,
         arena: ArenaName,
         info: FileInfo,
+        ranges: Sequence[tuple[int, int]],
+        expected: Sequence[bytes],
+    ) -> list[tuple[bytes, ...]]:
+        return [
+            await mover.copy_range(arena, info, start, end) for start, end in ranges
+        ]
+
+
+class DeltaRepairer:
+    """
+    Repairs ranges with rsync deltas (Tridgell and Mackerras 1996): the
+    destination sends the signature of what it has, the source answers a
+    delta, the destination applies it.  Ranges are cut in pieces of at
+    most L{MAX_DELTA_RANGE} bytes, and L{CONCURRENCY} pieces are in flight
+    at once so that the source's and the destination's work overlap.  A
+    piece whose delta only copies the basis needs no ApplyDelta
+    (#emptydelta); one whose delta cannot be applied, or whose leaves still
+    differ afterwards, is copied instead.
+    """
+
+    #: Pieces in flight at once.
+    CONCURRENCY = 3
+
+    async def repair(
+        self,
+        mover: Mover,
+        arena: ArenaName,
+        info: FileInfo,
+        ranges: Sequence[tuple[int, int]],
+        expected: Sequence[bytes],
+    ) -> list[tuple[bytes, ...]]:
+        slots = ByteBudget(self.CONCURRENCY, self.CONCURRENCY)
+        errors: list[BaseException] = []
+
+        async def one(first: int, last: int) -> tuple[bytes, ...]:
+            try:
+                return await self._piece(
+                    mover, arena, info, first, last, _leaves_of(expected, first, last)
+                )
+            except BaseException as e:
+                errors.append(e)
+                raise
+            finally:
+                slots.release(1)
+
+        pieces: list[tuple[int, Deferred[tuple[bytes, ...]]]] = []
+        for index, (start, end) in enumerate(ranges):
+            for first in range(start, end, MAX_DELTA_RANGE):
+                await slots.acquire(1)
+                if errors:
+                    slots.release(1)
+                    break
+                last = min(first + MAX_DELTA_RANGE, end)
+                pieces.append((index, Deferred.fromCoroutine(one(first, last))))
+        await DeferredList([d for _, d in pieces], consumeErrors=True)
+        if errors:
+            raise errors[0]
+        results: list[list[bytes]] = [[] for _ in ranges]
+        for index, d in pieces:
+            results[index].extend(cast(tuple[bytes, ...], d.result))
+        return [tuple(leaves) for leaves in results]
+
+    async def _piece(
+        self,
+        mover: Mover,
+        arena: ArenaName,
+        info: FileInfo,
         start: int,
         end: int,
+        expected: Sequence[bytes],
     ) -> tuple[bytes, ...]:
+        stats = mover.stats
+        try:
+            signature = await mover.destination.signature(arena, info.path, start, end)
+        except Exception as e:
+            raise mover._destination_error(e) from e
+        if signature is not None:
+            try:
+                change = await mover.source.diff(
+                    arena, info.path, start, end, signature
+                )
+            except Exception as e:
+                raise mover._source_error(e) from e
+            spent = len(signature) + len(change)
+            stats.delta_bytes += spent
+            mover.sent(arena, info, spent)
+            if not delta.is_identity(change, delta.signature_basis_length(signature)):
+                try:
+                    leaves = await mover.destination.apply_delta(
+                        arena, info.path, start, end, info.size, change
+                    )
+                except (BadDelta, Conflict) as e:
+                    log.warn(
+                        "{arena}/{path}: delta for [{start}, {end}) not applied "
+                        "({error}), copying the range",
+                        arena=arena,
+                        path=info.path,
+                        start=start,
+                        end=end,
+                        error=str(e),
+                    )
+                except Exception as e:
+                    raise mover._destination_error(e) from e
+                else:
+                    if tuple(leaves) == tuple(expected):
+                        stats.saved_bytes += max(0, end - start - spent)
+                        return tuple(leaves)
+        stats.fallbacks += 1
         return await mover.copy_range(arena, info, start, end)
 
 
@@ -380,7 +520,9 @@ class Mover:
     source: Store
     destination: Store
     observer: MoveObserver = field(factory=NullObserver)
-    repairer: Repairer = field(factory=CopyRepairer)
+    repairer: Repairer = field(factory=DeltaRepairer)
+    stats: MoveStats = field(factory=MoveStats)
+    _sent: dict[tuple[ArenaName, str], int] = field(factory=dict, init=False)
     budget: ByteBudget = field(
         factory=lambda: ByteBudget(BYTE_BUDGET, MAX_FILES_IN_FLIGHT)
     )
@@ -598,6 +740,7 @@ class Mover:
             else:
                 sending.append((info, read))
                 self.observer.transferred(arena, info.path, info.size)
+                self.stats.copied_bytes += info.size
         outcomes: list[RealizeError | None] = []
         if sending:
             try:
@@ -704,7 +847,16 @@ class Mover:
             stream.cancel()
             raise self._destination_error(e) from e
         await self._source_state(stream, info)
+        self.stats.copied_bytes += counted.count
+        self.sent(arena, info, counted.count)
         return result.leaves
+
+    def sent(self, arena: ArenaName, info: FileInfo, size: int) -> None:
+        """
+        Count bytes sent for a file's repair (copies, signatures, deltas).
+        """
+        key = (arena, info.path)
+        self._sent[key] = self._sent.get(key, 0) + size
 
     async def _move_file(
         self, arena: ArenaName, info: FileInfo, target: FileInfo | None
@@ -744,6 +896,7 @@ class Mover:
         except Exception as e:
             raise self._destination_error(e) from e
         copied = counted.count
+        self.stats.copied_bytes += copied
         source_leaves = source_state.leaves
         destination_leaves = prefix_leaves + written.leaves
         ranges = differing_ranges(source_leaves, destination_leaves, size)
@@ -755,11 +908,10 @@ class Mover:
                 count=len(ranges),
             )
             repaired = list(destination_leaves)
-            for start, end in ranges:
-                leaves = await self.repairer.repair(self, arena, info, start, end)
+            fixed = await self.repairer.repair(self, arena, info, ranges, source_leaves)
+            for (start, _), leaves in zip(ranges, fixed, strict=True):
                 first = start // LEAF_SIZE
                 repaired[first : first + len(leaves)] = leaves
-                copied += end - start
             if differing_ranges(source_leaves, repaired, size):
                 raise self._destination_error(
                     Conflict(
@@ -767,6 +919,8 @@ class Mover:
                         "from the source after repair; source kept"
                     )
                 )
+            self.stats.files_repaired += 1
+            copied += self._sent.pop((arena, info.path), 0)
         root = merkle_root(source_leaves)
         try:
             await destination.finish(arena, info.path, info.mtime_ns)
@@ -797,6 +951,7 @@ class Mover:
                 )
             except Exception as e:
                 raise self._destination_error(e) from e
+            self.stats.copied_bytes += info.size
             if result.finished:
                 await self._delete_source(arena, info)
                 return FileResult(

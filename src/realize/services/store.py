@@ -167,6 +167,29 @@ class PeerView:
     ) -> FileState:
         return await self._store(arena).hash(arena, path, start, end)
 
+    async def signature(
+        self, arena: ArenaName, path: str, start: int, end: int
+    ) -> bytes | None:
+        return await self._store(arena).signature(arena, path, start, end)
+
+    async def diff(
+        self, arena: ArenaName, path: str, start: int, end: int, signature: bytes
+    ) -> bytes:
+        return await self._store(arena).diff(arena, path, start, end, signature)
+
+    async def apply_delta(
+        self,
+        arena: ArenaName,
+        path: str,
+        start: int,
+        end: int,
+        file_size: int,
+        change: bytes,
+    ) -> tuple[bytes, ...]:
+        return await self._store(arena).apply_delta(
+            arena, path, start, end, file_size, change
+        )
+
     async def read_files(
         self, arena: ArenaName, files: Sequence[tuple[str, int]]
     ) -> list[SmallRead | RealizeError]:

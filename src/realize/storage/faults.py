@@ -29,6 +29,7 @@ from attrs import define, field
 
 from realize.errors import IOFailure, NetworkError, RealizeError
 from realize.interfaces import (
+    ChunkList,
     FileState,
     ReadStream,
     SmallFile,
@@ -228,6 +229,51 @@ class FaultyStore:
     ) -> FileState:
         self._raise(self._take("hash", path))
         return await self.inner.hash(arena, path, start, end)
+
+    async def signature(
+        self, arena: ArenaName, path: str, start: int, end: int
+    ) -> bytes | None:
+        self._raise(self._take("signature", path))
+        return await self.inner.signature(arena, path, start, end)
+
+    async def diff(
+        self, arena: ArenaName, path: str, start: int, end: int, signature: bytes
+    ) -> bytes:
+        self._raise(self._take("diff", path))
+        return await self.inner.diff(arena, path, start, end, signature)
+
+    async def apply_delta(
+        self,
+        arena: ArenaName,
+        path: str,
+        start: int,
+        end: int,
+        file_size: int,
+        change: bytes,
+    ) -> tuple[bytes, ...]:
+        """
+        C{"corrupt"} makes the delta land on the wrong bytes: it is applied,
+        then the first byte of the range is flipped, and the leaves
+        returned are those of what the file then holds.
+        """
+        fault = self._raise(self._take("apply_delta", path))
+        leaves = await self.inner.apply_delta(
+            arena, path, start, end, file_size, change
+        )
+        if fault is None or fault.kind != "corrupt" or end == start:
+            return leaves
+        stream = self.inner.read(arena, path, start, start + 1)
+        first = b"".join([chunk async for chunk in stream])
+        written = await self.inner.write(
+            arena,
+            path,
+            start,
+            start + 1,
+            file_size,
+            ChunkList([bytes([first[0] ^ 0xFF])]),
+            hash=True,
+        )
+        return written.leaves + leaves[len(written.leaves) :]
 
     async def read_files(
         self, arena: ArenaName, files: Sequence[tuple[str, int]]

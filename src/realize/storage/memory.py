@@ -14,7 +14,8 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 
 from attrs import define, field
 
-from realize.errors import BadRequest, Conflict, NotFound, RealizeError
+from realize import delta
+from realize.errors import BadDelta, BadRequest, Conflict, NotFound, RealizeError
 from realize.hashing import LEAF_SIZE, LeafHasher, align_down, merkle_root
 from realize.interfaces import FileState, SmallFile, SmallRead, WriteResult
 from realize.model import CHUNK_SIZE, ArenaName, FileInfo, check_path, check_range
@@ -303,6 +304,55 @@ class MemoryStore:
         end = min(end, len(file.data))
         leaves = _leaves(file.data, start, end) if end > start else ()
         return FileState(leaves, len(file.data), file.mtime_ns)
+
+    async def signature(
+        self, arena: ArenaName, path: str, start: int, end: int
+    ) -> bytes | None:
+        self.calls.append("signature")
+        check_range(start, end)
+        file = self._prefer(arena, path, partial_first=True)
+        if len(file.data) <= start:
+            return None
+        return delta.signature(bytes(file.data[start:end]))
+
+    async def diff(
+        self, arena: ArenaName, path: str, start: int, end: int, signature: bytes
+    ) -> bytes:
+        self.calls.append("diff")
+        check_range(start, end)
+        try:
+            parsed = delta.parse_signature(signature, max_basis_length=end - start)
+        except delta.DeltaFormatError as e:
+            raise BadDelta(str(e)) from None
+        file = self._prefer(arena, path, partial_first=False)
+        if len(file.data) < end:
+            raise Conflict(f"arena {arena!r}, path {path!r}: shorter than {end}")
+        return delta.diff(bytes(file.data[start:end]), parsed)
+
+    async def apply_delta(
+        self,
+        arena: ArenaName,
+        path: str,
+        start: int,
+        end: int,
+        file_size: int,
+        change: bytes,
+    ) -> tuple[bytes, ...]:
+        self.calls.append("apply_delta")
+        check_range(start, end, file_size)
+        file = self._partial(arena, path, create=False)
+        basis = bytes(file.data[start:end])
+        try:
+            output = delta.apply(basis, change, expected_length=end - start)
+        except delta.DeltaFormatError as e:
+            raise BadDelta(str(e)) from None
+        if len(file.data) < start:
+            file.data.extend(bytes(start - len(file.data)))
+        file.data[start : start + len(output)] = output
+        if end == file_size:
+            del file.data[file_size:]
+        file.mtime_ns = self.tick()
+        return _leaves(output, 0, len(output))
 
     async def read_files(
         self, arena: ArenaName, files: Sequence[tuple[str, int]]

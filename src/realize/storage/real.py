@@ -32,15 +32,19 @@ import ctypes
 import errno
 import os
 import stat
+import threading
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from typing import Any, TypeVar
 
+import numpy as np
 from attrs import define, field, frozen
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from realize import delta
 from realize.config import Config
 from realize.errors import (
+    BadDelta,
     BadRequest,
     Conflict,
     InvalidPath,
@@ -66,6 +70,7 @@ from realize.interfaces import (
 )
 from realize.model import (
     CHUNK_SIZE,
+    MAX_DELTA_RANGE,
     ArenaName,
     FileInfo,
     check_path,
@@ -75,7 +80,7 @@ from realize.model import (
     partial_name,
 )
 
-__all__ = ["ArenaRoot", "Committer", "LocalStore"]
+__all__ = ["MAX_DELTA_RANGE", "ArenaRoot", "Committer", "LocalStore"]
 
 log = Logger()
 
@@ -881,6 +886,103 @@ class ArenaRoot:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(partial_name(name), dir_fd=dir_fd)
 
+    # -- repair by delta (rsync) -----------------------------------------
+
+    def signature(self, path: str, start: int, end: int) -> bytes | None:
+        """
+        rsync signature of C{[start, min(end, size))} of the file being
+        received (partial, else final).
+
+        @return: the signature, or C{None} if the file has no byte at
+            C{start} (nothing to build a delta on).
+        """
+        parent, name = self._open_parent(path, create=False)
+        try:
+            fd, _, st = self._open_existing(parent, name, True, _O_READ)
+        finally:
+            os.close(parent.fd)
+        try:
+            if st.st_size <= start:
+                return None
+            basis = _read_into(fd, start, min(end, st.st_size), "basis")
+        except OSError as e:
+            raise self._error(e, path) from None
+        finally:
+            os.close(fd)
+        return delta.signature(basis)
+
+    def diff(self, path: str, start: int, end: int, signature: bytes) -> bytes:
+        """
+        Delta that turns the basis described by C{signature} into
+        C{[start, end)} of the file (final, else partial).
+
+        @raise BadDelta: if the signature is malformed.
+        @raise Conflict: if the file is shorter than C{end}.
+        """
+        try:
+            parsed = delta.parse_signature(signature, max_basis_length=end - start)
+        except delta.DeltaFormatError as e:
+            raise BadDelta(f"arena {self.name!r}, path {path!r}: {e}") from None
+        parent, name = self._open_parent(path, create=False)
+        try:
+            fd, _, _ = self._open_existing(parent, name, False, _O_READ)
+        finally:
+            os.close(parent.fd)
+        try:
+            target = _read_into(fd, start, end, "target")
+        except OSError as e:
+            raise self._error(e, path) from None
+        finally:
+            os.close(fd)
+        if len(target) != end - start:
+            raise Conflict(
+                f"arena {self.name!r}, path {path!r}: shorter than {end} bytes"
+            )
+        return delta.diff(target, parsed)
+
+    def apply_delta(
+        self, path: str, start: int, end: int, file_size: int, change: bytes
+    ) -> tuple[bytes, ...]:
+        """
+        Apply a delta to C{[start, end)} of the partial file (a final file
+        becomes partial), the basis being the file's bytes from C{start}
+        on; write the blocks that changed; truncate at C{file_size} if
+        C{end} is the end of the file.
+
+        @param start: a leaf boundary.
+        @return: the Merkle leaves of C{[start, end)} afterwards.
+        @raise BadDelta: if the delta is malformed, refers to bytes the
+            basis lacks, or does not produce exactly C{end - start} bytes.
+        """
+        parent, name = self._open_parent(path, create=False)
+        try:
+            fd = self._open_partial(parent, name, create=False)
+        finally:
+            os.close(parent.fd)
+        try:
+            size = os.fstat(fd).st_size
+            basis = _read_into(fd, start, max(start, min(end, size)), "basis")
+            try:
+                output = delta.apply(
+                    basis,
+                    change,
+                    expected_length=end - start,
+                    max_length=MAX_DELTA_RANGE,
+                    out=_buffer("output", end - start),
+                )
+            except delta.DeltaFormatError as e:
+                raise BadDelta(f"arena {self.name!r}, path {path!r}: {e}") from None
+            _write_changed(fd, start, basis, output)
+            if end == file_size:
+                os.ftruncate(fd, file_size)
+        except OSError as e:
+            raise self._error(e, path) from None
+        finally:
+            os.close(fd)
+        hasher = LeafHasher()
+        hasher.update(output)
+        return tuple(hasher.finish())
+
     # -- finishing and deleting -----------------------------------------
 
     @staticmethod
@@ -1020,6 +1122,78 @@ def _finish_final(item: CommitItem, parent: _Dir, name: str) -> RealizeError | N
         except OSError as e:
             return item.root._error(e, item.path)
     return None
+
+
+_buffers = threading.local()
+
+
+def _buffer(name: str, size: int) -> bytearray:
+    """
+    A buffer of at least C{size} bytes for this thread, kept from one call
+    to the next: delta work on 16 MiB ranges would otherwise allocate and
+    page-fault fresh memory for every range.
+    """
+    buffer: bytearray | None = getattr(_buffers, name, None)
+    if buffer is None or len(buffer) < size:
+        buffer = bytearray(size)
+        setattr(_buffers, name, buffer)
+    return buffer
+
+
+def _read_into(fd: int, start: int, end: int, name: str) -> memoryview:
+    """
+    Read C{[start, end)} (or less at end of file) into this thread's
+    buffer C{name}.
+
+    @return: a view of the bytes read; valid until the next call with
+        the same name in this thread.
+    """
+    view = memoryview(_buffer(name, end - start))
+    got = 0
+    while start + got < end:
+        n = os.preadv(fd, [view[got : end - start]], start + got)
+        if n == 0:
+            break
+        got += n
+    return view[:got]
+
+
+def _write_changed(
+    fd: int, start: int, basis: memoryview, output: bytearray | memoryview
+) -> None:
+    """
+    Write C{output} at C{start}, skipping the blocks equal to C{basis}
+    (what the file already holds there); runs of changed blocks are
+    written at once.  The comparison is vectorised (numpy).
+    """
+    block = delta.BLOCK_SIZE
+    common = min(len(basis), len(output)) // block * block
+    changed = np.zeros(-(-len(output) // block), dtype=bool)
+    if common:
+        old = np.frombuffer(basis, dtype=np.uint8, count=common).reshape(-1, block)
+        new = np.frombuffer(output, dtype=np.uint8, count=common).reshape(-1, block)
+        changed[: common // block] = (old != new).any(axis=1)
+    changed[common // block :] = True
+    view = memoryview(output)
+    index = 0
+    count = len(changed)
+    while index < count:
+        if not changed[index]:
+            index += 1
+            continue
+        run = index
+        while run < count and changed[run]:
+            run += 1
+        first, last = index * block, min(run * block, len(output))
+        _pwrite_all(fd, view[first:last], start + first)
+        index = run
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, offset)
+        data = data[n:]
+        offset += n
 
 
 def _root(data: bytes) -> bytes:
@@ -1279,6 +1453,20 @@ class _LocalReadStream:
             pending.addBoth(close)
 
 
+def _check_delta_range(start: int, end: int, file_size: int | None = None) -> None:
+    """
+    @raise BadRequest: if the range of a delta command is malformed, not
+        leaf-aligned at its start, or longer than L{MAX_DELTA_RANGE}.
+    """
+    check_range(start, end, file_size)
+    if start % LEAF_SIZE:
+        raise BadRequest(f"delta range start {start} is not a leaf boundary")
+    if end - start > MAX_DELTA_RANGE:
+        raise BadRequest(
+            f"delta range of {end - start} bytes exceeds {MAX_DELTA_RANGE}"
+        )
+
+
 async def _next_chunk(iterator: AsyncIterator[bytes]) -> bytes | None:
     try:
         return await iterator.__anext__()
@@ -1482,6 +1670,34 @@ class LocalStore:
         if start % LEAF_SIZE:
             raise BadRequest(f"hash start {start} is not a leaf boundary")
         return await self.run_in_thread(self.root(arena).hash, path, start, end)
+
+    async def signature(
+        self, arena: ArenaName, path: str, start: int, end: int
+    ) -> bytes | None:
+        _check_delta_range(start, end)
+        return await self.run_in_thread(self.root(arena).signature, path, start, end)
+
+    async def diff(
+        self, arena: ArenaName, path: str, start: int, end: int, signature: bytes
+    ) -> bytes:
+        _check_delta_range(start, end)
+        return await self.run_in_thread(
+            self.root(arena).diff, path, start, end, signature
+        )
+
+    async def apply_delta(
+        self,
+        arena: ArenaName,
+        path: str,
+        start: int,
+        end: int,
+        file_size: int,
+        change: bytes,
+    ) -> tuple[bytes, ...]:
+        _check_delta_range(start, end, file_size)
+        return await self.run_in_thread(
+            self.root(arena).apply_delta, path, start, end, file_size, change
+        )
 
     async def read_files(
         self, arena: ArenaName, files: Sequence[tuple[str, int]]

@@ -268,7 +268,7 @@ async def run(reactor: Any, options: MoveOptions, output: Output | None = None) 
             report = await work
         finally:
             output.stop()
-        output.summary(report, time.monotonic() - started)
+        output.summary(report, time.monotonic() - started, mover.stats)
         for error in report.errors:
             output.error(describe(error))
         return EXIT_OK if report.ok else EXIT_ERROR

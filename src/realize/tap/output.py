@@ -18,7 +18,7 @@ from twisted.internet.task import LoopingCall
 from realize.errors import describe
 from realize.hashing import format_hash
 from realize.model import ArenaName
-from realize.services.mover import FAILED, FileResult, MoveReport
+from realize.services.mover import FAILED, FileResult, MoveReport, MoveStats
 
 __all__ = ["Output", "make_output"]
 
@@ -90,7 +90,9 @@ class Output:
                 f"{result.arena}/{result.path}: {describe(result.error or Exception())}"
             )
 
-    def summary(self, report: MoveReport, seconds: float) -> None:
+    def summary(
+        self, report: MoveReport, seconds: float, stats: MoveStats | None = None
+    ) -> None:
         pass
 
 
@@ -109,7 +111,9 @@ class LogOutput(Output):
         )
         self.stdout.flush()
 
-    def summary(self, report: MoveReport, seconds: float) -> None:
+    def summary(
+        self, report: MoveReport, seconds: float, stats: MoveStats | None = None
+    ) -> None:
         moved = report.moved
         size = sum(r.size for r in moved)
         rate = size / seconds if seconds > 0 else 0.0
@@ -119,6 +123,16 @@ class LogOutput(Output):
         )
         if report.failed:
             line += f", {len(report.failed)} failed"
+        if stats is not None:
+            line += (
+                f"; sent {human_size(stats.copied_bytes)} by copy, "
+                f"{human_size(stats.delta_bytes)} by delta"
+            )
+            if stats.files_repaired:
+                line += (
+                    f" ({stats.files_repaired} file(s) repaired, "
+                    f"{human_size(stats.saved_bytes)} saved)"
+                )
         self.stdout.write(line + "\n")
         self.stdout.flush()
 
