@@ -38,7 +38,7 @@ from typing import Any, Protocol, cast
 
 import attrs
 from attrs import define, field, frozen
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -523,6 +523,8 @@ class Mover:
     repairer: Repairer = field(factory=DeltaRepairer)
     stats: MoveStats = field(factory=MoveStats)
     _sent: dict[tuple[ArenaName, str], int] = field(factory=dict, init=False)
+    #: The report of the move in progress (or done).
+    report: MoveReport = field(factory=MoveReport, init=False)
     budget: ByteBudget = field(
         factory=lambda: ByteBudget(BYTE_BUDGET, MAX_FILES_IN_FLIGHT)
     )
@@ -532,11 +534,16 @@ class Mover:
     _broken: BaseException | None = field(default=None, init=False)
 
     def _source_error(self, error: BaseException) -> SideError:
+        if isinstance(error, CancelledError):
+            # The move is being stopped: not a failure of this file.
+            raise error
         if isinstance(error, SideError):
             return error
         return SideError("source", self.source.describe(), error)
 
     def _destination_error(self, error: BaseException) -> SideError:
+        if isinstance(error, CancelledError):
+            raise error
         if isinstance(error, SideError):
             return error
         return SideError("destination", self.destination.describe(), error)
@@ -548,7 +555,7 @@ class Mover:
         @param arenas: arena names, present on both sides.
         @return: the report; errors of single files are in it, not raised.
         """
-        report = MoveReport()
+        report = self.report = MoveReport()
         for arena in arenas:
             if self._broken is not None:
                 break
@@ -598,10 +605,13 @@ class Mover:
                 running, info.size, self._run_file(arena, info, target, report)
             )
         if batch and self._broken is None:
-            await self._start(
-                running, batch_bytes, self._run_batch(arena, batch, report)
-            )
-        await DeferredList(running)
+            await self._start_batch(running, arena, batch, report)
+        for ok, result in await DeferredList(running, consumeErrors=True):
+            if not ok:
+                # Files report their own errors: what gets here is the move
+                # being cancelled (a DeferredList that is cancelled fires
+                # with its children's failures, it does not fail).
+                cast(Failure, result).raiseException()
 
     async def _start(
         self,
@@ -665,6 +675,8 @@ class Mover:
         @return: the result of a file that failed with C{error} (a
             destination error unless it names its side).
         """
+        if isinstance(error, CancelledError):
+            raise error
         side = error if isinstance(error, SideError) else self._destination_error(error)
         return FileResult(arena, info.path, info.size, FAILED, error=side)
 

@@ -21,11 +21,13 @@ from twisted.python.threadpool import ThreadPool
 from realize.interfaces import RunInThread
 
 __all__ = [
+    "EXIT_CODES",
     "EXIT_ERROR",
     "EXIT_INTERRUPTED",
     "EXIT_MAX_DURATION",
     "EXIT_METRICS_PUSH",
     "EXIT_OK",
+    "EXIT_TERMINATED",
     "GnuOptions",
     "ThreadPoolService",
     "exit_after_shutdown",
@@ -37,6 +39,18 @@ EXIT_ERROR = 1
 EXIT_MAX_DURATION = 11
 EXIT_METRICS_PUSH = 12
 EXIT_INTERRUPTED = 20
+#: Stopped by SIGTERM: 128 + 15, what a shell reports for a process the
+#: signal ended.
+EXIT_TERMINATED = 143
+
+#: Exit code of each outcome of a move job (realize.services.job).
+EXIT_CODES = {
+    "ok": EXIT_OK,
+    "failed": EXIT_ERROR,
+    "deadline": EXIT_MAX_DURATION,
+    "interrupted": EXIT_INTERRUPTED,
+    "terminated": EXIT_TERMINATED,
+}
 
 #: Threads for file I/O, hashing and delta work.
 IO_THREADS = 2

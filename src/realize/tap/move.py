@@ -13,16 +13,15 @@ interrupted by SIGINT.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import Deferred
 from twisted.internet.task import react
 from twisted.logger import (
     ILogObserver,
@@ -33,18 +32,17 @@ from twisted.logger import (
 )
 from twisted.python import usage
 
-from realize.config import Config, load_config
+from realize.config import Config, load_config, parse_duration
 from realize.errors import ConfigError, RealizeError, SideError, describe
 from realize.interfaces import Store
 from realize.model import ArenaName, check_arena_name
 from realize.net.client import connect
 from realize.net.tls import ClientTLS, load_private_key
-from realize.services.mover import Mover
+from realize.services.job import MoveJob
 from realize.storage.real import LocalStore
 from realize.tap._common import (
+    EXIT_CODES,
     EXIT_ERROR,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
     GnuOptions,
     exit_after_shutdown,
     make_thread_pool,
@@ -71,7 +69,8 @@ class MoveOptions(GnuOptions):
         "destination peer.  PEER is a peer id from the config, 'local' "
         "(this machine's arenas, from their datadir in the config), or "
         "'local:/path' (one directory used as the root of the single ARENA). "
-        "Exit codes: 0 all files moved, 1 error, 20 interrupted."
+        "Exit codes: 0 all files moved, 1 error, 11 --max-duration reached, "
+        "20 interrupted (SIGINT), 143 terminated (SIGTERM)."
     )
 
     optParameters = [
@@ -84,6 +83,13 @@ class MoveOptions(GnuOptions):
             "Config file (TOML); optional if both sides are local:/path.",
         ],
         ["privkey", "k", None, "This peer's ed25519 private key (PEM)."],
+        [
+            "max-duration",
+            None,
+            None,
+            "Stop after this long (e.g. 30s, 5m, 2h) with exit code 11; "
+            "network errors are retried until then.",
+        ],
         [
             "output",
             "o",
@@ -112,6 +118,13 @@ class MoveOptions(GnuOptions):
             raise usage.UsageError(str(e)) from None
         if len(set(self["arenas"])) != len(self["arenas"]):
             raise usage.UsageError("an arena is given twice")
+        self["max_duration_text"] = self["max-duration"]
+        self["max_duration"] = None
+        if self["max-duration"] is not None:
+            try:
+                self["max_duration"] = parse_duration(self["max-duration"])
+            except ValueError as e:
+                raise usage.UsageError(f"--max-duration: {e}") from None
 
 
 def _is_local_path(peer: str) -> bool:
@@ -199,13 +212,14 @@ async def _open_store(
 
 async def run(reactor: Any, options: MoveOptions, output: Output | None = None) -> int:
     """
-    Run a move.
+    Run a move: open both sides, move, retry network errors, stop at the
+    deadline or on SIGINT/SIGTERM.
 
     @param reactor: the reactor.
     @param options: parsed options.
     @param output: where to show progress and errors (default: as
         C{--output} says, on stdout/stderr).
-    @return: the exit code.
+    @return: the exit code (L{realize.services.job.MoveJob.run}).
     """
     if output is None:
         output = make_output(options["output"], reactor)
@@ -214,38 +228,24 @@ async def run(reactor: Any, options: MoveOptions, output: Output | None = None) 
     if _same_side(src, dst):
         output.error(f"source and destination are the same ({src})")
         return EXIT_ERROR
-    pool, run_in_thread = make_thread_pool(reactor, "realize-move")
-    stores: list[Store] = []
-    interrupted = False
-    work: Deferred[Any] | None = None
-
-    def on_sigint(signum: int, frame: Any) -> None:
-        nonlocal interrupted
-        interrupted = True
-        if work is not None:
-            reactor.callFromThread(work.cancel)
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    config = None
+    needs_config = not (_is_local_path(src) and _is_local_path(dst))
     try:
-        config = None
-        needs_config = not (_is_local_path(src) and _is_local_path(dst))
         if options["config"] is not None or needs_config:
             if options["config"] is None:
                 output.error("--config is required unless both sides are local:/path")
                 return EXIT_ERROR
             config = load_config(options["config"])
+    except RealizeError as e:
+        output.error(describe(e))
+        return EXIT_ERROR
+    pool, run_in_thread = make_thread_pool(reactor, "realize-move")
 
-        async def open_both() -> tuple[Store, Store]:
-            source = await _open_store(
-                reactor,
-                "source",
-                src,
-                arenas,
-                config,
-                options["privkey"],
-                run_in_thread,
-            )
-            stores.append(source)
+    async def open_stores() -> tuple[Store, Store]:
+        source = await _open_store(
+            reactor, "source", src, arenas, config, options["privkey"], run_in_thread
+        )
+        try:
             destination = await _open_store(
                 reactor,
                 "destination",
@@ -255,37 +255,46 @@ async def run(reactor: Any, options: MoveOptions, output: Output | None = None) 
                 options["privkey"],
                 run_in_thread,
             )
-            stores.append(destination)
-            return source, destination
+        except BaseException:
+            await source.close()
+            raise
+        return source, destination
 
-        work = Deferred.fromCoroutine(open_both())
-        source, destination = await work
-        mover = Mover(source, destination, observer=output)
-        started = time.monotonic()
-        output.start()
-        try:
-            work = Deferred.fromCoroutine(mover.move(arenas))
-            report = await work
-        finally:
-            output.stop()
-        output.summary(report, time.monotonic() - started, mover.stats)
-        for error in report.errors:
-            output.error(describe(error))
-        return EXIT_OK if report.ok else EXIT_ERROR
-    except CancelledError:
-        if interrupted:
-            output.error("interrupted; partial files are kept for the next run")
-            return EXIT_INTERRUPTED
-        raise
-    except RealizeError as e:
-        output.error(describe(e))
-        return EXIT_ERROR
+    job = MoveJob(reactor, open_stores, arenas, output, options["max_duration"])
+
+    def stopper(reason: str) -> Callable[[int, Any], None]:
+        def handler(signum: int, frame: Any) -> None:
+            reactor.callFromThread(job.stop, reason)
+
+        return handler
+
+    previous = {
+        signal.SIGINT: signal.signal(signal.SIGINT, stopper("interrupted")),
+        signal.SIGTERM: signal.signal(signal.SIGTERM, stopper("terminated")),
+    }
+    started = time.monotonic()
+    output.start()
+    try:
+        outcome = await job.run()
     finally:
-        signal.signal(signal.SIGINT, previous)
-        for store in stores:
-            with contextlib.suppress(Exception):
-                await store.close()
+        output.stop()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         pool.stop()
+    if outcome in ("ok", "failed") or job.report.results:
+        output.summary(job.report, time.monotonic() - started, job.stats)
+    for error in job.report.errors:
+        output.error(describe(error))
+    kept = "partial files are kept for the next run"
+    if outcome == "deadline":
+        output.error(
+            f"stopped: --max-duration {options['max_duration_text']} reached; {kept}"
+        )
+    elif outcome == "interrupted":
+        output.error(f"interrupted; {kept}")
+    elif outcome == "terminated":
+        output.error(f"terminated; {kept}")
+    return EXIT_CODES[outcome]
 
 
 def start_logging(stderr: Any) -> None:

@@ -1,0 +1,220 @@
+"""
+A move job: the mover run until done, through retries, within a deadline
+(#retry, #max-duration, #sigterm).
+
+L{MoveJob.run} opens both sides, moves, and on a network error (refused,
+lost, timed out) waits and tries again from what is on disk (partial
+files, files already moved), with the backoff of DESIGN.md section 8:
+5 s, 15 s, 30 s, 1 min, 2 min, 5 min, then every 5 min, starting over
+after an attempt that moved something.  Local, disk, application and
+authentication errors are not retried.  A deadline (C{--max-duration}) or
+a signal stops the job at once; partial files stay for the next run.
+
+The job takes an injected clock and a function that opens the stores, so
+it is tested with C{twisted.internet.task.Clock} and in-memory stores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, Protocol, TypeVar
+
+from attrs import define, field
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from realize.errors import describe, is_retryable
+from realize.interfaces import Store
+from realize.model import ArenaName
+from realize.services.mover import (
+    MOVED,
+    MoveObserver,
+    Mover,
+    MoveReport,
+    MoveStats,
+)
+
+__all__ = [
+    "OUTCOMES",
+    "RETRY_DELAYS",
+    "JobObserver",
+    "MoveJob",
+    "retry_delay",
+]
+
+log = Logger(namespace="realize.move")
+
+T = TypeVar("T")
+
+#: How a job ends: every file moved, an error, or stopped by the deadline,
+#: SIGINT or SIGTERM.  The commands map these to exit codes.
+OUTCOMES = ("ok", "failed", "deadline", "interrupted", "terminated")
+
+#: Seconds to wait before the n-th retry; the last repeats.
+RETRY_DELAYS = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0)
+
+
+def retry_delay(attempt: int) -> float:
+    """
+    @param attempt: retries already made since the last progress (0 for
+        the first retry).
+    @return: seconds to wait before the next one.
+    """
+    return RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+
+
+class JobObserver(MoveObserver, Protocol):
+    """
+    A L{MoveObserver} that is also told what the user should know.
+    """
+
+    def warning(self, message: str) -> None: ...
+
+    def error(self, message: str) -> None: ...
+
+
+@define(eq=False)
+class MoveJob:
+    """
+    Moves arenas until done, retrying network errors.
+
+    @ivar clock: for retry delays and the deadline.
+    @ivar open_stores: opens the source and the destination; raises
+        L{realize.errors.RealizeError} (a L{realize.errors.SideError}
+        naming the side) if it cannot.
+    @ivar arenas: the arenas to move.
+    @ivar observer: told about progress, retries and errors.
+    @ivar max_duration: seconds before the job stops (exit 11), or
+        C{None}.
+    @ivar stats: what was sent, over all attempts.
+    @ivar report: every file moved over all attempts, and the failures
+        and errors of the last attempt.
+    @ivar retries: retries made.
+    """
+
+    clock: IReactorTime
+    open_stores: Callable[[], Coroutine[Any, Any, tuple[Store, Store]]]
+    arenas: Sequence[ArenaName]
+    observer: JobObserver
+    max_duration: float | None = None
+    stats: MoveStats = field(factory=MoveStats)
+    report: MoveReport = field(factory=MoveReport)
+    retries: int = 0
+    _work: Deferred[Any] | None = field(default=None, init=False)
+    _stopped: str | None = field(default=None, init=False)
+
+    def stop(self, reason: str) -> None:
+        """
+        Stop the job at once: what is running is cancelled, partial files
+        stay.
+
+        @param reason: C{"deadline"}, C{"interrupted"} or C{"terminated"}.
+        """
+        if self._stopped is None:
+            self._stopped = reason
+        if self._work is not None and not self._work.called:
+            self._work.cancel()
+
+    async def _cancellable(self, work: Coroutine[Any, Any, T]) -> T:
+        if self._stopped is not None:
+            work.close()
+            raise CancelledError()
+        self._work = Deferred.fromCoroutine(work)
+        try:
+            return await self._work  # type: ignore[no-any-return]
+        finally:
+            self._work = None
+
+    async def _sleep(self, seconds: float) -> None:
+        if self._stopped is not None:
+            raise CancelledError()
+        self._work = deferLater(self.clock, seconds)
+        try:
+            await self._work
+        finally:
+            self._work = None
+
+    async def run(self) -> str:
+        """
+        Run the job.
+
+        @return: one of L{OUTCOMES}: C{"ok"} every file moved,
+            C{"failed"} an error or a file failed, or why it was stopped
+            (C{"deadline"}, C{"interrupted"}, C{"terminated"}).
+        """
+        deadline = None
+        if self.max_duration is not None:
+            deadline = self.clock.callLater(self.max_duration, self.stop, "deadline")
+        try:
+            return await self._run()
+        except CancelledError:
+            if self._stopped is None:
+                raise
+            return self._stopped
+        finally:
+            if deadline is not None and deadline.active():
+                deadline.cancel()
+
+    async def _run(self) -> str:
+        connected = False
+        attempt = 0
+        while True:
+            before = len(self.report.moved)
+            try:
+                source, destination = await self._cancellable(self.open_stores())
+            except CancelledError:
+                raise
+            except Exception as e:
+                if not is_retryable(e) or (not connected and self.max_duration is None):
+                    self.report.errors = [e]
+                    return "failed"
+                error: BaseException = e
+            else:
+                connected = True
+                try:
+                    report = await self._attempt(source, destination)
+                finally:
+                    for store in (source, destination):
+                        with contextlib.suppress(Exception):
+                            await store.close()
+                moved = [r for r in self.report.results if r.status == MOVED]
+                self.report = MoveReport(
+                    results=moved + report.results, errors=report.errors
+                )
+                if report.ok:
+                    return "ok"
+                if not report.retryable:
+                    return "failed"
+                error = next(
+                    e
+                    for e in [*report.errors, *(r.error for r in report.failed)]
+                    if e is not None
+                )
+            if len(self.report.moved) > before:
+                attempt = 0
+            delay = retry_delay(attempt)
+            attempt += 1
+            self.retries += 1
+            log.warn(
+                "{error}; retrying in {delay} s (attempt {attempt})",
+                error=describe(error),
+                delay=delay,
+                attempt=self.retries,
+            )
+            self.observer.warning(
+                f"{describe(error)}; retrying in {delay:g} s (retry {self.retries})"
+            )
+            await self._sleep(delay)
+
+    async def _attempt(self, source: Store, destination: Store) -> MoveReport:
+        mover = Mover(source, destination, observer=self.observer, stats=self.stats)
+        try:
+            return await self._cancellable(mover.move(self.arenas))
+        except CancelledError:
+            self.report.results.extend(
+                r for r in mover.report.results if r.status == MOVED
+            )
+            raise
