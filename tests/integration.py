@@ -226,6 +226,28 @@ class Household:
         )
 
 
+def move_from_daemon(household: Household, *args: str) -> Deferred[Run]:
+    """
+    Run realize-move from b (the daemon) to a's local arena.
+    """
+    return run_command(
+        [
+            *REALIZE_MOVE,
+            "--src",
+            "b",
+            "--dst",
+            "local",
+            "--config",
+            household.client_config(),
+            "--privkey",
+            household.key("a"),
+            "--output",
+            "log",
+            *args,
+        ]
+    )
+
+
 def make_tree(root: str, big: int = 5 << 20) -> dict[str, bytes]:
     """
     Generate a tree of real files: nested directories, an empty file,
@@ -271,6 +293,7 @@ __all__ = [
     "Run",
     "defer",
     "make_tree",
+    "move_from_daemon",
     "read_tree",
     "run_command",
     "signal",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import time
 
 from twisted.trial.unittest import TestCase
 
@@ -18,6 +19,7 @@ from .integration import (
     TWISTD,
     Household,
     make_tree,
+    move_from_daemon,
     read_tree,
     run_command,
 )
@@ -80,6 +82,44 @@ class MoveIntegrationTests(TestCase):
         sent = float(match.group(3)) * units[match.group(4)]
         self.assertLess(sent, len(content) * 0.02)
         self.assertIn("1 file(s) repaired", run.out)
+
+    async def test_throttle_up(self) -> None:
+        """
+        --throttle-up 1M holds what realize-move sends to about 1 MiB/s: a
+        3 MiB file takes close to 3 s, not a fraction of a second.
+        """
+        household = Household(self)
+        content = random.Random(6).randbytes(3 << 20)
+        with open(os.path.join(household.source, "f.bin"), "wb") as f:
+            f.write(content)
+        await household.start_daemon()
+        started = time.monotonic()
+        run = await household.move("docs", "--throttle-up", "1M")
+        elapsed = time.monotonic() - started
+        self.assertEqual(run.code, 0, run)
+        self.assertEqual(read_tree(household.destination), {"f.bin": content})
+        self.assertGreater(elapsed, 2.5)
+        self.assertLess(elapsed, 8)
+
+    async def test_throttle_down(self) -> None:
+        """
+        --throttle-down 1M asks the daemon (SetRateLimit) to send at most
+        1 MiB/s: a 3 MiB file from it takes close to 3 s, and the daemon
+        logs the change.
+        """
+        household = Household(self)
+        content = random.Random(7).randbytes(3 << 20)
+        with open(os.path.join(household.destination, "f.bin"), "wb") as f:
+            f.write(content)
+        await household.start_daemon()
+        started = time.monotonic()
+        run = await move_from_daemon(household, "docs", "--throttle-down", "1M")
+        elapsed = time.monotonic() - started
+        self.assertEqual(run.code, 0, run)
+        self.assertEqual(read_tree(household.source), {"f.bin": content})
+        self.assertGreater(elapsed, 2.5)
+        assert household.daemon is not None
+        self.assertIn(b"asked us to send at most 1048576 B/s", household.daemon.out)
 
     async def test_unknown_key_refused(self) -> None:
         """

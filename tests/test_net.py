@@ -38,7 +38,7 @@ from realize.model import PeerId
 from realize.net.client import RemoteStore
 from realize.net.commands import Arenas
 from realize.net.protocol import Connection
-from realize.net.server import server_factory
+from realize.net.server import connection_factory
 from realize.net.tls import ClientTLS, ServerTLS, fingerprint, make_certificate
 from realize.storage.memory import MemoryStore
 from tests.helpers import make_key
@@ -161,7 +161,7 @@ def link(
     if server_lookup is None:
         server_lookup = {client.spki: client.id}.get
     server_tls = ServerTLS(server.key, server_lookup)
-    wrapped = server_factory(server_tls, view).wrappedFactory
+    wrapped = connection_factory(server_tls, view)
     server_side = TLSMemoryBIOFactory(server_tls, False, wrapped, clock)
     expected = expected or server
     client_tls = client_creator or ClientTLS(client.key, expected.spki, expected.id)

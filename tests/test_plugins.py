@@ -13,6 +13,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from realize.tap.keygen import write_key_pair
 
+SIDES = ["--src", "a", "--dst", "b"]
+
 
 def plugins() -> dict[str, IServiceMaker]:
     return {p.tapname: p for p in getPlugins(IServiceMaker)}
@@ -90,6 +92,38 @@ class PluginTests(SynchronousTestCase):
         self.assertEqual(options["dst"], "local:/b")
         self.assertTrue(IService.providedBy(maker.makeService(options)))
 
+    def test_realize_move_throttle_options(self) -> None:
+        """
+        --throttle sets both directions, --throttle-up/--throttle-down one
+        each, with k/M/G suffixes in KiB/MiB/GiB.
+        """
+        maker = plugins()["realize-move"]
+        options = maker.options()
+        options.parseOptions(["--src", "a", "--dst", "b", "--throttle", "512k", "x"])
+        self.assertEqual(
+            (options["rate_up"], options["rate_down"]), (512 << 10, 512 << 10)
+        )
+        options = maker.options()
+        options.parseOptions(
+            [
+                "--src",
+                "a",
+                "--dst",
+                "b",
+                "--throttle-up",
+                "2M",
+                "--throttle-down",
+                "0",
+                "x",
+            ]
+        )
+        self.assertEqual((options["rate_up"], options["rate_down"]), (2 << 20, 0))
+        options = maker.options()
+        options.parseOptions(
+            ["--src", "a", "--dst", "b", "--max-duration", "1h30m", "x"]
+        )
+        self.assertEqual(options["max_duration"], 5400)
+
     def test_realize_move_usage_errors(self) -> None:
         """
         realize-move refuses a missing side, no arena, a bad output mode and
@@ -101,6 +135,28 @@ class PluginTests(SynchronousTestCase):
             (["--src", "a", "--dst", "b", "-o", "loud", "x"], "--output"),
             (["--src", "a", "--dst", "b", "../x"], "'..'"),
             (["--src", "a", "--dst", "b", "x", "x"], "twice"),
+            (
+                [
+                    "--src",
+                    "a",
+                    "--dst",
+                    "b",
+                    "--throttle",
+                    "1M",
+                    "--throttle-up",
+                    "2M",
+                    "x",
+                ],
+                "not both",
+            ),
+            (
+                ["--src", "a", "--dst", "b", "--throttle-down", "fast", "x"],
+                "--throttle-down",
+            ),
+            (
+                ["--src", "a", "--dst", "b", "--max-duration", "soon", "x"],
+                "--max-duration",
+            ),
         ]:
             options = plugins()["realize-move"].options()
             error = self.assertRaises(usage.UsageError, options.parseOptions, argv)

@@ -10,16 +10,16 @@ key, L{AuthenticationError} with the peer, its address and the reason.
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from attrs import define
 from OpenSSL import SSL
 from twisted.internet import error as neterror
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.protocol import Factory
 from twisted.protocols import amp
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from realize.config import PeerConfig
@@ -41,6 +41,7 @@ from realize.net.protocol import (
     Inbox,
     decode_entries,
 )
+from realize.net.throttle import ThrottlingFactory
 from realize.net.tls import ClientTLS
 
 __all__ = ["RemoteStore", "connect"]
@@ -146,8 +147,9 @@ def _translate(failure: Failure, label: str) -> BaseException:
         return NetworkError(f"connection failed: {value}")
     if isinstance(value, SSL.Error):
         return AuthenticationError(f"TLS failed: {_ssl_reason(value)}")
-    if isinstance(value, amp.UnknownRemoteError | amp.RemoteAmpError):
-        return IOFailure(f"remote error: {value}")
+    if isinstance(value, amp.RemoteAmpError):
+        code = value.errorCode.decode("ascii", "replace")
+        return IOFailure(f"remote error {code}: {value.description}")
     return value if value is not None else IOFailure("unknown error")
 
 
@@ -532,6 +534,16 @@ class RemoteStore:
             _split_leaves(answer["leaves"]), answer["size"], answer["mtime_ns"]
         )
 
+    async def set_rate_limit(self, send: int) -> int:
+        """
+        Ask the peer to send at most C{send} bytes per second on this
+        connection (SetRateLimit).
+
+        @return: the limit in force (the peer's own cap may be lower).
+        """
+        answer = await self._call(commands.SetRateLimit, send=send)
+        return int(answer["send"])
+
     async def close(self) -> None:
         if not self.connection.lost.called:
             self.connection.close()
@@ -539,10 +551,11 @@ class RemoteStore:
 
 
 async def connect(
-    reactor: IReactorTCP | IReactorTime | Any,
+    reactor: Any,
     peer: PeerConfig,
     tls: ClientTLS,
     timeout: float = CONNECT_TIMEOUT,
+    rate_up: int = 0,
 ) -> RemoteStore:
     """
     Connect to a listening peer and authenticate it.
@@ -553,6 +566,9 @@ async def connect(
     @param peer: the peer; must have an address.
     @param tls: client TLS settings expecting that peer's key.
     @param timeout: seconds to wait for the TCP connection.
+    @param rate_up: bytes per second this side may send on the connection,
+        0 for unlimited (a L{ThrottlingFactory} under TLS, so wire bytes
+        are counted).
     @return: a store over the authenticated connection.
     @raise NetworkError: if the connection fails (refused, unreachable,
         timed out, closed during the handshake).
@@ -563,15 +579,23 @@ async def connect(
         raise NetworkError(f"peer {peer.id} has no address in the config")
     host, port = peer.address
     label = peer.describe()
-    endpoint = wrapClientTLS(
-        tls, HostnameEndpoint(reactor, host, port, timeout=timeout)
-    )
+    endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
     lookup = {peer.spki: peer.id}.get
-    factory = Factory.forProtocol(lambda: Connection(amp.CommandLocator(), lookup))
+    factory = ThrottlingFactory(
+        TLSMemoryBIOFactory(
+            tls,
+            True,
+            Factory.forProtocol(lambda: Connection(amp.CommandLocator(), lookup)),
+            reactor,
+        ),
+        reactor,
+        rate_up,
+    )
     try:
-        connection = await endpoint.connect(factory)
+        throttle = await endpoint.connect(factory)
     except (neterror.ConnectError, CancelledError) as e:
         raise NetworkError(f"cannot connect: {_connect_reason(e)}") from None
+    connection = cast(Any, throttle).wrappedProtocol.wrappedProtocol
     assert isinstance(connection, Connection)
     store = RemoteStore(connection, label)
     try:

@@ -42,6 +42,7 @@ __all__ = [
     "Read",
     "ReadFiles",
     "Records",
+    "SetRateLimit",
     "Signature",
     "Truncate",
     "Write",
@@ -447,3 +448,15 @@ class ApplyDelta(_StoreCommand):
         (b"stream", Integer()),
     ]
     response = [(b"leaves", BigBytes())]
+
+
+class SetRateLimit(_StoreCommand):
+    """
+    Limit what the answering side sends on this connection to C{send}
+    bytes per second (0: no limit of the caller's; the answering side's
+    own configured limit, if any, still applies).  Answers the limits in
+    force on the connection for what it sends and what it receives.
+    """
+
+    arguments = [(b"send", Integer())]
+    response = [(b"send", Integer()), (b"receive", Integer())]

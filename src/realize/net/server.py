@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from attrs import define
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols import amp
@@ -34,11 +35,13 @@ from realize.interfaces import SmallFile, Store
 from realize.model import ArenaName, FileInfo, PeerId
 from realize.net import commands
 from realize.net.protocol import MAX_DATA_FRAME, READ_DATA, Connection, encode_entries
+from realize.net.throttle import ThrottlingFactory, find_throttle
 from realize.net.tls import ServerTLS, auth_log
 
-__all__ = ["StoreLocator", "server_factory"]
+__all__ = ["StoreLocator", "connection_factory", "server_factory"]
 
 log = Logger()
+throttle_log = Logger(namespace="realize.throttle")
 
 T = TypeVar("T")
 
@@ -377,6 +380,26 @@ class StoreLocator(amp.CommandLocator):
 
         return _respond("ApplyDelta", go())
 
+    @commands.SetRateLimit.responder
+    def set_rate_limit(self, send: int) -> dict[str, Any]:
+        connection = self.connection
+        assert connection is not None
+        throttle = find_throttle(connection.transport)
+        if send < 0:
+            raise BadRequest(f"rate {send} is negative")
+        if throttle is None:
+            return {"send": 0, "receive": 0}
+        cap = throttle.factory.rate_up
+        rate = min(send, cap) if send and cap else (send or cap)
+        throttle.set_rate(rate)
+        throttle_log.info(
+            "{peer} asked us to send at most {asked} B/s; in force: {rate} B/s",
+            peer=connection.peer,
+            asked=send,
+            rate=rate,
+        )
+        return {"send": rate, "receive": throttle.receive_rate}
+
 
 def _max_delta(length: int) -> int:
     """
@@ -443,16 +466,42 @@ class _ConnectionFactory(Factory):
         return connection
 
 
+def connection_factory(tls: ServerTLS, view: Callable[[PeerId], Store]) -> Factory:
+    """
+    The factory of the protocol over TLS: the framing layer and the store
+    responders of each authenticated connection (what L{server_factory}
+    puts under TLS and the throttle; tests use it alone).
+
+    @param tls: the server TLS settings (for the peer lookup).
+    @param view: maps an authenticated peer to the store it may use.
+    """
+    return _ConnectionFactory(view, tls.lookup)
+
+
 def server_factory(
     tls: ServerTLS,
     view: Callable[[PeerId], Store],
-) -> TLSMemoryBIOFactory:
+    clock: IReactorTime,
+    rate_up: int = 0,
+    rate_down: int = 0,
+) -> ThrottlingFactory:
     """
-    The factory to listen with: TLS with pinned keys, then the framing
-    layer and the store responders.
+    The factory to listen with: a send/receive throttle on the TCP
+    connection, TLS with pinned keys, then the framing layer and the store
+    responders.
 
     @param tls: the server TLS settings (key, peer lookup).
     @param view: maps an authenticated peer to the store it may use.
+    @param clock: for the throttle and TLS.
+    @param rate_up: bytes per second each connection may send (the cap a
+        peer's SetRateLimit cannot raise), 0 for unlimited.
+    @param rate_down: bytes per second each connection reads, 0 for
+        unlimited.
     @return: a factory for any stream endpoint.
     """
-    return TLSMemoryBIOFactory(tls, False, _ConnectionFactory(view, tls.lookup))
+    return ThrottlingFactory(
+        TLSMemoryBIOFactory(tls, False, connection_factory(tls, view), clock),
+        clock,
+        rate_up,
+        rate_down,
+    )

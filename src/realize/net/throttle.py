@@ -44,8 +44,10 @@ streaming producer with the real transport, so when the kernel cannot keep
 up the pump stops (and the upper producer is paused) until the transport
 resumes it.
 
-Only the send direction is limited, and each connection has its own bucket:
-a rate is per connection, not shared by all connections of a factory.
+Each connection has its own bucket: a rate is per connection, not shared
+by all connections of a factory.  Sending is limited exactly; receiving is
+paced (L{ThrottlingProtocol.set_receive_rate}): reading pauses while the
+bytes read exceed the allowance, and TCP flow control slows the sender.
 """
 
 from __future__ import annotations
@@ -391,6 +393,13 @@ class ThrottlingProtocol(ProtocolWrapper):
     _holding: bool = field(init=False, default=False)
     _close_sent: bool = field(init=False, default=False)
     _finished: bool = field(init=False, default=False)
+    #: Receive pacing: bytes allowed to arrive now (negative: in debt).
+    _receive_rate: int = field(init=False, default=0)
+    _receive_allowance: float = field(init=False, default=0.0)
+    _receive_stamp: float = field(init=False, default=0.0)
+    _receive_call: IDelayedCall | None = field(init=False, default=None)
+    _upper_read_paused: bool = field(init=False, default=False)
+    _reading_paused: bool = field(init=False, default=False)
 
     log = Logger()
 
@@ -398,6 +407,7 @@ class ThrottlingProtocol(ProtocolWrapper):
         self._clock = self.factory.clock
         self._bucket = TokenBucket(self._clock, self.factory.rate_up)
         self._unlimited = self._bucket.rate == 0
+        self._receive_rate = self.factory.rate_down
 
     def __repr__(self) -> str:
         return (
@@ -468,6 +478,88 @@ class ThrottlingProtocol(ProtocolWrapper):
         else:
             self._pump()
         self._settle()
+
+    @property
+    def receive_rate(self) -> int:
+        """
+        The receive limit in bytes per second; C{0} means unlimited.
+        """
+        return self._receive_rate
+
+    def set_receive_rate(self, rate: int) -> None:
+        """
+        Change how fast this connection reads, effective at once.
+
+        The other side cannot be made to send slower, but the connection
+        can read slower: after reading, reading is paused for as long as
+        the bytes read exceed what the rate allows, and TCP flow control
+        slows the sender down.  The allowance refills continuously and
+        holds at most L{default_capacity} bytes, like the send bucket.
+
+        @param rate: bytes per second, C{0} for unlimited.
+        @raise ValueError: if C{rate} is negative or not an integer.
+        """
+        self._receive_rate = check_rate(rate)
+        self._receive_allowance = float(default_capacity(self._receive_rate))
+        self._receive_stamp = self._clock.seconds()
+        self.log.debug("receive rate set to {rate} B/s", rate=self._receive_rate)
+        if self._receive_call is not None and self._receive_call.active():
+            self._receive_call.cancel()
+        self._receive_call = None
+        self._sync_reading()
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Pass received bytes up, charging them to the receive allowance.
+        """
+        if self._receive_rate:
+            now = self._clock.seconds()
+            capacity = default_capacity(self._receive_rate)
+            self._receive_allowance = min(
+                capacity,
+                self._receive_allowance
+                + (now - self._receive_stamp) * self._receive_rate,
+            )
+            self._receive_stamp = now
+            self._receive_allowance -= len(data)
+            if self._receive_allowance < 0 and self._receive_call is None:
+                delay = -self._receive_allowance / self._receive_rate
+                self._receive_call = self._clock.callLater(delay, self._receive_due)
+                self._sync_reading()
+        ProtocolWrapper.dataReceived(self, data)
+
+    def _receive_due(self) -> None:
+        self._receive_call = None
+        self._sync_reading()
+
+    def pauseProducing(self) -> None:
+        """
+        The protocol above wants reading paused (its buffers are full).
+        """
+        self._upper_read_paused = True
+        self._sync_reading()
+
+    def resumeProducing(self) -> None:
+        """
+        The protocol above wants reading again.
+        """
+        self._upper_read_paused = False
+        self._sync_reading()
+
+    def _sync_reading(self) -> None:
+        """
+        Read from the real transport unless the protocol above or the
+        receive pacing wants reading paused.
+        """
+        if self._finished or self.transport is None:
+            return
+        paused = self._upper_read_paused or self._receive_call is not None
+        if paused != self._reading_paused:
+            self._reading_paused = paused
+            if paused:
+                self.transport.pauseProducing()  # type: ignore[attr-defined]
+            else:
+                self.transport.resumeProducing()  # type: ignore[attr-defined]
 
     # ITransport, as seen by the wrapped protocol
 
@@ -581,6 +673,9 @@ class ThrottlingProtocol(ProtocolWrapper):
         self._finished = True
         self.connected = False
         self._stop_waiting()
+        if self._receive_call is not None and self._receive_call.active():
+            self._receive_call.cancel()
+        self._receive_call = None
         self._drop_queue()
         self._wire_stopped()
         ProtocolWrapper.connectionLost(self, reason)
@@ -754,12 +849,16 @@ class ThrottlingFactory(WrappingFactory[ThrottlingProtocol]):
     @ivar clock: the clock the buckets and the pumps use.
     @ivar rate_up: the send limit of new connections in bytes per second,
         C{0} for unlimited; see L{set_rate} to change it for live ones too.
+    @ivar rate_down: the receive limit of new connections in bytes per
+        second (reading is paced, see
+        L{ThrottlingProtocol.set_receive_rate}), C{0} for unlimited.
     @ivar protocols: the live connections' protocols (keys).
     """
 
     wrappedFactory: IProtocolFactory
     clock: IReactorTime
     rate_up: int = field(default=0, converter=check_rate)
+    rate_down: int = field(default=0, converter=check_rate)
     protocols: dict[ThrottlingProtocol, int] = field(
         init=False, factory=dict, repr=False
     )

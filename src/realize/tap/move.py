@@ -32,7 +32,7 @@ from twisted.logger import (
 )
 from twisted.python import usage
 
-from realize.config import Config, load_config, parse_duration
+from realize.config import Config, load_config, parse_duration, parse_rate
 from realize.errors import ConfigError, RealizeError, SideError, describe
 from realize.interfaces import Store
 from realize.model import ArenaName, check_arena_name
@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 __all__ = ["MoveOptions", "main", "makeService", "run"]
 
 log = Logger(namespace="realize.move")
+throttle_log = Logger(namespace="realize.throttle")
 
 
 class MoveOptions(GnuOptions):
@@ -83,6 +84,26 @@ class MoveOptions(GnuOptions):
             "Config file (TOML); optional if both sides are local:/path.",
         ],
         ["privkey", "k", None, "This peer's ed25519 private key (PEM)."],
+        [
+            "throttle",
+            None,
+            None,
+            "Limit both directions to RATE bytes per second (k, M, G "
+            "suffixes: KiB, MiB, GiB; 0 for no limit).",
+        ],
+        [
+            "throttle-up",
+            None,
+            None,
+            "Limit what this process sends to remote peers to RATE bytes/s.",
+        ],
+        [
+            "throttle-down",
+            None,
+            None,
+            "Limit what remote peers send to this process to RATE bytes/s "
+            "(asked of them with SetRateLimit).",
+        ],
         [
             "max-duration",
             None,
@@ -118,6 +139,21 @@ class MoveOptions(GnuOptions):
             raise usage.UsageError(str(e)) from None
         if len(set(self["arenas"])) != len(self["arenas"]):
             raise usage.UsageError("an arena is given twice")
+        if self["throttle"] is not None and (
+            self["throttle-up"] is not None or self["throttle-down"] is not None
+        ):
+            raise usage.UsageError(
+                "give --throttle, or --throttle-up and/or --throttle-down, not both"
+            )
+        for name in ("throttle", "throttle-up", "throttle-down"):
+            if self[name] is not None:
+                try:
+                    self[name] = parse_rate(self[name])
+                except ValueError as e:
+                    raise usage.UsageError(f"--{name}: {e}") from None
+        both = self["throttle"] or 0
+        self["rate_up"] = self["throttle-up"] or both
+        self["rate_down"] = self["throttle-down"] or both
         self["max_duration_text"] = self["max-duration"]
         self["max_duration"] = None
         if self["max-duration"] is not None:
@@ -149,6 +185,8 @@ async def _open_store(
     config: Config | None,
     privkey_path: str | None,
     run_in_thread: Any,
+    rate_up: int = 0,
+    rate_down: int = 0,
 ) -> Store:
     """
     Open one side of the move.
@@ -189,9 +227,24 @@ async def _open_store(
         key = load_private_key(privkey_path)
         tls = ClientTLS(key, peer_config.spki, peer_config.id)
         try:
-            store = await connect(reactor, peer_config, tls)
+            remote = await connect(reactor, peer_config, tls, rate_up=rate_up)
+            if rate_up:
+                throttle_log.info(
+                    "sending at most {rate} B/s to {peer}",
+                    rate=rate_up,
+                    peer=peer_config.id,
+                )
+            if rate_down:
+                in_force = await remote.set_rate_limit(rate_down)
+                throttle_log.info(
+                    "asked {peer} to send at most {asked} B/s; in force: {rate} B/s",
+                    peer=peer_config.id,
+                    asked=rate_down,
+                    rate=in_force,
+                )
         except RealizeError as e:
             raise SideError(side, peer_config.describe(), e) from None
+        store = remote
     try:
         available = set(await store.arenas())
     except RealizeError as e:
@@ -243,7 +296,15 @@ async def run(reactor: Any, options: MoveOptions, output: Output | None = None) 
 
     async def open_stores() -> tuple[Store, Store]:
         source = await _open_store(
-            reactor, "source", src, arenas, config, options["privkey"], run_in_thread
+            reactor,
+            "source",
+            src,
+            arenas,
+            config,
+            options["privkey"],
+            run_in_thread,
+            options["rate_up"],
+            options["rate_down"],
         )
         try:
             destination = await _open_store(
@@ -254,6 +315,8 @@ async def run(reactor: Any, options: MoveOptions, output: Output | None = None) 
                 config,
                 options["privkey"],
                 run_in_thread,
+                options["rate_up"],
+                options["rate_down"],
             )
         except BaseException:
             await source.close()

@@ -149,7 +149,13 @@ def make_daemon(reactor: Any, config: Config, key: Any, listen: str) -> MultiSer
         return store.config.peer_by_spki().get(spki)
 
     tls = ServerTLS(key, lookup)
-    factory = server_factory(tls, store.view)
+    factory = server_factory(
+        tls,
+        store.view,
+        reactor,
+        config.limits.throttle_up,
+        config.limits.throttle_down,
+    )
     top.addService(_ListenService(reactor, listen, factory))
     return top
 
