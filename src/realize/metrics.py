@@ -1,0 +1,800 @@
+"""
+Prometheus metrics of both programs (DESIGN.md section 8, #daemonmetrics,
+#cmdmetrics).
+
+Each process makes one registry with L{make_registry} and passes it to the
+objects that count: L{DaemonMetrics} in C{realized}, L{MoveMetrics} in
+C{realize-move}.  Nothing here touches C{prometheus_client.REGISTRY}, the
+global registry, and nothing imports C{twisted.web}: serving and pushing a
+registry is L{realize.web}'s job.
+
+Names follow the Prometheus conventions: counters end in C{_total}, sizes
+are C{_bytes}, durations C{_seconds}, all in base units.  Label values:
+
+    - C{peer}: a peer id from the config (C{laptop}, C{nas}).
+    - C{arena}: an arena name.
+    - C{method}: C{copy} (plain data) or C{delta} (rsync signatures and
+      deltas).
+    - C{direction}: C{read} (read from this peer's disk and sent) or
+      C{written} (received and written to this peer's disk).
+    - C{status}: see each metric.
+
+Besides the series below, L{make_registry} registers the standard
+C{process_*} (CPU, memory, open files, start time), C{python_info} and
+C{python_gc_*} series, and C{realize_build_info}.
+
+Metrics of C{realized} (L{DaemonMetrics}):
+
+    - C{realize_connections_open} (gauge; C{peer}): authenticated
+      connections open now.
+    - C{realize_connections_total} (counter; C{peer}): authenticated
+      connections accepted.
+    - C{realize_auth_rejections_total} (counter; C{reason}): connections
+      refused before any command was served; C{reason} is one of
+      C{unknown_key} (the client's key is not in the config),
+      C{handshake_failed} (TLS failed for another reason: no client
+      certificate, not TLS 1.3, closed during the handshake).
+    - C{realize_store_commands_total} (counter; C{command}, C{status}):
+      store commands answered; C{command} is the AMP command name (C{Read},
+      C{Write}, C{Hash}, ...), C{status} is C{ok}, the lower-case wire code
+      of the error (C{not_found}, C{invalid_path}, C{permission},
+      C{unauthorized}, C{io}, C{no_space}, C{conflict}, C{bad_delta},
+      C{bad_request}, ...), C{cancelled}, or C{internal} for an unexpected
+      exception.
+    - C{realize_store_command_duration_seconds} (histogram; C{command}):
+      time from receiving a command to answering it.
+    - C{realize_store_bytes_total} (counter; C{arena}, C{method},
+      C{direction}): file data read and sent, or received and written.
+    - C{realize_delta_saved_bytes_total} (counter; C{arena}): bytes that
+      did not cross the network because a range was repaired by delta
+      (range size less the signature and delta sizes).
+    - C{realize_files_finished_total} (counter; C{arena}): partial files
+      made final (Finish, or a Write that finished the file).
+    - C{realize_files_deleted_total} (counter; C{arena}): files deleted
+      (Delete, DeleteFiles).
+    - C{realize_throttle_waits_total} (counter): times the send throttle
+      paused a producer because its queue was full.
+    - C{realize_throttled_seconds_total} (counter): seconds data waited in
+      the send throttle for tokens.
+    - C{realize_hash_seconds_total} (counter; C{arena}): seconds spent
+      computing Merkle hashes (thread time, summed over threads).
+    - C{realize_hashed_bytes_total} (counter; C{arena}): bytes hashed.
+
+Metrics of C{realize-move} (L{MoveMetrics}):
+
+    - C{realize_move_up} (gauge): 1 while the move runs, 0 once it ended.
+    - C{realize_move_success} (gauge): 1 if the finished move moved every
+      file, 0 otherwise (and while it runs).
+    - C{realize_move_start_time_seconds} (gauge): Unix time the move
+      started.
+    - C{realize_move_duration_seconds} (gauge): seconds since the start
+      while running, the whole run's duration once finished.
+    - C{realize_move_listed_files} (gauge; C{arena}): files to move found
+      at the source.
+    - C{realize_move_listed_bytes} (gauge; C{arena}): their total size.
+    - C{realize_move_files_total} (counter; C{arena}, C{status}): files
+      done; C{status} is C{moved} or C{failed}.
+    - C{realize_move_bytes_total} (counter; C{method}): bytes sent for the
+      move: file data (C{copy}) or signatures and deltas (C{delta}).
+    - C{realize_move_delta_saved_bytes_total} (counter): bytes not sent
+      because ranges were repaired by delta.
+    - C{realize_move_files_repaired_total} (counter): files whose
+      destination copy had differing ranges that were repaired.
+    - C{realize_move_copy_fallbacks_total} (counter): ranges a delta could
+      not repair, copied instead.
+    - C{realize_move_retries_total} (counter): attempts started again
+      after a network error (C{--retry}).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Generic, Protocol, TypeVar
+
+from attrs import define, field
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.python.failure import Failure
+
+from realize.errors import RealizeError, SideError
+
+__all__ = [
+    "COPY",
+    "DELTA",
+    "DURATION_BUCKETS",
+    "READ",
+    "REJECT_HANDSHAKE",
+    "REJECT_REASONS",
+    "REJECT_UNKNOWN_KEY",
+    "STATUS_OK",
+    "WRITTEN",
+    "DaemonMetrics",
+    "FileOutcome",
+    "MoveMetrics",
+    "MoveMetricsObserver",
+    "MoveObserverLike",
+    "MoveStatsLike",
+    "command_status",
+    "make_registry",
+]
+
+#: C{method} label values.
+COPY = "copy"
+DELTA = "delta"
+
+#: C{direction} label values.
+READ = "read"
+WRITTEN = "written"
+
+#: C{status} of a store command that succeeded.
+STATUS_OK = "ok"
+
+#: C{reason} label values of C{realize_auth_rejections_total}.
+REJECT_UNKNOWN_KEY = "unknown_key"
+REJECT_HANDSHAKE = "handshake_failed"
+REJECT_REASONS = (REJECT_UNKNOWN_KEY, REJECT_HANDSHAKE)
+
+#: Buckets of C{realize_store_command_duration_seconds}: from a metadata
+#: command answered in a millisecond to a Read of a large file over a slow
+#: link.
+DURATION_BUCKETS = (
+    0.001,
+    0.005,
+    0.01,
+    0.05,
+    0.1,
+    0.5,
+    1.0,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    900.0,
+    float("inf"),
+)
+
+T = TypeVar("T")
+
+
+def make_registry() -> CollectorRegistry:
+    """
+    Make the registry of one process.
+
+    @return: a new registry holding the process (C{process_*}), platform
+        (C{python_info}) and garbage collector (C{python_gc_*}) collectors
+        and C{realize_build_info{version=...}}; the global
+        C{prometheus_client.REGISTRY} is left alone.
+    """
+    registry = CollectorRegistry(auto_describe=True)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    build = Info("realize_build", "Version of realize.", registry=registry)
+    from realize._version import __version__
+
+    build.info({"version": __version__.public()})
+    return registry
+
+
+def command_status(error: BaseException | None) -> str:
+    """
+    The C{status} label of a store command.
+
+    @param error: what the command raised, or C{None} if it succeeded.
+    @return: C{"ok"}; the lower-case wire code of a
+        L{realize.errors.RealizeError} (C{"not_found"}, C{"io"}, ...; a
+        L{SideError} is judged by its cause); C{"cancelled"} for a
+        cancelled command; C{"internal"} for any other exception.
+    """
+    if error is None:
+        return STATUS_OK
+    if isinstance(error, SideError):
+        error = error.cause
+    if isinstance(error, CancelledError):
+        return "cancelled"
+    if isinstance(error, RealizeError):
+        return error.code.decode("ascii", "replace").lower()
+    return "internal"
+
+
+@define(eq=False)
+class DaemonMetrics:
+    """
+    The metrics of C{realized}, on a given registry (the series and their
+    labels are listed in this module's docstring).
+
+    Call sites use the methods, which name what happened; the metric
+    objects are public for tests and for anything the methods do not
+    cover.
+
+    @ivar registry: where the metrics are registered.
+    @ivar timer: monotonic seconds, to time commands (a fake in tests).
+    """
+
+    registry: CollectorRegistry
+    timer: Callable[[], float] = field(default=time.perf_counter, kw_only=True)
+
+    connections_open: Gauge = field(init=False)
+    connections: Counter = field(init=False)
+    auth_rejections: Counter = field(init=False)
+    commands: Counter = field(init=False)
+    command_duration: Histogram = field(init=False)
+    store_bytes: Counter = field(init=False)
+    delta_saved_bytes: Counter = field(init=False)
+    files_finished: Counter = field(init=False)
+    files_deleted: Counter = field(init=False)
+    throttle_waits: Counter = field(init=False)
+    throttled_seconds: Counter = field(init=False)
+    hash_seconds: Counter = field(init=False)
+    hashed_bytes: Counter = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        r = self.registry
+        self.connections_open = Gauge(
+            "realize_connections_open",
+            "Authenticated peer connections open now.",
+            ["peer"],
+            registry=r,
+        )
+        self.connections = Counter(
+            "realize_connections",
+            "Authenticated peer connections accepted.",
+            ["peer"],
+            registry=r,
+        )
+        self.auth_rejections = Counter(
+            "realize_auth_rejections",
+            "Connections refused before authentication, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        for reason in REJECT_REASONS:
+            self.auth_rejections.labels(reason)
+        self.commands = Counter(
+            "realize_store_commands",
+            "Store commands answered, by command and outcome.",
+            ["command", "status"],
+            registry=r,
+        )
+        self.command_duration = Histogram(
+            "realize_store_command_duration_seconds",
+            "Time to answer a store command.",
+            ["command"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.store_bytes = Counter(
+            "realize_store_bytes",
+            "File data read and sent, or received and written, by method.",
+            ["arena", "method", "direction"],
+            registry=r,
+        )
+        self.delta_saved_bytes = Counter(
+            "realize_delta_saved_bytes",
+            "Bytes not transferred because ranges were repaired by delta.",
+            ["arena"],
+            registry=r,
+        )
+        self.files_finished = Counter(
+            "realize_files_finished",
+            "Partial files made final.",
+            ["arena"],
+            registry=r,
+        )
+        self.files_deleted = Counter(
+            "realize_files_deleted",
+            "Files deleted.",
+            ["arena"],
+            registry=r,
+        )
+        self.throttle_waits = Counter(
+            "realize_throttle_waits",
+            "Times the send throttle paused a producer.",
+            registry=r,
+        )
+        self.throttled_seconds = Counter(
+            "realize_throttled_seconds",
+            "Seconds data waited in the send throttle.",
+            registry=r,
+        )
+        self.hash_seconds = Counter(
+            "realize_hash_seconds",
+            "Seconds spent computing Merkle hashes.",
+            ["arena"],
+            registry=r,
+        )
+        self.hashed_bytes = Counter(
+            "realize_hashed_bytes",
+            "Bytes hashed.",
+            ["arena"],
+            registry=r,
+        )
+
+    def connection_opened(self, peer: str) -> None:
+        """
+        A peer authenticated on a new connection.
+
+        @param peer: its id.
+        """
+        self.connections.labels(peer).inc()
+        self.connections_open.labels(peer).inc()
+
+    def connection_closed(self, peer: str) -> None:
+        """
+        An authenticated connection was lost (call once per
+        L{connection_opened}).
+
+        @param peer: its id.
+        """
+        self.connections_open.labels(peer).dec()
+
+    def rejected(self, reason: str) -> None:
+        """
+        A connection was refused before authentication.
+
+        @param reason: one of L{REJECT_REASONS}; spaces become underscores,
+            so the C{reason} field of a C{realize.auth} log event (C{"unknown
+            key"}) can be passed as is.
+        """
+        self.auth_rejections.labels(reason.strip().replace(" ", "_")).inc()
+
+    def handshake_failed(self, error: BaseException | None) -> None:
+        """
+        A connection was lost before its peer was authenticated: count it
+        as C{unknown_key} if our key check refused the client's
+        certificate (OpenSSL's "certificate verify failed"), else as
+        C{handshake_failed}.
+
+        @param error: why the connection was lost.
+        """
+        text = str(error) if error is not None else ""
+        unknown = "certificate verify failed" in text
+        self.rejected(REJECT_UNKNOWN_KEY if unknown else REJECT_HANDSHAKE)
+
+    def watch_connection(self, handshake: Deferred[str], lost: Deferred[None]) -> None:
+        """
+        Count one accepted connection: opened and closed for its peer once
+        authenticated, or a rejection if it is lost before.  Call it first
+        thing, before other callbacks are added to C{handshake} (one that
+        handles the failure would hide it); results pass through
+        unchanged.
+
+        @param handshake: fires with the peer id once authenticated, or
+            fails with why the connection was lost before
+            (L{realize.net.protocol.Connection.handshake}).
+        @param lost: fires when the connection is lost
+            (L{realize.net.protocol.Connection.lost}).
+        """
+
+        def closed(result: object, peer: str) -> object:
+            self.connection_closed(peer)
+            return result
+
+        def opened(peer: str) -> str:
+            self.connection_opened(peer)
+            lost.addBoth(closed, peer)
+            return peer
+
+        def failed(failure: Failure) -> Failure:
+            self.handshake_failed(failure.value)
+            return failure
+
+        handshake.addCallbacks(opened, failed)
+
+    def command_done(
+        self, command: str, seconds: float, error: BaseException | None
+    ) -> None:
+        """
+        Count one answered store command.
+
+        @param command: the AMP command name, e.g. C{"Read"}.
+        @param seconds: how long it took.
+        @param error: what it raised, or C{None}.
+        """
+        self.commands.labels(command, command_status(error)).inc()
+        self.command_duration.labels(command).observe(max(0.0, seconds))
+
+    async def observe(self, command: str, work: Awaitable[T]) -> T:
+        """
+        Await a store command's work, timing and counting it by outcome.
+
+        Use around a responder's coroutine (or any awaitable, e.g. a
+        L{Deferred}); whatever it raises is counted and raised again::
+
+            Deferred.fromCoroutine(metrics.observe("Read", go()))
+
+        @param command: the AMP command name, e.g. C{"Read"}.
+        @param work: the command's work.
+        @return: its result.
+        """
+        started = self.timer()
+        try:
+            result = await work
+        except BaseException as e:
+            self.command_done(command, self.timer() - started, e)
+            raise
+        self.command_done(command, self.timer() - started, None)
+        return result
+
+    def transferred(self, arena: str, method: str, direction: str, size: int) -> None:
+        """
+        File data moved through this daemon's store.
+
+        @param arena: the arena.
+        @param method: L{COPY} or L{DELTA}.
+        @param direction: L{READ} (read from disk and sent) or L{WRITTEN}
+            (received and written to disk).
+        @param size: bytes.
+        """
+        self.store_bytes.labels(arena, method, direction).inc(size)
+
+    def delta_saved(self, arena: str, size: int) -> None:
+        """
+        @param arena: the arena.
+        @param size: bytes a delta repair saved (range size less signature
+            and delta sizes; negative values count as 0).
+        """
+        self.delta_saved_bytes.labels(arena).inc(max(0, size))
+
+    def file_finished(self, arena: str, count: int = 1) -> None:
+        """
+        @param arena: the arena.
+        @param count: partial files just made final.
+        """
+        self.files_finished.labels(arena).inc(count)
+
+    def file_deleted(self, arena: str, count: int = 1) -> None:
+        """
+        @param arena: the arena.
+        @param count: files just deleted.
+        """
+        self.files_deleted.labels(arena).inc(count)
+
+    def throttled(self, waits: int, seconds: float) -> None:
+        """
+        Add a connection's throttle counters (e.g. those of a
+        L{realize.net.throttle.ThrottlingProtocol}, C{producer_pauses} and
+        C{throttled_seconds}, when its connection is lost).
+
+        @param waits: producer pauses.
+        @param seconds: seconds waited for tokens.
+        """
+        self.throttle_waits.inc(max(0, waits))
+        self.throttled_seconds.inc(max(0.0, seconds))
+
+    def hashed(self, arena: str, seconds: float, size: int) -> None:
+        """
+        @param arena: the arena.
+        @param seconds: time spent hashing.
+        @param size: bytes hashed.
+        """
+        self.hash_seconds.labels(arena).inc(max(0.0, seconds))
+        self.hashed_bytes.labels(arena).inc(max(0, size))
+
+
+class FileOutcome(Protocol):
+    """
+    What L{MoveMetrics} needs of a file's result
+    (L{realize.services.mover.FileResult} has it).
+    """
+
+    @property
+    def arena(self) -> str: ...
+
+    @property
+    def status(self) -> str: ...
+
+
+class MoveStatsLike(Protocol):
+    """
+    Running totals of a move (L{realize.services.mover.MoveStats} has
+    them), all increasing.
+    """
+
+    @property
+    def copied_bytes(self) -> int: ...
+
+    @property
+    def delta_bytes(self) -> int: ...
+
+    @property
+    def saved_bytes(self) -> int: ...
+
+    @property
+    def files_repaired(self) -> int: ...
+
+    @property
+    def fallbacks(self) -> int: ...
+
+
+R = TypeVar("R", bound=FileOutcome)
+R_contra = TypeVar("R_contra", bound=FileOutcome, contravariant=True)
+
+
+class MoveObserverLike(Protocol[R_contra]):
+    """
+    The shape of L{realize.services.mover.MoveObserver}, without importing
+    it: this module sits below the services.
+    """
+
+    def listed(self, arena: str, files: int, size: int) -> None: ...
+
+    def file_started(self, arena: str, path: str, size: int) -> None: ...
+
+    def transferred(self, arena: str, path: str, size: int) -> None: ...
+
+    def file_done(self, result: R_contra) -> None: ...
+
+
+@define(eq=False)
+class MoveMetrics:
+    """
+    The metrics of C{realize-move}, on a given registry (the series and
+    their labels are listed in this module's docstring).
+
+    Life of a run: L{started}, then counts from L{observing} (or the
+    methods), then L{finished} before the final push.
+
+    @ivar registry: where the metrics are registered.
+    @ivar timer: monotonic seconds, for the duration (a fake in tests).
+    """
+
+    registry: CollectorRegistry
+    timer: Callable[[], float] = field(default=time.monotonic, kw_only=True)
+
+    up: Gauge = field(init=False)
+    success: Gauge = field(init=False)
+    start_time: Gauge = field(init=False)
+    duration: Gauge = field(init=False)
+    listed_files: Gauge = field(init=False)
+    listed_bytes: Gauge = field(init=False)
+    files: Counter = field(init=False)
+    bytes: Counter = field(init=False)
+    delta_saved_bytes: Counter = field(init=False)
+    files_repaired: Counter = field(init=False)
+    copy_fallbacks: Counter = field(init=False)
+    retries: Counter = field(init=False)
+    _started: float | None = field(default=None, init=False)
+    _seen: dict[str, int] = field(factory=dict, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        r = self.registry
+        self.up = Gauge(
+            "realize_move_up", "1 while the move runs, 0 once it ended.", registry=r
+        )
+        self.success = Gauge(
+            "realize_move_success",
+            "1 if the finished move moved every file, else 0.",
+            registry=r,
+        )
+        self.start_time = Gauge(
+            "realize_move_start_time_seconds",
+            "Unix time the move started.",
+            registry=r,
+        )
+        self.duration = Gauge(
+            "realize_move_duration_seconds",
+            "Seconds the move has run, or ran once finished.",
+            registry=r,
+        )
+        self.listed_files = Gauge(
+            "realize_move_listed_files",
+            "Files to move found at the source.",
+            ["arena"],
+            registry=r,
+        )
+        self.listed_bytes = Gauge(
+            "realize_move_listed_bytes",
+            "Total size of the files to move found at the source.",
+            ["arena"],
+            registry=r,
+        )
+        self.files = Counter(
+            "realize_move_files",
+            "Files done, by status (moved or failed).",
+            ["arena", "status"],
+            registry=r,
+        )
+        self.bytes = Counter(
+            "realize_move_bytes",
+            "Bytes sent for the move, by method (copy or delta).",
+            ["method"],
+            registry=r,
+        )
+        for method in (COPY, DELTA):
+            self.bytes.labels(method)
+        self.delta_saved_bytes = Counter(
+            "realize_move_delta_saved_bytes",
+            "Bytes not sent because ranges were repaired by delta.",
+            registry=r,
+        )
+        self.files_repaired = Counter(
+            "realize_move_files_repaired",
+            "Files whose destination copy had differing ranges, repaired.",
+            registry=r,
+        )
+        self.copy_fallbacks = Counter(
+            "realize_move_copy_fallbacks",
+            "Ranges a delta could not repair, copied instead.",
+            registry=r,
+        )
+        self.retries = Counter(
+            "realize_move_retries",
+            "Attempts started again after a network error.",
+            registry=r,
+        )
+
+    def started(self, wall_time: float) -> None:
+        """
+        The move starts: C{realize_move_up} becomes 1 and the duration
+        runs.
+
+        @param wall_time: the Unix time now (C{reactor.seconds()}).
+        """
+        self._started = self.timer()
+        self.up.set(1)
+        self.success.set(0)
+        self.start_time.set(wall_time)
+        self.duration.set_function(self._elapsed)
+
+    def _elapsed(self) -> float:
+        if self._started is None:
+            return 0.0
+        return max(0.0, self.timer() - self._started)
+
+    def finished(self, ok: bool) -> None:
+        """
+        The move ended (before the final push): C{realize_move_up} becomes
+        0, the duration stops.
+
+        @param ok: whether every file moved (C{realize_move_success}).
+        """
+        elapsed = self._elapsed()
+        self.duration.set_function(lambda: elapsed)
+        self.up.set(0)
+        self.success.set(1 if ok else 0)
+
+    def listed(self, arena: str, files: int, size: int) -> None:
+        """
+        @param arena: an arena.
+        @param files: files to move found at its source.
+        @param size: their total size in bytes.
+        """
+        self.listed_files.labels(arena).set(files)
+        self.listed_bytes.labels(arena).set(size)
+
+    def file_done(self, arena: str, status: str) -> None:
+        """
+        @param arena: the file's arena.
+        @param status: C{"moved"} or C{"failed"}.
+        """
+        self.files.labels(arena, status).inc()
+
+    def sent(self, method: str, size: int) -> None:
+        """
+        @param method: L{COPY} or L{DELTA}.
+        @param size: bytes just sent.
+        """
+        self.bytes.labels(method).inc(max(0, size))
+
+    def delta_saved(self, size: int) -> None:
+        """
+        @param size: bytes a delta repair saved.
+        """
+        self.delta_saved_bytes.inc(max(0, size))
+
+    def repaired(self, count: int = 1) -> None:
+        """
+        @param count: files just repaired.
+        """
+        self.files_repaired.inc(count)
+
+    def fallback(self, count: int = 1) -> None:
+        """
+        @param count: ranges just copied because a delta failed.
+        """
+        self.copy_fallbacks.inc(count)
+
+    def retried(self) -> None:
+        """
+        An attempt starts again after a network error.
+        """
+        self.retries.inc()
+
+    def update(self, stats: MoveStatsLike, copied: bool = True) -> None:
+        """
+        Bring the byte, repair and fallback counters up to a mover's
+        running totals: adds what grew since the last call.  Use either
+        this or L{sent}/L{delta_saved}/L{repaired}/L{fallback} for a
+        counter, not both.
+
+        @param stats: the totals (L{realize.services.mover.MoveStats}).
+        @param copied: whether to take the copied bytes from C{stats} too
+            (L{MoveMetricsObserver} counts them as they are sent instead).
+        """
+        grown = self._grown
+        if copied:
+            self.sent(COPY, grown("copied_bytes", stats.copied_bytes))
+        self.sent(DELTA, grown("delta_bytes", stats.delta_bytes))
+        self.delta_saved(grown("saved_bytes", stats.saved_bytes))
+        self.repaired(grown("files_repaired", stats.files_repaired))
+        self.fallback(grown("fallbacks", stats.fallbacks))
+
+    def _grown(self, name: str, value: int) -> int:
+        before = self._seen.get(name, 0)
+        if value <= before:
+            return 0
+        self._seen[name] = value
+        return value - before
+
+    def observing(
+        self,
+        inner: MoveObserverLike[R] | None = None,
+        stats: MoveStatsLike | None = None,
+    ) -> MoveMetricsObserver[R]:
+        """
+        A mover observer that counts into these metrics and passes
+        everything on to C{inner}.
+
+        @param inner: the observer to forward to (progress output), or
+            C{None}.
+        @param stats: the mover's running totals, read after each file
+            (L{update}); without them only files and copied bytes are
+            counted.
+        @return: the observer to give the mover.
+        """
+        return MoveMetricsObserver(self, inner, stats)
+
+
+@define(eq=False)
+class MoveMetricsObserver(Generic[R]):
+    """
+    A mover observer (L{realize.services.mover.MoveObserver}) feeding
+    L{MoveMetrics}, forwarding to another observer.  Made by
+    L{MoveMetrics.observing}.
+
+    Bytes reported by C{transferred} count as C{copy} bytes as they are
+    sent; delta bytes, savings, repairs and fallbacks are taken from
+    C{stats} after each file (call L{MoveMetrics.update} with
+    C{copied=False} once more at the end).
+
+    @ivar metrics: where to count.
+    @ivar inner: the observer forwarded to, or C{None}.
+    @ivar stats: the mover's running totals, or C{None}.
+    """
+
+    metrics: MoveMetrics
+    inner: MoveObserverLike[R] | None = None
+    stats: MoveStatsLike | None = None
+
+    def listed(self, arena: str, files: int, size: int) -> None:
+        self.metrics.listed(arena, files, size)
+        if self.inner is not None:
+            self.inner.listed(arena, files, size)
+
+    def file_started(self, arena: str, path: str, size: int) -> None:
+        if self.inner is not None:
+            self.inner.file_started(arena, path, size)
+
+    def transferred(self, arena: str, path: str, size: int) -> None:
+        self.metrics.sent(COPY, size)
+        if self.inner is not None:
+            self.inner.transferred(arena, path, size)
+
+    def file_done(self, result: R) -> None:
+        self.metrics.file_done(result.arena, result.status)
+        if self.stats is not None:
+            self.metrics.update(self.stats, copied=False)
+        if self.inner is not None:
+            self.inner.file_done(result)
