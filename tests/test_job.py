@@ -44,6 +44,9 @@ class Recorder:
     def file_done(self, result: FileResult) -> None:
         self.done.append(result)
 
+    def retrying(self, error: BaseException, delay: float, retry: int) -> None:
+        self.warnings.append(f"{error}; retrying in {delay:g} s (retry {retry})")
+
     def warning(self, message: str) -> None:
         self.warnings.append(message)
 

@@ -67,8 +67,13 @@ class PluginTests(SynchronousTestCase):
         service = maker.makeService(options)
         self.assertTrue(IService.providedBy(service))
         self.assertIsInstance(service, MultiService)
-        names = [type(s).__name__ for s in service]  # type: ignore[attr-defined]
-        self.assertEqual(names, ["ThreadPoolService", "StoreService", "_ListenService"])
+        # The daemon, inside the service that makes twistd log our way.
+        [daemon] = list(service)  # type: ignore[call-overload]
+        names = [type(s).__name__ for s in daemon]
+        self.assertEqual(
+            names,
+            ["ThreadPoolService", "StoreService", "ReloadService", "_ListenService"],
+        )
 
     def test_realized_requires_options(self) -> None:
         """

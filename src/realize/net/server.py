@@ -11,9 +11,9 @@ as an I/O failure, so that nothing a client sends can kill the daemon.
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from attrs import define
+from attrs import define, field
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory, Protocol
@@ -32,13 +32,19 @@ from realize.errors import (
     RealizeError,
 )
 from realize.interfaces import SmallFile, Store
+from realize.metrics import COPY, DELTA, READ, WRITTEN, DaemonMetrics
 from realize.model import ArenaName, FileInfo, PeerId
 from realize.net import commands
 from realize.net.protocol import MAX_DATA_FRAME, READ_DATA, Connection, encode_entries
 from realize.net.throttle import ThrottlingFactory, find_throttle
-from realize.net.tls import ServerTLS, auth_log
+from realize.net.tls import ServerTLS, auth_log, peer_spki
 
-__all__ = ["StoreLocator", "connection_factory", "server_factory"]
+__all__ = [
+    "ConnectionFactory",
+    "StoreLocator",
+    "connection_factory",
+    "server_factory",
+]
 
 log = Logger()
 throttle_log = Logger(namespace="realize.throttle")
@@ -46,7 +52,9 @@ throttle_log = Logger(namespace="realize.throttle")
 T = TypeVar("T")
 
 
-def _respond(command: str, coro: Coroutine[Any, Any, T]) -> Deferred[T]:
+def _respond(
+    command: str, coro: Coroutine[Any, Any, T], metrics: DaemonMetrics | None = None
+) -> Deferred[T]:
     def unexpected(failure: Failure) -> Failure:
         if isinstance(failure.value, tuple(WIRE_ERRORS)):
             return failure
@@ -57,7 +65,8 @@ def _respond(command: str, coro: Coroutine[Any, Any, T]) -> Deferred[T]:
         log.failure("unexpected error in {command}", failure, command=command)
         return Failure(IOFailure(f"{command} failed on the daemon: internal error"))
 
-    return Deferred.fromCoroutine(coro).addErrback(unexpected)
+    work = metrics.observe(command, coro) if metrics is not None else coro
+    return Deferred.fromCoroutine(work).addErrback(unexpected)
 
 
 class StoreLocator(amp.CommandLocator):
@@ -66,11 +75,22 @@ class StoreLocator(amp.CommandLocator):
 
     @ivar connection: the connection; its C{peer} is the caller.
     @ivar view: maps the authenticated peer to the store it may use.
+    @ivar metrics: counts commands, bytes and files, or C{None}.
     """
 
-    def __init__(self, view: Callable[[PeerId], Store]) -> None:
+    def __init__(
+        self, view: Callable[[PeerId], Store], metrics: DaemonMetrics | None = None
+    ) -> None:
         self.connection: Connection | None = None
         self._view = view
+        self.metrics = metrics
+
+    def _respond(self, command: str, coro: Coroutine[Any, Any, T]) -> Deferred[T]:
+        return _respond(command, coro, self.metrics)
+
+    def _transferred(self, arena: str, method: str, direction: str, size: int) -> None:
+        if self.metrics is not None and size:
+            self.metrics.transferred(arena, method, direction, size)
 
     def _store(self) -> Store:
         assert self.connection is not None and self.connection.peer is not None
@@ -81,7 +101,7 @@ class StoreLocator(amp.CommandLocator):
         async def go() -> dict[str, Any]:
             return {"arenas": list(await self._store().arenas())}
 
-        return _respond("Arenas", go())
+        return self._respond("Arenas", go())
 
     @commands.List.responder
     def list_files(self, arena: str, stream: int) -> Deferred[dict[str, Any]]:
@@ -98,7 +118,7 @@ class StoreLocator(amp.CommandLocator):
                 connection.send_data(READ_DATA, stream, chunk)
             return {"count": len(entries)}
 
-        return _respond("List", go())
+        return self._respond("List", go())
 
     @commands.Read.responder
     def read(
@@ -117,18 +137,22 @@ class StoreLocator(amp.CommandLocator):
             reading = self._store().read(
                 ArenaName(arena), path, start, end, hash_from=hash_from
             )
+            sent = 0
             try:
                 async for chunk in reading:
                     if connection.is_cancelled(stream):
                         reading.cancel()
                         break
                     connection.send_data(READ_DATA, stream, chunk)
+                    sent += len(chunk)
                     if (wait := connection.writable()) is not None:
                         await wait
             except BaseException:
                 # E.g. the connection was lost: stop reading the file.
                 reading.cancel()
                 raise
+            finally:
+                self._transferred(arena, COPY, READ, sent)
             state = await reading.result()
             return {
                 "leaves": b"".join(state.leaves),
@@ -136,7 +160,7 @@ class StoreLocator(amp.CommandLocator):
                 "mtime_ns": state.mtime_ns,
             }
 
-        return _respond("Read", go())
+        return self._respond("Read", go())
 
     @commands.Write.responder
     def write(
@@ -170,9 +194,12 @@ class StoreLocator(amp.CommandLocator):
                 )
             finally:
                 connection.close_incoming(stream)
+                self._transferred(arena, COPY, WRITTEN, inbox.received)
+            if result.finished and self.metrics is not None:
+                self.metrics.file_finished(arena)
             return {"leaves": b"".join(result.leaves), "finished": result.finished}
 
-        return _respond("Write", go())
+        return self._respond("Write", go())
 
     @commands.Truncate.responder
     def truncate(self, arena: str, path: str, size: int) -> Deferred[dict[str, Any]]:
@@ -180,7 +207,7 @@ class StoreLocator(amp.CommandLocator):
             await self._store().truncate(ArenaName(arena), path, size)
             return {}
 
-        return _respond("Truncate", go())
+        return self._respond("Truncate", go())
 
     @commands.Finish.responder
     def finish(
@@ -188,9 +215,11 @@ class StoreLocator(amp.CommandLocator):
     ) -> Deferred[dict[str, Any]]:
         async def go() -> dict[str, Any]:
             await self._store().finish(ArenaName(arena), path, mtime_ns)
+            if self.metrics is not None:
+                self.metrics.file_finished(arena)
             return {}
 
-        return _respond("Finish", go())
+        return self._respond("Finish", go())
 
     @commands.Delete.responder
     def delete(
@@ -204,23 +233,29 @@ class StoreLocator(amp.CommandLocator):
             await self._store().delete(
                 ArenaName(arena), path, size=size, mtime_ns=mtime_ns
             )
+            if self.metrics is not None:
+                self.metrics.file_deleted(arena)
             return {}
 
-        return _respond("Delete", go())
+        return self._respond("Delete", go())
 
     @commands.Hash.responder
     def hash(
         self, arena: str, path: str, start: int, end: int
     ) -> Deferred[dict[str, Any]]:
         async def go() -> dict[str, Any]:
+            began = self.metrics.timer() if self.metrics is not None else 0.0
             state = await self._store().hash(ArenaName(arena), path, start, end)
+            if self.metrics is not None:
+                hashed = max(0, min(end, state.size) - start)
+                self.metrics.hashed(arena, self.metrics.timer() - began, hashed)
             return {
                 "leaves": b"".join(state.leaves),
                 "size": state.size,
                 "mtime_ns": state.mtime_ns,
             }
 
-        return _respond("Hash", go())
+        return self._respond("Hash", go())
 
     @commands.ReadFiles.responder
     def read_files(
@@ -258,9 +293,10 @@ class StoreLocator(amp.CommandLocator):
                     pending, size = [], 0
             if size:
                 await _send(connection, stream, b"".join(pending))
+            self._transferred(arena, COPY, READ, sum(r["length"] for r in results))
             return {"results": results}
 
-        return _respond("ReadFiles", go())
+        return self._respond("ReadFiles", go())
 
     @commands.WriteFiles.responder
     def write_files(
@@ -301,9 +337,12 @@ class StoreLocator(amp.CommandLocator):
                 ],
                 contents,
             )
+            self._transferred(arena, COPY, WRITTEN, total)
+            if self.metrics is not None:
+                self.metrics.file_finished(arena, outcomes.count(None))
             return {"results": [_outcome(o) for o in outcomes]}
 
-        return _respond("WriteFiles", go())
+        return self._respond("WriteFiles", go())
 
     @commands.DeleteFiles.responder
     def delete_files(
@@ -315,9 +354,11 @@ class StoreLocator(amp.CommandLocator):
                 ArenaName(arena),
                 [FileInfo(f["path"], f["size"], f["mtime_ns"]) for f in files],
             )
+            if self.metrics is not None:
+                self.metrics.file_deleted(arena, outcomes.count(None))
             return {"results": [_outcome(o) for o in outcomes]}
 
-        return _respond("DeleteFiles", go())
+        return self._respond("DeleteFiles", go())
 
     @commands.Signature.responder
     def signature(
@@ -329,7 +370,7 @@ class StoreLocator(amp.CommandLocator):
             )
             return {"signature": signature or b"", "present": signature is not None}
 
-        return _respond("Signature", go())
+        return self._respond("Signature", go())
 
     @commands.Diff.responder
     def diff(
@@ -346,9 +387,10 @@ class StoreLocator(amp.CommandLocator):
                 await _send(
                     connection, stream, change[offset : offset + MAX_DATA_FRAME]
                 )
+            self._transferred(arena, DELTA, READ, len(change))
             return {"length": len(change)}
 
-        return _respond("Diff", go())
+        return self._respond("Diff", go())
 
     @commands.ApplyDelta.responder
     def apply_delta(
@@ -376,9 +418,12 @@ class StoreLocator(amp.CommandLocator):
             leaves = await self._store().apply_delta(
                 ArenaName(arena), path, start, end, file_size, b"".join(received)
             )
+            self._transferred(arena, DELTA, WRITTEN, held)
+            if self.metrics is not None:
+                self.metrics.delta_saved(arena, max(0, end - start - held))
             return {"leaves": b"".join(leaves)}
 
-        return _respond("ApplyDelta", go())
+        return self._respond("ApplyDelta", go())
 
     @commands.SetRateLimit.responder
     def set_rate_limit(self, send: int) -> dict[str, Any]:
@@ -444,15 +489,74 @@ async def _send(connection: Connection, stream: int, data: bytes) -> None:
 
 
 @define(eq=False, repr=False)
-class _ConnectionFactory(Factory):
+class ConnectionFactory(Factory):
+    """
+    Builds the protocol over TLS of each accepted connection: the framing
+    layer with the store responders.
+
+    @ivar view: maps an authenticated peer to the store it may use.
+    @ivar lookup: maps a public key (DER SubjectPublicKeyInfo) to a peer.
+    @ivar metrics: counts connections, commands, bytes and files, or
+        C{None}.
+    @ivar connections: the authenticated connections alive now.
+    """
+
     view: Callable[[PeerId], Store]
     lookup: Callable[[bytes], PeerId | None]
+    metrics: DaemonMetrics | None = None
+    connections: set[Connection] = field(factory=set)
     noisy = False
 
+    def close_peers(self, still_allowed: Callable[[PeerId, bytes | None], bool]) -> int:
+        """
+        Close the connections of peers that may no longer connect (after a
+        config reload removed them or changed their key).
+
+        @param still_allowed: tells whether a peer with a key may stay.
+        @return: how many connections were closed.
+        """
+        closed = 0
+        for connection in list(self.connections):
+            peer = connection.peer
+            if peer is not None and not still_allowed(
+                peer, peer_spki(connection.transport)
+            ):
+                auth_log.warn(
+                    "closing the connection of {peer} at {address}: no longer "
+                    "allowed by the config",
+                    peer=peer,
+                    address=connection.address,
+                    accepted=False,
+                )
+                connection.close()
+                closed += 1
+        return closed
+
     def buildProtocol(self, addr: Any) -> Protocol:
-        locator = StoreLocator(self.view)
+        locator = StoreLocator(self.view, self.metrics)
         connection = Connection(locator, self.lookup)
         locator.connection = connection
+        if self.metrics is not None:
+            # Before the errback below, which consumes the failure.
+            self.metrics.watch_connection(
+                cast("Deferred[str]", connection.handshake), connection.lost
+            )
+
+        def authenticated(peer: PeerId) -> PeerId:
+            self.connections.add(connection)
+            throttle = find_throttle(connection.transport)
+
+            def lost(_: object) -> None:
+                self.connections.discard(connection)
+                if throttle is not None and self.metrics is not None:
+                    self.metrics.throttled(
+                        throttle.producer_pauses, throttle.throttled_seconds
+                    )
+
+            connection.lost.addBoth(lost)
+            return peer
+
+        connection.handshake.addCallback(authenticated)
 
         def rejected(failure: Failure) -> None:
             auth_log.info(
@@ -466,7 +570,11 @@ class _ConnectionFactory(Factory):
         return connection
 
 
-def connection_factory(tls: ServerTLS, view: Callable[[PeerId], Store]) -> Factory:
+def connection_factory(
+    tls: ServerTLS,
+    view: Callable[[PeerId], Store],
+    metrics: DaemonMetrics | None = None,
+) -> ConnectionFactory:
     """
     The factory of the protocol over TLS: the framing layer and the store
     responders of each authenticated connection (what L{server_factory}
@@ -474,8 +582,9 @@ def connection_factory(tls: ServerTLS, view: Callable[[PeerId], Store]) -> Facto
 
     @param tls: the server TLS settings (for the peer lookup).
     @param view: maps an authenticated peer to the store it may use.
+    @param metrics: counts connections, commands, bytes and files.
     """
-    return _ConnectionFactory(view, tls.lookup)
+    return ConnectionFactory(view, tls.lookup, metrics)
 
 
 def server_factory(
@@ -484,6 +593,7 @@ def server_factory(
     clock: IReactorTime,
     rate_up: int = 0,
     rate_down: int = 0,
+    metrics: DaemonMetrics | None = None,
 ) -> ThrottlingFactory:
     """
     The factory to listen with: a send/receive throttle on the TCP
@@ -497,10 +607,12 @@ def server_factory(
         peer's SetRateLimit cannot raise), 0 for unlimited.
     @param rate_down: bytes per second each connection reads, 0 for
         unlimited.
-    @return: a factory for any stream endpoint.
+    @param metrics: counts connections, commands, bytes and files.
+    @return: a factory for any stream endpoint; its
+        C{wrappedFactory.wrappedFactory} is the L{ConnectionFactory}.
     """
     return ThrottlingFactory(
-        TLSMemoryBIOFactory(tls, False, connection_factory(tls, view), clock),
+        TLSMemoryBIOFactory(tls, False, connection_factory(tls, view, metrics), clock),
         clock,
         rate_up,
         rate_down,

@@ -212,6 +212,15 @@ class ServerTLS:
             return False
         return True
 
+    def set_key(self, key: Ed25519PrivateKey) -> None:
+        """
+        Use another private key for new connections (a reloaded key file).
+
+        @param key: the new key.
+        """
+        self.key = key
+        self._context = None
+
     def serverConnectionForTLS(
         self, tlsProtocol: TLSMemoryBIOProtocol
     ) -> SSL.Connection:

@@ -68,8 +68,17 @@ def retry_delay(attempt: int) -> float:
 
 class JobObserver(MoveObserver, Protocol):
     """
-    A L{MoveObserver} that is also told what the user should know.
+    A L{MoveObserver} that is also told about retries and what the user
+    should know.
     """
+
+    def retrying(self, error: BaseException, delay: float, retry: int) -> None:
+        """
+        An attempt failed with a network error; the next starts in
+        C{delay} seconds.
+
+        @param retry: the number of this retry, from 1.
+        """
 
     def warning(self, message: str) -> None: ...
 
@@ -204,9 +213,7 @@ class MoveJob:
                 delay=delay,
                 attempt=self.retries,
             )
-            self.observer.warning(
-                f"{describe(error)}; retrying in {delay:g} s (retry {self.retries})"
-            )
+            self.observer.retrying(error, delay, self.retries)
             await self._sleep(delay)
 
     async def _attempt(self, source: Store, destination: Store) -> MoveReport:

@@ -84,6 +84,10 @@ class PeerView:
         return f"daemon (as seen by {self.peer})"
 
     def _root(self, arena: ArenaName) -> tuple[LocalStore, ArenaRoot]:
+        if self.peer not in self.service.config.peers:
+            # Removed by a reload while connected: the daemon closes such
+            # connections, and refuses their commands until it has.
+            raise Unauthorized(f"peer {self.peer!r} is no longer in the config")
         config = self.service.config.arenas.get(arena)
         if config is None:
             raise NotFound(f"no arena {arena!r} on this peer")
@@ -99,6 +103,8 @@ class PeerView:
 
     async def arenas(self) -> list[ArenaName]:
         config = self.service.config
+        if self.peer not in config.peers:
+            raise Unauthorized(f"peer {self.peer!r} is no longer in the config")
         return sorted(
             name
             for name, arena in config.arenas.items()

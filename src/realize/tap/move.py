@@ -19,35 +19,44 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.task import react
+from twisted.internet.task import LoopingCall, react
 from twisted.logger import (
-    ILogObserver,
     Logger,
-    LogLevel,
-    formatEvent,
-    globalLogBeginner,
 )
 from twisted.python import usage
 
 from realize.config import Config, load_config, parse_duration, parse_rate
 from realize.errors import ConfigError, RealizeError, SideError, describe
 from realize.interfaces import Store
+from realize.logs import ApplicationLogging, LogOptions, start_logging
+from realize.metrics import MoveMetrics, make_registry
 from realize.model import ArenaName, check_arena_name
 from realize.net.client import connect
 from realize.net.tls import ClientTLS, load_private_key
 from realize.services.job import MoveJob
+from realize.services.mover import FileResult
 from realize.storage.real import LocalStore
 from realize.tap._common import (
     EXIT_CODES,
     EXIT_ERROR,
+    EXIT_METRICS_PUSH,
+    EXIT_OK,
     GnuOptions,
     exit_after_shutdown,
     make_thread_pool,
 )
 from realize.tap.output import Output, make_output
+from realize.web import (
+    DEFAULT_JOB,
+    listen_metrics,
+    make_http_client,
+    parse_metrics_address,
+    push_metrics,
+    pushgateway_url,
+)
 
 if TYPE_CHECKING:
     from twisted.application.service import IService
@@ -58,12 +67,15 @@ log = Logger(namespace="realize.move")
 throttle_log = Logger(namespace="realize.throttle")
 
 
-class MoveOptions(GnuOptions):
+class MoveOptions(GnuOptions, LogOptions):
     """
     Command line of C{realize-move}.
     """
 
     synopsis = "--src PEER --dst PEER [--config FILE] [--privkey FILE] ARENA..."
+
+    #: Log warnings and errors by default: the output shows the rest.
+    default_log_level = "warn"
 
     longdesc = (
         "Move every file of the given arenas from the source peer to the "
@@ -104,6 +116,20 @@ class MoveOptions(GnuOptions):
             "Limit what remote peers send to this process to RATE bytes/s "
             "(asked of them with SetRateLimit).",
         ],
+        [
+            "metrics-addr",
+            None,
+            None,
+            "Serve /metrics (Prometheus) on HOST:PORT while the move runs.",
+        ],
+        [
+            "metrics-pushgateway",
+            None,
+            None,
+            "Push the final metrics to this Pushgateway URL at the end.",
+        ],
+        ["metrics-job", None, DEFAULT_JOB, "Job name of the pushed metrics."],
+        ["metrics-instance", None, None, "Instance label of the pushed metrics."],
         [
             "max-duration",
             None,
@@ -154,6 +180,21 @@ class MoveOptions(GnuOptions):
         both = self["throttle"] or 0
         self["rate_up"] = self["throttle-up"] or both
         self["rate_down"] = self["throttle-down"] or both
+        if self["metrics-addr"] is not None:
+            try:
+                parse_metrics_address(self["metrics-addr"])
+            except RealizeError as e:
+                raise usage.UsageError(str(e)) from None
+        if self["metrics-pushgateway"] is not None:
+            try:
+                pushgateway_url(
+                    self["metrics-pushgateway"],
+                    self["metrics-job"],
+                    self["metrics-instance"],
+                )
+            except (ValueError, RealizeError) as e:
+                raise usage.UsageError(f"--metrics-pushgateway: {e}") from None
+        self["log"] = self.log_settings()
         self["max_duration_text"] = self["max-duration"]
         self["max_duration"] = None
         if self["max-duration"] is not None:
@@ -323,7 +364,20 @@ async def run(reactor: Any, options: MoveOptions, output: Output | None = None) 
             raise
         return source, destination
 
-    job = MoveJob(reactor, open_stores, arenas, output, options["max_duration"])
+    registry = make_registry()
+    metrics = MoveMetrics(registry)
+    observer = _Observers(output, metrics)
+    job = MoveJob(reactor, open_stores, arenas, observer, options["max_duration"])
+    port = None
+    if options["metrics-addr"] is not None:
+        try:
+            port = await listen_metrics(reactor, options["metrics-addr"], registry)
+        except RealizeError as e:
+            pool.stop()
+            output.error(describe(e))
+            return EXIT_ERROR
+    catch_up = LoopingCall(metrics.update, job.stats)
+    catch_up.clock = reactor
 
     def stopper(reason: str) -> Callable[[int, Any], None]:
         def handler(signum: int, frame: Any) -> None:
@@ -336,14 +390,24 @@ async def run(reactor: Any, options: MoveOptions, output: Output | None = None) 
         signal.SIGTERM: signal.signal(signal.SIGTERM, stopper("terminated")),
     }
     started = time.monotonic()
+    metrics.started(reactor.seconds())
+    catch_up.start(1.0, now=False)
     output.start()
+    outcome = "failed"
     try:
         outcome = await job.run()
     finally:
         output.stop()
+        catch_up.stop()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         pool.stop()
+        metrics.update(job.stats)
+        metrics.finished(outcome == "ok")
+        if port is not None:
+            stopped = port.stopListening()
+            if stopped is not None:
+                await stopped
     if outcome in ("ok", "failed") or job.report.results:
         output.summary(job.report, time.monotonic() - started, job.stats)
     for error in job.report.errors:
@@ -357,31 +421,56 @@ async def run(reactor: Any, options: MoveOptions, output: Output | None = None) 
         output.error(f"interrupted; {kept}")
     elif outcome == "terminated":
         output.error(f"terminated; {kept}")
-    return EXIT_CODES[outcome]
+    code = EXIT_CODES[outcome]
+    if options["metrics-pushgateway"] is not None:
+        try:
+            await push_metrics(
+                make_http_client(reactor),
+                options["metrics-pushgateway"],
+                options["metrics-job"],
+                options["metrics-instance"],
+                registry,
+                clock=reactor,
+            )
+        except RealizeError as e:
+            output.error(f"metrics not pushed: {describe(e)}")
+            if code == EXIT_OK:
+                code = EXIT_METRICS_PUSH
+    return code
 
 
-def start_logging(stderr: Any) -> None:
+class _Observers:
     """
-    Log of the console script: warnings and errors of the stores (e.g. a
-    directory skipped because it cannot be read) as one line each on
-    stderr; the move's own failures are shown by the output, not
-    repeated here.  Everything else is discarded (and not buffered: by
-    default twisted.logger keeps the events of a process that never
-    starts logging).
+    The job's observer: the output (what the user sees) and the metrics.
     """
 
-    def observe(event: dict[str, Any]) -> None:
-        level = event.get("log_level")
-        if level is None or level < LogLevel.warn:
-            return
-        if event.get("log_namespace", "").startswith("realize.move"):
-            return
-        text = formatEvent(event)
-        stderr.write(f"realize-move: {level.name}: {text}\n")
+    def __init__(self, output: Output, metrics: MoveMetrics) -> None:
+        self.output = output
+        self.metrics = metrics
 
-    globalLogBeginner.beginLoggingTo(
-        [cast(ILogObserver, observe)], discardBuffer=True, redirectStandardIO=False
-    )
+    def listed(self, arena: ArenaName, files: int, size: int) -> None:
+        self.output.listed(arena, files, size)
+        self.metrics.listed(arena, files, size)
+
+    def file_started(self, arena: ArenaName, path: str, size: int) -> None:
+        self.output.file_started(arena, path, size)
+
+    def transferred(self, arena: ArenaName, path: str, size: int) -> None:
+        self.output.transferred(arena, path, size)
+
+    def file_done(self, result: FileResult) -> None:
+        self.output.file_done(result)
+        self.metrics.file_done(result.arena, result.status)
+
+    def retrying(self, error: BaseException, delay: float, retry: int) -> None:
+        self.output.retrying(error, delay, retry)
+        self.metrics.retried()
+
+    def warning(self, message: str) -> None:
+        self.output.warning(message)
+
+    def error(self, message: str) -> None:
+        self.output.error(message)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -390,14 +479,19 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     @param argv: arguments (default: C{sys.argv[1:]}).
     """
-    options = MoveOptions()  # type: ignore[no-untyped-call]
+    options = MoveOptions()
     try:
         options.parseOptions(sys.argv[1:] if argv is None else list(argv))
     except usage.UsageError as e:
         sys.stderr.write(f"realize-move: {e}\nTry realize-move --help.\n")
         sys.exit(EXIT_ERROR)
 
-    start_logging(sys.stderr)
+    settings = options["log"]
+    # The output shows the move's own events (files, failures) already.
+    exclude = (
+        ["realize.move"] if settings.fmt == "text" and not settings.namespaces else []
+    )
+    start_logging(settings.observer(sys.stderr, exclude=exclude))
     # Objects made at start-up live to the end: keep the collector from
     # scanning them again and again while thousands of files move.
     gc.freeze()
@@ -445,7 +539,10 @@ def makeService(options: MoveOptions) -> IService:
 
             reactor.callWhenRunning(go)
 
-    return MoveService()
+    settings = options["log"]
+    return ApplicationLogging(
+        MoveService(), settings.observer(sys.__stderr__ or sys.stderr)
+    )
 
 
 #: The name twistd's ServiceMaker looks for.

@@ -75,6 +75,9 @@ class Output:
         self.stderr.write(f"realize-move: warning: {message}\n")
         self.stderr.flush()
 
+    def retrying(self, error: BaseException, delay: float, retry: int) -> None:
+        self.warning(f"{describe(error)}; retrying in {delay:g} s (retry {retry})")
+
     def listed(self, arena: ArenaName, files: int, size: int) -> None:
         pass
 

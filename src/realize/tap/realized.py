@@ -13,20 +13,26 @@ the process with exit code 1 and one line naming the problem.
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
+from attrs import define, field
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet import endpoints
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python import usage
 
 from realize.config import Config, load_config
 from realize.errors import RealizeError
+from realize.logs import ApplicationLogging, LogOptions
+from realize.metrics import DaemonMetrics, make_registry
 from realize.model import PeerId
-from realize.net.server import server_factory
+from realize.net.server import ConnectionFactory, server_factory
+from realize.net.throttle import ThrottlingFactory
 from realize.net.tls import ServerTLS, load_private_key
 from realize.services.store import StoreService
 from realize.tap._common import (
@@ -35,6 +41,7 @@ from realize.tap._common import (
     ThreadPoolService,
     exit_after_shutdown,
 )
+from realize.web import metrics_endpoint, metrics_site, parse_metrics_address
 
 __all__ = ["DaemonOptions", "main", "makeService"]
 
@@ -43,7 +50,7 @@ log = Logger(namespace="realize.daemon")
 DEFAULT_LISTEN = "tcp:9771:interface=\\:\\:"
 
 
-class DaemonOptions(GnuOptions):
+class DaemonOptions(GnuOptions, LogOptions):
     """
     Command line of C{realized}.
     """
@@ -60,12 +67,24 @@ class DaemonOptions(GnuOptions):
             "Twisted server endpoint to listen on, e.g. tcp:9771:interface=127.0.0.1 "
             "or systemd:domain=INET6:index=0.",
         ],
+        [
+            "metrics-addr",
+            None,
+            None,
+            "Serve /metrics (Prometheus) on HOST:PORT; other paths answer 401.",
+        ],
     ]
 
     def postOptions(self) -> None:
         for name in ("config", "privkey"):
             if not self[name]:
                 raise usage.UsageError(f"--{name} is required")
+        if self["metrics-addr"] is not None:
+            try:
+                parse_metrics_address(self["metrics-addr"])
+            except RealizeError as e:
+                raise usage.UsageError(str(e)) from None
+        self["log"] = self.log_settings()
 
 
 class _ListenService(Service):
@@ -74,18 +93,28 @@ class _ListenService(Service):
     exit code 1 and a clear message.
     """
 
-    def __init__(self, reactor: Any, description: str, factory: Any) -> None:
+    def __init__(
+        self, reactor: Any, description: str, factory: Any, what: str = "listening"
+    ) -> None:
         self.reactor = reactor
         self.description = description
         self.factory = factory
+        self.what = what
         self.port: IListeningPort | None = None
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
         try:
             endpoint = endpoints.serverFromString(self.reactor, self.description)
+        except IndexError:
+            # systemd:... with no (or no such) socket passed by systemd.
+            self._fail(
+                f"no socket for {self.description!r}: run under systemd socket "
+                "activation with the socket named in the unit"
+            )
+            return
         except (ValueError, KeyError, TypeError) as e:
-            self._fail(f"bad --listen endpoint {self.description!r}: {e}")
+            self._fail(f"bad endpoint {self.description!r}: {e}")
             return
         d = endpoint.listen(self.factory)
 
@@ -96,7 +125,8 @@ class _ListenService(Service):
             # place: from then on the daemon is ready and stops cleanly.
             self.reactor.callWhenRunning(
                 log.info,
-                "listening on {address}",
+                "{what} on {address}",
+                what=self.what,
                 address=f"{getattr(host, 'host', '?')}:{getattr(host, 'port', '?')}",
             )
 
@@ -128,7 +158,96 @@ def _fail(message: str) -> None:
     sys.exit(EXIT_ERROR)
 
 
-def make_daemon(reactor: Any, config: Config, key: Any, listen: str) -> MultiService:
+@define(eq=False)
+class ReloadService(Service):
+    """
+    Re-reads the config and the key file on SIGHUP (#sighup): arenas and
+    peers added, removed or changed apply to new commands at once, the
+    connections of peers removed (or whose key changed) are closed, the
+    others stay; new connections use the new key and limits.  A config or
+    key that cannot be read or is invalid is logged and the old ones stay
+    in force.
+
+    @ivar reactor: the reactor (signals, threads).
+    @ivar config_path: the config file.
+    @ivar key_path: the private key file.
+    @ivar store: the store service to reconfigure.
+    @ivar tls: the server TLS settings (the key).
+    @ivar connections: the live connections (to close removed peers').
+    @ivar throttle: the listening factory's throttle (the default limits).
+    @ivar run_in_thread: reads the files off the reactor thread.
+    """
+
+    reactor: Any
+    config_path: str
+    key_path: str
+    store: StoreService
+    tls: ServerTLS
+    connections: ConnectionFactory
+    throttle: ThrottlingFactory
+    run_in_thread: Any
+    _previous: Any = field(default=None, init=False)
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+
+        def hangup(signum: int, frame: Any) -> None:
+            self.reactor.callFromThread(self.reload)
+
+        self._previous = signal.signal(signal.SIGHUP, hangup)
+
+    def stopService(self) -> Any:
+        super().stopService()  # type: ignore[no-untyped-call]
+        if self._previous is not None:
+            signal.signal(signal.SIGHUP, self._previous)
+            self._previous = None
+        return None
+
+    def reload(self) -> Deferred[None]:
+        """
+        Re-read and apply the config and the key.
+
+        @return: a Deferred that fires once applied or refused (it never
+            fails: errors are logged).
+        """
+        return Deferred.fromCoroutine(self._reload())
+
+    async def _reload(self) -> None:
+        try:
+            config = await self.run_in_thread(load_config, self.config_path)
+            key = await self.run_in_thread(load_private_key, self.key_path)
+        except RealizeError as e:
+            log.error(
+                "config not reloaded: {error}; the old one stays in force",
+                error=str(e),
+            )
+            return
+        self.store.reconfigure(config)
+        self.tls.set_key(key)
+        self.throttle.rate_up = config.limits.throttle_up
+        self.throttle.rate_down = config.limits.throttle_down
+        keys = {peer.id: peer.spki for peer in config.peers.values()}
+        closed = self.connections.close_peers(lambda peer, spki: keys.get(peer) == spki)
+        log.info(
+            "reloaded {config}: {peers} peer(s), {arenas} arena(s); "
+            "{closed} connection(s) of removed peers closed",
+            config=self.config_path,
+            peers=len(config.peers),
+            arenas=len(config.arenas),
+            closed=closed,
+        )
+
+
+def make_daemon(
+    reactor: Any,
+    config: Config,
+    key: Any,
+    listen: str,
+    *,
+    config_path: str | None = None,
+    key_path: str | None = None,
+    metrics_addr: str | None = None,
+) -> MultiService:
     """
     Assemble the daemon.
 
@@ -136,6 +255,10 @@ def make_daemon(reactor: Any, config: Config, key: Any, listen: str) -> MultiSer
     @param config: the config.
     @param key: this peer's private key.
     @param listen: endpoint string to listen on.
+    @param config_path: the config file, to re-read on SIGHUP (no reload
+        without it).
+    @param key_path: the key file, to re-read on SIGHUP.
+    @param metrics_addr: C{HOST:PORT} to serve /metrics on, or C{None}.
     @return: the daemon's service, not started.
     """
     top = MultiService()
@@ -148,6 +271,8 @@ def make_daemon(reactor: Any, config: Config, key: Any, listen: str) -> MultiSer
     def lookup(spki: bytes) -> PeerId | None:
         return store.config.peer_by_spki().get(spki)
 
+    registry = make_registry()
+    metrics = DaemonMetrics(registry)
     tls = ServerTLS(key, lookup)
     factory = server_factory(
         tls,
@@ -155,14 +280,37 @@ def make_daemon(reactor: Any, config: Config, key: Any, listen: str) -> MultiSer
         reactor,
         config.limits.throttle_up,
         config.limits.throttle_down,
+        metrics,
     )
+    if config_path is not None and key_path is not None:
+        top.addService(
+            ReloadService(
+                reactor,
+                config_path,
+                key_path,
+                store,
+                tls,
+                cast(ConnectionFactory, factory.wrappedFactory.wrappedFactory),  # type: ignore[attr-defined]
+                factory,
+                threads.run_in_thread,
+            )
+        )
+    if metrics_addr is not None:
+        top.addService(
+            _ListenService(
+                reactor,
+                metrics_endpoint(metrics_addr),
+                metrics_site(registry),
+                "serving metrics",
+            )
+        )
     top.addService(_ListenService(reactor, listen, factory))
     return top
 
 
 def makeService(options: DaemonOptions) -> IService:
     """
-    The twistd plugin's service.
+    The twistd plugin's service, logging as the options say.
 
     Exits the process with code 1 and a message on a bad config or key.
     """
@@ -173,7 +321,16 @@ def makeService(options: DaemonOptions) -> IService:
         key = load_private_key(options["privkey"])
     except RealizeError as e:
         _fail(str(e))
-    return make_daemon(reactor, config, key, options["listen"])
+    daemon = make_daemon(
+        reactor,
+        config,
+        key,
+        options["listen"],
+        config_path=options["config"],
+        key_path=options["privkey"],
+        metrics_addr=options["metrics-addr"],
+    )
+    return ApplicationLogging(daemon, options["log"].observer(sys.stdout))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
