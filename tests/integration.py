@@ -82,6 +82,39 @@ class Run:
         return f"<Run exit={self.code}\nstdout:\n{self.out}\nstderr:\n{self.err}>"
 
 
+class Running:
+    """
+    A command running in the background: signal it, wait for its output
+    or its end.
+    """
+
+    def __init__(self, args: list[str]) -> None:
+        self._collector = _Collector()
+        self._collector.listening.addErrback(lambda _: None)
+        self.transport = reactor.spawnProcess(  # type: ignore[attr-defined]
+            self._collector, args[0], args, env=dict(os.environ)
+        )
+        self.ended: Deferred[Run] = self._collector.ended.addCallback(
+            lambda code: Run(code, self._collector.out, self._collector.err)
+        )
+
+    async def wait_for(self, text: bytes, seconds: float) -> None:
+        """
+        Wait until the output holds C{text}, for at least C{seconds}.
+        """
+        from twisted.internet.task import deferLater
+
+        await deferLater(reactor, seconds, lambda: None)
+        while text not in self._collector.out + self._collector.err:
+            await deferLater(reactor, 0.05, lambda: None)
+
+    def signal(self, name: str) -> None:
+        """
+        Send a signal (C{"INT"}, C{"TERM"}, ...).
+        """
+        self.transport.signalProcess(name)
+
+
 def run_command(args: list[str], env: dict[str, str] | None = None) -> Deferred[Run]:
     """
     Run a command to its end.
@@ -121,6 +154,8 @@ class Household:
         os.makedirs(self.source)
         os.makedirs(self.destination)
         self.port = 0
+        #: How a's config gives b's address; {port} is replaced.
+        self.address = "127.0.0.1:{port}"
         self.daemon: _Collector | None = None
         self.daemon_transport: Any = None
 
@@ -150,12 +185,17 @@ class Household:
         return self.write_config(
             "a.toml",
             f'[peers.a]\npubkey = """{self.pub("a")}"""\n'
-            f'[peers.b]\naddress = "127.0.0.1:{self.port}"\n'
+            f'[peers.b]\naddress = "{self.address.format(port=self.port)}"\n'
             f'pubkey = """{self.pub("b")}"""\n'
             f'[[arena]]\nname = "{self.arena}"\ndatadir = "{self.source}"\n',
         )
 
-    async def start_daemon(self, *extra: str, command: list[str] | None = None) -> int:
+    async def start_daemon(
+        self,
+        *extra: str,
+        command: list[str] | None = None,
+        listen: str = "tcp:0:interface=127.0.0.1",
+    ) -> int:
         """
         Start C{realized} for b on a free loopback port.
 
@@ -170,7 +210,7 @@ class Household:
             "--privkey",
             self.key("b"),
             "--listen",
-            "tcp:0:interface=127.0.0.1",
+            listen,
             *extra,
         ]
         self.daemon_transport = reactor.spawnProcess(  # type: ignore[attr-defined]
@@ -202,28 +242,39 @@ class Household:
             return code
         return await daemon.ended
 
+    def _move_args(
+        self, args: tuple[str, ...], key: str, command: list[str] | None
+    ) -> list[str]:
+        return [
+            *(command or REALIZE_MOVE),
+            "--src",
+            "local",
+            "--dst",
+            "b",
+            "--config",
+            self.client_config(),
+            "--privkey",
+            self.key(key),
+            "--output",
+            "log",
+            *args,
+        ]
+
     def move(
         self, *args: str, key: str = "a", command: list[str] | None = None
     ) -> Deferred[Run]:
         """
         Run realize-move from a's local arena to b.
         """
-        return run_command(
-            [
-                *(command or REALIZE_MOVE),
-                "--src",
-                "local",
-                "--dst",
-                "b",
-                "--config",
-                self.client_config(),
-                "--privkey",
-                self.key(key),
-                "--output",
-                "log",
-                *args,
-            ]
-        )
+        return run_command(self._move_args(args, key, command))
+
+    def spawn_move(
+        self, *args: str, key: str = "a", command: list[str] | None = None
+    ) -> Running:
+        """
+        Start realize-move from a's local arena to b, without waiting.
+        """
+        return Running(self._move_args(args, key, command))
 
 
 def move_from_daemon(household: Household, *args: str) -> Deferred[Run]:

@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 import random
 import re
+import socket
 import time
+from typing import Any
 
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
 from .integration import (
     REALIZE_MOVE,
@@ -304,3 +306,104 @@ class DaemonIntegrationTests(TestCase):
         assert daemon is not None
         self.assertEqual(await household.stop_daemon(), -15)
         self.assertIn(b"Server Shut Down", daemon.out, daemon.out + daemon.err)
+
+
+class SignalIntegrationTests(TestCase):
+    """
+    SIGINT, SIGTERM and --max-duration end a running realize-move at once,
+    with their exit codes, through the console script and twistd alike.
+    """
+
+    timeout = 90
+
+    async def _slow_move(self, household: Household, *args: str, **kw: Any) -> Any:
+        with open(os.path.join(household.source, "slow.bin"), "wb") as f:
+            f.write(os.urandom(8 << 20))
+        await household.start_daemon()
+        return household.spawn_move("docs", "--throttle-up", "1M", *args, **kw)
+
+    async def _signal(
+        self, name: str, code: int, command: list[str] | None = None
+    ) -> None:
+        household = Household(self)
+        process = await self._slow_move(household, command=command)
+        # Long enough for the first 1 MiB data frames to reach the daemon.
+        await process.wait_for(b"", seconds=2.5)
+        started = time.monotonic()
+        process.signal(name)
+        run = await process.ended
+        elapsed = time.monotonic() - started
+        self.assertEqual(run.code, code, run)
+        self.assertLess(elapsed, 1.0, run)
+        self.assertIn("partial files are kept", run.err)
+        # The partial file stays, the source too: the next run resumes.
+        self.assertTrue(os.path.exists(os.path.join(household.source, "slow.bin")))
+        self.assertEqual(list(read_tree(household.destination)), [".slow.bin.part"])
+        run = await household.move("docs")
+        self.assertEqual(run.code, 0, run)
+
+    async def test_sigint(self) -> None:
+        """
+        SIGINT ends the move within a second with exit 20; partials stay.
+        """
+        await self._signal("INT", 20)
+
+    async def test_sigterm(self) -> None:
+        """
+        SIGTERM ends the move within a second with exit 143; partials stay.
+        """
+        await self._signal("TERM", 143)
+
+    async def test_sigint_twistd(self) -> None:
+        """
+        Under twistd, SIGINT gives the same exit code, 20.
+        """
+        await self._signal(
+            "INT", 20, command=[*TWISTD, "-n", "--pidfile=", "realize-move"]
+        )
+
+    async def test_max_duration(self) -> None:
+        """
+        --max-duration ends the move with exit 11 and says so.
+        """
+        household = Household(self)
+        process = await self._slow_move(household, "--max-duration", "2s")
+        run = await process.ended
+        self.assertEqual(run.code, 11, run)
+        self.assertIn("--max-duration 2s reached", run.err)
+
+
+class AddressIntegrationTests(TestCase):
+    """
+    IPv6 listening and names that resolve to both families (#ipv64).
+    """
+
+    timeout = 60
+
+    async def _move_to(self, listen: str, address: str) -> None:
+        household = Household(self)
+        files = make_tree(household.source, big=1000)
+        try:
+            await household.start_daemon(listen=listen)
+        except RuntimeError as e:
+            raise SkipTest(f"cannot listen on {listen}: {e}") from None
+        household.address = address
+        run = await household.move("docs")
+        self.assertEqual(run.code, 0, run)
+        self.assertEqual(read_tree(household.destination), files)
+
+    async def test_ipv6(self) -> None:
+        """
+        realized listens on an IPv6 endpoint and a [::1]:port address
+        reaches it.
+        """
+        if not socket.has_ipv6:
+            raise SkipTest("no IPv6 on this machine")
+        await self._move_to("tcp6:0:interface=\\:\\:1", "[::1]:{port}")
+
+    async def test_localhost_both_families(self) -> None:
+        """
+        A daemon on IPv4 only is reached at localhost:port, a name that
+        may resolve to ::1 first: HostnameEndpoint tries both families.
+        """
+        await self._move_to("tcp:0:interface=127.0.0.1", "localhost:{port}")

@@ -363,7 +363,10 @@ class Store(Protocol):
         @return: per file, C{None} or its error.
         """
 
-    async def close(self) -> None:
+    async def close(self, abort: bool = False) -> None:
         """
         Release connections and threads.
+
+        @param abort: drop the connection at once, without flushing what
+            is still queued (the move was stopped).
         """

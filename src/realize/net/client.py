@@ -544,9 +544,9 @@ class RemoteStore:
         answer = await self._call(commands.SetRateLimit, send=send)
         return int(answer["send"])
 
-    async def close(self) -> None:
+    async def close(self, abort: bool = False) -> None:
         if not self.connection.lost.called:
-            self.connection.close()
+            self.connection.close(abort)
             await self.connection.lost
 
 

@@ -338,11 +338,14 @@ class Connection(Protocol):
         )
         self.handshake.callback(peer)
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
         """
-        Close the connection cleanly: unregister as the transport's
-        producer (TLS does not shut down while a producer is registered),
-        then lose the connection.
+        Close the connection: unregister as the transport's producer (TLS
+        does not shut down while a producer is registered), then lose the
+        connection cleanly, or abort it.
+
+        @param abort: drop it at once, with whatever is still queued to
+            send (a throttled connection may hold a second or more).
         """
         transport = self.transport
         if transport is None or self._lost:
@@ -350,7 +353,10 @@ class Connection(Protocol):
         if self._registered:
             self._registered = False
             transport.unregisterProducer()
-        transport.loseConnection()
+        if abort:
+            transport.abortConnection()
+        else:
+            transport.loseConnection()
 
     def connectionLost(self, reason: Failure = Failure(Exception("lost"))) -> None:  # noqa: B008
         self._lost = True

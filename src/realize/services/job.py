@@ -188,7 +188,7 @@ class MoveJob:
                 finally:
                     for store in (source, destination):
                         with contextlib.suppress(Exception):
-                            await store.close()
+                            await store.close(abort=self._stopped is not None)
                 moved = [r for r in self.report.results if r.status == MOVED]
                 self.report = MoveReport(
                     results=moved + report.results, errors=report.errors

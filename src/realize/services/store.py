@@ -211,5 +211,5 @@ class PeerView:
     ) -> list[RealizeError | None]:
         return await self._store(arena).delete_files(arena, files)
 
-    async def close(self) -> None:
+    async def close(self, abort: bool = False) -> None:
         pass

@@ -313,5 +313,5 @@ class FaultyStore:
 
         return call
 
-    async def close(self) -> None:
-        await self.inner.close()
+    async def close(self, abort: bool = False) -> None:
+        await self.inner.close(abort)

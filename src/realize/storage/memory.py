@@ -420,5 +420,5 @@ class MemoryStore:
                 results.append(e)
         return results
 
-    async def close(self) -> None:
+    async def close(self, abort: bool = False) -> None:
         pass

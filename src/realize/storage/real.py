@@ -1716,5 +1716,5 @@ class LocalStore:
     ) -> list[RealizeError | None]:
         return await self.run_in_thread(self.root(arena).delete_files, list(files))
 
-    async def close(self) -> None:
+    async def close(self, abort: bool = False) -> None:
         pass

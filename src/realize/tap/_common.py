@@ -66,6 +66,14 @@ def make_thread_pool(reactor: Any, name: str) -> tuple[ThreadPool, RunInThread]:
     """
     pool = ThreadPool(minthreads=0, maxthreads=IO_THREADS, name=name)
     pool.start()
+
+    # Whatever stops the reactor, its threads must not keep the process
+    # alive (stopping twice is harmless).
+    def stop() -> None:
+        if not pool.joined:
+            pool.stop()
+
+    reactor.addSystemEventTrigger("during", "shutdown", stop)
     return pool, functools.partial(deferToThreadPool, reactor, pool)
 
 

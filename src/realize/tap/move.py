@@ -385,10 +385,18 @@ async def run(reactor: Any, options: MoveOptions, output: Output | None = None) 
 
         return handler
 
-    previous = {
-        signal.SIGINT: signal.signal(signal.SIGINT, stopper("interrupted")),
-        signal.SIGTERM: signal.signal(signal.SIGTERM, stopper("terminated")),
-    }
+    previous: dict[int, Any] = {}
+
+    def install() -> None:
+        # Once the reactor runs: starting, it installs its own SIGTERM
+        # handler over any other (task.react runs us before that).
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, stopper("interrupted"))
+        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, stopper("terminated"))
+
+    if reactor.running:
+        install()
+    else:
+        reactor.callWhenRunning(install)
     started = time.monotonic()
     metrics.started(reactor.seconds())
     catch_up.start(1.0, now=False)
@@ -401,7 +409,8 @@ async def run(reactor: Any, options: MoveOptions, output: Output | None = None) 
         catch_up.stop()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        pool.stop()
+        if not pool.joined:
+            pool.stop()
         metrics.update(job.stats)
         metrics.finished(outcome == "ok")
         if port is not None:
