@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -288,7 +289,7 @@ class Realize:
             time.sleep(0.05)
         raise SystemExit("realized did not start")
 
-    def move(self, source: str, destination: str) -> Result:
+    def move(self, source: str, destination: str, extra: Sequence[str] = ()) -> Result:
         self.start(destination)
         try:
             config = os.path.join(self.work, "a.toml")
@@ -314,6 +315,7 @@ class Realize:
                     os.path.join(self.work, "a.key"),
                     "--output",
                     "quiet",
+                    *extra,
                     "bench",
                 ]
             )

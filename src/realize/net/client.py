@@ -31,7 +31,14 @@ from realize.errors import (
     RealizeError,
 )
 from realize.hashing import DIGEST_SIZE
-from realize.interfaces import ChunkList, FileState, SmallFile, SmallRead, WriteResult
+from realize.interfaces import (
+    ChunkList,
+    FileState,
+    RunInThread,
+    SmallFile,
+    SmallRead,
+    WriteResult,
+)
 from realize.model import ArenaName, FileInfo
 from realize.net import commands
 from realize.net.protocol import (
@@ -327,7 +334,7 @@ class RemoteStore:
                 if answer.called:
                     # The destination answered before the end: an error.
                     break
-                connection.send_data(WRITE_DATA, stream, chunk)
+                await connection.send_chunk(WRITE_DATA, stream, chunk)
                 if (wait := connection.writable()) is not None:
                     await wait
             else:
@@ -336,9 +343,11 @@ class RemoteStore:
             # The source (or the connection) failed: its error is raised,
             # the answer is not awaited, so it must not be left unhandled.
             connection.end_write(stream, False)
+            connection.forget_stream(WRITE_DATA, stream)
             answer.addErrback(lambda _: None)
             raise
         connection.end_write(stream, ok)
+        connection.forget_stream(WRITE_DATA, stream)
         try:
             return await answer
         except Exception:
@@ -534,6 +543,17 @@ class RemoteStore:
             _split_leaves(answer["leaves"]), answer["size"], answer["mtime_ns"]
         )
 
+    async def set_compression(self, level: int = 3) -> None:
+        """
+        Compress the data of this connection with zstd, both ways
+        (SetCompression); needs a thread runner on the connection.
+
+        @param level: zstd level, 1 (fast) to 19.
+        """
+        await self._call(commands.SetCompression, algorithm="zstd", level=level)
+        self.connection.compression = True
+        self.connection.compression_level = level
+
     async def set_rate_limit(self, send: int) -> int:
         """
         Ask the peer to send at most C{send} bytes per second on this
@@ -556,6 +576,7 @@ async def connect(
     tls: ClientTLS,
     timeout: float = CONNECT_TIMEOUT,
     rate_up: int = 0,
+    run_in_thread: RunInThread | None = None,
 ) -> RemoteStore:
     """
     Connect to a listening peer and authenticate it.
@@ -566,6 +587,8 @@ async def connect(
     @param peer: the peer; must have an address.
     @param tls: client TLS settings expecting that peer's key.
     @param timeout: seconds to wait for the TCP connection.
+    @param run_in_thread: runs compression and decompression of data
+        chunks off the reactor thread.
     @param rate_up: bytes per second this side may send on the connection,
         0 for unlimited (a L{ThrottlingFactory} under TLS, so wire bytes
         are counted).
@@ -585,7 +608,9 @@ async def connect(
         TLSMemoryBIOFactory(
             tls,
             True,
-            Factory.forProtocol(lambda: Connection(amp.CommandLocator(), lookup)),
+            Factory.forProtocol(
+                lambda: Connection(amp.CommandLocator(), lookup, run_in_thread)
+            ),
             reactor,
         ),
         reactor,

@@ -42,6 +42,7 @@ __all__ = [
     "Read",
     "ReadFiles",
     "Records",
+    "SetCompression",
     "SetRateLimit",
     "Signature",
     "Truncate",
@@ -460,3 +461,15 @@ class SetRateLimit(_StoreCommand):
 
     arguments = [(b"send", Integer())]
     response = [(b"send", Integer()), (b"receive", Integer())]
+
+
+class SetCompression(_StoreCommand):
+    """
+    Compress the data chunks of this connection with C{algorithm} (only
+    C{zstd}) at C{level}: the answering side compresses what it sends, and
+    the caller may compress what it sends once answered.  Chunks that do
+    not shrink travel as they are.
+    """
+
+    arguments = [(b"algorithm", Unicode()), (b"level", Integer())]
+    response = [(b"algorithm", Unicode())]

@@ -19,6 +19,11 @@ all big-endian.  Kinds:
     - C{READ_DATA} (3): a chunk of data answering a command the receiver
       called (Read, List): the receiver allocated the stream id.
     - C{READ_CANCEL} (4): the caller of a Read no longer wants its data.
+    - C{WRITE_DATA_Z} (5), C{READ_DATA_Z} (6): as C{WRITE_DATA} and
+      C{READ_DATA}, the payload compressed with zstd (one zstd frame that
+      declares its size, at most L{MAX_DATA_FRAME} once decompressed).
+      Sent only on a connection where the caller asked for compression
+      (SetCompression); a receiver accepts them on any connection.
 
 Frames are ordered on the connection, so the data of a Read is complete
 when its AMP answer arrives, and the data of a Write cannot arrive before
@@ -37,10 +42,12 @@ from its transport, so neither side buffers more than a bounded window.
 from __future__ import annotations
 
 import struct
+import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
+import zstandard
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Protocol
@@ -50,6 +57,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from realize.errors import BadRequest, Conflict, NetworkError
+from realize.interfaces import RunInThread
 from realize.model import CHUNK_SIZE, FileInfo, PeerId
 from realize.net.tls import auth_log, fingerprint, peer_spki
 
@@ -57,7 +65,9 @@ __all__ = [
     "BOX",
     "READ_CANCEL",
     "READ_DATA",
+    "READ_DATA_Z",
     "WRITE_DATA",
+    "WRITE_DATA_Z",
     "WRITE_END",
     "Connection",
     "Inbox",
@@ -72,6 +82,51 @@ WRITE_DATA = 1
 WRITE_END = 2
 READ_DATA = 3
 READ_CANCEL = 4
+WRITE_DATA_Z = 5
+READ_DATA_Z = 6
+
+#: Compress a data chunk only if it is at least this long.
+COMPRESS_MIN = 4096
+
+#: Give up compressing a stream after this many chunks that did not shrink
+#: by at least a tenth (random or already compressed data).
+COMPRESS_MISSES = 2
+
+_compressors = threading.local()
+
+
+def compress(data: bytes, level: int = 3) -> bytes:
+    """
+    Compress a chunk with zstd (call from a thread).
+
+    @param data: the chunk.
+    @param level: zstd level.
+    @return: one zstd frame that declares its content size.
+    """
+    compressor = getattr(_compressors, "compressor", None)
+    if compressor is None or getattr(_compressors, "level", None) != level:
+        compressor = zstandard.ZstdCompressor(level=level, write_content_size=True)
+        _compressors.compressor = compressor
+        _compressors.level = level
+    return bytes(compressor.compress(data))
+
+
+def decompress(data: bytes) -> bytes:
+    """
+    Decompress a chunk made by L{compress}.
+
+    @raise BadRequest: if it is not one zstd frame of at most
+        L{MAX_DATA_FRAME} bytes (a peer cannot make us allocate more).
+    """
+    try:
+        size = zstandard.frame_content_size(data)
+        if size < 0 or size > MAX_DATA_FRAME:
+            raise BadRequest(f"compressed frame of {size} bytes refused")
+        out = zstandard.ZstdDecompressor().decompress(data, max_output_size=size)
+    except zstandard.ZstdError as e:
+        raise BadRequest(f"malformed compressed frame: {e}") from None
+    return bytes(out)
+
 
 _HEADER = struct.Struct("!BII")
 _HEADER_SIZE = _HEADER.size
@@ -158,7 +213,7 @@ class Inbox:
 
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
-        self._chunks: deque[bytes] = deque()
+        self._chunks: deque[tuple[bytes, bool]] = deque()
         self._held = 0
         self._over = False
         self._waiter: Deferred[None] | None = None
@@ -166,13 +221,16 @@ class Inbox:
         self._error: BaseException | None = None
         self.received = 0
 
-    def put(self, chunk: bytes) -> None:
+    def put(self, chunk: bytes, compressed: bool = False) -> None:
         """
         Add a chunk received from the network.
+
+        @param compressed: the chunk is compressed (L{compress}); it is
+            decompressed (in a thread) when consumed.
         """
         if self._closed:
             return
-        self._chunks.append(chunk)
+        self._chunks.append((chunk, compressed))
         self._held += len(chunk)
         self.received += len(chunk)
         if not self._over and self._held > self.HIGH:
@@ -223,10 +281,15 @@ class Inbox:
                 raise StopAsyncIteration
             self._waiter = Deferred()
             await self._waiter
-        chunk = self._chunks.popleft()
+        chunk, compressed = self._chunks.popleft()
         self._held -= len(chunk)
         if self._over and self._held < self.LOW:
             self._release()
+        if compressed:
+            run = self._connection.run_in_thread
+            if run is None:
+                return decompress(chunk)
+            return await run(decompress, chunk)
         return chunk
 
 
@@ -278,8 +341,11 @@ class Connection(Protocol):
         self,
         locator: amp.CommandLocator,
         lookup: Callable[[bytes], PeerId | None],
+        run_in_thread: RunInThread | None = None,
     ) -> None:
         self.amp = amp.AMP(locator=locator)
+        #: Runs compression and decompression off the reactor thread.
+        self.run_in_thread = run_in_thread
         self.locator = locator
         self._lookup = lookup
         self.peer: PeerId | None = None
@@ -304,6 +370,12 @@ class Connection(Protocol):
         self._lost_error: NetworkError | None = None
         self._aborted = False
         self._registered = False
+        #: Whether this side compresses the data it sends (SetCompression).
+        self.compression = False
+        self.compression_level = 3
+        #: Bytes compression spared sending.
+        self.compressed_saved = 0
+        self._misses: dict[tuple[int, int], int] = {}
 
     # -- connection lifecycle -------------------------------------------
 
@@ -395,7 +467,7 @@ class Connection(Protocol):
                 kind, stream, length = _HEADER.unpack(self._header)
                 self._header = b""
                 limit = MAX_BOX_FRAME if kind == BOX else MAX_DATA_FRAME
-                if kind > READ_CANCEL or length > limit:
+                if kind > READ_DATA_Z or length > limit:
                     log.warn(
                         "dropping connection from {peer}: bad frame "
                         "(kind {kind}, {length} bytes)",
@@ -434,11 +506,11 @@ class Connection(Protocol):
                 self._abort()
                 return
             self.amp.dataReceived(payload)
-        elif kind == WRITE_DATA:
+        elif kind in (WRITE_DATA, WRITE_DATA_Z):
             self.bytes_received += len(payload)
             inbox = self._incoming.get(self._stream)
             if inbox is not None:
-                inbox.put(payload)
+                inbox.put(payload, kind == WRITE_DATA_Z)
         elif kind == WRITE_END:
             inbox = self._incoming.pop(self._stream, None)
             if inbox is not None:
@@ -447,11 +519,11 @@ class Connection(Protocol):
                     if payload == _END_OK
                     else Conflict("the sender aborted the write stream")
                 )
-        elif kind == READ_DATA:
+        elif kind in (READ_DATA, READ_DATA_Z):
             self.bytes_received += len(payload)
             inbox = self._reading.get(self._stream)
             if inbox is not None:
-                inbox.put(payload)
+                inbox.put(payload, kind == READ_DATA_Z)
         elif kind == READ_CANCEL:
             self._cancelled.add(self._stream)
 
@@ -556,6 +628,41 @@ class Connection(Protocol):
         view = memoryview(data)
         for offset in range(0, len(data), MAX_DATA_FRAME):
             self.send_frame(kind, stream, bytes(view[offset : offset + MAX_DATA_FRAME]))
+
+    async def send_chunk(self, kind: int, stream: int, data: bytes) -> None:
+        """
+        Send a chunk of a stream (C{WRITE_DATA} or C{READ_DATA}),
+        compressed in a thread if this connection compresses and the
+        chunk shrinks; a stream whose chunks do not shrink is no longer
+        compressed.
+
+        @param kind: C{WRITE_DATA} or C{READ_DATA}.
+        """
+        key = (kind, stream)
+        if (
+            not self.compression
+            or self.run_in_thread is None
+            or len(data) < COMPRESS_MIN
+            or len(data) > MAX_DATA_FRAME
+            or self._misses.get(key, 0) >= COMPRESS_MISSES
+        ):
+            self.send_data(kind, stream, data)
+            return
+        packed = await self.run_in_thread(compress, data, self.compression_level)
+        if len(packed) * 10 > len(data) * 9:
+            self._misses[key] = self._misses.get(key, 0) + 1
+            self.send_data(kind, stream, data)
+            return
+        self.bytes_sent += len(data)
+        self.compressed_saved += len(data) - len(packed)
+        zkind = WRITE_DATA_Z if kind == WRITE_DATA else READ_DATA_Z
+        self.send_frame(zkind, stream, packed)
+
+    def forget_stream(self, kind: int, stream: int) -> None:
+        """
+        Drop what L{send_chunk} remembers of a stream that ended.
+        """
+        self._misses.pop((kind, stream), None)
 
     def end_write(self, stream: int, ok: bool) -> None:
         """

@@ -31,7 +31,7 @@ from realize.errors import (
     NetworkError,
     RealizeError,
 )
-from realize.interfaces import SmallFile, Store
+from realize.interfaces import RunInThread, SmallFile, Store
 from realize.metrics import COPY, DELTA, READ, WRITTEN, DaemonMetrics
 from realize.model import ArenaName, FileInfo, PeerId
 from realize.net import commands
@@ -110,12 +110,15 @@ class StoreLocator(amp.CommandLocator):
 
         async def go() -> dict[str, Any]:
             entries = await self._store().list_files(ArenaName(arena))
-            for chunk in encode_entries(entries):
-                if (wait := connection.writable()) is not None:
-                    await wait
-                if connection.is_cancelled(stream):
-                    break
-                connection.send_data(READ_DATA, stream, chunk)
+            try:
+                for chunk in encode_entries(entries):
+                    if (wait := connection.writable()) is not None:
+                        await wait
+                    if connection.is_cancelled(stream):
+                        break
+                    await connection.send_chunk(READ_DATA, stream, chunk)
+            finally:
+                connection.forget_stream(READ_DATA, stream)
             return {"count": len(entries)}
 
         return self._respond("List", go())
@@ -143,7 +146,7 @@ class StoreLocator(amp.CommandLocator):
                     if connection.is_cancelled(stream):
                         reading.cancel()
                         break
-                    connection.send_data(READ_DATA, stream, chunk)
+                    await connection.send_chunk(READ_DATA, stream, chunk)
                     sent += len(chunk)
                     if (wait := connection.writable()) is not None:
                         await wait
@@ -152,6 +155,7 @@ class StoreLocator(amp.CommandLocator):
                 reading.cancel()
                 raise
             finally:
+                connection.forget_stream(READ_DATA, stream)
                 self._transferred(arena, COPY, READ, sent)
             state = await reading.result()
             return {
@@ -425,6 +429,21 @@ class StoreLocator(amp.CommandLocator):
 
         return self._respond("ApplyDelta", go())
 
+    @commands.SetCompression.responder
+    def set_compression(self, algorithm: str, level: int) -> dict[str, Any]:
+        connection = self.connection
+        assert connection is not None
+        if algorithm != "zstd":
+            raise BadRequest(f"unknown compression {algorithm!r}: only zstd")
+        connection.compression = True
+        connection.compression_level = max(1, min(level, 19))
+        log.info(
+            "{peer} asked for compressed data (zstd level {zstd_level})",
+            peer=connection.peer,
+            zstd_level=connection.compression_level,
+        )
+        return {"algorithm": "zstd"}
+
     @commands.SetRateLimit.responder
     def set_rate_limit(self, send: int) -> dict[str, Any]:
         connection = self.connection
@@ -483,7 +502,7 @@ def _outcome(error: BaseException | None) -> dict[str, Any]:
 
 
 async def _send(connection: Connection, stream: int, data: bytes) -> None:
-    connection.send_data(READ_DATA, stream, data)
+    await connection.send_chunk(READ_DATA, stream, data)
     if (wait := connection.writable()) is not None:
         await wait
 
@@ -498,12 +517,14 @@ class ConnectionFactory(Factory):
     @ivar lookup: maps a public key (DER SubjectPublicKeyInfo) to a peer.
     @ivar metrics: counts connections, commands, bytes and files, or
         C{None}.
+    @ivar run_in_thread: runs compression of data chunks off the reactor.
     @ivar connections: the authenticated connections alive now.
     """
 
     view: Callable[[PeerId], Store]
     lookup: Callable[[bytes], PeerId | None]
     metrics: DaemonMetrics | None = None
+    run_in_thread: RunInThread | None = None
     connections: set[Connection] = field(factory=set)
     noisy = False
 
@@ -534,7 +555,7 @@ class ConnectionFactory(Factory):
 
     def buildProtocol(self, addr: Any) -> Protocol:
         locator = StoreLocator(self.view, self.metrics)
-        connection = Connection(locator, self.lookup)
+        connection = Connection(locator, self.lookup, self.run_in_thread)
         locator.connection = connection
         if self.metrics is not None:
             # Before the errback below, which consumes the failure.
@@ -574,6 +595,7 @@ def connection_factory(
     tls: ServerTLS,
     view: Callable[[PeerId], Store],
     metrics: DaemonMetrics | None = None,
+    run_in_thread: RunInThread | None = None,
 ) -> ConnectionFactory:
     """
     The factory of the protocol over TLS: the framing layer and the store
@@ -584,7 +606,7 @@ def connection_factory(
     @param view: maps an authenticated peer to the store it may use.
     @param metrics: counts connections, commands, bytes and files.
     """
-    return ConnectionFactory(view, tls.lookup, metrics)
+    return ConnectionFactory(view, tls.lookup, metrics, run_in_thread)
 
 
 def server_factory(
@@ -594,6 +616,7 @@ def server_factory(
     rate_up: int = 0,
     rate_down: int = 0,
     metrics: DaemonMetrics | None = None,
+    run_in_thread: RunInThread | None = None,
 ) -> ThrottlingFactory:
     """
     The factory to listen with: a send/receive throttle on the TCP
@@ -612,7 +635,9 @@ def server_factory(
         C{wrappedFactory.wrappedFactory} is the L{ConnectionFactory}.
     """
     return ThrottlingFactory(
-        TLSMemoryBIOFactory(tls, False, connection_factory(tls, view, metrics), clock),
+        TLSMemoryBIOFactory(
+            tls, False, connection_factory(tls, view, metrics, run_in_thread), clock
+        ),
         clock,
         rate_up,
         rate_down,

@@ -131,6 +131,13 @@ class MoveOptions(GnuOptions, LogOptions):
         ["metrics-job", None, DEFAULT_JOB, "Job name of the pushed metrics."],
         ["metrics-instance", None, None, "Instance label of the pushed metrics."],
         [
+            "compress",
+            None,
+            None,
+            "Compress data on the connections with zstd at this level "
+            "(1 fast .. 19 small; 3 is a good start); off by default.",
+        ],
+        [
             "max-duration",
             None,
             None,
@@ -194,6 +201,16 @@ class MoveOptions(GnuOptions, LogOptions):
                 )
             except (ValueError, RealizeError) as e:
                 raise usage.UsageError(f"--metrics-pushgateway: {e}") from None
+        if self["compress"] is not None:
+            try:
+                level = int(self["compress"])
+            except ValueError:
+                level = 0
+            if not 1 <= level <= 19:
+                raise usage.UsageError(
+                    f"--compress {self['compress']!r}: give a zstd level from 1 to 19"
+                )
+            self["compress"] = level
         self["log"] = self.log_settings()
         self["max_duration_text"] = self["max-duration"]
         self["max_duration"] = None
@@ -228,6 +245,7 @@ async def _open_store(
     run_in_thread: Any,
     rate_up: int = 0,
     rate_down: int = 0,
+    compress: int | None = None,
 ) -> Store:
     """
     Open one side of the move.
@@ -268,7 +286,11 @@ async def _open_store(
         key = load_private_key(privkey_path)
         tls = ClientTLS(key, peer_config.spki, peer_config.id)
         try:
-            remote = await connect(reactor, peer_config, tls, rate_up=rate_up)
+            remote = await connect(
+                reactor, peer_config, tls, rate_up=rate_up, run_in_thread=run_in_thread
+            )
+            if compress is not None:
+                await remote.set_compression(compress)
             if rate_up:
                 throttle_log.info(
                     "sending at most {rate} B/s to {peer}",
@@ -346,6 +368,7 @@ async def run(reactor: Any, options: MoveOptions, output: Output | None = None) 
             run_in_thread,
             options["rate_up"],
             options["rate_down"],
+            options["compress"],
         )
         try:
             destination = await _open_store(
@@ -358,6 +381,7 @@ async def run(reactor: Any, options: MoveOptions, output: Output | None = None) 
                 run_in_thread,
                 options["rate_up"],
                 options["rate_down"],
+                options["compress"],
             )
         except BaseException:
             await source.close()
@@ -417,7 +441,7 @@ async def run(reactor: Any, options: MoveOptions, output: Output | None = None) 
             stopped = port.stopListening()
             if stopped is not None:
                 await stopped
-    if outcome in ("ok", "failed") or job.report.results:
+    if outcome == "ok" or job.report.results:
         output.summary(job.report, time.monotonic() - started, job.stats)
     for error in job.report.errors:
         output.error(describe(error))

@@ -281,6 +281,7 @@ def make_daemon(
         config.limits.throttle_up,
         config.limits.throttle_down,
         metrics,
+        threads.run_in_thread,
     )
     if config_path is not None and key_path is not None:
         top.addService(
