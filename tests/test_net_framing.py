@@ -35,6 +35,7 @@ from realize.net.protocol import (
     MAX_DATA_FRAME,
     READ_CANCEL,
     READ_DATA,
+    READ_DATA_Z,
     WRITE_DATA,
     WRITE_END,
     Connection,
@@ -327,7 +328,7 @@ class FramingTests(ConnectionTestCase):
         locator = EchoLocator()
         connection, transport = self.connection(locator)
         connection.dataReceived(
-            frame(READ_CANCEL + 1, 0, b"") + frame(BOX, 0, echo_box("in the same read"))
+            frame(READ_DATA_Z + 1, 0, b"") + frame(BOX, 0, echo_box("in the same read"))
         )
         self.assert_dropped(connection, transport, locator)
 
