@@ -207,28 +207,59 @@ class Sshd:
                 time.sleep(0.05)
         raise SystemExit("sshd did not start")
 
-    def rsync(self, source: str, destination: str) -> Result:
-        w = self.work
-        ssh = (
-            f"ssh -p {self.port} -i {w}/client -o StrictHostKeyChecking=no "
+    def _ssh(self) -> str:
+        return (
+            f"ssh -p {self.port} -i {self.work}/client -o StrictHostKeyChecking=no "
             f"-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
         )
+
+    def rsync(self, source: str, destination: str, extra: Sequence[str] = ()) -> Result:
+        """
+        Pushes C{source} to C{destination} on the loopback sshd with
+        C{rsync -a -e ssh}, plus C{extra} options.
+        """
         seconds, rss, _ = run_measured(
             [
                 "rsync",
                 "-a",
+                *extra,
                 "-e",
-                ssh,
+                self._ssh(),
                 "--rsync-path",
-                f"{w}/rsync-wrapper",
+                f"{self.work}/rsync-wrapper",
                 source.rstrip("/") + "/",
                 f"root@127.0.0.1:{destination}/",
             ]
         )
-        with open(f"{w}/server-rss") as f:
+        with open(f"{self.work}/server-rss") as f:
             server_rss = int(f.read())
         size, files = tree_size(destination)
         return Result("rsync -a -e ssh", seconds, size, files, rss, server_rss)
+
+    def rsync_pull(
+        self, source: str, destination: str, extra: Sequence[str] = ()
+    ) -> Result:
+        """
+        Pulls C{source} from the loopback sshd into C{destination} with
+        C{rsync -a -e ssh}, plus C{extra} options.
+        """
+        seconds, rss, _ = run_measured(
+            [
+                "rsync",
+                "-a",
+                *extra,
+                "-e",
+                self._ssh(),
+                "--rsync-path",
+                f"{self.work}/rsync-wrapper",
+                f"root@127.0.0.1:{source.rstrip('/')}/",
+                destination + "/",
+            ]
+        )
+        with open(f"{self.work}/server-rss") as f:
+            server_rss = int(f.read())
+        size, files = tree_size(destination)
+        return Result("rsync -a -e ssh (pull)", seconds, size, files, rss, server_rss)
 
     def stop(self) -> None:
         if self.process is not None:
@@ -290,7 +321,33 @@ class Realize:
         raise SystemExit("realized did not start")
 
     def move(self, source: str, destination: str, extra: Sequence[str] = ()) -> Result:
-        self.start(destination)
+        """
+        Moves the local arena at C{source} into a fresh daemon serving
+        C{destination} (realize-move --src local --dst b).
+        """
+        return self._move(source, destination, "local", "b", source, extra)
+
+    def move_down(
+        self, daemon_datadir: str, destination: str, extra: Sequence[str] = ()
+    ) -> Result:
+        """
+        Moves from a fresh daemon serving C{daemon_datadir} into the local
+        arena at C{destination} (realize-move --src b --dst local).
+        """
+        return self._move(
+            destination, daemon_datadir, "b", "local", daemon_datadir, extra
+        )
+
+    def _move(
+        self,
+        local: str,
+        daemon: str,
+        src: str,
+        dst: str,
+        source: str,
+        extra: Sequence[str],
+    ) -> Result:
+        self.start(daemon)
         try:
             config = os.path.join(self.work, "a.toml")
             with open(config, "w") as f:
@@ -298,7 +355,7 @@ class Realize:
                     f'[peers.a]\npubkey = """{self.pub("a")}"""\n'
                     f'[peers.b]\naddress = "127.0.0.1:{self.port}"\n'
                     f'pubkey = """{self.pub("b")}"""\n'
-                    f'[[arena]]\nname = "bench"\ndatadir = "{source}"\n'
+                    f'[[arena]]\nname = "bench"\ndatadir = "{local}"\n'
                 )
             seconds, rss, _ = run_measured(
                 [
@@ -306,9 +363,9 @@ class Realize:
                     "-m",
                     "realize.tap.move",
                     "--src",
-                    "local",
+                    src,
                     "--dst",
-                    "b",
+                    dst,
                     "--config",
                     config,
                     "--privkey",
@@ -323,7 +380,7 @@ class Realize:
             server_rss = peak_rss(self.daemon.pid)
         finally:
             self.stop()
-        size, files = tree_size(destination)
+        size, files = tree_size(daemon if dst == "b" else local)
         left = tree_size(source)[1]
         if left:
             raise SystemExit(f"realize-move left {left} files at the source")

@@ -114,6 +114,16 @@ class Running:
         """
         self.transport.signalProcess(name)
 
+    async def kill(self) -> None:
+        """
+        SIGKILL the command if it still runs, and wait for its end: a
+        test that fails or times out leaves nothing running behind it.
+        """
+        if not self.ended.called:
+            with contextlib.suppress(error.ProcessExitedAlready):
+                self.transport.signalProcess("KILL")
+        await self._collector.ended
+
 
 def run_command(args: list[str], env: dict[str, str] | None = None) -> Deferred[Run]:
     """
@@ -274,7 +284,9 @@ class Household:
         """
         Start realize-move from a's local arena to b, without waiting.
         """
-        return Running(self._move_args(args, key, command))
+        running = Running(self._move_args(args, key, command))
+        self.case.addCleanup(running.kill)
+        return running
 
 
 def move_from_daemon(household: Household, *args: str) -> Deferred[Run]:
