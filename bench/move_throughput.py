@@ -207,34 +207,13 @@ class Sshd:
                 time.sleep(0.05)
         raise SystemExit("sshd did not start")
 
-    def _ssh(self) -> str:
-        return (
-            f"ssh -p {self.port} -i {self.work}/client -o StrictHostKeyChecking=no "
-            f"-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
-        )
-
     def rsync(self, source: str, destination: str, extra: Sequence[str] = ()) -> Result:
         """
         Pushes C{source} to C{destination} on the loopback sshd with
         C{rsync -a -e ssh}, plus C{extra} options.
         """
-        seconds, rss, _ = run_measured(
-            [
-                "rsync",
-                "-a",
-                *extra,
-                "-e",
-                self._ssh(),
-                "--rsync-path",
-                f"{self.work}/rsync-wrapper",
-                source.rstrip("/") + "/",
-                f"root@127.0.0.1:{destination}/",
-            ]
-        )
-        with open(f"{self.work}/server-rss") as f:
-            server_rss = int(f.read())
-        size, files = tree_size(destination)
-        return Result("rsync -a -e ssh", seconds, size, files, rss, server_rss)
+        remote = f"root@127.0.0.1:{destination}/"
+        return self._rsync(source.rstrip("/") + "/", remote, destination, extra)
 
     def rsync_pull(
         self, source: str, destination: str, extra: Sequence[str] = ()
@@ -243,23 +222,23 @@ class Sshd:
         Pulls C{source} from the loopback sshd into C{destination} with
         C{rsync -a -e ssh}, plus C{extra} options.
         """
-        seconds, rss, _ = run_measured(
-            [
-                "rsync",
-                "-a",
-                *extra,
-                "-e",
-                self._ssh(),
-                "--rsync-path",
-                f"{self.work}/rsync-wrapper",
-                f"root@127.0.0.1:{source.rstrip('/')}/",
-                destination + "/",
-            ]
+        remote = f"root@127.0.0.1:{source.rstrip('/')}/"
+        return self._rsync(remote, destination + "/", destination, extra)
+
+    def _rsync(
+        self, frm: str, to: str, destination: str, extra: Sequence[str]
+    ) -> Result:
+        ssh = (
+            f"ssh -p {self.port} -i {self.work}/client -o StrictHostKeyChecking=no "
+            f"-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
         )
+        wrapper = f"{self.work}/rsync-wrapper"
+        command = ["rsync", "-a", *extra, "-e", ssh, "--rsync-path", wrapper, frm, to]
+        seconds, rss, _ = run_measured(command)
         with open(f"{self.work}/server-rss") as f:
             server_rss = int(f.read())
         size, files = tree_size(destination)
-        return Result("rsync -a -e ssh (pull)", seconds, size, files, rss, server_rss)
+        return Result("rsync -a -e ssh", seconds, size, files, rss, server_rss)
 
     def stop(self) -> None:
         if self.process is not None:
