@@ -297,11 +297,33 @@ class FramingTests(ConnectionTestCase):
         sees it once.
         """
         connection, _ = self.connection()
+        connection.open_outgoing(7)
+        connection.open_outgoing(8)
         self.assertFalse(connection.is_cancelled(7))
         connection.dataReceived(frame(READ_CANCEL, 7))
         self.assertFalse(connection.is_cancelled(8))
         self.assertTrue(connection.is_cancelled(7))
         self.assertFalse(connection.is_cancelled(7))
+
+    def test_read_cancel_unknown_stream(self) -> None:
+        """
+        Cancels of streams this side is not sending (finished, or never
+        opened) are ignored: a peer cannot make the connection remember
+        them without bound.
+        """
+        connection, _ = self.connection()
+        connection.open_outgoing(7)
+        connection.forget_stream(READ_DATA, 7)
+        connection.dataReceived(
+            b"".join(frame(READ_CANCEL, stream) for stream in range(10_000))
+        )
+        self.assertFalse(connection.is_cancelled(7))
+        self.assertEqual(connection._cancelled, set())
+        # A cancel that came before the stream ended is forgotten with it.
+        connection.open_outgoing(9)
+        connection.dataReceived(frame(READ_CANCEL, 9))
+        connection.forget_stream(READ_DATA, 9)
+        self.assertEqual(connection._cancelled, set())
 
     def assert_dropped(
         self,
@@ -496,6 +518,7 @@ class SplitTests(ConnectionTestCase):
         connection, transport = self.connection(locator)
         reading = connection.open_reading(1)
         incoming = connection.open_incoming(2)
+        connection.open_outgoing(3)
         for data in reads:
             connection.dataReceived(data)
         connection.close_reading(1)

@@ -74,13 +74,24 @@ class RecordsTests(SynchronousTestCase):
 
     def test_malformed(self) -> None:
         """
-        Truncated data or text that is not UTF-8 raise ValueError.
+        Truncated data raises ValueError.
         """
         good = self.records.pack(
             [{"path": "p", "size": 1, "mtime_ns": 1, "root": b"r"}]
         )
-        for bad in (good[:-1], good[:5], b"\x00\x01\xff" + good[3:]):
+        for bad in (good[:-1], good[:5]):
             self.assertRaises(ValueError, self.records.unpack, bad)
+
+    def test_not_utf8(self) -> None:
+        """
+        Text that is not UTF-8 decodes with C{surrogateescape}, so that the
+        store refuses that one path (INVALID_PATH) and not the whole batch.
+        """
+        good = self.records.pack(
+            [{"path": "p", "size": 1, "mtime_ns": 1, "root": b"r"}]
+        )
+        [record] = self.records.unpack(b"\x00\x01\xff" + good[3:])
+        self.assertEqual(record["path"], "\udcff")
 
     def test_too_long_text(self) -> None:
         """

@@ -93,6 +93,11 @@ def final_name(name: str) -> str:
     return name[len(_PARTIAL_PREFIX) : -len(_PARTIAL_SUFFIX)]
 
 
+#: Largest file size or offset, and largest mtime in nanoseconds: the
+#: kernel's C{off_t} and the wire's mtimes are signed 64-bit integers.
+MAX_INT64 = (1 << 63) - 1
+
+
 def check_range(start: int, end: int, file_size: int | None = None) -> None:
     """
     Validate a byte range.
@@ -100,13 +105,37 @@ def check_range(start: int, end: int, file_size: int | None = None) -> None:
     @param start: first byte.
     @param end: end of the range, exclusive.
     @param file_size: if given, the range must lie within C{[0, file_size]}.
-    @raise BadRequest: if the range is negative, reversed or beyond
-        C{file_size}.
+    @raise BadRequest: if the range is negative, reversed, beyond
+        C{file_size} or beyond L{MAX_INT64}.
     """
-    if not 0 <= start <= end:
+    if not 0 <= start <= end <= MAX_INT64:
         raise BadRequest(f"bad byte range [{start}, {end})")
-    if file_size is not None and end > file_size:
+    if file_size is not None and not end <= file_size <= MAX_INT64:
         raise BadRequest(f"byte range [{start}, {end}) beyond file size {file_size}")
+
+
+def check_mtime(mtime_ns: int | None) -> None:
+    """
+    Validate a modification time from the wire.
+
+    @param mtime_ns: nanoseconds since the epoch, or C{None}.
+    @raise BadRequest: if it does not fit a signed 64-bit integer.
+    """
+    if mtime_ns is not None and not -MAX_INT64 - 1 <= mtime_ns <= MAX_INT64:
+        raise BadRequest(f"mtime {mtime_ns} ns is out of range")
+
+
+def clamp_mtime(mtime_ns: int) -> int:
+    """
+    A file's mtime as the protocol carries it: clamped to a signed 64-bit
+    count of nanoseconds (years 1677 to 2262).  ext4 and XFS store times
+    up to 2446, which C{os.stat} gives beyond that range; such a file moves
+    with the mtime clamped, and compares equal to itself.
+
+    @param mtime_ns: C{st_mtime_ns}.
+    @return: the clamped value.
+    """
+    return min(max(mtime_ns, -MAX_INT64 - 1), MAX_INT64)
 
 
 def _check_segments(value: str, what: str) -> list[str]:

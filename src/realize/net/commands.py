@@ -51,6 +51,20 @@ __all__ = [
 ]
 
 
+class Text(Unicode):
+    """
+    A text argument whose invalid UTF-8 decodes with C{surrogateescape}:
+    the store then refuses it like any malformed path (INVALID_PATH, or
+    NOT_FOUND for an arena name) instead of AMP failing to parse the box.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+
+    def fromString(self, inString: bytes) -> str:
+        return inString.decode("utf-8", "surrogateescape")
+
+
 class BigBytes(Argument):
     """
     A bytes value of any length, split over the keys C{name}, C{name.1},
@@ -184,7 +198,9 @@ class Records(Argument):
                         value: Any = data[offset : offset + length]
                         offset += length
                         record[field] = (
-                            value.decode("utf-8") if kind == "text" else value
+                            value.decode("utf-8", "surrogateescape")
+                            if kind == "text"
+                            else value
                         )
                     else:
                         (record[field],) = (
@@ -222,7 +238,7 @@ class List(_StoreCommand):
     before the answer, encoded by L{realize.net.protocol.encode_entries}.
     """
 
-    arguments = [(b"arena", Unicode()), (b"stream", Integer())]
+    arguments = [(b"arena", Text()), (b"stream", Integer())]
     response = [(b"count", Integer())]
 
 
@@ -234,8 +250,8 @@ class Read(_StoreCommand):
     """
 
     arguments = [
-        (b"arena", Unicode()),
-        (b"path", Unicode()),
+        (b"arena", Text()),
+        (b"path", Text()),
         (b"start", Integer()),
         (b"end", Integer()),
         (b"stream", Integer()),
@@ -255,8 +271,8 @@ class Write(_StoreCommand):
     """
 
     arguments = [
-        (b"arena", Unicode()),
-        (b"path", Unicode()),
+        (b"arena", Text()),
+        (b"path", Text()),
         (b"start", Integer()),
         (b"end", Integer()),
         (b"file_size", Integer()),
@@ -273,7 +289,7 @@ class Truncate(_StoreCommand):
     Truncate or extend the partial file.
     """
 
-    arguments = [(b"arena", Unicode()), (b"path", Unicode()), (b"size", Integer())]
+    arguments = [(b"arena", Text()), (b"path", Text()), (b"size", Integer())]
     response: ClassVar[list[tuple[bytes, Argument]]] = []
 
 
@@ -283,8 +299,8 @@ class Finish(_StoreCommand):
     """
 
     arguments = [
-        (b"arena", Unicode()),
-        (b"path", Unicode()),
+        (b"arena", Text()),
+        (b"path", Text()),
         (b"mtime_ns", Integer(optional=True)),
     ]
     response: ClassVar[list[tuple[bytes, Argument]]] = []
@@ -297,8 +313,8 @@ class Delete(_StoreCommand):
     """
 
     arguments = [
-        (b"arena", Unicode()),
-        (b"path", Unicode()),
+        (b"arena", Text()),
+        (b"path", Text()),
         (b"size", Integer(optional=True)),
         (b"mtime_ns", Integer(optional=True)),
     ]
@@ -311,8 +327,8 @@ class Hash(_StoreCommand):
     """
 
     arguments = [
-        (b"arena", Unicode()),
-        (b"path", Unicode()),
+        (b"arena", Text()),
+        (b"path", Text()),
         (b"start", Integer()),
         (b"end", Integer()),
     ]
@@ -338,7 +354,7 @@ class ReadFiles(_StoreCommand):
     """
 
     arguments = [
-        (b"arena", Unicode()),
+        (b"arena", Text()),
         (b"stream", Integer()),
         (b"files", Records([("path", "text"), ("limit", "uint")])),
     ]
@@ -366,7 +382,7 @@ class WriteFiles(_StoreCommand):
     """
 
     arguments = [
-        (b"arena", Unicode()),
+        (b"arena", Text()),
         (b"stream", Integer()),
         (
             b"files",
@@ -390,7 +406,7 @@ class DeleteFiles(_StoreCommand):
     """
 
     arguments = [
-        (b"arena", Unicode()),
+        (b"arena", Text()),
         (
             b"files",
             Records([("path", "text"), ("size", "uint"), ("mtime_ns", "int")]),
@@ -407,8 +423,8 @@ class Signature(_StoreCommand):
     """
 
     arguments = [
-        (b"arena", Unicode()),
-        (b"path", Unicode()),
+        (b"arena", Text()),
+        (b"path", Text()),
         (b"start", Integer()),
         (b"end", Integer()),
     ]
@@ -423,8 +439,8 @@ class Diff(_StoreCommand):
     """
 
     arguments = [
-        (b"arena", Unicode()),
-        (b"path", Unicode()),
+        (b"arena", Text()),
+        (b"path", Text()),
         (b"start", Integer()),
         (b"end", Integer()),
         (b"signature", BigBytes()),
@@ -441,8 +457,8 @@ class ApplyDelta(_StoreCommand):
     """
 
     arguments = [
-        (b"arena", Unicode()),
-        (b"path", Unicode()),
+        (b"arena", Text()),
+        (b"path", Text()),
         (b"start", Integer()),
         (b"end", Integer()),
         (b"file_size", Integer()),

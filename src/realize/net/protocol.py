@@ -58,7 +58,7 @@ from zope.interface import implementer
 
 from realize.errors import BadRequest, Conflict, NetworkError
 from realize.interfaces import RunInThread
-from realize.model import CHUNK_SIZE, FileInfo, PeerId
+from realize.model import CHUNK_SIZE, FileInfo, PeerId, clamp_mtime
 from realize.net.tls import auth_log, fingerprint, peer_spki
 
 __all__ = [
@@ -144,6 +144,15 @@ _END_ABORT = b"\x01"
 _ENTRY = struct.Struct("!HQqB")
 
 
+def check_stream(stream: int) -> None:
+    """
+    @raise BadRequest: if a stream id from the wire does not fit a frame
+        header (4 bytes, unsigned).
+    """
+    if not 0 <= stream <= 0xFFFFFFFF:
+        raise BadRequest(f"stream id {stream} is out of range")
+
+
 def encode_entries(
     entries: Iterable[FileInfo], limit: int = CHUNK_SIZE
 ) -> Iterable[bytes]:
@@ -162,7 +171,13 @@ def encode_entries(
     for entry in entries:
         path = entry.path.encode("utf-8")
         encoded = (
-            _ENTRY.pack(len(path), entry.size, entry.mtime_ns, entry.partial) + path
+            _ENTRY.pack(
+                len(path),
+                entry.size,
+                clamp_mtime(entry.mtime_ns),
+                entry.partial,
+            )
+            + path
         )
         if size + len(encoded) > limit and parts:
             yield b"".join(parts)
@@ -293,6 +308,29 @@ class Inbox:
         return chunk
 
 
+class _AMP(amp.AMP):
+    """
+    AMP for which a command sent without asking for an answer that fails
+    with a known error drops the connection with a warning, not with the
+    traceback of an unhandled error.
+    """
+
+    def __init__(self, locator: amp.CommandLocator) -> None:
+        super().__init__(locator=locator)  # type: ignore[no-untyped-call]
+
+    def unhandledError(self, failure: Failure) -> None:
+        if failure.check(amp.RemoteAmpError):
+            log.warn(
+                "dropping connection: a command sent without asking for an "
+                "answer failed: {error}",
+                error=failure.getErrorMessage(),
+            )
+            if self.transport is not None:
+                self.transport.loseConnection()
+            return
+        super().unhandledError(failure)
+
+
 class _BoxTransport:
     """
     The transport AMP sees: what it writes becomes box frames.
@@ -343,7 +381,7 @@ class Connection(Protocol):
         lookup: Callable[[bytes], PeerId | None],
         run_in_thread: RunInThread | None = None,
     ) -> None:
-        self.amp = amp.AMP(locator=locator)
+        self.amp: amp.AMP = _AMP(locator=locator)
         #: Runs compression and decompression off the reactor thread.
         self.run_in_thread = run_in_thread
         self.locator = locator
@@ -362,6 +400,9 @@ class Connection(Protocol):
         self._next_stream = 1
         self._incoming: dict[int, Inbox] = {}
         self._reading: dict[int, Inbox] = {}
+        #: READ_DATA streams being sent (L{open_outgoing}); cancels of
+        #: other streams are ignored, so that they cannot pile up.
+        self._sending: set[int] = set()
         self._cancelled: set[int] = set()
         self._paused = False
         self._writable: list[Deferred[None]] = []
@@ -505,7 +546,17 @@ class Connection(Protocol):
             if self.peer is None:
                 self._abort()
                 return
-            self.amp.dataReceived(payload)
+            try:
+                self.amp.dataReceived(payload)
+            except Exception as e:
+                # A box that is not a command, or answers a question we
+                # never asked: the peer does not speak our protocol.
+                log.warn(
+                    "dropping connection from {peer}: bad AMP box: {error!r}",
+                    peer=self.peer,
+                    error=e,
+                )
+                self._abort()
         elif kind in (WRITE_DATA, WRITE_DATA_Z):
             self.bytes_received += len(payload)
             inbox = self._incoming.get(self._stream)
@@ -525,7 +576,8 @@ class Connection(Protocol):
             if inbox is not None:
                 inbox.put(payload, kind == READ_DATA_Z)
         elif kind == READ_CANCEL:
-            self._cancelled.add(self._stream)
+            if self._stream in self._sending:
+                self._cancelled.add(self._stream)
 
     # -- streams -----------------------------------------------------------
 
@@ -571,13 +623,25 @@ class Connection(Protocol):
             inbox.discard()
             self.send_frame(READ_CANCEL, stream, b"")
 
+    def open_outgoing(self, stream: int) -> None:
+        """
+        Register a stream this side sends the data of (Read, List,
+        ReadFiles, Diff the other side called): done by the responder as
+        the command is dispatched, ended with L{forget_stream}.
+
+        @raise BadRequest: if the stream id is out of range.
+        """
+        check_stream(stream)
+        self._sending.add(stream)
+
     def open_incoming(self, stream: int) -> Inbox:
         """
         Register the inbox of a Write stream the other side called; done by
         the responder synchronously, as the command is dispatched.
 
-        @raise BadRequest: if the stream id is in use.
+        @raise BadRequest: if the stream id is in use or out of range.
         """
+        check_stream(stream)
         if stream in self._incoming:
             raise BadRequest(f"stream {stream} is already in use")
         inbox = Inbox(self)
@@ -660,9 +724,13 @@ class Connection(Protocol):
 
     def forget_stream(self, kind: int, stream: int) -> None:
         """
-        Drop what L{send_chunk} remembers of a stream that ended.
+        Drop what L{send_chunk} and L{open_outgoing} remember of a stream
+        that ended.
         """
         self._misses.pop((kind, stream), None)
+        if kind == READ_DATA:
+            self._sending.discard(stream)
+            self._cancelled.discard(stream)
 
     def end_write(self, stream: int, ok: bool) -> None:
         """

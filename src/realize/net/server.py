@@ -35,7 +35,12 @@ from realize.interfaces import RunInThread, SmallFile, Store
 from realize.metrics import COPY, DELTA, READ, WRITTEN, DaemonMetrics
 from realize.model import ArenaName, FileInfo, PeerId
 from realize.net import commands
-from realize.net.protocol import MAX_DATA_FRAME, READ_DATA, Connection, encode_entries
+from realize.net.protocol import (
+    MAX_DATA_FRAME,
+    READ_DATA,
+    Connection,
+    encode_entries,
+)
 from realize.net.throttle import ThrottlingFactory, find_throttle
 from realize.net.tls import ServerTLS, auth_log, peer_spki
 
@@ -107,6 +112,7 @@ class StoreLocator(amp.CommandLocator):
     def list_files(self, arena: str, stream: int) -> Deferred[dict[str, Any]]:
         connection = self.connection
         assert connection is not None
+        connection.open_outgoing(stream)
 
         async def go() -> dict[str, Any]:
             entries = await self._store().list_files(ArenaName(arena))
@@ -135,6 +141,7 @@ class StoreLocator(amp.CommandLocator):
     ) -> Deferred[dict[str, Any]]:
         connection = self.connection
         assert connection is not None
+        connection.open_outgoing(stream)
 
         async def go() -> dict[str, Any]:
             reading = self._store().read(
@@ -267,8 +274,15 @@ class StoreLocator(amp.CommandLocator):
     ) -> Deferred[dict[str, Any]]:
         connection = self.connection
         assert connection is not None
+        connection.open_outgoing(stream)
 
         async def go() -> dict[str, Any]:
+            try:
+                return await send()
+            finally:
+                connection.forget_stream(READ_DATA, stream)
+
+        async def send() -> dict[str, Any]:
             _check_batch(len(files), sum(f["limit"] for f in files))
             reads = await self._store().read_files(
                 ArenaName(arena), [(f["path"], f["limit"]) for f in files]
@@ -382,15 +396,19 @@ class StoreLocator(amp.CommandLocator):
     ) -> Deferred[dict[str, Any]]:
         connection = self.connection
         assert connection is not None
+        connection.open_outgoing(stream)
 
         async def go() -> dict[str, Any]:
-            change = await self._store().diff(
-                ArenaName(arena), path, start, end, signature
-            )
-            for offset in range(0, len(change), MAX_DATA_FRAME):
-                await _send(
-                    connection, stream, change[offset : offset + MAX_DATA_FRAME]
+            try:
+                change = await self._store().diff(
+                    ArenaName(arena), path, start, end, signature
                 )
+                for offset in range(0, len(change), MAX_DATA_FRAME):
+                    await _send(
+                        connection, stream, change[offset : offset + MAX_DATA_FRAME]
+                    )
+            finally:
+                connection.forget_stream(READ_DATA, stream)
             self._transferred(arena, DELTA, READ, len(change))
             return {"length": len(change)}
 

@@ -171,7 +171,7 @@ class MoveJob:
         connected = False
         attempt = 0
         while True:
-            before = len(self.report.moved)
+            before = self._progress()
             try:
                 source, destination = await self._cancellable(self.open_stores())
             except CancelledError:
@@ -202,7 +202,7 @@ class MoveJob:
                     for e in [*report.errors, *(r.error for r in report.failed)]
                     if e is not None
                 )
-            if len(self.report.moved) > before:
+            if self._progress() != before:
                 attempt = 0
             delay = retry_delay(attempt)
             attempt += 1
@@ -215,6 +215,14 @@ class MoveJob:
             )
             self.observer.retrying(error, delay, self.retries)
             await self._sleep(delay)
+
+    def _progress(self) -> tuple[int, int]:
+        """
+        @return: what the job achieved so far: files moved, bytes sent.  An
+            attempt that changed it made progress (a large file that moved
+            some MiB before the connection was lost counts).
+        """
+        return len(self.report.moved), self.stats.streamed_bytes
 
     async def _attempt(self, source: Store, destination: Store) -> MoveReport:
         mover = Mover(source, destination, observer=self.observer, stats=self.stats)

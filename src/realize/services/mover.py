@@ -349,6 +349,9 @@ class MoveStats:
     """
 
     copied_bytes: int = 0
+    #: Bytes read from the source and handed to the destination, even if
+    #: the write then failed (the destination keeps what it received).
+    streamed_bytes: int = 0
     delta_bytes: int = 0
     saved_bytes: int = 0
     files_repaired: int = 0
@@ -827,6 +830,7 @@ class Mover:
             raise self._source_error(e) from e
 
         def transferred(size: int) -> None:
+            self.stats.streamed_bytes += size
             self.observer.transferred(arena, info.path, size)
 
         return stream, _Counted(stream, self._source_error, transferred)

@@ -73,8 +73,10 @@ from realize.model import (
     MAX_DELTA_RANGE,
     ArenaName,
     FileInfo,
+    check_mtime,
     check_path,
     check_range,
+    clamp_mtime,
     final_name,
     is_partial_name,
     partial_name,
@@ -507,7 +509,9 @@ class ArenaRoot:
                         except FileNotFoundError:
                             continue
                         files.append(
-                            FileInfo(path, st.st_size, st.st_mtime_ns, partial)
+                            FileInfo(
+                                path, st.st_size, clamp_mtime(st.st_mtime_ns), partial
+                            )
                         )
             except OSError as e:
                 log.warn(
@@ -567,7 +571,7 @@ class ArenaRoot:
         finally:
             handle.close()
         leaves = tuple(handle.hasher.finish()) if handle.hasher else ()
-        return FileState(leaves, st.st_size, st.st_mtime_ns)
+        return FileState(leaves, st.st_size, clamp_mtime(st.st_mtime_ns))
 
     def write_all(
         self,
@@ -708,7 +712,7 @@ class ArenaRoot:
             raise self._error(e, path) from None
         finally:
             os.close(fd)
-        return FileState(tuple(leaves), st.st_size, st.st_mtime_ns)
+        return FileState(tuple(leaves), st.st_size, clamp_mtime(st.st_mtime_ns))
 
     # -- batches of small files ------------------------------------------
 
@@ -739,7 +743,9 @@ class ArenaRoot:
                     finally:
                         os.close(fd)
                     results.append(
-                        SmallRead(data, st.st_size, st.st_mtime_ns, _root(data))
+                        SmallRead(
+                            data, st.st_size, clamp_mtime(st.st_mtime_ns), _root(data)
+                        )
                     )
                 except RealizeError as e:
                     results.append(e)
@@ -764,9 +770,16 @@ class ArenaRoot:
         results: list[RealizeError | None] = [None] * len(files)
         ready: list[tuple[int, int, str]] = []
         with _DirCache(self) as dirs:
+            seen: set[str] = set()
             for index, (file, content) in enumerate(zip(files, data, strict=True)):
                 try:
                     segments = self._check_path(file.path)
+                    if file.path in seen:
+                        raise BadRequest(
+                            f"arena {self.name!r}, path {file.path!r}: named "
+                            "twice in one batch"
+                        )
+                    seen.add(file.path)
                     if len(content) != file.size:
                         raise Conflict(
                             f"arena {self.name!r}, path {file.path!r}: "
@@ -876,7 +889,7 @@ class ArenaRoot:
                 )
             if size is not None and (
                 st.st_size != size
-                or (mtime_ns is not None and st.st_mtime_ns != mtime_ns)
+                or (mtime_ns is not None and clamp_mtime(st.st_mtime_ns) != mtime_ns)
             ):
                 raise Conflict(
                     f"arena {self.name!r}, path {path!r}: changed since it "
@@ -1021,11 +1034,13 @@ class ArenaRoot:
                     item.root._check_regular(fd, item.path)
                     if item.mtime_ns is not None:
                         os.utime(fd, ns=(item.mtime_ns, item.mtime_ns))
-                except (OSError, RealizeError) as e:
+                except (OSError, RealizeError, OverflowError, ValueError) as e:
                     results[index] = (
                         e
                         if isinstance(e, RealizeError)
                         else item.root._error(e, item.path)
+                        if isinstance(e, OSError)
+                        else BadRequest(f"path {item.path!r}: {e}")
                     )
                     os.close(fd)
                     os.close(parent.fd)
@@ -1111,7 +1126,7 @@ def _finish_final(item: CommitItem, parent: _Dir, name: str) -> RealizeError | N
         return InvalidPath(
             f"arena {item.root.name!r}, path {item.path!r}: not a regular file"
         )
-    if item.mtime_ns is not None and st.st_mtime_ns != item.mtime_ns:
+    if item.mtime_ns is not None and clamp_mtime(st.st_mtime_ns) != item.mtime_ns:
         try:
             os.utime(
                 name,
@@ -1563,7 +1578,9 @@ class LocalStore:
         root = self.root(arena)
         check_path(path)
         check_range(start, end)
-        if hash_from is not None and (hash_from % LEAF_SIZE or hash_from > start):
+        if hash_from is not None and (
+            hash_from % LEAF_SIZE or not 0 <= hash_from <= start
+        ):
             raise BadRequest(
                 f"hash start {hash_from} is not a leaf boundary at or before {start}"
             )
@@ -1585,6 +1602,7 @@ class LocalStore:
         root = self.root(arena)
         check_path(path)
         check_range(start, end, file_size)
+        check_mtime(mtime_ns)
         run = self.run_in_thread
         verify = finish_root is not None and end == file_size
         want_hash = hash or verify
@@ -1651,6 +1669,7 @@ class LocalStore:
     ) -> None:
         root = self.root(arena)
         check_path(path)
+        check_mtime(mtime_ns)
         await self.committer.commit(CommitItem(root, path, mtime_ns))
 
     async def delete(

@@ -29,7 +29,13 @@ from twisted.logger import (
 from twisted.python import usage
 
 from realize.config import Config, load_config, parse_duration, parse_rate
-from realize.errors import ConfigError, RealizeError, SideError, describe
+from realize.errors import (
+    ConfigError,
+    RealizeError,
+    SideError,
+    describe,
+    is_retryable,
+)
 from realize.interfaces import Store
 from realize.logs import ApplicationLogging, LogOptions, start_logging
 from realize.metrics import MoveMetrics, make_registry
@@ -37,7 +43,7 @@ from realize.model import ArenaName, check_arena_name
 from realize.net.client import connect
 from realize.net.tls import ClientTLS, load_private_key
 from realize.services.job import MoveJob
-from realize.services.mover import FileResult
+from realize.services.mover import FileResult, MoveReport
 from realize.storage.real import LocalStore
 from realize.tap._common import (
     EXIT_CODES,
@@ -441,6 +447,7 @@ async def run(reactor: Any, options: MoveOptions, output: Output | None = None) 
             stopped = port.stopListening()
             if stopped is not None:
                 await stopped
+    observer.release(job.report, outcome)
     if outcome == "ok" or job.report.results:
         output.summary(job.report, time.monotonic() - started, job.stats)
     for error in job.report.errors:
@@ -475,11 +482,34 @@ async def run(reactor: Any, options: MoveOptions, output: Output | None = None) 
 class _Observers:
     """
     The job's observer: the output (what the user sees) and the metrics.
+
+    A file that fails with a network error is held back, not shown: the
+    job retries it (the lost connection is shown once, as a warning), and
+    it is reported as failed only if it still is when the job ends
+    (L{release}).
     """
 
     def __init__(self, output: Output, metrics: MoveMetrics) -> None:
         self.output = output
         self.metrics = metrics
+        self._held: dict[tuple[ArenaName, str], FileResult] = {}
+
+    def release(self, report: MoveReport, outcome: str) -> None:
+        """
+        The job ended: report the held failures of files that are still
+        failed, if the job failed (a job stopped by its deadline or a
+        signal says so once, not per file).
+
+        @param report: the job's final report.
+        @param outcome: one of L{realize.services.job.OUTCOMES}.
+        """
+        held, self._held = self._held, {}
+        if outcome != "failed":
+            return
+        for result in report.failed:
+            if held.get((result.arena, result.path)) is result:
+                self.output.file_done(result)
+                self.metrics.file_done(result.arena, result.status)
 
     def listed(self, arena: ArenaName, files: int, size: int) -> None:
         self.output.listed(arena, files, size)
@@ -492,6 +522,11 @@ class _Observers:
         self.output.transferred(arena, path, size)
 
     def file_done(self, result: FileResult) -> None:
+        key = (result.arena, result.path)
+        if result.error is not None and is_retryable(result.error):
+            self._held[key] = result
+            return
+        self._held.pop(key, None)
         self.output.file_done(result)
         self.metrics.file_done(result.arena, result.status)
 
