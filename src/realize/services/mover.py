@@ -42,7 +42,6 @@ from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from realize import delta
 from realize.errors import (
     BadDelta,
     Conflict,
@@ -468,6 +467,9 @@ class DeltaRepairer:
         end: int,
         expected: Sequence[bytes],
     ) -> tuple[bytes, ...]:
+        # Here, not at the top: numpy costs every start-up ~60 ms.
+        from realize import delta
+
         stats = mover.stats
         try:
             signature = await mover.destination.signature(arena, info.path, start, end)

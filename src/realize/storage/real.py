@@ -36,12 +36,12 @@ import threading
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from typing import Any, TypeVar
 
-import numpy as np
 from attrs import define, field, frozen
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from realize import delta
+# realize.delta (and numpy) are imported where a repair needs them: they
+# cost ~60 ms of every start-up, and most moves repair nothing.
 from realize.config import Config
 from realize.errors import (
     BadDelta,
@@ -909,6 +909,8 @@ class ArenaRoot:
         @return: the signature, or C{None} if the file has no byte at
             C{start} (nothing to build a delta on).
         """
+        from realize import delta
+
         parent, name = self._open_parent(path, create=False)
         try:
             fd, _, st = self._open_existing(parent, name, True, _O_READ)
@@ -932,6 +934,8 @@ class ArenaRoot:
         @raise BadDelta: if the signature is malformed.
         @raise Conflict: if the file is shorter than C{end}.
         """
+        from realize import delta
+
         try:
             parsed = delta.parse_signature(signature, max_basis_length=end - start)
         except delta.DeltaFormatError as e:
@@ -967,6 +971,8 @@ class ArenaRoot:
         @raise BadDelta: if the delta is malformed, refers to bytes the
             basis lacks, or does not produce exactly C{end - start} bytes.
         """
+        from realize import delta
+
         parent, name = self._open_parent(path, create=False)
         try:
             fd = self._open_partial(parent, name, create=False)
@@ -1181,6 +1187,10 @@ def _write_changed(
     (what the file already holds there); runs of changed blocks are
     written at once.  The comparison is vectorised (numpy).
     """
+    import numpy as np
+
+    from realize import delta
+
     block = delta.BLOCK_SIZE
     common = min(len(basis), len(output)) // block * block
     changed = np.zeros(-(-len(output) // block), dtype=bool)
@@ -1224,11 +1234,16 @@ def _read_fd(fd: int, size: int) -> bytes:
     parts = []
     offset = 0
     while True:
-        chunk = os.pread(fd, max(size - offset, 0) + 1, offset)
+        # One byte more than expected: a short read means the end (one
+        # pread for a file that did not change, not a second for EOF).
+        want = max(size - offset, 0) + 1
+        chunk = os.pread(fd, want, offset)
         if not chunk:
             break
         parts.append(chunk)
         offset += len(chunk)
+        if len(chunk) < want:
+            break
     return b"".join(parts)
 
 
