@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 from typing import Any
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.parser import text_string_to_metric_families
 from treq.client import HTTPClient
 from treq.testing import StubTreq
@@ -28,6 +28,7 @@ from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import Request
+from twisted.web.wsgi import WSGIResource
 
 from realize.errors import ConfigError, NetworkError
 from realize.metrics import COPY, DaemonMetrics, MoveMetrics, make_registry
@@ -80,14 +81,42 @@ def names_in(text: str) -> set[str]:
     }
 
 
+class _Synchronous:
+    """
+    A reactor and thread pool for C{WSGIResource} that run everything at
+    once, so that C{StubTreq} answers synchronously.
+    """
+
+    def callInThread(self, f: Any, *args: Any, **kwargs: Any) -> None:
+        f(*args, **kwargs)
+
+    def callFromThread(self, f: Any, *args: Any, **kwargs: Any) -> None:
+        f(*args, **kwargs)
+
+
+def synchronous_metrics(registry: CollectorRegistry) -> WSGIResource:
+    """
+    @return: what C{prometheus_client.twisted.MetricsResource(registry)}
+        is (the library's WSGI app in a C{WSGIResource}), on a synchronous
+        reactor and thread pool instead of the global ones.
+    """
+    now = _Synchronous()
+    return WSGIResource(now, now, make_wsgi_app(registry))  # type: ignore[arg-type]
+
+
 class SiteTests(SynchronousTestCase):
     """
-    L{metrics_site}'s resource, through C{StubTreq}.
+    L{metrics_site}'s resource, through C{StubTreq}, with the library's
+    metrics app (L{synchronous_metrics}); the default resource,
+    C{MetricsResource} itself, is tested through a real listener
+    (L{LoopbackTests}).
     """
 
     def setUp(self) -> None:
         self.registry = daemon_registry()
-        self.client = StubTreq(metrics_site(self.registry).resource)
+        self.client = StubTreq(
+            metrics_site(self.registry, synchronous_metrics(self.registry)).resource
+        )
 
     def get(self, path: str, **kwargs: Any) -> tuple[int, Any, bytes]:
         """

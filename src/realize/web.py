@@ -10,11 +10,10 @@ probe learns nothing.  L{listen_metrics} listens on a C{HOST:PORT} given by
 the user (C{--metrics-addr}).  L{push_metrics} replaces a Pushgateway group
 with a registry's metrics (C{--metrics-pushgateway}).
 
-The metrics page renders on the reactor thread: collecting a registry of a
-few hundred series and reading C{/proc/self} takes well under a
-millisecond.  C{prometheus_client.twisted.MetricsResource} would do the
-same work in the global reactor's thread pool, importing the global
-reactor; L{metrics_site} can still be given one (C{metrics=}).
+C{/metrics} is C{prometheus_client.twisted.MetricsResource}: the
+library's WSGI exposition (text format, OpenMetrics when asked, gzip,
+C{name[]} filters, 405 for methods but GET) run in the reactor's thread
+pool.  This module only puts the 401 around it.
 """
 
 from __future__ import annotations
@@ -25,18 +24,14 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import (
-    CONTENT_TYPE_PLAIN_0_0_4,
-    choose_encoder,
-    generate_latest,
-)
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.logger import Logger
 from twisted.web.http_headers import Headers
-from twisted.web.resource import EncodingResourceWrapper, IResource, Resource
-from twisted.web.server import GzipEncoderFactory, Request, Site
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import Request, Site
 
 from realize.errors import ConfigError, NetworkError, describe
 
@@ -44,7 +39,6 @@ __all__ = [
     "DEFAULT_JOB",
     "PUSH_TIMEOUT",
     "HTTPClient",
-    "MetricsPage",
     "listen_metrics",
     "make_http_client",
     "metrics_endpoint",
@@ -65,39 +59,6 @@ PUSH_TIMEOUT = 30.0
 _UNAUTHORIZED = b"401 Unauthorized: only /metrics is served here\n"
 
 
-class MetricsPage(Resource):
-    """
-    The Prometheus exposition of one registry.
-
-    Answers C{GET} (and C{HEAD}) with the text format 0.0.4, or with the
-    format the C{Accept} header asks for (OpenMetrics); gzipped when
-    wrapped by L{metrics_site} and the client accepts it; restricted to
-    the families named by C{name[]} query arguments, as
-    C{prometheus_client} does.  Any path below it answers 401.
-
-    @ivar registry: the registry shown.
-    """
-
-    isLeaf = True
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-        self.registry = registry
-
-    def render_GET(self, request: Request) -> bytes:
-        if request.postpath:
-            return _unauthorized(request)
-        encoder, content_type = choose_encoder(_header(request, b"accept") or "")
-        names = [
-            n.decode("utf-8", "replace")
-            for n in (request.args or {}).get(b"name[]", [])
-        ]
-        registry = self.registry.restricted_registry(names) if names else self.registry
-        body = encoder(registry)
-        request.setHeader(b"content-type", content_type.encode("ascii"))
-        return body
-
-
 class _Unauthorized(Resource):
     """
     401 for any method.
@@ -114,14 +75,16 @@ class _Unauthorized(Resource):
 
 class _Root(Resource):
     """
-    C{/metrics} or 401.
+    C{/metrics} (exactly: not C{/metrics/}, not C{/metrics/x}) or 401.
     """
 
     def __init__(self, metrics: IResource) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
-        self.putChild(b"metrics", metrics)
+        self.metrics = metrics
 
     def getChild(self, path: bytes, request: Request) -> IResource:
+        if path == b"metrics" and not request.postpath:
+            return self.metrics
         return _Unauthorized()
 
     def render(self, request: Request) -> bytes:
@@ -133,13 +96,6 @@ def _unauthorized(request: Request) -> bytes:
     request.setHeader(b"content-type", b"text/plain; charset=utf-8")
     request.setHeader(b"www-authenticate", b'Bearer realm="realize"')
     return _UNAUTHORIZED
-
-
-def _header(request: Request, name: bytes) -> str | None:
-    value = request.getHeader(name)
-    if value is None:
-        return None
-    return value.decode("latin-1") if isinstance(value, bytes) else str(value)
 
 
 class _QuietSite(Site):
@@ -174,14 +130,18 @@ def metrics_site(registry: CollectorRegistry, metrics: IResource | None = None) 
     The HTTP site of the metrics endpoint.
 
     @param registry: the process's registry.
-    @param metrics: the resource for C{/metrics}, instead of a
-        L{MetricsPage} of C{registry} (e.g.
-        C{prometheus_client.twisted.MetricsResource(registry=registry)}).
+    @param metrics: the resource for C{/metrics}, instead of
+        C{prometheus_client.twisted.MetricsResource(registry=registry)}
+        (which runs in the global reactor's thread pool).
     @return: a site answering C{/metrics} with the metrics and 401 for
         every other path (C{/}, C{/metrics/x}, C{/favicon.ico}, ...).
     """
     if metrics is None:
-        metrics = EncodingResourceWrapper(MetricsPage(registry), [GzipEncoderFactory()])
+        # Imported here: it imports the global reactor, which twistd must
+        # install first.
+        from prometheus_client.twisted import MetricsResource
+
+        metrics = MetricsResource(registry=registry)  # type: ignore[no-untyped-call]
     site = _QuietSite(_Root(metrics))
     site.displayTracebacks = False
     return site
