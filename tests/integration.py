@@ -252,9 +252,12 @@ class Household:
             return code
         return await daemon.ended
 
-    def _move_args(
-        self, args: tuple[str, ...], key: str, command: list[str] | None
+    def move_args(
+        self, args: tuple[str, ...], key: str = "a", command: list[str] | None = None
     ) -> list[str]:
+        """
+        The command line of realize-move from a's local arena to b.
+        """
         return [
             *(command or REALIZE_MOVE),
             "--src",
@@ -276,7 +279,7 @@ class Household:
         """
         Run realize-move from a's local arena to b.
         """
-        return run_command(self._move_args(args, key, command))
+        return run_command(self.move_args(args, key, command))
 
     def spawn_move(
         self, *args: str, key: str = "a", command: list[str] | None = None
@@ -284,7 +287,7 @@ class Household:
         """
         Start realize-move from a's local arena to b, without waiting.
         """
-        running = Running(self._move_args(args, key, command))
+        running = Running(self.move_args(args, key, command))
         self.case.addCleanup(running.kill)
         return running
 

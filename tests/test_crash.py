@@ -33,7 +33,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import SkipTest, TestCase
 
-from .integration import REALIZE_MOVE, Household, Run, read_tree
+from .integration import Household, Run, read_tree
 from .proxy import BOTH, UP, CuttingProxy
 
 KiB = 1 << 10
@@ -200,20 +200,7 @@ def move_args(household: Household, *args: str) -> list[str]:
     The command line of realize-move from a's local arena to b, as
     L{Household.move} runs it.
     """
-    return [
-        *REALIZE_MOVE,
-        "--src",
-        "local",
-        "--dst",
-        "b",
-        "--config",
-        household.client_config(),
-        "--privkey",
-        household.key("a"),
-        "--output",
-        "log",
-        *args,
-    ]
+    return household.move_args(args)
 
 
 async def run_to_end(case: TestCase, args: list[str]) -> Run:
