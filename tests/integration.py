@@ -333,12 +333,21 @@ def make_tree(root: str, big: int = 5 << 20) -> dict[str, bytes]:
     }
     for i in range(40):
         files[f"many/f{i:03d}"] = rng.randbytes(rng.randrange(0, 20_000))
+    write_tree(root, files)
+    return files
+
+
+def write_tree(root: str, files: dict[str, bytes]) -> None:
+    """
+    Write files below C{root}, making their directories.
+
+    @param files: path relative to the root to content.
+    """
     for path, content in files.items():
         full = os.path.join(root, path)
         os.makedirs(os.path.dirname(full), exist_ok=True)
         with open(full, "wb") as f:
             f.write(content)
-    return files
 
 
 def read_tree(root: str) -> dict[str, bytes]:

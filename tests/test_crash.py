@@ -33,19 +33,13 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import SkipTest, TestCase
 
-from .integration import Household, Run, read_tree
+from realize.model import is_partial_name
+
+from .integration import Household, Run, read_tree, write_tree
 from .proxy import BOTH, UP, CuttingProxy
 
 KiB = 1 << 10
 MiB = 1 << 20
-
-
-def is_partial(path: str) -> bool:
-    """
-    @return: whether a relative path names a partial file C{.<name>.part}.
-    """
-    name = os.path.basename(path)
-    return name.startswith(".") and name.endswith(".part") and len(name) > 6
 
 
 def make_crash_tree(
@@ -67,11 +61,7 @@ def make_crash_tree(
     for i in range(600):
         size = 0 if i % 97 == 0 else rng.randrange(1, 24 * KiB)
         files[f"small/{i % 13}/{i // 13}/f{i}.dat"] = rng.randbytes(size)
-    for path, content in files.items():
-        full = os.path.join(root, path)
-        os.makedirs(os.path.dirname(full), exist_ok=True)
-        with open(full, "wb") as f:
-            f.write(content)
+    write_tree(root, files)
     return files
 
 
@@ -102,7 +92,7 @@ class TreeCheck:
         at_destination = {
             path: content
             for path, content in read_tree(self.destination).items()
-            if not is_partial(path)
+            if not is_partial_name(os.path.basename(path))
         }
         for path, content in at_source.items():
             self.case.assertEqual(
@@ -493,14 +483,6 @@ class DiskFullIntegrationTests(TestCase):
                     self.assertEqual(f.read(), content)
 
 
-def write_tree(root: str, files: dict[str, bytes]) -> None:
-    for path, content in files.items():
-        full = os.path.join(root, path)
-        os.makedirs(os.path.dirname(full), exist_ok=True)
-        with open(full, "wb") as f:
-            f.write(content)
-
-
 def mount_tmpfs(case: TestCase, directory: str, size: str) -> None:
     """
     Mount a tmpfs of C{size} on an empty directory, unmounted at the end
@@ -811,4 +793,4 @@ def unused_port() -> int:
         return s.getsockname()[1]  # type: ignore[no-any-return]
 
 
-__all__ = ["TreeCheck", "is_partial", "make_crash_tree", "mount_tmpfs"]
+__all__ = ["TreeCheck", "make_crash_tree", "mount_tmpfs"]

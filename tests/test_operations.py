@@ -11,17 +11,16 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 
 from prometheus_client.parser import text_string_to_metric_families
 from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent
 
 from .integration import Household, make_tree, read_tree
-from .test_web import free_port
+from .test_web import free_port, start_pushgateway
 
 METRICS = re.compile(rb"serving metrics on [^\s]*:(\d+)")
 
@@ -173,40 +172,7 @@ class MoveMetricsTests(TestCase):
         A real Pushgateway receives the final metrics under the job and
         instance given, and they read back from it.
         """
-        binary = shutil.which("prometheus-pushgateway") or shutil.which("pushgateway")
-        if binary is None:
-            raise SkipTest(
-                "the Pushgateway is not installed (Debian package "
-                "prometheus-pushgateway)"
-            )
-        directory = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, directory, True)
-        port = free_port()
-        gateway = subprocess.Popen(
-            [
-                binary,
-                f"--web.listen-address=127.0.0.1:{port}",
-                f"--persistence.file={os.path.join(directory, 'data')}",
-                "--log.level=error",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-        def stop() -> None:
-            gateway.terminate()
-            gateway.wait(10)
-
-        self.addCleanup(stop)
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(100):
-            try:
-                code, _ = await http_get(url + "/-/ready")
-                if code == 200:
-                    break
-            except Exception:
-                pass
-            await deferLater(reactor, 0.1, lambda: None)
+        url = await start_pushgateway(self)
         household = Household(self)
         files = make_tree(household.source, big=1000)
         await household.start_daemon()

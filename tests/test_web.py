@@ -532,6 +532,54 @@ class LoopbackTests(TestCase):
         self.assertIn("refused", str(raised.exception).lower())
 
 
+async def start_pushgateway(case: TestCase) -> str:
+    """
+    Start a Pushgateway (Debian package C{prometheus-pushgateway}) on
+    127.0.0.1; stop it at cleanup.
+
+    @return: its base URL.
+    @raise SkipTest: if it is not installed.
+    """
+    binary = shutil.which("prometheus-pushgateway") or shutil.which("pushgateway")
+    if binary is None:
+        raise SkipTest(
+            "the Pushgateway is not installed (Debian package prometheus-pushgateway)"
+        )
+    directory = tempfile.mkdtemp()
+    case.addCleanup(shutil.rmtree, directory, True)
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            binary,
+            f"--web.listen-address=127.0.0.1:{port}",
+            f"--persistence.file={os.path.join(directory, 'data')}",
+            "--log.level=error",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def stop() -> None:
+        process.terminate()
+        process.wait(10)
+
+    case.addCleanup(stop)
+    url = f"http://127.0.0.1:{port}"
+    http = HTTPClient(Agent(reactor))
+    for _ in range(100):
+        try:
+            response = await http.get(url + "/-/ready")
+            await response.content()
+            if response.code == 200:
+                return url
+        except Exception:
+            pass
+        if process.poll() is not None:
+            case.fail(f"the Pushgateway exited with code {process.returncode}")
+        await deferLater(reactor, 0.1, lambda: None)
+    case.fail("the Pushgateway did not become ready")
+
+
 class PushgatewayTests(TestCase):
     """
     A push to a real Prometheus Pushgateway on 127.0.0.1, read back from
@@ -540,59 +588,13 @@ class PushgatewayTests(TestCase):
 
     timeout = 60
 
-    async def start_gateway(self) -> str:
-        """
-        Start a Pushgateway; stop it at cleanup.
-
-        @return: its base URL.
-        """
-        binary = shutil.which("prometheus-pushgateway") or shutil.which("pushgateway")
-        if binary is None:
-            raise SkipTest(
-                "the Pushgateway is not installed (Debian package "
-                "prometheus-pushgateway)"
-            )
-        directory = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, directory, True)
-        port = free_port()
-        process = subprocess.Popen(
-            [
-                binary,
-                f"--web.listen-address=127.0.0.1:{port}",
-                f"--persistence.file={os.path.join(directory, 'data')}",
-                "--log.level=error",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-        def stop() -> None:
-            process.terminate()
-            process.wait(10)
-
-        self.addCleanup(stop)
-        url = f"http://127.0.0.1:{port}"
-        http = HTTPClient(Agent(reactor))
-        for _ in range(100):
-            try:
-                response = await http.get(url + "/-/ready")
-                await response.content()
-                if response.code == 200:
-                    return url
-            except Exception:
-                pass
-            if process.poll() is not None:
-                self.fail(f"the Pushgateway exited with code {process.returncode}")
-            await deferLater(reactor, 0.1, lambda: None)
-        self.fail("the Pushgateway did not become ready")
-
     async def test_push_and_read_back(self) -> None:
         """
         The pushed series are in the Pushgateway's own exposition, under
         the job and instance of the push (escaped on the way); a second
         push replaces the first.
         """
-        url = await self.start_gateway()
+        url = await start_pushgateway(self)
         http = make_http_client(reactor)
         registry = move_registry()
         await push_metrics(http, url, "realize move", "nas/1", registry, clock=reactor)

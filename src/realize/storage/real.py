@@ -358,6 +358,23 @@ class ArenaRoot:
             return fd, is_partial, st
         raise NotFound(f"arena {self.name!r}: no file {parent.path!r}")
 
+    def _open_for_reading(
+        self, path: str, prefer_partial: bool
+    ) -> tuple[int, os.stat_result]:
+        """
+        Open the final or partial file of an arena path for reading.
+
+        @param prefer_partial: try the partial file first.
+        @return: the file descriptor and its status.
+        @raise NotFound: if neither file (or a directory on the way) exists.
+        """
+        parent, name = self._open_parent(path, create=False)
+        try:
+            fd, _, st = self._open_existing(parent, name, prefer_partial, _O_READ)
+        finally:
+            os.close(parent.fd)
+        return fd, st
+
     def _open_partial(self, parent: _Dir, name: str, create: bool) -> int:
         """
         Open the partial file of a name for writing; a final file is first
@@ -533,11 +550,7 @@ class ArenaRoot:
 
         @raise NotFound, InvalidPath, PermissionDenied, IOFailure: as usual.
         """
-        parent, name = self._open_parent(path, create=False)
-        try:
-            fd, _, _ = self._open_existing(parent, name, False, _O_READ)
-        finally:
-            os.close(parent.fd)
+        fd, _ = self._open_for_reading(path, prefer_partial=False)
         try:
             hasher = None
             if hash_from is not None:
@@ -700,11 +713,7 @@ class ArenaRoot:
         Leaves of C{[start, min(end, size))} of the file (partial if it
         exists, else final).
         """
-        parent, name = self._open_parent(path, create=False)
-        try:
-            fd, _, _ = self._open_existing(parent, name, True, _O_READ)
-        finally:
-            os.close(parent.fd)
+        fd, _ = self._open_for_reading(path, prefer_partial=True)
         try:
             leaves = hash_fd_range(fd, start, end)
             st = os.fstat(fd)
@@ -911,11 +920,7 @@ class ArenaRoot:
         """
         from realize import delta
 
-        parent, name = self._open_parent(path, create=False)
-        try:
-            fd, _, st = self._open_existing(parent, name, True, _O_READ)
-        finally:
-            os.close(parent.fd)
+        fd, st = self._open_for_reading(path, prefer_partial=True)
         try:
             if st.st_size <= start:
                 return None
@@ -940,11 +945,7 @@ class ArenaRoot:
             parsed = delta.parse_signature(signature, max_basis_length=end - start)
         except delta.DeltaFormatError as e:
             raise BadDelta(f"arena {self.name!r}, path {path!r}: {e}") from None
-        parent, name = self._open_parent(path, create=False)
-        try:
-            fd, _, _ = self._open_existing(parent, name, False, _O_READ)
-        finally:
-            os.close(parent.fd)
+        fd, _ = self._open_for_reading(path, prefer_partial=False)
         try:
             target = _read_into(fd, start, end, "target")
         except OSError as e:

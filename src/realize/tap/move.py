@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
@@ -364,11 +364,11 @@ async def run(reactor: Any, options: MoveOptions, output: Output | None = None) 
         return EXIT_ERROR
     pool, run_in_thread = make_thread_pool(reactor, "realize-move")
 
-    async def open_stores() -> tuple[Store, Store]:
-        source = await _open_store(
+    def open_side(side: str, peer: str) -> Coroutine[Any, Any, Store]:
+        return _open_store(
             reactor,
-            "source",
-            src,
+            side,
+            peer,
             arenas,
             config,
             options["privkey"],
@@ -377,19 +377,11 @@ async def run(reactor: Any, options: MoveOptions, output: Output | None = None) 
             options["rate_down"],
             options["compress"],
         )
+
+    async def open_stores() -> tuple[Store, Store]:
+        source = await open_side("source", src)
         try:
-            destination = await _open_store(
-                reactor,
-                "destination",
-                dst,
-                arenas,
-                config,
-                options["privkey"],
-                run_in_thread,
-                options["rate_up"],
-                options["rate_down"],
-                options["compress"],
-            )
+            destination = await open_side("destination", dst)
         except BaseException:
             await source.close()
             raise
