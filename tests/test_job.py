@@ -16,8 +16,8 @@ from realize.interfaces import Store
 from realize.model import ArenaName
 from realize.services.job import RETRY_DELAYS, MoveJob, retry_delay
 from realize.services.mover import FileResult
-from realize.storage.faults import Fault, FaultyStore
 from realize.storage.memory import MemoryStore
+from tests.faults import Fault, FaultyStore
 
 A = ArenaName("a")
 

@@ -33,8 +33,8 @@ from realize.services.mover import (
     Mover,
     differing_ranges,
 )
-from realize.storage.faults import Fault, FaultyStore
 from realize.storage.memory import MemoryStore
+from tests.faults import Fault, FaultyStore
 
 from .helpers import result_of
 

@@ -31,8 +31,8 @@ from realize.errors import (
     Unauthorized,
 )
 from realize.hashing import LEAF_SIZE, leaf_hash, merkle_root
-from realize.interfaces import FileState, ReadStream, SmallFile, Store
-from realize.model import ArenaName, FileInfo
+from realize.interfaces import ReadStream, Store
+from realize.model import ArenaName, FileInfo, FileState, SmallFile
 from realize.net import client as client_module
 from realize.net import server as server_module
 from realize.net.client import RemoteStore

@@ -18,8 +18,15 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from realize.errors import BadDelta, BadRequest, Conflict, InvalidPath, NotFound
 from realize.hashing import EMPTY_ROOT, LEAF_SIZE, leaf_hash, merkle_root
-from realize.interfaces import FileState, SmallFile, Store, WriteResult
-from realize.model import ArenaName, FileInfo, partial_name
+from realize.interfaces import Store
+from realize.model import (
+    ArenaName,
+    FileInfo,
+    FileState,
+    SmallFile,
+    WriteResult,
+    partial_name,
+)
 from realize.storage.memory import MemoryFile, MemoryStore
 from realize.storage.real import ArenaRoot, LocalStore
 from tests.helpers import failure_of, result_of, sync_run_in_thread

@@ -19,8 +19,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from realize.errors import InvalidPath, IOFailure, NotFound, RealizeError
 from realize.hashing import LEAF_SIZE, hash_fd_range, merkle_root
-from realize.interfaces import FileState, SmallFile
-from realize.model import ArenaName, FileInfo
+from realize.model import ArenaName, FileInfo, FileState, SmallFile
 from realize.storage import real
 from realize.storage.real import ArenaRoot, CommitItem, Committer, LocalStore
 from tests.helpers import failure_of, result_of, sync_run_in_thread

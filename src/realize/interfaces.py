@@ -9,7 +9,7 @@ methods with the same errors (L{realize.errors}), so the mover does not
 know which it talks to.
 
 Bulk data moves as async iterables of chunks (C{bytes}, at most
-L{realize.net.commands.CHUNK_SIZE} long): the consumer pulls, so
+L{realize.model.CHUNK_SIZE} long): the consumer pulls, so
 back-pressure is the consumer not asking for more.
 """
 
@@ -18,21 +18,24 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
-from attrs import frozen
 from twisted.internet.defer import Deferred
 
 from realize.errors import RealizeError
-from realize.model import ArenaName, FileInfo
+from realize.model import (
+    ArenaName,
+    FileInfo,
+    FileState,
+    SmallFile,
+    SmallRead,
+    WriteResult,
+)
 
 __all__ = [
     "ChunkList",
-    "FileState",
     "ReadStream",
     "RunInThread",
-    "SmallFile",
-    "SmallRead",
     "Store",
-    "WriteResult",
+    "StoreListener",
 ]
 
 T = TypeVar("T")
@@ -67,72 +70,6 @@ class RunInThread(Protocol):
     def __call__(
         self, f: Callable[..., T], /, *args: Any, **kwargs: Any
     ) -> Deferred[T]: ...
-
-
-@frozen
-class FileState:
-    """
-    What a read or hash saw of a file.
-
-    @ivar leaves: Merkle leaf digests (L{realize.hashing}) of the hashed
-        range, starting at its leaf-aligned start; empty if no hash was
-        asked for.
-    @ivar size: the file's size in bytes when the operation ended.
-    @ivar mtime_ns: the file's mtime in ns when the operation ended.
-    """
-
-    leaves: tuple[bytes, ...]
-    size: int
-    mtime_ns: int
-
-
-@frozen
-class SmallFile:
-    """
-    A whole small file to write in a batch (L{Store.write_files}).
-
-    @ivar path: its path.
-    @ivar size: its size in bytes (the length of its data).
-    @ivar mtime_ns: the mtime to give it.
-    @ivar root: the Merkle root its data must have.
-    """
-
-    path: str
-    size: int
-    mtime_ns: int
-    root: bytes
-
-
-@frozen
-class SmallRead:
-    """
-    A whole small file read in a batch (L{Store.read_files}).
-
-    @ivar data: its content (empty if it was larger than the limit).
-    @ivar size: its size in bytes when read.
-    @ivar mtime_ns: its mtime when read.
-    @ivar root: the Merkle root of C{data}.
-    """
-
-    data: bytes
-    size: int
-    mtime_ns: int
-    root: bytes
-
-
-@frozen
-class WriteResult:
-    """
-    The outcome of L{Store.write}.
-
-    @ivar leaves: Merkle leaves of C{[align_down(start), end)} of the
-        partial file after the write, if asked for.
-    @ivar finished: whether the file was verified and finished (only when
-        a C{finish_root} was given).
-    """
-
-    leaves: tuple[bytes, ...]
-    finished: bool = False
 
 
 class ReadStream(Protocol):
@@ -369,4 +306,30 @@ class Store(Protocol):
 
         @param abort: drop the connection at once, without flushing what
             is still queued (the move was stopped).
+        """
+
+
+class StoreListener(Protocol):
+    """
+    Told by a local store when it finished or deleted a file, with what it
+    already knows of it, so that the index records a file the store
+    received without hashing it again (#musthash).  Called in the reactor
+    thread, after the change is durable on disk.
+    """
+
+    def file_finished(
+        self, arena: ArenaName, path: str, size: int, mtime_ns: int, root: bytes
+    ) -> None:
+        """
+        A partial file became final (Finish, a verified Write or
+        WriteFiles, the last range of an ApplyDelta then Finish).
+
+        @param size: its size in bytes.
+        @param mtime_ns: its mtime as set, in ns.
+        @param root: its Merkle root (L{realize.hashing}).
+        """
+
+    def file_deleted(self, arena: ArenaName, path: str) -> None:
+        """
+        A final file was deleted (Delete, DeleteFiles).
         """

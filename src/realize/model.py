@@ -1,6 +1,7 @@
 """
 Frozen value types shared by every layer: peer ids, arena names, paths,
-file entries.
+file entries, and what store commands answer (L{FileState},
+L{SmallRead}, L{WriteResult}) or take (L{SmallFile}).
 
 Paths (DESIGN.md section 1) are relative to an arena root, C{/}-separated,
 without C{.}, C{..} or empty segments, without NUL; C{:} is allowed.  They
@@ -11,7 +12,7 @@ protects.
 
 from __future__ import annotations
 
-from typing import NewType
+from typing import Final, Literal, NewType
 
 from attrs import frozen
 
@@ -22,10 +23,17 @@ __all__ = [
     "MAX_DELTA_RANGE",
     "MAX_NAME_BYTES",
     "MAX_PATH_BYTES",
+    "NOTIFICATION_KINDS",
     "ArenaName",
     "FileInfo",
+    "FileState",
+    "Notification",
     "PeerId",
+    "SmallFile",
+    "SmallRead",
+    "WriteResult",
     "check_arena_name",
+    "check_notification",
     "check_path",
     "check_range",
     "is_partial_name",
@@ -206,3 +214,208 @@ class FileInfo:
     size: int
     mtime_ns: int
     partial: bool = False
+
+
+@frozen
+class FileState:
+    """
+    What a read or hash saw of a file.
+
+    @ivar leaves: Merkle leaf digests (L{realize.hashing}) of the hashed
+        range, starting at its leaf-aligned start; empty if no hash was
+        asked for.
+    @ivar size: the file's size in bytes when the operation ended.
+    @ivar mtime_ns: the file's mtime in ns when the operation ended.
+    """
+
+    leaves: tuple[bytes, ...]
+    size: int
+    mtime_ns: int
+
+
+@frozen
+class SmallFile:
+    """
+    A whole small file to write in a batch (L{Store.write_files}).
+
+    @ivar path: its path.
+    @ivar size: its size in bytes (the length of its data).
+    @ivar mtime_ns: the mtime to give it.
+    @ivar root: the Merkle root its data must have.
+    """
+
+    path: str
+    size: int
+    mtime_ns: int
+    root: bytes
+
+
+@frozen
+class SmallRead:
+    """
+    A whole small file read in a batch (L{Store.read_files}).
+
+    @ivar data: its content (empty if it was larger than the limit).
+    @ivar size: its size in bytes when read.
+    @ivar mtime_ns: its mtime when read.
+    @ivar root: the Merkle root of C{data}.
+    """
+
+    data: bytes
+    size: int
+    mtime_ns: int
+    root: bytes
+
+
+@frozen
+class WriteResult:
+    """
+    The outcome of L{Store.write}.
+
+    @ivar leaves: Merkle leaves of C{[align_down(start), end)} of the
+        partial file after the write, if asked for.
+    @ivar finished: whether the file was verified and finished (only when
+        a C{finish_root} was given).
+    """
+
+    leaves: tuple[bytes, ...]
+    finished: bool = False
+
+
+#: Kinds of notification (DESIGN.md sections 9 and 10).  The first four are
+#: history entries; the others frame a subscription.
+ADD: Final = "add"
+REPLACE: Final = "replace"
+REMOVE: Final = "remove"
+DROP: Final = "drop"
+CONNECTED: Final = "connected"
+CATCHUP_START: Final = "catchup_start"
+CATCHUP: Final = "catchup"
+CATCHUP_COMPLETE: Final = "catchup_complete"
+
+NotificationKind = Literal[
+    "add",
+    "replace",
+    "remove",
+    "drop",
+    "connected",
+    "catchup_start",
+    "catchup",
+    "catchup_complete",
+]
+
+#: Kinds that a history table stores.
+HISTORY_KINDS: tuple[NotificationKind, ...] = (ADD, REPLACE, REMOVE, DROP)
+
+NOTIFICATION_KINDS: tuple[NotificationKind, ...] = (
+    ADD,
+    REPLACE,
+    REMOVE,
+    DROP,
+    CONNECTED,
+    CATCHUP_START,
+    CATCHUP,
+    CATCHUP_COMPLETE,
+)
+
+#: Largest file size a notification may claim: 2**62 bytes (4 EiB), far
+#: beyond any disk, far below overflow in sums of a few of them.
+MAX_NOTIFIED_SIZE = 1 << 62
+
+
+@frozen
+class Notification:
+    """
+    A change in an arena reported by a peer, or a message framing a
+    subscription (DESIGN.md section 9, table of notifications).
+
+    Fields that do not apply to a kind are C{None}:
+
+        - C{add}: path, size, mtime_ns, hash (C{None}: no version yet).
+        - C{replace}: path, size, mtime_ns, hash, old_hash.
+        - C{remove}: path, mtime_ns (the #unlinktime rule), old_hash.
+        - C{drop}: path, old_hash.
+        - C{connected}: uuid (the store uuid of the publisher).
+        - C{catchup_start}: nothing but the position.
+        - C{catchup}: path, size, mtime_ns, hash.
+        - C{catchup_complete}: position (what the subscriber stores).
+
+    @ivar kind: one of L{NOTIFICATION_KINDS}.
+    @ivar arena: the arena.
+    @ivar position: the history position of the entry (for C{catchup}
+        entries and C{connected}, the position the publisher's history has
+        reached).
+    @ivar path: the file's path.
+    @ivar size: its size in bytes.
+    @ivar mtime_ns: its mtime in ns since the epoch.
+    @ivar hash: its Merkle root (L{realize.hashing}), or C{None} for a file
+        not yet hashed (#musthash).
+    @ivar old_hash: the version it replaces or removes, or C{None} if that
+        version was never hashed.
+    @ivar uuid: the publisher's store uuid (C{connected} only).
+    """
+
+    kind: NotificationKind
+    arena: ArenaName
+    position: int
+    path: str | None = None
+    size: int | None = None
+    mtime_ns: int | None = None
+    hash: bytes | None = None
+    old_hash: bytes | None = None
+    uuid: str | None = None
+
+
+_FIELDS: dict[str, tuple[str, ...]] = {
+    ADD: ("path", "size", "mtime_ns"),
+    REPLACE: ("path", "size", "mtime_ns"),
+    REMOVE: ("path", "mtime_ns"),
+    DROP: ("path",),
+    CONNECTED: ("uuid",),
+    CATCHUP_START: (),
+    CATCHUP: ("path", "size", "mtime_ns"),
+    CATCHUP_COMPLETE: (),
+}
+
+
+def check_notification(value: Notification) -> Notification:
+    """
+    Validate a notification received from a peer, as strictly as a store
+    command's arguments: a hostile or buggy peer cannot make us create
+    C{..}, absurd sizes or huge names.
+
+    @param value: the notification.
+    @return: C{value}.
+    @raise BadRequest: if its kind is unknown, a field it needs is missing,
+        a size is negative or over L{MAX_NOTIFIED_SIZE}, an mtime or
+        position is out of range, a hash is not 32 bytes, or a uuid is not
+        a short printable string.
+    @raise InvalidPath: if its path breaks the rules of L{check_path}.
+    """
+    if value.kind not in _FIELDS:
+        raise BadRequest(f"unknown notification kind {value.kind!r}")
+    for name in _FIELDS[value.kind]:
+        if getattr(value, name) is None:
+            raise BadRequest(f"{value.kind} notification without {name}")
+    check_arena_name(value.arena)
+    if not 0 <= value.position <= MAX_INT64:
+        raise BadRequest(f"notification position {value.position} is out of range")
+    if value.path is not None:
+        check_path(value.path)
+    if value.size is not None and not 0 <= value.size <= MAX_NOTIFIED_SIZE:
+        raise BadRequest(
+            f"notification for {value.path!r}: size {value.size} is out of range"
+        )
+    check_mtime(value.mtime_ns)
+    for name in ("hash", "old_hash"):
+        digest = getattr(value, name)
+        if digest is not None and len(digest) != 32:
+            raise BadRequest(
+                f"notification for {value.path!r}: {name} of {len(digest)} "
+                "bytes is not a Merkle root"
+            )
+    if value.uuid is not None and not (
+        0 < len(value.uuid) <= 64 and value.uuid.isprintable()
+    ):
+        raise BadRequest(f"notification uuid {value.uuid!r} is malformed")
+    return value

@@ -31,15 +31,15 @@ from realize.errors import (
     RealizeError,
 )
 from realize.hashing import DIGEST_SIZE
-from realize.interfaces import (
-    ChunkList,
+from realize.interfaces import ChunkList, RunInThread
+from realize.model import (
+    ArenaName,
+    FileInfo,
     FileState,
-    RunInThread,
     SmallFile,
     SmallRead,
     WriteResult,
 )
-from realize.model import ArenaName, FileInfo
 from realize.net import commands
 from realize.net.protocol import (
     MAX_DATA_FRAME,

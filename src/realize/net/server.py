@@ -31,9 +31,9 @@ from realize.errors import (
     NetworkError,
     RealizeError,
 )
-from realize.interfaces import RunInThread, SmallFile, Store
+from realize.interfaces import RunInThread, Store
 from realize.metrics import COPY, DELTA, READ, WRITTEN, DaemonMetrics
-from realize.model import ArenaName, FileInfo, PeerId
+from realize.model import ArenaName, FileInfo, PeerId, SmallFile
 from realize.net import commands
 from realize.net.protocol import (
     MAX_DATA_FRAME,

@@ -52,15 +52,16 @@ from realize.errors import (
     is_retryable,
 )
 from realize.hashing import LEAF_SIZE, align_down, format_hash, merkle_root
-from realize.interfaces import (
-    ChunkList,
+from realize.interfaces import ChunkList, ReadStream, Store
+from realize.model import (
+    CHUNK_SIZE,
+    MAX_DELTA_RANGE,
+    ArenaName,
+    FileInfo,
     FileState,
-    ReadStream,
     SmallFile,
     SmallRead,
-    Store,
 )
-from realize.model import CHUNK_SIZE, MAX_DELTA_RANGE, ArenaName, FileInfo
 
 __all__ = [
     "BYTE_BUDGET",

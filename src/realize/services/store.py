@@ -19,15 +19,16 @@ from twisted.logger import Logger
 
 from realize.config import Config
 from realize.errors import NotFound, RealizeError, Unauthorized
-from realize.interfaces import (
+from realize.interfaces import ReadStream, RunInThread
+from realize.model import (
+    ArenaName,
+    FileInfo,
     FileState,
-    ReadStream,
-    RunInThread,
+    PeerId,
     SmallFile,
     SmallRead,
     WriteResult,
 )
-from realize.model import ArenaName, FileInfo, PeerId
 from realize.storage.real import ArenaRoot, LocalStore
 
 __all__ = ["PeerView", "StoreService"]

@@ -17,8 +17,17 @@ from attrs import define, field
 from realize import delta
 from realize.errors import BadDelta, BadRequest, Conflict, NotFound, RealizeError
 from realize.hashing import LEAF_SIZE, LeafHasher, align_down, merkle_root
-from realize.interfaces import FileState, SmallFile, SmallRead, WriteResult
-from realize.model import CHUNK_SIZE, ArenaName, FileInfo, check_path, check_range
+from realize.model import (
+    CHUNK_SIZE,
+    ArenaName,
+    FileInfo,
+    FileState,
+    SmallFile,
+    SmallRead,
+    WriteResult,
+    check_path,
+    check_range,
+)
 
 __all__ = ["MemoryFile", "MemoryStore"]
 

@@ -61,18 +61,16 @@ from realize.hashing import (
     hash_fd_range,
     merkle_root,
 )
-from realize.interfaces import (
-    FileState,
-    RunInThread,
-    SmallFile,
-    SmallRead,
-    WriteResult,
-)
+from realize.interfaces import RunInThread
 from realize.model import (
     CHUNK_SIZE,
     MAX_DELTA_RANGE,
     ArenaName,
     FileInfo,
+    FileState,
+    SmallFile,
+    SmallRead,
+    WriteResult,
     check_mtime,
     check_path,
     check_range,

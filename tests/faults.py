@@ -28,16 +28,15 @@ from typing import Any
 from attrs import define, field
 
 from realize.errors import IOFailure, NetworkError, RealizeError
-from realize.interfaces import (
-    ChunkList,
+from realize.interfaces import ChunkList, ReadStream, Store
+from realize.model import (
+    ArenaName,
+    FileInfo,
     FileState,
-    ReadStream,
     SmallFile,
     SmallRead,
-    Store,
     WriteResult,
 )
-from realize.model import ArenaName, FileInfo
 
 __all__ = ["Fault", "FaultyStore"]
 
