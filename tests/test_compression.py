@@ -1,6 +1,6 @@
 """
 Tests for the compression of data chunks (#compress): the zstd helpers of
-L{realize.net.protocol} and realize-move --compress end to end.
+L{realize.net.framing} and realize-move --compress end to end.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import zstandard
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from realize.errors import BadRequest
-from realize.net.protocol import MAX_DATA_FRAME, compress, decompress
+from realize.net.codec import MAX_DATA_FRAME, compress, decompress
 
 from .integration import Household, move_from_daemon, read_tree
 

@@ -5,7 +5,7 @@ conditions"; DESIGN.md section 4; docs/protocol.md).
 Every test goes through the daemon's whole server stack
 (L{realize.net.server.server_factory}: throttle, pyOpenSSL TLS 1.3 in
 memory with L{twisted.test.iosim} as in L{tests.test_net}, the framing
-layer, AMP, the L{StoreLocator} responders), a L{StoreService} whose L{PeerView} applies
+layer, AMP, the L{StoreResponders}), a L{StoreService} whose L{PeerView} applies
 the arena ACLs of a real config, and a L{LocalStore} on a temporary
 directory (its "threads" run synchronously, L{sync_run_in_thread}).  The
 client side speaks raw AMP (C{callRemote}, C{callRemoteString}) and raw
@@ -47,10 +47,9 @@ from hypothesis import strategies as st
 from twisted.internet import defer, reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.protocols import amp
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.test.iosim import connectedServerAndClient
 from twisted.trial.unittest import TestCase
@@ -62,19 +61,19 @@ from realize.interfaces import RunInThread
 from realize.model import MAX_NAME_BYTES, MAX_PATH_BYTES, PeerId
 from realize.net import commands
 from realize.net.client import RemoteStore, connect
-from realize.net.protocol import (
+from realize.net.codec import MAX_DATA_FRAME, decode_entries
+from realize.net.factory import client_factory, server_factory
+from realize.net.framing import (
     BOX,
     MAX_BOX_FRAME,
-    MAX_DATA_FRAME,
     READ_CANCEL,
     READ_DATA,
     WRITE_DATA,
     WRITE_END,
     Connection,
-    Inbox,
-    decode_entries,
 )
-from realize.net.server import server_factory
+from realize.net.server import store_responders
+from realize.net.streams import Inbox
 from realize.net.tls import ClientTLS, ServerTLS
 from realize.services.store import StoreService
 from tests.helpers import sync_run_in_thread
@@ -406,7 +405,9 @@ class HostileCase(NetTestCase):
         self.service = StoreService(self.config, self.threads())
         tls = ServerTLS(self.b.key, self.config.peer_by_spki().get)
         # The daemon's whole stack: throttle, TLS, framing, responders.
-        self.server_side = server_factory(tls, self.service.view, self.clock)
+        self.server_side = server_factory(
+            tls, store_responders(self.service.view), self.clock
+        )
         self.errors = capture_errors(self)
         self.before = snapshot(self.base)
         self.link = self.connect(self.a)
@@ -441,15 +442,8 @@ class HostileCase(NetTestCase):
         the server's one factory; closed at the end of the test.
         """
         expected = self.b
-        client_side = TLSMemoryBIOFactory(
-            ClientTLS(client.key, expected.spki, expected.id),
-            True,
-            Factory.forProtocol(
-                lambda: Connection(
-                    amp.CommandLocator(), {expected.spki: expected.id}.get
-                )
-            ),
-            self.clock,
+        client_side = client_factory(
+            ClientTLS(client.key, expected.spki, expected.id), self.clock
         )
         made: dict[str, Any] = {}
 
@@ -1495,7 +1489,9 @@ class JunkBoxLoopbackTests(TestCase):
         )
         service = StoreService(config, sync_run_in_thread)
         factory = server_factory(
-            ServerTLS(b.key, config.peer_by_spki().get), service.view, reactor
+            ServerTLS(b.key, config.peer_by_spki().get),
+            store_responders(service.view),
+            reactor,
         )
         port = reactor.listenTCP(  # type: ignore[attr-defined]
             0, factory, interface="127.0.0.1"

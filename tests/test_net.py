@@ -24,11 +24,9 @@ from OpenSSL import SSL, crypto
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
-from twisted.protocols import amp
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.test.iosim import FakeTransport, IOPump, connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -37,8 +35,9 @@ from realize.interfaces import Store
 from realize.model import PeerId
 from realize.net.client import RemoteStore
 from realize.net.commands import Arenas
-from realize.net.protocol import Connection
-from realize.net.server import connection_factory
+from realize.net.factory import client_factory, connection_of, server_factory
+from realize.net.framing import Connection
+from realize.net.server import store_responders
 from realize.net.tls import ClientTLS, ServerTLS, fingerprint, make_certificate
 from realize.storage.memory import MemoryStore
 from tests.helpers import make_key
@@ -142,9 +141,10 @@ def link(
     client_creator: Any = None,
 ) -> Link:
     """
-    Connect a client peer to a server peer over real TLS in memory, wired as
-    L{realize.net.server.server_factory} and L{realize.net.client.connect}
-    wire them, and run the handshake.
+    Connect a client peer to a server peer over real TLS in memory, with the
+    real stacks of L{realize.net.factory.server_factory} and
+    L{realize.net.factory.client_factory} (throttle, TLS, framing), and run
+    the handshake.
 
     @param clock: the clock of both TLS layers and of the pump.
     @param server: the listening peer.
@@ -161,27 +161,21 @@ def link(
     if server_lookup is None:
         server_lookup = {client.spki: client.id}.get
     server_tls = ServerTLS(server.key, server_lookup)
-    wrapped = connection_factory(server_tls, view)
-    server_side = TLSMemoryBIOFactory(server_tls, False, wrapped, clock)
+    server_side = server_factory(server_tls, store_responders(view), clock)
     expected = expected or server
-    client_tls = client_creator or ClientTLS(client.key, expected.spki, expected.id)
-    client_lookup = {expected.spki: expected.id}.get
-    client_side = TLSMemoryBIOFactory(
-        client_tls,
-        True,
-        Factory.forProtocol(lambda: Connection(amp.CommandLocator(), client_lookup)),
-        clock,
-    )
+    tls = ClientTLS(client.key, expected.spki, expected.id)
+    client_side = client_factory(tls, clock, creator=client_creator)
+    client_tls = client_creator or tls
     made: dict[str, Any] = {}
 
     def build_server() -> Protocol:
         protocol = server_side.buildProtocol(CLIENT_ADDRESS)
-        made["server"] = protocol.wrappedProtocol
+        made["server"] = connection_of(protocol)
         return protocol
 
     def build_client() -> Protocol:
         protocol = client_side.buildProtocol(SERVER_ADDRESS)
-        made["client"] = protocol.wrappedProtocol
+        made["client"] = connection_of(protocol)
         return protocol
 
     def server_wire(protocol: Protocol) -> WireTransport:

@@ -24,8 +24,9 @@ from realize.config import PeerConfig
 from realize.errors import AuthenticationError, NetworkError
 from realize.model import PeerId
 from realize.net.client import connect
-from realize.net.protocol import Connection
-from realize.net.server import connection_factory
+from realize.net.factory import ConnectionFactory
+from realize.net.framing import Connection
+from realize.net.server import store_responders
 from realize.net.tls import ClientTLS, ServerTLS, fingerprint
 from realize.storage.memory import MemoryStore
 from tests.test_net import Identity, identity
@@ -83,7 +84,9 @@ class ConnectIntegrationTests(TestCase):
             cleaned up at the end of the test.
         """
         tls = ServerTLS(self.b.key, {knows.spki: knows.id}.get)
-        recording = Recording(connection_factory(tls, lambda peer: self.store))
+        recording = Recording(
+            ConnectionFactory(tls.lookup, store_responders(lambda peer: self.store))
+        )
         endpoint = serverFromString(reactor, "tcp:0:interface=127.0.0.1")
         port = await endpoint.listen(TLSMemoryBIOFactory(tls, False, recording))
         self.addCleanup(self.closed, recording)

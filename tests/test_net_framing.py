@@ -1,5 +1,5 @@
 """
-Tests for L{realize.net.protocol} (the framing layer under AMP, inboxes and
+Tests for L{realize.net.framing} (the framing layer under AMP, inboxes and
 back-pressure) and L{realize.net.commands.BigBytes}.
 
 A L{Connection} here runs on a L{StringTransport} that can present a peer
@@ -28,22 +28,20 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from realize.errors import BadRequest, Conflict, NetworkError
 from realize.model import FileInfo, PeerId
+from realize.net.codec import MAX_DATA_FRAME, decode_entries, encode_entries
 from realize.net.commands import BigBytes
-from realize.net.protocol import (
+from realize.net.framing import (
     BOX,
     MAX_BOX_FRAME,
-    MAX_DATA_FRAME,
     READ_CANCEL,
     READ_DATA,
     READ_DATA_Z,
     WRITE_DATA,
     WRITE_END,
     Connection,
-    Inbox,
-    decode_entries,
-    encode_entries,
 )
-from realize.net.tls import make_certificate
+from realize.net.streams import Inbox
+from realize.net.tls import make_certificate, pinned_identity
 from tests.helpers import make_key, result_of
 
 MiB = 1 << 20
@@ -164,7 +162,9 @@ class ConnectionTestCase(SynchronousTestCase):
         @param key: the key the peer presents, by default peer a's.
         @return: a connected connection and its transport.
         """
-        connection = Connection(locator or EchoLocator(), self.lookup)
+        connection = Connection(
+            pinned_identity(self.lookup), locator=locator or EchoLocator()
+        )
         transport = PeerTransport(key or self.key)
         connection.makeConnection(transport)
         if handshake:

@@ -1,6 +1,6 @@
 """
 Tests for the store commands end to end: L{realize.net.client.RemoteStore}
-calling L{realize.net.server.StoreLocator} over real TLS in memory
+calling L{realize.net.server.StoreResponders} over real TLS in memory
 (L{twisted.test.iosim}), served by a L{StoreService} whose L{PeerView}
 applies the arena ACLs of a real config, or by a L{MemoryStore}.
 
@@ -33,10 +33,11 @@ from realize.errors import (
 from realize.hashing import LEAF_SIZE, leaf_hash, merkle_root
 from realize.interfaces import ReadStream, Store
 from realize.model import ArenaName, FileInfo, FileState, SmallFile
-from realize.net import client as client_module
+from realize.net import codec as client_module
 from realize.net import server as server_module
 from realize.net.client import RemoteStore
-from realize.net.protocol import MAX_DATA_FRAME, Inbox
+from realize.net.codec import MAX_DATA_FRAME
+from realize.net.streams import Inbox
 from realize.services.store import StoreService
 from realize.storage.memory import MemoryFile, MemoryStore
 from tests.helpers import sync_run_in_thread

@@ -70,9 +70,18 @@ class PluginTests(SynchronousTestCase):
         # The daemon, inside the service that makes twistd log our way.
         [daemon] = list(service)  # type: ignore[call-overload]
         names = [type(s).__name__ for s in daemon]
+        # In start order; they stop in the reverse order, one by one.
         self.assertEqual(
             names,
-            ["ThreadPoolService", "StoreService", "ReloadService", "_ListenService"],
+            [
+                "ThreadPoolService",
+                "ThreadPoolService",
+                "StoreService",
+                "ConnectionsService",
+                "_GateService",
+                "_ListenService",
+                "ReloadService",
+            ],
         )
 
     def test_realized_requires_options(self) -> None:

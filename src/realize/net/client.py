@@ -1,6 +1,8 @@
 """
 The store of a remote peer, over AMP over TLS: L{RemoteStore} implements
-L{realize.interfaces.Store} on a L{Connection}, and L{connect} makes one.
+L{realize.interfaces.Store} on a L{Connection}; L{authenticate} proves a
+dialled connection's peer, and L{connect} dials, authenticates and gives
+the store.
 
 Errors come back as the classes of L{realize.errors} (AMP rebuilds them
 from their codes); a lost connection becomes L{NetworkError}; a refused
@@ -10,16 +12,14 @@ key, L{AuthenticationError} with the peer, its address and the reason.
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from attrs import define
 from OpenSSL import SSL
 from twisted.internet import error as neterror
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.protocol import Factory
 from twisted.protocols import amp
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from realize.config import PeerConfig
@@ -30,7 +30,6 @@ from realize.errors import (
     NetworkError,
     RealizeError,
 )
-from realize.hashing import DIGEST_SIZE
 from realize.interfaces import ChunkList, RunInThread
 from realize.model import (
     ArenaName,
@@ -41,84 +40,29 @@ from realize.model import (
     WriteResult,
 )
 from realize.net import commands
-from realize.net.protocol import (
-    MAX_DATA_FRAME,
-    WRITE_DATA,
-    Connection,
-    Inbox,
+from realize.net.codec import (
+    batches,
     decode_entries,
+    entry_cost,
+    join_frames,
+    split_leaves,
 )
-from realize.net.throttle import ThrottlingFactory
+from realize.net.factory import client_factory, connection_of
+from realize.net.framing import Connection
+from realize.net.locator import LocatorFactory
+from realize.net.registry import ConnectionRegistry
+from realize.net.streams import Inbox, call, call_reading, call_sending
 from realize.net.tls import ClientTLS
 
-__all__ = ["RemoteStore", "connect"]
+__all__ = ["RemoteStore", "authenticate", "connect"]
 
 #: Seconds to wait for a TCP connection before giving up.
 CONNECT_TIMEOUT = 30
 
 
-def _split_leaves(data: bytes) -> tuple[bytes, ...]:
-    if len(data) % DIGEST_SIZE:
-        raise IOFailure(f"malformed leaf list of {len(data)} bytes")
-    return tuple(data[i : i + DIGEST_SIZE] for i in range(0, len(data), DIGEST_SIZE))
-
-
-#: Most files per batch call, and most bytes of the records describing
-#: them (the daemon refuses batches over 1,024 files or 16 MiB).
-BATCH_CALL_FILES = 512
-BATCH_CALL_COST = 1 << 20
-
 T = TypeVar("T")
 
 _ERRORS_BY_CODE = {code: cls for cls, code in WIRE_ERRORS.items()}
-
-
-def _entry_cost(path: str) -> int:
-    """
-    @return: a generous estimate of the bytes a batch entry for C{path}
-        takes in its records (lengths, numbers, a 32-byte root).
-    """
-    return 64 + len(path.encode("utf-8", "replace"))
-
-
-def _batches(items: Sequence[T], cost: Callable[[T], int]) -> list[Sequence[T]]:
-    """
-    Split a batch into calls that fit: at most L{BATCH_CALL_FILES} items
-    and L{BATCH_CALL_COST} bytes of records each.
-    """
-    parts: list[Sequence[T]] = []
-    start = 0
-    total = 0
-    for index, item in enumerate(items):
-        item_cost = cost(item)
-        if index > start and (
-            index - start >= BATCH_CALL_FILES or total + item_cost > BATCH_CALL_COST
-        ):
-            parts.append(items[start:index])
-            start, total = index, 0
-        total += item_cost
-    if start < len(items):
-        parts.append(items[start:])
-    return parts
-
-
-def _frames(contents: Sequence[bytes]) -> list[bytes]:
-    """
-    Concatenate small contents into chunks of about L{MAX_DATA_FRAME}
-    bytes (L{Connection.send_data} splits any larger one into frames).
-    """
-    frames: list[bytes] = []
-    pending: list[bytes] = []
-    size = 0
-    for content in contents:
-        if size + len(content) > MAX_DATA_FRAME and pending:
-            frames.append(b"".join(pending))
-            pending, size = [], 0
-        pending.append(content)
-        size += len(content)
-    if size:
-        frames.append(b"".join(pending))
-    return frames
 
 
 def _decode_error(code: bytes, message: str) -> RealizeError:
@@ -192,7 +136,7 @@ class _RemoteReadStream:
         else:
             try:
                 self._state = FileState(
-                    _split_leaves(result["leaves"]),
+                    split_leaves(result["leaves"]),
                     result["size"],
                     result["mtime_ns"],
                 )
@@ -241,13 +185,27 @@ class RemoteStore:
     async def _call(
         self, command: type[amp.Command], **arguments: Any
     ) -> dict[str, Any]:
-        try:
-            answer: dict[str, Any] = await self.connection.amp.callRemote(
-                command, **arguments
-            )
-        except Exception:
-            raise self._error(Failure()) from None
-        return answer
+        return await call(self.connection, self._error, command, **arguments)
+
+    async def _call_sending(
+        self,
+        command: type[amp.Command],
+        data: AsyncIterable[bytes],
+        **arguments: Any,
+    ) -> dict[str, Any]:
+        return await call_sending(
+            self.connection, self._error, command, data, **arguments
+        )
+
+    async def _call_reading(
+        self,
+        command: type[amp.Command],
+        on_chunk: Callable[[bytes], None],
+        **arguments: Any,
+    ) -> dict[str, Any]:
+        return await call_reading(
+            self.connection, self._error, command, on_chunk, **arguments
+        )
 
     async def arenas(self) -> list[ArenaName]:
         answer = await self._call(commands.Arenas)
@@ -305,91 +263,7 @@ class RemoteStore:
             finish_root=finish_root,
             mtime_ns=mtime_ns,
         )
-        return WriteResult(_split_leaves(result["leaves"]), result["finished"])
-
-    async def _call_sending(
-        self,
-        command: type[amp.Command],
-        data: AsyncIterable[bytes],
-        **arguments: Any,
-    ) -> dict[str, Any]:
-        """
-        Call a command that takes a data stream (Write, WriteFiles): send
-        the data after the command, end the stream, await the answer.
-
-        @raise: the data's own error if iterating it fails (the stream is
-            then ended as aborted), else the command's error.
-        """
-        connection = self.connection
-        stream = connection.new_stream()
-        called = connection.amp.callRemote(command, stream=stream, **arguments)
-        # Take the answer as soon as it comes, even while sending: AMP
-        # treats an error answer with no errback attached yet as unhandled
-        # (it logs it, drops the connection and makes the result None).
-        answer: Deferred[dict[str, Any]] = Deferred()
-        called.addCallbacks(answer.callback, answer.errback)
-        ok = False
-        try:
-            async for chunk in data:
-                if answer.called:
-                    # The destination answered before the end: an error.
-                    break
-                await connection.send_chunk(WRITE_DATA, stream, chunk)
-                if (wait := connection.writable()) is not None:
-                    await wait
-            else:
-                ok = True
-        except BaseException:
-            # The source (or the connection) failed: its error is raised,
-            # the answer is not awaited, so it must not be left unhandled.
-            connection.end_write(stream, False)
-            connection.forget_stream(WRITE_DATA, stream)
-            answer.addErrback(lambda _: None)
-            raise
-        connection.end_write(stream, ok)
-        connection.forget_stream(WRITE_DATA, stream)
-        try:
-            return await answer
-        except Exception:
-            raise self._error(Failure()) from None
-
-    async def _call_reading(
-        self,
-        command: type[amp.Command],
-        on_chunk: Callable[[bytes], None],
-        **arguments: Any,
-    ) -> dict[str, Any]:
-        """
-        Call a command that answers with a data stream (List, ReadFiles):
-        hand each chunk to C{on_chunk}, return the answer.
-        """
-        connection = self.connection
-        stream = connection.new_stream()
-        inbox = connection.open_reading(stream)
-        called = connection.amp.callRemote(command, stream=stream, **arguments)
-        answers: list[dict[str, Any]] = []
-
-        def answered(result: Any) -> None:
-            # Ending the inbox resumes the loop below at once, inside this
-            # callback: hand it the outcome through the inbox, not by
-            # awaiting the answer whose callbacks are running.
-            if isinstance(result, Failure):
-                connection.close_reading(stream, self._error(result))
-            else:
-                answers.append(result)
-                connection.close_reading(stream, None)
-
-        called.addBoth(answered)
-        try:
-            async for chunk in inbox:
-                on_chunk(chunk)
-        except Exception:
-            connection.cancel_reading(stream)
-            inbox.discard()
-            raise self._error(Failure()) from None
-        if not answers:
-            raise IOFailure(f"no answer to {command.__name__}")
-        return answers[0]
+        return WriteResult(split_leaves(result["leaves"]), result["finished"])
 
     async def signature(
         self, arena: ArenaName, path: str, start: int, end: int
@@ -437,13 +311,13 @@ class RemoteStore:
             end=end,
             file_size=file_size,
         )
-        return _split_leaves(answer["leaves"])
+        return split_leaves(answer["leaves"])
 
     async def read_files(
         self, arena: ArenaName, files: Sequence[tuple[str, int]]
     ) -> list[SmallRead | RealizeError]:
         results: list[SmallRead | RealizeError] = []
-        for part in _batches(files, lambda f: _entry_cost(f[0])):
+        for part in batches(files, lambda f: entry_cost(f[0])):
             chunks: list[bytes] = []
             answer = await self._call_reading(
                 commands.ReadFiles,
@@ -479,10 +353,10 @@ class RemoteStore:
     ) -> list[RealizeError | None]:
         results: list[RealizeError | None] = []
         pairs = list(zip(files, data, strict=True))
-        for part in _batches(pairs, lambda pair: _entry_cost(pair[0].path)):
+        for part in batches(pairs, lambda pair: entry_cost(pair[0].path)):
             answer = await self._call_sending(
                 commands.WriteFiles,
-                ChunkList(_frames([content for _, content in part])),
+                ChunkList(join_frames([content for _, content in part])),
                 arena=arena,
                 files=[
                     {
@@ -501,7 +375,7 @@ class RemoteStore:
         self, arena: ArenaName, files: Sequence[FileInfo]
     ) -> list[RealizeError | None]:
         results: list[RealizeError | None] = []
-        for part in _batches(files, lambda info: _entry_cost(info.path)):
+        for part in batches(files, lambda info: entry_cost(info.path)):
             answer = await self._call(
                 commands.DeleteFiles,
                 arena=arena,
@@ -540,7 +414,7 @@ class RemoteStore:
             commands.Hash, arena=arena, path=path, start=start, end=end
         )
         return FileState(
-            _split_leaves(answer["leaves"]), answer["size"], answer["mtime_ns"]
+            split_leaves(answer["leaves"]), answer["size"], answer["mtime_ns"]
         )
 
     async def set_compression(self, level: int = 3) -> None:
@@ -570,6 +444,49 @@ class RemoteStore:
             await self.connection.lost
 
 
+async def authenticate(protocol: object) -> Connection:
+    """
+    Prove the peer of a dialled connection: wait for the TLS handshake,
+    then make one round trip (the first C{Arenas} call): with TLS 1.3 the
+    server checks our key after the client considers the handshake done,
+    and refuses with an alert (DESIGN.md §4, docs/protocol.md §1).  Usable
+    as a C{ClientService}'s C{prepareConnection}.
+
+    @param protocol: what the endpoint of L{client_factory} connected
+        (or its L{Connection}).
+    @return: the authenticated connection.
+    @raise AuthenticationError: if the peer presented another key than the
+        configured one, or refused ours.
+    @raise NetworkError: if the connection was lost first.
+    """
+    connection = connection_of(protocol)
+    tls = connection.client_tls
+    peer = tls.peer if tls is not None else connection.peer or "?"
+    try:
+        await connection.handshake
+        await connection.amp.callRemote(commands.Arenas)
+    except Exception:
+        failure = Failure()
+        if tls is not None and tls.mismatch is not None:
+            raise AuthenticationError(
+                f"the server presented key {tls.mismatch}, not the key "
+                f"configured for peer {peer}"
+            ) from None
+        if isinstance(failure.value, SSL.Error):
+            raise AuthenticationError(
+                f"the peer refused our key ({_ssl_reason(failure.value)}): "
+                "is our public key in its config?"
+            ) from None
+        error = _translate(failure, str(peer))
+        if isinstance(error, NetworkError):
+            raise NetworkError(
+                "the peer closed the connection during authentication: is "
+                "our public key in its config?"
+            ) from None
+        raise error from None
+    return connection
+
+
 async def connect(
     reactor: Any,
     peer: PeerConfig,
@@ -577,9 +494,12 @@ async def connect(
     timeout: float = CONNECT_TIMEOUT,
     rate_up: int = 0,
     run_in_thread: RunInThread | None = None,
+    responders: LocatorFactory | None = None,
+    registry: ConnectionRegistry | None = None,
 ) -> RemoteStore:
     """
-    Connect to a listening peer and authenticate it.
+    Connect to a listening peer and authenticate it: L{client_factory} on a
+    L{HostnameEndpoint}, then L{authenticate}.
 
     @param reactor: provides C{IReactorTCP}, C{IReactorTime} and name
         resolution (for L{HostnameEndpoint}, which tries IPv6 and IPv4
@@ -587,11 +507,12 @@ async def connect(
     @param peer: the peer; must have an address.
     @param tls: client TLS settings expecting that peer's key.
     @param timeout: seconds to wait for the TCP connection.
+    @param rate_up: bytes per second this side may send on the connection,
+        0 for unlimited.
     @param run_in_thread: runs compression and decompression of data
         chunks off the reactor thread.
-    @param rate_up: bytes per second this side may send on the connection,
-        0 for unlimited (a L{ThrottlingFactory} under TLS, so wire bytes
-        are counted).
+    @param responders: the commands this side answers on the connection.
+    @param registry: where the connection is registered.
     @return: a store over the authenticated connection.
     @raise NetworkError: if the connection fails (refused, unreachable,
         timed out, closed during the handshake).
@@ -601,53 +522,21 @@ async def connect(
     if peer.address is None:
         raise NetworkError(f"peer {peer.id} has no address in the config")
     host, port = peer.address
-    label = peer.describe()
     endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
-    lookup = {peer.spki: peer.id}.get
-    factory = ThrottlingFactory(
-        TLSMemoryBIOFactory(
-            tls,
-            True,
-            Factory.forProtocol(
-                lambda: Connection(amp.CommandLocator(), lookup, run_in_thread)
-            ),
-            reactor,
-        ),
+    factory = client_factory(
+        tls,
         reactor,
-        rate_up,
+        responders,
+        rate_up=rate_up,
+        run_in_thread=run_in_thread,
+        registry=registry,
     )
     try:
-        throttle = await endpoint.connect(factory)
+        protocol = await endpoint.connect(factory)
     except (neterror.ConnectError, CancelledError) as e:
         raise NetworkError(f"cannot connect: {_connect_reason(e)}") from None
-    connection = cast(Any, throttle).wrappedProtocol.wrappedProtocol
-    assert isinstance(connection, Connection)
-    store = RemoteStore(connection, label)
-    try:
-        await connection.handshake
-        # A round trip: with TLS 1.3 the server checks our key after the
-        # client considers the handshake done, and refuses with an alert.
-        await connection.amp.callRemote(commands.Arenas)
-    except Exception:
-        failure = Failure()
-        if tls.mismatch is not None:
-            raise AuthenticationError(
-                f"the server presented key {tls.mismatch}, not the key "
-                f"configured for peer {peer.id}"
-            ) from None
-        if isinstance(failure.value, SSL.Error):
-            raise AuthenticationError(
-                f"the peer refused our key ({_ssl_reason(failure.value)}): "
-                "is our public key in its config?"
-            ) from None
-        error = _translate(failure, label)
-        if isinstance(error, NetworkError):
-            raise NetworkError(
-                "the peer closed the connection during authentication: is "
-                "our public key in its config?"
-            ) from None
-        raise error from None
-    return store
+    connection = await authenticate(protocol)
+    return RemoteStore(connection, peer.describe())
 
 
 def _connect_reason(error: BaseException) -> str:

@@ -1,6 +1,7 @@
 """
-Serving the store over AMP: the responders (L{StoreLocator}) and the
-factory that puts TLS and the framing layer on each accepted connection.
+Serving the store over AMP: the responders of the store commands
+(L{StoreResponders}), one set per connection, built by the locator factory
+L{store_responders} (L{realize.net.factory} puts them on a connection).
 
 Each command runs as a coroutine against the L{realize.interfaces.Store}
 of the authenticated peer.  Errors of L{realize.errors} travel with their
@@ -11,15 +12,10 @@ as an I/O failure, so that nothing a client sends can kill the daemon.
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
-from attrs import define, field
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
-from twisted.protocols import amp
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from realize.errors import (
@@ -31,25 +27,17 @@ from realize.errors import (
     NetworkError,
     RealizeError,
 )
-from realize.interfaces import RunInThread, Store
+from realize.interfaces import Store
 from realize.metrics import COPY, DELTA, READ, WRITTEN, DaemonMetrics
 from realize.model import ArenaName, FileInfo, PeerId, SmallFile
 from realize.net import commands
-from realize.net.protocol import (
-    MAX_DATA_FRAME,
-    READ_DATA,
-    Connection,
-    encode_entries,
-)
-from realize.net.throttle import ThrottlingFactory, find_throttle
-from realize.net.tls import ServerTLS, auth_log, peer_spki
+from realize.net.codec import MAX_DATA_FRAME, encode_entries
+from realize.net.framing import READ_DATA, Connection
+from realize.net.locator import LocatorFactory, Responders
+from realize.net.streams import send_reading
+from realize.net.throttle import find_throttle
 
-__all__ = [
-    "ConnectionFactory",
-    "StoreLocator",
-    "connection_factory",
-    "server_factory",
-]
+__all__ = ["StoreResponders", "store_responders"]
 
 log = Logger()
 throttle_log = Logger(namespace="realize.throttle")
@@ -74,7 +62,7 @@ def _respond(
     return Deferred.fromCoroutine(work).addErrback(unexpected)
 
 
-class StoreLocator(amp.CommandLocator):
+class StoreResponders(Responders):
     """
     Responders of the store commands for one connection.
 
@@ -84,9 +72,12 @@ class StoreLocator(amp.CommandLocator):
     """
 
     def __init__(
-        self, view: Callable[[PeerId], Store], metrics: DaemonMetrics | None = None
+        self,
+        connection: Connection,
+        view: Callable[[PeerId], Store],
+        metrics: DaemonMetrics | None = None,
     ) -> None:
-        self.connection: Connection | None = None
+        super().__init__(connection)
         self._view = view
         self.metrics = metrics
 
@@ -98,8 +89,7 @@ class StoreLocator(amp.CommandLocator):
             self.metrics.transferred(arena, method, direction, size)
 
     def _store(self) -> Store:
-        assert self.connection is not None and self.connection.peer is not None
-        return self._view(self.connection.peer)
+        return self._view(self.peer)
 
     @commands.Arenas.responder
     def arenas(self) -> Deferred[dict[str, Any]]:
@@ -111,7 +101,6 @@ class StoreLocator(amp.CommandLocator):
     @commands.List.responder
     def list_files(self, arena: str, stream: int) -> Deferred[dict[str, Any]]:
         connection = self.connection
-        assert connection is not None
         connection.open_outgoing(stream)
 
         async def go() -> dict[str, Any]:
@@ -140,7 +129,6 @@ class StoreLocator(amp.CommandLocator):
         hash_from: int | None = None,
     ) -> Deferred[dict[str, Any]]:
         connection = self.connection
-        assert connection is not None
         connection.open_outgoing(stream)
 
         async def go() -> dict[str, Any]:
@@ -187,7 +175,6 @@ class StoreLocator(amp.CommandLocator):
         mtime_ns: int | None = None,
     ) -> Deferred[dict[str, Any]]:
         connection = self.connection
-        assert connection is not None
         inbox = connection.open_incoming(stream)
 
         async def go() -> dict[str, Any]:
@@ -273,7 +260,6 @@ class StoreLocator(amp.CommandLocator):
         self, arena: str, stream: int, files: list[dict[str, Any]]
     ) -> Deferred[dict[str, Any]]:
         connection = self.connection
-        assert connection is not None
         connection.open_outgoing(stream)
 
         async def go() -> dict[str, Any]:
@@ -307,10 +293,10 @@ class StoreLocator(amp.CommandLocator):
                 pending.append(read.data)
                 size += len(read.data)
                 if size >= MAX_DATA_FRAME:
-                    await _send(connection, stream, b"".join(pending))
+                    await send_reading(connection, stream, b"".join(pending))
                     pending, size = [], 0
             if size:
-                await _send(connection, stream, b"".join(pending))
+                await send_reading(connection, stream, b"".join(pending))
             self._transferred(arena, COPY, READ, sum(r["length"] for r in results))
             return {"results": results}
 
@@ -321,7 +307,6 @@ class StoreLocator(amp.CommandLocator):
         self, arena: str, stream: int, files: list[dict[str, Any]]
     ) -> Deferred[dict[str, Any]]:
         connection = self.connection
-        assert connection is not None
         inbox = connection.open_incoming(stream)
 
         async def go() -> dict[str, Any]:
@@ -395,7 +380,6 @@ class StoreLocator(amp.CommandLocator):
         self, arena: str, path: str, start: int, end: int, signature: bytes, stream: int
     ) -> Deferred[dict[str, Any]]:
         connection = self.connection
-        assert connection is not None
         connection.open_outgoing(stream)
 
         async def go() -> dict[str, Any]:
@@ -404,7 +388,7 @@ class StoreLocator(amp.CommandLocator):
                     ArenaName(arena), path, start, end, signature
                 )
                 for offset in range(0, len(change), MAX_DATA_FRAME):
-                    await _send(
+                    await send_reading(
                         connection, stream, change[offset : offset + MAX_DATA_FRAME]
                     )
             finally:
@@ -419,7 +403,6 @@ class StoreLocator(amp.CommandLocator):
         self, arena: str, path: str, start: int, end: int, file_size: int, stream: int
     ) -> Deferred[dict[str, Any]]:
         connection = self.connection
-        assert connection is not None
         inbox = connection.open_incoming(stream)
 
         async def go() -> dict[str, Any]:
@@ -450,7 +433,6 @@ class StoreLocator(amp.CommandLocator):
     @commands.SetCompression.responder
     def set_compression(self, algorithm: str, level: int) -> dict[str, Any]:
         connection = self.connection
-        assert connection is not None
         if algorithm != "zstd":
             raise BadRequest(f"unknown compression {algorithm!r}: only zstd")
         connection.compression = True
@@ -465,7 +447,6 @@ class StoreLocator(amp.CommandLocator):
     @commands.SetRateLimit.responder
     def set_rate_limit(self, send: int) -> dict[str, Any]:
         connection = self.connection
-        assert connection is not None
         throttle = find_throttle(connection.transport)
         if send < 0:
             raise BadRequest(f"rate {send} is negative")
@@ -519,144 +500,12 @@ def _outcome(error: BaseException | None) -> dict[str, Any]:
     return {"code": error.code, "message": str(error)[:500]}
 
 
-async def _send(connection: Connection, stream: int, data: bytes) -> None:
-    await connection.send_chunk(READ_DATA, stream, data)
-    if (wait := connection.writable()) is not None:
-        await wait
-
-
-@define(eq=False, repr=False)
-class ConnectionFactory(Factory):
+def store_responders(
+    view: Callable[[PeerId], Store], metrics: DaemonMetrics | None = None
+) -> LocatorFactory:
     """
-    Builds the protocol over TLS of each accepted connection: the framing
-    layer with the store responders.
-
-    @ivar view: maps an authenticated peer to the store it may use.
-    @ivar lookup: maps a public key (DER SubjectPublicKeyInfo) to a peer.
-    @ivar metrics: counts connections, commands, bytes and files, or
-        C{None}.
-    @ivar run_in_thread: runs compression of data chunks off the reactor.
-    @ivar connections: the authenticated connections alive now.
-    """
-
-    view: Callable[[PeerId], Store]
-    lookup: Callable[[bytes], PeerId | None]
-    metrics: DaemonMetrics | None = None
-    run_in_thread: RunInThread | None = None
-    connections: set[Connection] = field(factory=set)
-    noisy = False
-
-    def close_peers(self, still_allowed: Callable[[PeerId, bytes | None], bool]) -> int:
-        """
-        Close the connections of peers that may no longer connect (after a
-        config reload removed them or changed their key).
-
-        @param still_allowed: tells whether a peer with a key may stay.
-        @return: how many connections were closed.
-        """
-        closed = 0
-        for connection in list(self.connections):
-            peer = connection.peer
-            if peer is not None and not still_allowed(
-                peer, peer_spki(connection.transport)
-            ):
-                auth_log.warn(
-                    "closing the connection of {peer} at {address}: no longer "
-                    "allowed by the config",
-                    peer=peer,
-                    address=connection.address,
-                    accepted=False,
-                )
-                connection.close()
-                closed += 1
-        return closed
-
-    def buildProtocol(self, addr: Any) -> Protocol:
-        locator = StoreLocator(self.view, self.metrics)
-        connection = Connection(locator, self.lookup, self.run_in_thread)
-        locator.connection = connection
-        if self.metrics is not None:
-            # Before the errback below, which consumes the failure.
-            self.metrics.watch_connection(
-                cast("Deferred[str]", connection.handshake), connection.lost
-            )
-
-        def authenticated(peer: PeerId) -> PeerId:
-            self.connections.add(connection)
-            throttle = find_throttle(connection.transport)
-
-            def lost(_: object) -> None:
-                self.connections.discard(connection)
-                if throttle is not None and self.metrics is not None:
-                    self.metrics.throttled(
-                        throttle.producer_pauses, throttle.throttled_seconds
-                    )
-
-            connection.lost.addBoth(lost)
-            return peer
-
-        connection.handshake.addCallback(authenticated)
-
-        def rejected(failure: Failure) -> None:
-            auth_log.info(
-                "connection from {address} closed before authentication: {reason}",
-                address=connection.address,
-                reason=failure.getErrorMessage(),
-                accepted=False,
-            )
-
-        connection.handshake.addErrback(rejected)
-        return connection
-
-
-def connection_factory(
-    tls: ServerTLS,
-    view: Callable[[PeerId], Store],
-    metrics: DaemonMetrics | None = None,
-    run_in_thread: RunInThread | None = None,
-) -> ConnectionFactory:
-    """
-    The factory of the protocol over TLS: the framing layer and the store
-    responders of each authenticated connection (what L{server_factory}
-    puts under TLS and the throttle; tests use it alone).
-
-    @param tls: the server TLS settings (for the peer lookup).
     @param view: maps an authenticated peer to the store it may use.
-    @param metrics: counts connections, commands, bytes and files.
+    @param metrics: counts commands, bytes and files.
+    @return: the locator factory of the store commands.
     """
-    return ConnectionFactory(view, tls.lookup, metrics, run_in_thread)
-
-
-def server_factory(
-    tls: ServerTLS,
-    view: Callable[[PeerId], Store],
-    clock: IReactorTime,
-    rate_up: int = 0,
-    rate_down: int = 0,
-    metrics: DaemonMetrics | None = None,
-    run_in_thread: RunInThread | None = None,
-) -> ThrottlingFactory:
-    """
-    The factory to listen with: a send/receive throttle on the TCP
-    connection, TLS with pinned keys, then the framing layer and the store
-    responders.
-
-    @param tls: the server TLS settings (key, peer lookup).
-    @param view: maps an authenticated peer to the store it may use.
-    @param clock: for the throttle and TLS.
-    @param rate_up: bytes per second each connection may send (the cap a
-        peer's SetRateLimit cannot raise), 0 for unlimited.
-    @param rate_down: bytes per second each connection reads, 0 for
-        unlimited.
-    @param metrics: counts connections, commands, bytes and files.
-    @return: a factory for any stream endpoint; its
-        C{wrappedFactory.wrappedFactory} is the L{ConnectionFactory}.
-    """
-    return ThrottlingFactory(
-        TLSMemoryBIOFactory(
-            tls, False, connection_factory(tls, view, metrics, run_in_thread), clock
-        ),
-        clock,
-        rate_up,
-        rate_down,
-    )
+    return lambda connection: StoreResponders(connection, view, metrics)

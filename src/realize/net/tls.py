@@ -43,6 +43,7 @@ __all__ = [
     "load_private_key",
     "make_certificate",
     "peer_spki",
+    "pinned_identity",
     "public_key_pem",
 ]
 
@@ -278,3 +279,55 @@ class ClientTLS:
         conn = SSL.Connection(self._context, None)
         conn.set_app_data(tlsProtocol)
         return conn
+
+
+def transport_address(transport: object) -> str:
+    """
+    @param transport: a transport, or a protocol wrapper over one.
+    @return: C{host:port} (C{[v6]:port}) of its peer, or C{"?"}.
+    """
+    getter = getattr(transport, "getPeer", None)
+    peer = getter() if getter is not None else None
+    host = getattr(peer, "host", None)
+    if host is None:
+        return "?"
+    port = getattr(peer, "port", "?")
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def pinned_identity(
+    lookup: Callable[[bytes], PeerId | None],
+) -> Callable[[object], PeerId | None]:
+    """
+    The identification of a connection's peer after its TLS handshake: the
+    public key of the certificate it presented, looked up among the
+    configured peers.  Accepted and refused peers are logged in
+    C{realize.auth} (#logauth).
+
+    @param lookup: maps a DER SubjectPublicKeyInfo to a peer id.
+    @return: a function of the TLS transport giving the peer id, or
+        C{None} (the connection is then dropped).
+    """
+
+    def identify(transport: object) -> PeerId | None:
+        spki = peer_spki(transport)
+        peer = lookup(spki) if spki is not None else None
+        address = transport_address(transport)
+        if peer is None:
+            # Cannot happen with the verify callbacks of this module.
+            auth_log.error(
+                "TLS handshake with {address} completed without a known key",
+                address=address,
+                accepted=False,
+            )
+            return None
+        auth_log.info(
+            "authenticated {peer} at {address} ({fingerprint})",
+            peer=peer,
+            address=address,
+            fingerprint=fingerprint(spki or b""),
+            accepted=True,
+        )
+        return peer
+
+    return identify

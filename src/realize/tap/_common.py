@@ -1,6 +1,7 @@
 """
-Pieces shared by the commands: exit codes, the thread pool, the memory
-allocator's settings, and ending a twistd process with an exit code.
+Pieces shared by the commands: exit codes, the thread pool of
+C{realize-move}, the memory allocator's settings, the file descriptor
+limit, and ending a twistd process with an exit code.
 """
 
 from __future__ import annotations
@@ -10,16 +11,17 @@ import ctypes
 import functools
 import getopt
 import os
+import resource
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from twisted.application.service import Service
 from twisted.internet.threads import deferToThreadPool
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
 from realize.interfaces import RunInThread
+from realize.threads import IO_THREADS
 
 __all__ = [
     "EXIT_CODES",
@@ -30,9 +32,9 @@ __all__ = [
     "EXIT_OK",
     "EXIT_TERMINATED",
     "GnuOptions",
-    "ThreadPoolService",
     "exit_after_shutdown",
     "make_thread_pool",
+    "raise_fd_limit",
     "tune_malloc",
 ]
 
@@ -53,9 +55,6 @@ EXIT_CODES = {
     "interrupted": EXIT_INTERRUPTED,
     "terminated": EXIT_TERMINATED,
 }
-
-#: Threads for file I/O, hashing and delta work.
-IO_THREADS = 2
 
 
 #: mallopt(3) parameters (glibc's malloc.h).
@@ -91,6 +90,28 @@ def tune_malloc() -> bool:
     )
 
 
+def raise_fd_limit() -> int:
+    """
+    Raise the soft limit of open file descriptors (C{RLIMIT_NOFILE}) to
+    the hard limit: every connection, open file and directory walk costs
+    descriptors, and the common soft default of 1,024 is soon reached by a
+    daemon serving several peers (issue 14 item 3; the systemd unit sets
+    C{LimitNOFILE=}, docs/operations.md says how to size it).
+
+    @return: the soft limit now in force.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
 def make_thread_pool(reactor: Any, name: str) -> tuple[ThreadPool, RunInThread]:
     """
     Start a dedicated thread pool for blocking work.
@@ -110,27 +131,6 @@ def make_thread_pool(reactor: Any, name: str) -> tuple[ThreadPool, RunInThread]:
 
     reactor.addSystemEventTrigger("during", "shutdown", stop)
     return pool, functools.partial(deferToThreadPool, reactor, pool)
-
-
-class ThreadPoolService(Service):
-    """
-    A thread pool as a service: started with the application, stopped
-    (after the services that use it) when it stops.
-    """
-
-    def __init__(self, reactor: Any, name: str) -> None:
-        self.pool = ThreadPool(minthreads=0, maxthreads=IO_THREADS, name=name)
-        self.run_in_thread: RunInThread = functools.partial(
-            deferToThreadPool, reactor, self.pool
-        )
-
-    def startService(self) -> None:
-        super().startService()  # type: ignore[no-untyped-call]
-        self.pool.start()
-
-    def stopService(self) -> None:
-        super().stopService()  # type: ignore[no-untyped-call]
-        self.pool.stop()
 
 
 def _exit_now(code: int) -> None:

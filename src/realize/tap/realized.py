@@ -3,9 +3,11 @@ C{realized}: the daemon serving this peer's arenas over AMP over TLS
 (DESIGN.md section 8).
 
 C{twistd -n realized --config FILE --privkey FILE --listen ENDPOINT}, or
-the C{realized} console script with the same options.  A L{MultiService}:
-the I/O thread pool first, then the store, then the listening port, so
-that stopping stops listening before the store and the threads.
+the C{realized} console script with the same options.  An
+L{OrderedServices} (L{realize.services.lifecycle}): the thread pools
+first, then the store, then the connections and the listening port, so
+that stopping stops listening, then closes the connections, then the
+store, then joins the threads.
 
 A bad config, an unreadable key or a port that cannot be listened on end
 the process with exit code 1 and one line naming the problem.
@@ -16,35 +18,52 @@ from __future__ import annotations
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
 from attrs import define, field
-from twisted.application.service import IService, MultiService, Service
+from twisted.application.service import IService, IServiceCollection, Service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IReactorFromThreads
 from twisted.logger import Logger
 from twisted.python import usage
 
 from realize.config import Config, load_config
 from realize.errors import RealizeError
+from realize.interfaces import RunInThread
 from realize.logs import ApplicationLogging, LogOptions
 from realize.metrics import DaemonMetrics, make_registry
 from realize.model import PeerId
-from realize.net.server import ConnectionFactory, server_factory
+from realize.net.factory import server_factory
+from realize.net.framing import Connection
+from realize.net.registry import ConnectionRegistry
+from realize.net.server import StoreResponders
 from realize.net.throttle import ThrottlingFactory
 from realize.net.tls import ServerTLS, load_private_key
+from realize.services.lifecycle import (
+    ConnectionsService,
+    OrderedServices,
+    reconfigurable,
+)
 from realize.services.store import StoreService
 from realize.tap._common import (
     EXIT_ERROR,
     GnuOptions,
-    ThreadPoolService,
     exit_after_shutdown,
+    raise_fd_limit,
     tune_malloc,
+)
+from realize.threads import (
+    CONNECTION_CPU_JOBS,
+    CONNECTION_IO_JOBS,
+    CPU_THREADS,
+    IO_THREADS,
+    BoundedRunner,
+    ThreadPoolService,
 )
 from realize.web import metrics_endpoint, metrics_site, parse_metrics_address
 
-__all__ = ["DaemonOptions", "main", "makeService"]
+__all__ = ["Daemon", "DaemonOptions", "assemble", "main", "makeService", "make_daemon"]
 
 log = Logger(namespace="realize.daemon")
 
@@ -162,31 +181,28 @@ def _fail(message: str) -> None:
 @define(eq=False)
 class ReloadService(Service):
     """
-    Re-reads the config and the key file on SIGHUP (#sighup): arenas and
-    peers added, removed or changed apply to new commands at once, the
-    connections of peers removed (or whose key changed) are closed, the
-    others stay; new connections use the new key and limits.  A config or
-    key that cannot be read or is invalid is logged and the old ones stay
-    in force.
+    Re-reads the config and the key file on SIGHUP (#sighup) and hands the
+    new config to every service under C{root} that takes one
+    (L{Reconfigurable}): arenas and peers added, removed or changed apply
+    to new commands at once, the connections of peers removed (or whose
+    key changed) are closed, the others stay; new connections use the new
+    key and limits.  A config or key that cannot be read or is invalid is
+    logged and the old ones stay in force.
 
     @ivar reactor: the reactor (signals, threads).
     @ivar config_path: the config file.
     @ivar key_path: the private key file.
-    @ivar store: the store service to reconfigure.
+    @ivar root: the daemon's services.
     @ivar tls: the server TLS settings (the key).
-    @ivar connections: the live connections (to close removed peers').
-    @ivar throttle: the listening factory's throttle (the default limits).
     @ivar run_in_thread: reads the files off the reactor thread.
     """
 
-    reactor: Any
+    reactor: IReactorFromThreads
     config_path: str
     key_path: str
-    store: StoreService
+    root: IServiceCollection
     tls: ServerTLS
-    connections: ConnectionFactory
-    throttle: ThrottlingFactory
-    run_in_thread: Any
+    run_in_thread: RunInThread
     _previous: Any = field(default=None, init=False)
 
     def startService(self) -> None:
@@ -223,20 +239,69 @@ class ReloadService(Service):
                 error=str(e),
             )
             return
-        self.store.reconfigure(config)
         self.tls.set_key(key)
-        self.throttle.rate_up = config.limits.throttle_up
-        self.throttle.rate_down = config.limits.throttle_down
-        keys = {peer.id: peer.spki for peer in config.peers.values()}
-        closed = self.connections.close_peers(lambda peer, spki: keys.get(peer) == spki)
+        for service in reconfigurable(self.root):
+            service.reconfigure(config)
         log.info(
-            "reloaded {config}: {peers} peer(s), {arenas} arena(s); "
-            "{closed} connection(s) of removed peers closed",
+            "reloaded {config}: {peers} peer(s), {arenas} arena(s)",
             config=self.config_path,
             peers=len(config.peers),
             arenas=len(config.arenas),
-            closed=closed,
         )
+
+
+@define(eq=False)
+class PeerGate:
+    """
+    What a reload changes on the listening side: the default rate limits
+    of new connections, and the connections of peers the new config no
+    longer admits (closed).
+
+    @ivar throttle: the listening factory's throttle.
+    @ivar registry: the live connections.
+    """
+
+    throttle: ThrottlingFactory
+    registry: ConnectionRegistry
+
+    def reconfigure(self, config: Config) -> None:
+        self.throttle.rate_up = config.limits.throttle_up
+        self.throttle.rate_down = config.limits.throttle_down
+        keys = {peer.id: peer.spki for peer in config.peers.values()}
+        closed = self.registry.close_peers(lambda peer, spki: keys.get(peer) == spki)
+        if closed:
+            log.info("{closed} connection(s) of removed peers closed", closed=closed)
+
+
+class _GateService(Service):
+    """
+    L{PeerGate} in the service tree, so that the reload finds it.
+    """
+
+    def __init__(self, gate: PeerGate) -> None:
+        self.gate = gate
+
+    def reconfigure(self, config: Config) -> None:
+        self.gate.reconfigure(config)
+
+
+@define(eq=False)
+class Daemon:
+    """
+    The assembled daemon, for tests and the plugin.
+
+    @ivar service: the root service (start and stop it).
+    @ivar registry: the live connections by peer.
+    @ivar store: the store service.
+    @ivar io: the file I/O thread pool.
+    @ivar cpu: the CPU thread pool.
+    """
+
+    service: OrderedServices
+    registry: ConnectionRegistry
+    store: StoreService
+    io: ThreadPoolService
+    cpu: ThreadPoolService
 
 
 def make_daemon(
@@ -248,9 +313,34 @@ def make_daemon(
     config_path: str | None = None,
     key_path: str | None = None,
     metrics_addr: str | None = None,
-) -> MultiService:
+) -> OrderedServices:
     """
-    Assemble the daemon.
+    Assemble the daemon (L{assemble}) and return its root service.
+    """
+    return assemble(
+        reactor,
+        config,
+        key,
+        listen,
+        config_path=config_path,
+        key_path=key_path,
+        metrics_addr=metrics_addr,
+    ).service
+
+
+def assemble(
+    reactor: Any,
+    config: Config,
+    key: Any,
+    listen: str,
+    *,
+    config_path: str | None = None,
+    key_path: str | None = None,
+    metrics_addr: str | None = None,
+) -> Daemon:
+    """
+    Assemble the daemon: its services in the order they start (and, in
+    reverse, stop: L{realize.services.lifecycle}).
 
     @param reactor: the reactor.
     @param config: the config.
@@ -260,54 +350,65 @@ def make_daemon(
         without it).
     @param key_path: the key file, to re-read on SIGHUP.
     @param metrics_addr: C{HOST:PORT} to serve /metrics on, or C{None}.
-    @return: the daemon's service, not started.
+    @return: the daemon, not started.
     """
-    top = MultiService()
-    threads = ThreadPoolService(reactor, "realized-io")
-    top.addService(threads)
-    store = StoreService(config, threads.run_in_thread)
+    top = OrderedServices()
+    io = ThreadPoolService(reactor, "realized-io", IO_THREADS)
+    cpu = ThreadPoolService(reactor, "realized-cpu", CPU_THREADS)
+    top.add(io)
+    top.add(cpu)
+    store = StoreService(config, io.run_in_thread)
     store.name = "store"
-    top.addService(store)
+    top.add(store)
 
     def lookup(spki: bytes) -> PeerId | None:
         return store.config.peer_by_spki().get(spki)
 
-    registry = make_registry()
-    metrics = DaemonMetrics(registry)
+    registry_ = make_registry()
+    metrics = DaemonMetrics(registry_)
+    registry = ConnectionRegistry()
     tls = ServerTLS(key, lookup)
+
+    def responders(connection: Connection) -> Any:
+        label = f"peer {connection.peer or connection.address}"
+        run_io = BoundedRunner(io.run_in_thread, CONNECTION_IO_JOBS, label)
+        run_cpu = BoundedRunner(cpu.run_in_thread, CONNECTION_CPU_JOBS, label)
+
+        def closed(result: object) -> object:
+            run_io.close()
+            run_cpu.close()
+            return result
+
+        connection.lost.addBoth(closed)
+        return StoreResponders(connection, store.view, metrics)
+
     factory = server_factory(
         tls,
-        store.view,
+        responders,
         reactor,
         config.limits.throttle_up,
         config.limits.throttle_down,
         metrics,
-        threads.run_in_thread,
+        cpu.run_in_thread,
+        registry,
     )
-    if config_path is not None and key_path is not None:
-        top.addService(
-            ReloadService(
-                reactor,
-                config_path,
-                key_path,
-                store,
-                tls,
-                cast(ConnectionFactory, factory.wrappedFactory.wrappedFactory),  # type: ignore[attr-defined]
-                factory,
-                threads.run_in_thread,
-            )
-        )
+    top.add(ConnectionsService(registry, reactor))
+    top.add(_GateService(PeerGate(factory, registry)))
     if metrics_addr is not None:
-        top.addService(
+        top.add(
             _ListenService(
                 reactor,
                 metrics_endpoint(metrics_addr),
-                metrics_site(registry),
+                metrics_site(registry_),
                 "serving metrics",
             )
         )
-    top.addService(_ListenService(reactor, listen, factory))
-    return top
+    top.add(_ListenService(reactor, listen, factory))
+    if config_path is not None and key_path is not None:
+        top.add(
+            ReloadService(reactor, config_path, key_path, top, tls, io.run_in_thread)
+        )
+    return Daemon(top, registry, store, io, cpu)
 
 
 def makeService(options: DaemonOptions) -> IService:
@@ -319,6 +420,7 @@ def makeService(options: DaemonOptions) -> IService:
     from twisted.internet import reactor
 
     tune_malloc()
+    raise_fd_limit()
 
     try:
         config = load_config(options["config"])

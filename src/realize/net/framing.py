@@ -28,28 +28,49 @@ all big-endian.  Kinds:
 Frames are ordered on the connection, so the data of a Read is complete
 when its AMP answer arrives, and the data of a Write cannot arrive before
 the Write command.  Data payloads are at most L{MAX_DATA_FRAME} bytes, box
-payloads at most L{MAX_BOX_FRAME}; a larger frame or an unknown kind drops
-the connection.  Data for an unknown stream id is discarded (the stream
-was abandoned, e.g. because its command failed).
+payloads at most L{MAX_BOX_FRAME}, and one AMP box at most
+L{MAX_BOX_FRAME} over however many frames; a larger frame or box, or an
+unknown kind, drops the connection.  Data for an unknown stream id is
+discarded (the stream was abandoned, e.g. because its command failed).
+
+Either side may call commands and answer them: the connection's AMP
+dispatches to the responder locator it is given (L{set_locator}), built per
+connection by the factory (L{realize.net.factory}).  Who the peer is comes
+from the TLS layer: the connection is given an C{identify} function
+(L{realize.net.tls.pinned_identity}) that it calls once the handshake
+completed; no box is dispatched before.
 
 Back-pressure: the connection registers as a streaming producer on its
 transport; senders of data wait on L{Connection.writable} while the
-transport is paused.  Received data waits in an L{Inbox} per stream; while
-any inbox holds more than L{Inbox.HIGH} bytes, the connection stops reading
-from its transport, so neither side buffers more than a bounded window.
+transport is paused.  Received data waits in an
+L{realize.net.streams.Inbox} per stream; while any inbox holds more than
+L{Inbox.HIGH} bytes, or all of them (with what responders hold, see
+L{Connection.hold}) more than L{ConnectionLimits.max_held}, the connection
+stops reading from its transport, so neither side buffers more than a
+bounded window.
+
+Budgets (issue 14): besides the held bytes, a connection answers at most
+L{ConnectionLimits.max_commands} commands at once (more are refused with
+L{BadRequest}), and, if given a clock, is closed after
+L{ConnectionLimits.idle_timeout} seconds without a frame received, a
+command in flight in either direction or an open stream.
 """
 
 from __future__ import annotations
 
+import copy
 import struct
-import threading
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-import zstandard
+from attrs import frozen
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.interfaces import IHandshakeListener, IPushProducer
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHandshakeListener,
+    IPushProducer,
+    IReactorTime,
+)
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols import amp
@@ -58,11 +79,19 @@ from zope.interface import implementer
 
 from realize.errors import BadRequest, Conflict, NetworkError
 from realize.interfaces import RunInThread
-from realize.model import CHUNK_SIZE, FileInfo, PeerId, clamp_mtime
-from realize.net.tls import auth_log, fingerprint, peer_spki
+from realize.model import PeerId
+from realize.net.codec import (
+    COMPRESS_MIN,
+    COMPRESS_MISSES,
+    MAX_DATA_FRAME,
+    compress,
+)
+from realize.net.streams import Inbox
 
 __all__ = [
     "BOX",
+    "MAX_BOX_FRAME",
+    "MAX_DATA_FRAME",
     "READ_CANCEL",
     "READ_DATA",
     "READ_DATA_Z",
@@ -70,12 +99,11 @@ __all__ = [
     "WRITE_DATA_Z",
     "WRITE_END",
     "Connection",
-    "Inbox",
-    "decode_entries",
-    "encode_entries",
+    "ConnectionLimits",
+    "Identify",
 ]
 
-log = Logger()
+log = Logger(namespace="realize.net")
 
 BOX = 0
 WRITE_DATA = 1
@@ -85,63 +113,42 @@ READ_CANCEL = 4
 WRITE_DATA_Z = 5
 READ_DATA_Z = 6
 
-#: Compress a data chunk only if it is at least this long.
-COMPRESS_MIN = 4096
-
-#: Give up compressing a stream after this many chunks that did not shrink
-#: by at least a tenth (random or already compressed data).
-COMPRESS_MISSES = 2
-
-_compressors = threading.local()
-
-
-def compress(data: bytes, level: int = 3) -> bytes:
-    """
-    Compress a chunk with zstd (call from a thread).
-
-    @param data: the chunk.
-    @param level: zstd level.
-    @return: one zstd frame that declares its content size.
-    """
-    compressor = getattr(_compressors, "compressor", None)
-    if compressor is None or getattr(_compressors, "level", None) != level:
-        compressor = zstandard.ZstdCompressor(level=level, write_content_size=True)
-        _compressors.compressor = compressor
-        _compressors.level = level
-    return bytes(compressor.compress(data))
-
-
-def decompress(data: bytes) -> bytes:
-    """
-    Decompress a chunk made by L{compress}.
-
-    @raise BadRequest: if it is not one zstd frame of at most
-        L{MAX_DATA_FRAME} bytes (a peer cannot make us allocate more).
-    """
-    try:
-        size = zstandard.frame_content_size(data)
-        if size < 0 or size > MAX_DATA_FRAME:
-            raise BadRequest(f"compressed frame of {size} bytes refused")
-        out = zstandard.ZstdDecompressor().decompress(data, max_output_size=size)
-    except zstandard.ZstdError as e:
-        raise BadRequest(f"malformed compressed frame: {e}") from None
-    return bytes(out)
-
-
 _HEADER = struct.Struct("!BII")
 _HEADER_SIZE = _HEADER.size
 
-#: Largest data frame payload, in bytes.
-MAX_DATA_FRAME = CHUNK_SIZE
-
-#: Largest box frame payload, in bytes (an AMP box carrying the Merkle
-#: leaves of a 2 TiB file).
+#: Largest box frame payload, and largest AMP box, in bytes (a box
+#: carrying the Merkle leaves of a 2 TiB file).
 MAX_BOX_FRAME = 64 << 20
 
 _END_OK = b"\x00"
 _END_ABORT = b"\x01"
 
-_ENTRY = struct.Struct("!HQqB")
+#: Who the peer of a connection is, from its transport once the TLS
+#: handshake completed: its id, or C{None} to drop the connection.
+Identify = Callable[[Any], PeerId | None]
+
+
+@frozen
+class ConnectionLimits:
+    """
+    What one connection may make this side hold (issue 14: every resource
+    a peer can make us spend is bounded per connection).
+
+    @ivar max_commands: commands of the peer answered at once; more are
+        refused with L{BadRequest}.
+    @ivar max_held: bytes of received data held at once, in inboxes and by
+        responders (L{Connection.hold}); above it the connection stops
+        reading until they drain.
+    @ivar max_box: bytes of one AMP box, over however many frames.
+    @ivar idle_timeout: seconds without a frame received, a command in
+        flight or an open stream after which the connection is closed;
+        C{None} for never.
+    """
+
+    max_commands: int = 1024
+    max_held: int = 64 << 20
+    max_box: int = MAX_BOX_FRAME
+    idle_timeout: float | None = None
 
 
 def check_stream(stream: int) -> None:
@@ -153,170 +160,45 @@ def check_stream(stream: int) -> None:
         raise BadRequest(f"stream id {stream} is out of range")
 
 
-def encode_entries(
-    entries: Iterable[FileInfo], limit: int = CHUNK_SIZE
-) -> Iterable[bytes]:
-    """
-    Encode file entries for the data frames of a List.
-
-    Each entry is C{path length (u16) | size (u64) | mtime ns (i64) | flags
-    (u8, bit 0: partial) | path (UTF-8)}.
-
-    @param entries: the entries.
-    @param limit: largest chunk, in bytes.
-    @return: chunks of whole entries, each at most C{limit} bytes.
-    """
-    parts: list[bytes] = []
-    size = 0
-    for entry in entries:
-        path = entry.path.encode("utf-8")
-        encoded = (
-            _ENTRY.pack(
-                len(path),
-                entry.size,
-                clamp_mtime(entry.mtime_ns),
-                entry.partial,
-            )
-            + path
-        )
-        if size + len(encoded) > limit and parts:
-            yield b"".join(parts)
-            parts, size = [], 0
-        parts.append(encoded)
-        size += len(encoded)
-    if parts:
-        yield b"".join(parts)
-
-
-def decode_entries(chunk: bytes) -> list[FileInfo]:
-    """
-    Decode a chunk made by L{encode_entries}.
-
-    @param chunk: the bytes of whole entries.
-    @return: the entries.
-    @raise BadRequest: if the chunk is malformed.
-    """
-    entries = []
-    offset = 0
-    end = len(chunk)
-    try:
-        while offset < end:
-            length, size, mtime_ns, flags = _ENTRY.unpack_from(chunk, offset)
-            offset += _ENTRY.size
-            if offset + length > end:
-                raise BadRequest("truncated file entry in listing")
-            path = chunk[offset : offset + length].decode("utf-8")
-            offset += length
-            entries.append(FileInfo(path, size, mtime_ns, bool(flags & 1)))
-    except (struct.error, UnicodeDecodeError) as e:
-        raise BadRequest(f"malformed file entry in listing: {e}") from None
-    return entries
-
-
-class Inbox:
-    """
-    Chunks received for one stream, waiting for their consumer: an async
-    iterator of C{bytes} that ends at the end of the stream and raises
-    the stream's error if it failed.
-
-    @cvar HIGH: bytes held above which the connection stops reading.
-    @cvar LOW: bytes held below which it reads again.
-    """
-
-    HIGH = 4 * CHUNK_SIZE
-    LOW = 2 * CHUNK_SIZE
-
-    def __init__(self, connection: Connection) -> None:
-        self._connection = connection
-        self._chunks: deque[tuple[bytes, bool]] = deque()
-        self._held = 0
-        self._over = False
-        self._waiter: Deferred[None] | None = None
-        self._closed = False
-        self._error: BaseException | None = None
-        self.received = 0
-
-    def put(self, chunk: bytes, compressed: bool = False) -> None:
-        """
-        Add a chunk received from the network.
-
-        @param compressed: the chunk is compressed (L{compress}); it is
-            decompressed (in a thread) when consumed.
-        """
-        if self._closed:
-            return
-        self._chunks.append((chunk, compressed))
-        self._held += len(chunk)
-        self.received += len(chunk)
-        if not self._over and self._held > self.HIGH:
-            self._over = True
-            self._connection._inbox_full(+1)
-        self._wake()
-
-    def close(self, error: BaseException | None = None) -> None:
-        """
-        End the stream, after the chunks already held.
-
-        @param error: if given, the consumer gets it after those chunks.
-        """
-        if self._closed:
-            return
-        self._closed = True
-        self._error = error
-        self._wake()
-
-    def discard(self) -> None:
-        """
-        Drop the stream: free what is held and ignore what comes.
-        """
-        self._chunks.clear()
-        self._held = 0
-        self._release()
-        if not self._closed:
-            self.close(Conflict("stream discarded"))
-
-    def _release(self) -> None:
-        if self._over:
-            self._over = False
-            self._connection._inbox_full(-1)
-
-    def _wake(self) -> None:
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None:
-            waiter.callback(None)
-
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self
-
-    async def __anext__(self) -> bytes:
-        while not self._chunks:
-            if self._closed:
-                if self._error is not None:
-                    raise self._error
-                raise StopAsyncIteration
-            self._waiter = Deferred()
-            await self._waiter
-        chunk, compressed = self._chunks.popleft()
-        self._held -= len(chunk)
-        if self._over and self._held < self.LOW:
-            self._release()
-        if compressed:
-            run = self._connection.run_in_thread
-            if run is None:
-                return decompress(chunk)
-            return await run(decompress, chunk)
-        return chunk
-
-
 class _AMP(amp.AMP):
     """
-    AMP for which a command sent without asking for an answer that fails
-    with a known error drops the connection with a warning, not with the
-    traceback of an unhandled error.
+    The AMP of a connection: counts the commands it answers (refusing those
+    over the connection's budget), resets the per-box byte count at each
+    box, and drops the connection with a warning (not the traceback of an
+    unhandled error) when a command sent without asking for an answer
+    fails with a known error.
     """
 
-    def __init__(self, locator: amp.CommandLocator) -> None:
-        super().__init__(locator=locator)  # type: ignore[no-untyped-call]
+    def __init__(self, connection: Connection) -> None:
+        super().__init__(locator=amp.CommandLocator())  # type: ignore[no-untyped-call]
+        self.connection = connection
+        #: Commands of the peer being answered now.
+        self.answering = 0
+
+    def ampBoxReceived(self, box: amp.AmpBox) -> None:
+        self.connection._box_bytes = 0
+        super().ampBoxReceived(box)  # type: ignore[no-untyped-call]
+
+    def dispatchCommand(self, box: amp.AmpBox) -> Deferred[Any]:
+        limit = self.connection.limits.max_commands
+        if self.answering >= limit:
+            command = box.get(amp.COMMAND, b"?").decode("ascii", "replace")
+            return fail(
+                BadRequest(
+                    f"{command} refused: {limit} commands are already in "
+                    "flight on this connection"
+                )
+            )
+        self.answering += 1
+        self.connection._touch()
+
+        def done(result: object) -> object:
+            self.answering -= 1
+            self.connection._touch()
+            return result
+
+        d: Deferred[Any] = super().dispatchCommand(box)  # type: ignore[no-untyped-call]
+        return d.addBoth(done)
 
     def unhandledError(self, failure: Failure) -> None:
         if failure.check(amp.RemoteAmpError):
@@ -329,6 +211,24 @@ class _AMP(amp.AMP):
                 self.transport.loseConnection()
             return
         super().unhandledError(failure)
+
+    def outstanding(self) -> int:
+        """
+        @return: commands this side called that await an answer.
+        """
+        requests = self._outstandingRequests
+        return len(requests) if requests is not None else 0
+
+    def fail_outstanding(self, error: Callable[[], BaseException]) -> None:
+        """
+        Fail every call awaiting an answer, each with a fresh error (one
+        shared exception raised into many coroutines would keep all their
+        frames alive on its traceback).
+        """
+        requests = self._outstandingRequests or {}
+        self._outstandingRequests = {}
+        for d in requests.values():
+            d.errback(Failure(error()))
 
 
 class _BoxTransport:
@@ -363,10 +263,12 @@ class Connection(Protocol):
     One peer connection over TLS: framing, streams and the AMP protocol.
 
     @ivar amp: the AMP protocol running over box frames.
-    @ivar peer: the peer's id once the TLS handshake completed and its key
-        was found in the config; C{None} before.
+    @ivar peer: the peer's id once the TLS handshake completed and the
+        peer was identified; C{None} before.
     @ivar handshake: fires with the peer id when the handshake completed,
         or fails with the reason the connection was lost before that.
+    @ivar lost: fires with C{None} when the connection is lost.
+    @ivar outbound: whether this side dialled.
     @ivar bytes_received: data bytes received in data frames.
     @ivar bytes_sent: data bytes sent in data frames.
     """
@@ -377,16 +279,43 @@ class Connection(Protocol):
 
     def __init__(
         self,
-        locator: amp.CommandLocator,
-        lookup: Callable[[bytes], PeerId | None],
+        identify: Identify,
         run_in_thread: RunInThread | None = None,
+        *,
+        locator: Any = None,
+        limits: ConnectionLimits | None = None,
+        clock: IReactorTime | None = None,
+        outbound: bool = False,
     ) -> None:
-        self.amp: amp.AMP = _AMP(locator=locator)
+        """
+        @param identify: tells who the peer is after the TLS handshake.
+        @param run_in_thread: runs compression and decompression of data
+            chunks off the reactor thread.
+        @param locator: the responders of the commands the peer may call
+            (an C{IResponderLocator}); none by default (see
+            L{set_locator}).
+        @param limits: this connection's budgets.
+        @param clock: for the idle timeout.
+        @param outbound: whether this side dialled.
+        """
+        self._amp = _AMP(self)
+        #: The AMP protocol (typed as Twisted's, whose calls are allowed
+        #: untyped).
+        self.amp: amp.AMP = self._amp
+        if locator is not None:
+            self.set_locator(locator)
         #: Runs compression and decompression off the reactor thread.
         self.run_in_thread = run_in_thread
-        self.locator = locator
-        self._lookup = lookup
+        self.limits = limits or ConnectionLimits()
+        self.outbound = outbound
+        self._identify = identify
+        self._clock = clock
         self.peer: PeerId | None = None
+        #: Set by the factory: drop the connection as soon as it is made
+        #: (too many connections not authenticated yet).
+        self.refuse = False
+        #: The client TLS settings of a dialled connection (for messages).
+        self.client_tls: Any = None
         self.address = "?"
         self.handshake: Deferred[PeerId] = Deferred()
         self.lost: Deferred[None] = Deferred()
@@ -397,6 +326,7 @@ class Connection(Protocol):
         self._stream = 0
         self._need = 0
         self._parts: list[bytes] = []
+        self._box_bytes = 0
         self._next_stream = 1
         self._incoming: dict[int, Inbox] = {}
         self._reading: dict[int, Inbox] = {}
@@ -407,16 +337,29 @@ class Connection(Protocol):
         self._paused = False
         self._writable: list[Deferred[None]] = []
         self._full_inboxes = 0
+        self._held = 0
+        self._reading_paused = False
         self._lost = False
-        self._lost_error: NetworkError | None = None
+        self._lost_reason: str | None = None
         self._aborted = False
         self._registered = False
+        self._busy = 0
+        self._idle_call: IDelayedCall | None = None
         #: Whether this side compresses the data it sends (SetCompression).
         self.compression = False
         self.compression_level = 3
         #: Bytes compression spared sending.
         self.compressed_saved = 0
         self._misses: dict[tuple[int, int], int] = {}
+
+    def set_locator(self, locator: Any) -> None:
+        """
+        Answer the peer's commands with these responders.
+
+        @param locator: an C{IResponderLocator}, e.g. a
+            L{realize.net.locator.Responders} or a composite of several.
+        """
+        self.amp.locator = locator
 
     # -- connection lifecycle -------------------------------------------
 
@@ -425,30 +368,20 @@ class Connection(Protocol):
         host = getattr(peer, "host", "?")
         port = getattr(peer, "port", "?")
         self.address = f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+        if self.refuse:
+            self._abort()
+            return
         self.transport.registerProducer(self, True)
         self._registered = True
         self.amp.makeConnection(_BoxTransport(self))
+        self._touch()
 
     def handshakeCompleted(self) -> None:
-        spki = peer_spki(self.transport)
-        peer = self._lookup(spki) if spki is not None else None
+        peer = self._identify(self.transport)
         if peer is None:
-            # Cannot happen with the verify callbacks of realize.net.tls.
-            auth_log.error(
-                "TLS handshake with {address} completed without a known key",
-                address=self.address,
-                accepted=False,
-            )
             self._abort()
             return
         self.peer = peer
-        auth_log.info(
-            "authenticated {peer} at {address} ({fingerprint})",
-            peer=peer,
-            address=self.address,
-            fingerprint=fingerprint(spki or b""),
-            accepted=True,
-        )
         self.handshake.callback(peer)
 
     def close(self, abort: bool = False) -> None:
@@ -471,23 +404,75 @@ class Connection(Protocol):
         else:
             transport.loseConnection()
 
+    def _lost_error(self) -> NetworkError:
+        """
+        @return: a fresh error for one waiter of a lost connection.
+        """
+        return NetworkError(
+            f"connection to {self.peer or self.address} lost: {self._lost_reason}"
+        )
+
     def connectionLost(self, reason: Failure = Failure(Exception("lost"))) -> None:  # noqa: B008
         self._lost = True
-        error = NetworkError(
-            f"connection to {self.peer or self.address} lost: {_reason(reason)}"
-        )
-        self._lost_error = error
+        self._lost_reason = _reason(reason)
+        self._cancel_idle()
         for inbox in [*self._incoming.values(), *self._reading.values()]:
-            inbox.close(error)
+            inbox.close(self._lost_error())
         self._incoming.clear()
         self._reading.clear()
         waiters, self._writable = self._writable, []
         for d in waiters:
-            d.errback(error)
+            d.errback(self._lost_error())
         if not self.handshake.called:
             self.handshake.errback(reason)
+        self._amp.fail_outstanding(lambda: _fresh(reason))
         self.amp.connectionLost(reason)
         self.lost.callback(None)
+
+    # -- idleness --------------------------------------------------------
+
+    def busy(self, delta: int) -> None:
+        """
+        Count a long-lived activity (a subscription) that keeps the
+        connection from being idle though no command is in flight.
+
+        @param delta: +1 when it starts, -1 when it ends.
+        """
+        self._busy += delta
+        self._touch()
+
+    def _touch(self) -> None:
+        timeout = self.limits.idle_timeout
+        if self._clock is None or timeout is None or self._lost:
+            return
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.reset(timeout)
+        else:
+            self._idle_call = self._clock.callLater(timeout, self._idle)
+
+    def _cancel_idle(self) -> None:
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.cancel()
+        self._idle_call = None
+
+    def _idle(self) -> None:
+        self._idle_call = None
+        if (
+            self._amp.answering
+            or self._amp.outstanding()
+            or self._busy
+            or self._incoming
+            or self._reading
+            or self._sending
+        ):
+            self._touch()
+            return
+        log.info(
+            "closing the idle connection of {peer} at {address}",
+            peer=self.peer,
+            address=self.address,
+        )
+        self.close()
 
     # -- receiving -------------------------------------------------------
 
@@ -496,8 +481,18 @@ class Connection(Protocol):
         self._aborted = True
         self.transport.abortConnection()
 
+    def _bad_frame(self, why: str) -> None:
+        log.warn(
+            "dropping connection from {peer}: {why}",
+            peer=self.peer or self.address,
+            why=why,
+        )
+        self._abort()
+
     def dataReceived(self, data: bytes) -> None:
         view = memoryview(data)
+        if self._idle_call is not None:
+            self._touch()
         while view and not self._aborted:
             if self._need == 0:
                 take = _HEADER_SIZE - len(self._header)
@@ -509,14 +504,7 @@ class Connection(Protocol):
                 self._header = b""
                 limit = MAX_BOX_FRAME if kind == BOX else MAX_DATA_FRAME
                 if kind > READ_DATA_Z or length > limit:
-                    log.warn(
-                        "dropping connection from {peer}: bad frame "
-                        "(kind {kind}, {length} bytes)",
-                        peer=self.peer or self.address,
-                        kind=kind,
-                        length=length,
-                    )
-                    self._abort()
+                    self._bad_frame(f"bad frame (kind {kind}, {length} bytes)")
                     return
                 self._kind, self._stream = kind, stream
                 if length == 0:
@@ -546,17 +534,16 @@ class Connection(Protocol):
             if self.peer is None:
                 self._abort()
                 return
+            self._box_bytes += len(payload)
+            if self._box_bytes > self.limits.max_box:
+                self._bad_frame(f"an AMP box of more than {self.limits.max_box} bytes")
+                return
             try:
                 self.amp.dataReceived(payload)
             except Exception as e:
                 # A box that is not a command, or answers a question we
                 # never asked: the peer does not speak our protocol.
-                log.warn(
-                    "dropping connection from {peer}: bad AMP box: {error!r}",
-                    peer=self.peer,
-                    error=e,
-                )
-                self._abort()
+                self._bad_frame(f"bad AMP box: {e!r}")
         elif kind in (WRITE_DATA, WRITE_DATA_Z):
             self.bytes_received += len(payload)
             inbox = self._incoming.get(self._stream)
@@ -599,7 +586,7 @@ class Connection(Protocol):
         """
         inbox = Inbox(self)
         if self._lost:
-            inbox.close(NetworkError("connection lost"))
+            inbox.close(self._lost_error())
         else:
             self._reading[stream] = inbox
         return inbox
@@ -745,8 +732,8 @@ class Connection(Protocol):
             L{NetworkError} when the connection is lost (so that senders
             stop instead of producing data nobody will receive).
         """
-        if self._lost_error is not None:
-            return fail(self._lost_error)
+        if self._lost:
+            return fail(self._lost_error())
         if not self._paused:
             return None
         d: Deferred[None] = Deferred()
@@ -768,15 +755,54 @@ class Connection(Protocol):
     def stopProducing(self) -> None:
         self._paused = True
 
-    def _inbox_full(self, delta: int) -> None:
-        before = self._full_inboxes
+    # -- received data held ------------------------------------------------
+
+    @property
+    def held(self) -> int:
+        """
+        Bytes of received data held now, in inboxes and by responders.
+        """
+        return self._held
+
+    def hold(self, size: int) -> None:
+        """
+        Count received bytes held (positive) or released (negative): an
+        inbox does it for its chunks; a responder that gathers a stream in
+        memory before acting on it (WriteFiles, ApplyDelta) does it for
+        what it gathered, until it is done.
+        """
+        self._held += size
+        self._sync_reading()
+
+    def inbox_full(self, delta: int) -> None:
+        """
+        Count inboxes over their high-water mark.
+        """
         self._full_inboxes += delta
-        if self._lost or self.transport is None:
+        self._sync_reading()
+
+    def _sync_reading(self) -> None:
+        pause = self._full_inboxes > 0 or self._held > self.limits.max_held
+        if pause == self._reading_paused or self._lost or self.transport is None:
             return
-        if before == 0 and self._full_inboxes > 0:
+        self._reading_paused = pause
+        if pause:
             self.transport.pauseProducing()
-        elif before > 0 and self._full_inboxes == 0:
+        else:
             self.transport.resumeProducing()
+
+
+def _fresh(reason: Failure) -> BaseException:
+    """
+    @return: a new exception like the one of C{reason}, without its
+        traceback: raised into one waiter only.
+    """
+    value = reason.value
+    try:
+        fresh = copy.copy(value)
+    except Exception:
+        fresh = None
+    return fresh if isinstance(fresh, BaseException) else NetworkError(_reason(reason))
 
 
 def _reason(reason: Failure) -> str:

@@ -1,0 +1,226 @@
+"""
+Encodings of the wire that are not AMP's: zstd-compressed data chunks, the
+file entries of a listing, Merkle leaf lists, and the packing of small
+files into calls and frames.
+
+Pure functions; the compression ones run in threads (zstd releases the
+GIL).  Every decoder validates what it is given and raises L{BadRequest}
+(from a peer) or L{IOFailure} (an answer we cannot use) naming the
+problem.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
+
+import zstandard
+
+from realize.errors import BadRequest, IOFailure
+from realize.hashing import DIGEST_SIZE
+from realize.model import CHUNK_SIZE, FileInfo, clamp_mtime
+
+__all__ = [
+    "BATCH_CALL_COST",
+    "BATCH_CALL_FILES",
+    "COMPRESS_MIN",
+    "COMPRESS_MISSES",
+    "MAX_DATA_FRAME",
+    "MAX_PEER_COMPRESSION_LEVEL",
+    "batches",
+    "compress",
+    "decode_entries",
+    "decompress",
+    "encode_entries",
+    "entry_cost",
+    "join_frames",
+    "split_leaves",
+]
+
+T = TypeVar("T")
+
+#: Largest data frame payload, in bytes, decompressed.
+MAX_DATA_FRAME = CHUNK_SIZE
+
+#: Compress a data chunk only if it is at least this long.
+COMPRESS_MIN = 4096
+
+#: Give up compressing a stream after this many chunks that did not shrink
+#: by at least a tenth (random or already compressed data).
+COMPRESS_MISSES = 2
+
+#: Highest zstd level a peer may make us compress with (SetCompression):
+#: level 19 costs about 40 times the CPU of level 1 for a few percent less
+#: data, and the compressing side is ours.
+MAX_PEER_COMPRESSION_LEVEL = 9
+
+_compressors = threading.local()
+
+
+def compress(data: bytes, level: int = 3) -> bytes:
+    """
+    Compress a chunk with zstd (call from a thread).
+
+    @param data: the chunk.
+    @param level: zstd level.
+    @return: one zstd frame that declares its content size.
+    """
+    compressor = getattr(_compressors, "compressor", None)
+    if compressor is None or getattr(_compressors, "level", None) != level:
+        compressor = zstandard.ZstdCompressor(level=level, write_content_size=True)
+        _compressors.compressor = compressor
+        _compressors.level = level
+    return bytes(compressor.compress(data))
+
+
+def decompress(data: bytes) -> bytes:
+    """
+    Decompress a chunk made by L{compress}.
+
+    @raise BadRequest: if it is not one zstd frame of at most
+        L{MAX_DATA_FRAME} bytes (a peer cannot make us allocate more).
+    """
+    try:
+        size = zstandard.frame_content_size(data)
+        if size < 0 or size > MAX_DATA_FRAME:
+            raise BadRequest(f"compressed frame of {size} bytes refused")
+        out = zstandard.ZstdDecompressor().decompress(data, max_output_size=size)
+    except zstandard.ZstdError as e:
+        raise BadRequest(f"malformed compressed frame: {e}") from None
+    return bytes(out)
+
+
+_ENTRY = struct.Struct("!HQqB")
+
+
+def encode_entries(
+    entries: Iterable[FileInfo], limit: int = CHUNK_SIZE
+) -> Iterable[bytes]:
+    """
+    Encode file entries for the data frames of a List.
+
+    Each entry is C{path length (u16) | size (u64) | mtime ns (i64) | flags
+    (u8, bit 0: partial) | path (UTF-8)}.
+
+    @param entries: the entries.
+    @param limit: largest chunk, in bytes.
+    @return: chunks of whole entries, each at most C{limit} bytes.
+    """
+    parts: list[bytes] = []
+    size = 0
+    for entry in entries:
+        path = entry.path.encode("utf-8")
+        encoded = (
+            _ENTRY.pack(
+                len(path),
+                entry.size,
+                clamp_mtime(entry.mtime_ns),
+                entry.partial,
+            )
+            + path
+        )
+        if size + len(encoded) > limit and parts:
+            yield b"".join(parts)
+            parts, size = [], 0
+        parts.append(encoded)
+        size += len(encoded)
+    if parts:
+        yield b"".join(parts)
+
+
+def decode_entries(chunk: bytes) -> list[FileInfo]:
+    """
+    Decode a chunk made by L{encode_entries}.
+
+    @param chunk: the bytes of whole entries.
+    @return: the entries.
+    @raise BadRequest: if the chunk is malformed.
+    """
+    entries = []
+    offset = 0
+    end = len(chunk)
+    try:
+        while offset < end:
+            length, size, mtime_ns, flags = _ENTRY.unpack_from(chunk, offset)
+            offset += _ENTRY.size
+            if offset + length > end:
+                raise BadRequest("truncated file entry in listing")
+            path = chunk[offset : offset + length].decode("utf-8")
+            offset += length
+            entries.append(FileInfo(path, size, mtime_ns, bool(flags & 1)))
+    except (struct.error, UnicodeDecodeError) as e:
+        raise BadRequest(f"malformed file entry in listing: {e}") from None
+    return entries
+
+
+def split_leaves(data: bytes) -> tuple[bytes, ...]:
+    """
+    Split the concatenated Merkle leaves of an answer.
+
+    @param data: leaves of L{DIGEST_SIZE} bytes each, end to end.
+    @return: the leaves.
+    @raise IOFailure: if the length is not a multiple of the digest size.
+    """
+    if len(data) % DIGEST_SIZE:
+        raise IOFailure(f"malformed leaf list of {len(data)} bytes")
+    return tuple(data[i : i + DIGEST_SIZE] for i in range(0, len(data), DIGEST_SIZE))
+
+
+#: Most files per batch call, and most bytes of the records describing
+#: them (the daemon refuses batches over 1,024 files or 16 MiB).
+BATCH_CALL_FILES = 512
+BATCH_CALL_COST = 1 << 20
+
+
+def entry_cost(path: str) -> int:
+    """
+    @return: a generous estimate of the bytes a batch entry for C{path}
+        takes in its records (lengths, numbers, a 32-byte root).
+    """
+    return 64 + len(path.encode("utf-8", "replace"))
+
+
+def batches(items: Sequence[T], cost: Callable[[T], int]) -> list[Sequence[T]]:
+    """
+    Split a batch into calls that fit: at most L{BATCH_CALL_FILES} items
+    and L{BATCH_CALL_COST} bytes of records each.
+
+    @param cost: the bytes of records an item takes (L{entry_cost}).
+    @return: consecutive slices of C{items}, in order.
+    """
+    parts: list[Sequence[T]] = []
+    start = 0
+    total = 0
+    for index, item in enumerate(items):
+        item_cost = cost(item)
+        if index > start and (
+            index - start >= BATCH_CALL_FILES or total + item_cost > BATCH_CALL_COST
+        ):
+            parts.append(items[start:index])
+            start, total = index, 0
+        total += item_cost
+    if start < len(items):
+        parts.append(items[start:])
+    return parts
+
+
+def join_frames(contents: Sequence[bytes]) -> list[bytes]:
+    """
+    Concatenate small contents into chunks of about L{MAX_DATA_FRAME}
+    bytes (a larger single content stays whole: the sender splits it into
+    frames).
+    """
+    frames: list[bytes] = []
+    pending: list[bytes] = []
+    size = 0
+    for content in contents:
+        if size + len(content) > MAX_DATA_FRAME and pending:
+            frames.append(b"".join(pending))
+            pending, size = [], 0
+        pending.append(content)
+        size += len(content)
+    if size:
+        frames.append(b"".join(pending))
+    return frames
