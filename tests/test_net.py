@@ -36,7 +36,9 @@ from realize.model import PeerId
 from realize.net.client import RemoteStore
 from realize.net.commands import Arenas
 from realize.net.factory import client_factory, connection_of, server_factory
-from realize.net.framing import Connection
+from realize.net.framing import Connection, ConnectionLimits
+from realize.net.locator import LocatorFactory
+from realize.net.registry import ConnectionRegistry
 from realize.net.server import store_responders
 from realize.net.tls import ClientTLS, ServerTLS, fingerprint, make_certificate
 from realize.storage.memory import MemoryStore
@@ -139,6 +141,10 @@ def link(
     server_lookup: Callable[[bytes], PeerId | None] | None = None,
     expected: Identity | None = None,
     client_creator: Any = None,
+    server_registry: ConnectionRegistry | None = None,
+    server_limits: ConnectionLimits | None = None,
+    client_responders: LocatorFactory | None = None,
+    client_registry: ConnectionRegistry | None = None,
 ) -> Link:
     """
     Connect a client peer to a server peer over real TLS in memory, with the
@@ -156,15 +162,31 @@ def link(
         server.
     @param client_creator: TLS settings of the client instead of the
         default L{ClientTLS}.
+    @param server_registry: where the server registers its connection.
+    @param server_limits: the server connection's budgets.
+    @param client_responders: the commands the client answers.
+    @param client_registry: where the client registers its connection.
     @return: the link, after the handshake (successful or not).
     """
     if server_lookup is None:
         server_lookup = {client.spki: client.id}.get
     server_tls = ServerTLS(server.key, server_lookup)
-    server_side = server_factory(server_tls, store_responders(view), clock)
+    server_side = server_factory(
+        server_tls,
+        store_responders(view),
+        clock,
+        registry=server_registry,
+        limits=server_limits,
+    )
     expected = expected or server
     tls = ClientTLS(client.key, expected.spki, expected.id)
-    client_side = client_factory(tls, clock, creator=client_creator)
+    client_side = client_factory(
+        tls,
+        clock,
+        client_responders,
+        registry=client_registry,
+        creator=client_creator,
+    )
     client_tls = client_creator or tls
     made: dict[str, Any] = {}
 

@@ -120,14 +120,19 @@ class Records(Argument):
     value limit.
 
     @ivar fields: C{(name, kind)} pairs.
+    @ivar max_records: most records accepted, or C{None}: a longer list
+        is refused while it is parsed, before it is all in memory.
     """
 
-    def __init__(self, fields: list[tuple[str, str]]) -> None:
+    def __init__(
+        self, fields: list[tuple[str, str]], max_records: int | None = None
+    ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         for _, kind in fields:
             if kind not in _KINDS:
                 raise ValueError(f"unknown record field kind {kind!r}")
         self.fields = fields
+        self.max_records = max_records
         self._big = BigBytes()
 
     def toBox(
@@ -176,12 +181,42 @@ class Records(Argument):
                     append((_UINT if kind == "uint" else _INT).pack(value))
         return b"".join(parts)
 
+    def count(self, data: bytes) -> int:
+        """
+        Count the records of a packed list without decoding them (so that a
+        list over L{max_records} is refused before it is in memory).
+
+        @raise ValueError: if the data is truncated.
+        """
+        count = 0
+        offset = 0
+        end = len(data)
+        fields = self.fields
+        try:
+            while offset < end:
+                for _, kind in fields:
+                    if kind in ("text", "blob"):
+                        (length,) = _LENGTH.unpack_from(data, offset)
+                        offset += 2 + length
+                    else:
+                        offset += 8
+                count += 1
+        except struct.error as e:
+            raise ValueError(f"malformed records: {e}") from None
+        return count
+
     def unpack(self, data: bytes) -> list[dict[str, Any]]:
         """
         @param data: a packed list.
         @return: the records.
-        @raise ValueError: if the data is malformed (truncated, not UTF-8).
+        @raise ValueError: if the data is malformed (truncated, not UTF-8)
+            or holds more than L{max_records} records.
         """
+        count = self.count(data) if self.max_records is not None else 0
+        if self.max_records is not None and count > self.max_records:
+            raise ValueError(
+                f"batch of {count} files exceeds the limits ({self.max_records} files)"
+            )
         records = []
         offset = 0
         end = len(data)
@@ -212,6 +247,10 @@ class Records(Argument):
             raise ValueError(f"malformed records: {e}") from None
         return records
 
+
+#: Largest batch a peer may send or ask for: files, and bytes of data.
+MAX_BATCH_FILES = 1024
+MAX_BATCH_BYTES = 16 << 20
 
 _KINDS = ("text", "blob", "uint", "int")
 _LENGTH = struct.Struct("!H")
@@ -356,7 +395,7 @@ class ReadFiles(_StoreCommand):
     arguments = [
         (b"arena", Text()),
         (b"stream", Integer()),
-        (b"files", Records([("path", "text"), ("limit", "uint")])),
+        (b"files", Records([("path", "text"), ("limit", "uint")], MAX_BATCH_FILES)),
     ]
     response = [
         (
@@ -368,7 +407,8 @@ class ReadFiles(_StoreCommand):
                     ("mtime_ns", "int"),
                     ("root", "blob"),
                     ("length", "uint"),
-                ]
+                ],
+                MAX_BATCH_FILES,
             ),
         )
     ]
@@ -392,11 +432,12 @@ class WriteFiles(_StoreCommand):
                     ("size", "uint"),
                     ("mtime_ns", "int"),
                     ("root", "blob"),
-                ]
+                ],
+                MAX_BATCH_FILES,
             ),
         ),
     ]
-    response = [(b"results", Records(_OUTCOME))]
+    response = [(b"results", Records(_OUTCOME, MAX_BATCH_FILES))]
 
 
 class DeleteFiles(_StoreCommand):
@@ -409,10 +450,13 @@ class DeleteFiles(_StoreCommand):
         (b"arena", Text()),
         (
             b"files",
-            Records([("path", "text"), ("size", "uint"), ("mtime_ns", "int")]),
+            Records(
+                [("path", "text"), ("size", "uint"), ("mtime_ns", "int")],
+                MAX_BATCH_FILES,
+            ),
         ),
     ]
-    response = [(b"results", Records(_OUTCOME))]
+    response = [(b"results", Records(_OUTCOME, MAX_BATCH_FILES))]
 
 
 class Signature(_StoreCommand):

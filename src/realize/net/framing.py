@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import copy
 import struct
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -123,6 +124,9 @@ MAX_BOX_FRAME = 64 << 20
 _END_OK = b"\x00"
 _END_ABORT = b"\x01"
 
+#: Warnings about a peer's bad input logged per minute and connection.
+WARNINGS_PER_MINUTE = 10
+
 #: Who the peer of a connection is, from its transport once the TLS
 #: handshake completed: its id, or C{None} to drop the connection.
 Identify = Callable[[Any], PeerId | None]
@@ -184,9 +188,10 @@ class _AMP(amp.AMP):
         if self.answering >= limit:
             command = box.get(amp.COMMAND, b"?").decode("ascii", "replace")
             return fail(
-                BadRequest(
+                amp.RemoteAmpError(
+                    BadRequest.code,
                     f"{command} refused: {limit} commands are already in "
-                    "flight on this connection"
+                    "flight on this connection",
                 )
             )
         self.answering += 1
@@ -198,7 +203,25 @@ class _AMP(amp.AMP):
             return result
 
         d: Deferred[Any] = super().dispatchCommand(box)  # type: ignore[no-untyped-call]
-        return d.addBoth(done)
+        return d.addBoth(done).addErrback(self._malformed, box)
+
+    def _malformed(self, failure: Failure, box: amp.AmpBox) -> Failure:
+        """
+        A command that failed before its responder ran (a missing or
+        malformed argument) is the peer's mistake, not ours: answer
+        C{BAD_REQUEST} and keep the connection, with one warning line (not
+        a traceback), rate-limited per connection.
+        """
+        if failure.check(amp.RemoteAmpError):
+            return failure
+        command = box.get(amp.COMMAND, b"?").decode("ascii", "replace")
+        reason = f"{type(failure.value).__name__}: {failure.getErrorMessage()}"
+        self.connection.warn_peer(command, reason[:200])
+        return Failure(
+            amp.RemoteAmpError(
+                BadRequest.code, f"{command}: malformed arguments ({reason[:200]})"
+            )
+        )
 
     def unhandledError(self, failure: Failure) -> None:
         if failure.check(amp.RemoteAmpError):
@@ -345,6 +368,9 @@ class Connection(Protocol):
         self._registered = False
         self._busy = 0
         self._idle_call: IDelayedCall | None = None
+        self._warn_window = float("-inf")
+        self._warned = 0
+        self._warn_suppressed = 0
         #: Whether this side compresses the data it sends (SetCompression).
         self.compression = False
         self.compression_level = 3
@@ -428,6 +454,35 @@ class Connection(Protocol):
         self._amp.fail_outstanding(lambda: _fresh(reason))
         self.amp.connectionLost(reason)
         self.lost.callback(None)
+
+    # -- bad input ---------------------------------------------------------
+
+    def warn_peer(self, command: str, reason: str) -> None:
+        """
+        Log bad input from the peer: one warning line with the peer, the
+        command and the reason, at most L{WARNINGS_PER_MINUTE} a minute
+        per connection (a peer cannot flood the log); the number left out
+        is logged with the next one let through.
+
+        @param command: the command, e.g. C{"Read"}.
+        @param reason: what was wrong with it.
+        """
+        now = self._clock.seconds() if self._clock is not None else time.monotonic()
+        if now - self._warn_window >= 60:
+            self._warn_window = now
+            self._warned = 0
+        if self._warned >= WARNINGS_PER_MINUTE:
+            self._warn_suppressed += 1
+            return
+        self._warned += 1
+        suppressed, self._warn_suppressed = self._warn_suppressed, 0
+        log.warn(
+            "bad {command} from {peer}: {reason}",
+            command=command,
+            peer=self.peer or self.address,
+            reason=reason,
+            suppressed=suppressed,
+        )
 
     # -- idleness --------------------------------------------------------
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -29,9 +29,14 @@ from realize.errors import (
 )
 from realize.interfaces import Store
 from realize.metrics import COPY, DELTA, READ, WRITTEN, DaemonMetrics
-from realize.model import ArenaName, FileInfo, PeerId, SmallFile
+from realize.model import MAX_INT64, ArenaName, FileInfo, PeerId, SmallFile
 from realize.net import commands
-from realize.net.codec import MAX_DATA_FRAME, encode_entries
+from realize.net.codec import (
+    MAX_DATA_FRAME,
+    MAX_PEER_COMPRESSION_LEVEL,
+    encode_entries,
+)
+from realize.net.commands import MAX_BATCH_BYTES, MAX_BATCH_FILES
 from realize.net.framing import READ_DATA, Connection
 from realize.net.locator import LocatorFactory, Responders
 from realize.net.streams import send_reading
@@ -43,6 +48,10 @@ log = Logger()
 throttle_log = Logger(namespace="realize.throttle")
 
 T = TypeVar("T")
+
+#: Read streams served at once per connection: each holds an open file and
+#: a chunk read ahead; more wait (in order) for one to end.
+MAX_OPEN_READS = 32
 
 
 def _respond(
@@ -80,6 +89,9 @@ class StoreResponders(Responders):
         super().__init__(connection)
         self._view = view
         self.metrics = metrics
+        #: Read streams open at once on this connection (each holds a file
+        #: and a chunk read ahead); more Reads wait their turn.
+        self._reads = DeferredSemaphore(MAX_OPEN_READS)
 
     def _respond(self, command: str, coro: Coroutine[Any, Any, T]) -> Deferred[T]:
         return _respond(command, coro, self.metrics)
@@ -132,6 +144,13 @@ class StoreResponders(Responders):
         connection.open_outgoing(stream)
 
         async def go() -> dict[str, Any]:
+            await self._reads.acquire()
+            try:
+                return await stream_file()
+            finally:
+                self._reads.release()
+
+        async def stream_file() -> dict[str, Any]:
             reading = self._store().read(
                 ArenaName(arena), path, start, end, hash_from=hash_from
             )
@@ -436,10 +455,12 @@ class StoreResponders(Responders):
         if algorithm != "zstd":
             raise BadRequest(f"unknown compression {algorithm!r}: only zstd")
         connection.compression = True
-        connection.compression_level = max(1, min(level, 19))
+        # A peer may not make us spend more CPU than a moderate level.
+        connection.compression_level = max(1, min(level, MAX_PEER_COMPRESSION_LEVEL))
         log.info(
             "{peer} asked for compressed data (zstd level {zstd_level})",
             peer=connection.peer,
+            asked=level,
             zstd_level=connection.compression_level,
         )
         return {"algorithm": "zstd"}
@@ -447,9 +468,11 @@ class StoreResponders(Responders):
     @commands.SetRateLimit.responder
     def set_rate_limit(self, send: int) -> dict[str, Any]:
         connection = self.connection
+        if not 0 <= send <= MAX_INT64:
+            raise BadRequest(
+                f"rate {send} is out of range (0 to {MAX_INT64} bytes per second)"
+            )
         throttle = find_throttle(connection.transport)
-        if send < 0:
-            raise BadRequest(f"rate {send} is negative")
         if throttle is None:
             return {"send": 0, "receive": 0}
         cap = throttle.factory.rate_up
@@ -471,10 +494,6 @@ def _max_delta(length: int) -> int:
     """
     return length + length // 64 + 64
 
-
-#: Largest batch a peer may send or ask for: files, and bytes of data.
-MAX_BATCH_FILES = 1024
-MAX_BATCH_BYTES = 16 << 20
 
 _NO_READ = {"size": 0, "mtime_ns": 0, "root": b"", "length": 0}
 

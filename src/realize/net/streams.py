@@ -12,6 +12,7 @@ budget (L{realize.net.framing.ConnectionLimits.max_held}).
 
 from __future__ import annotations
 
+import copy
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
@@ -84,6 +85,10 @@ class Inbox:
             return
         self._closed = True
         self._error = error
+        # The consumer resumes inside _wake() and may raise the error: the
+        # frames on its traceback lead back here, so this frame must not
+        # hold it (a reference cycle keeping the consumer's data alive).
+        del error
         self._wake()
 
     def discard(self) -> None:
@@ -121,7 +126,16 @@ class Inbox:
         while not self._chunks:
             if self._closed:
                 if self._error is not None:
-                    raise self._error
+                    # Keep a copy without traceback, not the one raised: its
+                    # traceback holds the consumer's frame, which holds this
+                    # inbox, a cycle that would keep whatever the consumer
+                    # gathered alive until a full garbage collection.
+                    error, self._error = self._error, copy.copy(self._error)
+                    try:
+                        raise error
+                    finally:
+                        # Nor may this frame keep it (the same cycle).
+                        del error
                 raise StopAsyncIteration
             self._waiter = Deferred()
             await self._waiter
