@@ -20,11 +20,15 @@ from realize.errors import BadRequest, InvalidPath
 
 __all__ = [
     "CHUNK_SIZE",
+    "KIND_DIR",
+    "KIND_FILE",
     "MAX_DELTA_RANGE",
     "MAX_NAME_BYTES",
     "MAX_PATH_BYTES",
     "NOTIFICATION_KINDS",
     "ArenaName",
+    "Entry",
+    "EntryKind",
     "FileInfo",
     "FileState",
     "Notification",
@@ -419,3 +423,39 @@ def check_notification(value: Notification) -> Notification:
     ):
         raise BadRequest(f"notification uuid {value.uuid!r} is malformed")
     return value
+
+
+#: Kinds of entry in the Unreal view (L{Entry.kind}).
+KIND_FILE: Final = "file"
+KIND_DIR: Final = "dir"
+
+EntryKind = Literal["file", "dir"]
+
+
+@frozen
+class Entry:
+    """
+    One file or directory of the Unreal view (DESIGN.md section 10), as the
+    FUSE layer shows it: what C{lookup}, C{getattr} and C{readdir} answer.
+
+    @ivar inode: its inode number, C{>= 1}; the mount root is inode 1.
+        Inodes are never reused while the global db lives.
+    @ivar kind: L{KIND_FILE} or L{KIND_DIR}.
+    @ivar size: a file's size in bytes (of the default version); 0 for a
+        directory.
+    @ivar mtime_ns: modification time in ns since the epoch: a file's is
+        the default version's, a directory's is when an entry was last
+        added to or removed from it (local clock).
+    @ivar hash: a file's default version, its Merkle root (32 bytes), or
+        C{None} for a file not hashed yet ("no version", #musthash) and
+        for every directory.
+    @ivar nlink: link count: 1 for a file; 2 plus the number of
+        subdirectories for a directory.
+    """
+
+    inode: int
+    kind: EntryKind
+    size: int
+    mtime_ns: int
+    hash: bytes | None
+    nlink: int
