@@ -50,7 +50,12 @@ __all__ = [
     "ROOT_INODE",
     "GlobalDb",
     "InodeRange",
+    "TreeNode",
     "create_global_tables",
+    "range_owner",
+    "tree_child",
+    "tree_children",
+    "tree_node",
 ]
 
 #: Inodes per range given to an arena.
@@ -406,3 +411,85 @@ class GlobalDb:
         """
         with self.lock:
             self.connection.close()
+
+
+# Reading, for the Unreal view (any thread, a read-only connection).
+
+
+@frozen
+class TreeNode:
+    """
+    An entry of the global tree.
+
+    @ivar inode: its inode.
+    @ivar parent: its parent's inode (0 for the mount root).
+    @ivar name: its name (C{""} for the mount root).
+    @ivar arena: the arena whose root it is, or C{None} for the mount root
+        and compound directories.
+    @ivar mtime_ns: its mtime in ns.
+    """
+
+    inode: int
+    parent: int
+    name: str
+    arena: ArenaName | None
+    mtime_ns: int
+
+
+_NODE = "SELECT inode, parent, name, arena, mtime_ns FROM tree"
+
+
+def _node(row: tuple[int, int, str, str | None, int]) -> TreeNode:
+    return TreeNode(
+        int(row[0]),
+        int(row[1]),
+        str(row[2]),
+        None if row[3] is None else ArenaName(row[3]),
+        int(row[4]),
+    )
+
+
+def tree_node(connection: sqlite3.Connection, inode: int) -> TreeNode | None:
+    """
+    @return: the global tree's entry with this inode, or C{None}.
+    """
+    row = connection.execute(f"{_NODE} WHERE inode = ?", (inode,)).fetchone()
+    return None if row is None else _node(row)
+
+
+def tree_child(
+    connection: sqlite3.Connection, parent: int, name: str
+) -> TreeNode | None:
+    """
+    @return: the global tree's entry C{name} in C{parent}, or C{None}.
+    """
+    row = connection.execute(
+        f"{_NODE} WHERE parent = ? AND name = ?", (parent, name)
+    ).fetchone()
+    return None if row is None else _node(row)
+
+
+def tree_children(connection: sqlite3.Connection, parent: int) -> list[TreeNode]:
+    """
+    @return: the global tree's entries in C{parent}, sorted by name.
+    """
+    return [
+        _node(row)
+        for row in connection.execute(
+            f"{_NODE} WHERE parent = ? AND inode != parent ORDER BY name", (parent,)
+        )
+    ]
+
+
+def range_owner(connection: sqlite3.Connection, inode: int) -> str | None:
+    """
+    @return: the owner of the range holding an inode: an arena name, or
+        L{GLOBAL_TREE}; C{None} if no range holds it.
+    """
+    row = connection.execute(
+        "SELECT start, owner FROM inode_range WHERE end > ? ORDER BY end LIMIT 1",
+        (inode,),
+    ).fetchone()
+    if row is None or row[0] > inode:
+        return None
+    return str(row[1])
