@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from typing import Any, Final, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar
 
 from attrs import define, field
 from twisted.internet.defer import (
@@ -687,3 +687,14 @@ class Downloader:
 
     def _where(self, version: FileVersion) -> str:
         return f"{self.arena}/{version.path}"
+
+
+if TYPE_CHECKING:
+    from realize.interfaces import Store
+    from realize.storage.blobs import BlobStore
+
+    def _is_remote_data(store: Store) -> RemoteData:
+        return store
+
+    def _is_blob_access(blobs: BlobStore) -> BlobAccess:
+        return blobs

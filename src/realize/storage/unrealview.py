@@ -26,12 +26,13 @@ import threading
 from bisect import bisect_right
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote
 
 from attrs import define, field, frozen
 
 from realize.errors import IOFailure
+from realize.interfaces import UnrealView
 from realize.model import (
     KIND_DIR,
     KIND_FILE,
@@ -547,3 +548,9 @@ def _is_dir(connection: Connection, inode: int) -> bool:
         "SELECT kind FROM directory WHERE inode = ?", (inode,)
     ).fetchone()
     return row is not None and row[0] == KIND_DIR
+
+
+if TYPE_CHECKING:
+
+    def _is_an_unreal_view(view: SqliteUnrealView) -> UnrealView:
+        return view
