@@ -24,9 +24,9 @@ import os
 import sqlite3
 import threading
 from bisect import bisect_right
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import quote
 
 from attrs import define, field, frozen
@@ -63,6 +63,8 @@ __all__ = [
 ]
 
 Connection = sqlite3.Connection
+
+T = TypeVar("T")
 
 _ENTRY = (
     "SELECT d.name, d.inode, d.kind, f.size, f.mtime_ns, f.hash, m.mtime_ns"
@@ -352,6 +354,7 @@ class SqliteUnrealView:
     arenas: Mapping[ArenaName, ArenaFiles]
     _connections: _ReadConnections = field(factory=_ReadConnections)
     _ranges: tuple[list[int], list[tuple[int, str]]] = field(factory=lambda: ([], []))
+    _roots: dict[ArenaName, int] = field(factory=dict)
 
     def set_arenas(self, arenas: Mapping[ArenaName, ArenaFiles]) -> None:
         """
@@ -401,26 +404,52 @@ class SqliteUnrealView:
             return None, None
         if owner != GLOBAL_TREE:
             return None, ArenaName(owner)
-        with self._connections.borrow(self.global_db) as connection:
-            if connection is None:
-                return None, None
-            node = tree_node(connection, inode)
+        node = self._global(tree_node, inode)
         return node, None if node is None else node.arena
 
-    def _global_dir(self, node: TreeNode) -> Entry:
+    def _global(self, f: Callable[..., T], *args: Any) -> T:
+        """
+        Run a read function on the global db.
+
+        @raise IOFailure: if the global db does not exist.
+        """
         with self._connections.borrow(self.global_db) as connection:
-            assert connection is not None
-            children = len(tree_children(connection, node.inode))
-        return Entry(node.inode, KIND_DIR, 0, node.mtime_ns, None, 2 + children)
+            if connection is None:
+                raise IOFailure(f"{self.global_db}: no such global db")
+            return f(connection, *args)
+
+    def _in_arena(
+        self, arena: ArenaName | None, f: Callable[..., T], *args: Any
+    ) -> T | None:
+        """
+        Run a read function on an arena's db.
+
+        @return: its result, or C{None} if the arena is not configured or
+            has no db yet.
+        """
+        files = None if arena is None else self.arenas.get(arena)
+        if files is None:
+            return None
+        with self._connections.borrow(files.db) as connection:
+            return None if connection is None else f(connection, *args)
 
     def _node_entry(self, node: TreeNode) -> Entry:
         if node.arena is None:
-            return self._global_dir(node)
-        files = self.arenas.get(node.arena)
-        if files is None:
-            return arena_root(None, node)
-        with self._connections.borrow(files.db) as connection:
-            return arena_root(connection, node)
+            children = len(self._global(tree_children, node.inode))
+            return Entry(node.inode, KIND_DIR, 0, node.mtime_ns, None, 2 + children)
+        entry = self._in_arena(node.arena, arena_root, node)
+        return arena_root(None, node) if entry is None else entry
+
+    def _root(self, arena: ArenaName) -> int | None:
+        """
+        @return: an arena root's inode (which never changes), or C{None}.
+        """
+        root = self._roots.get(arena)
+        if root is None:
+            root = self._global(arena_root_inode, arena)
+            if root is not None:
+                self._roots[arena] = root
+        return root
 
     def lookup(self, parent: int, name: str) -> Entry | None:
         """
@@ -428,17 +457,9 @@ class SqliteUnrealView:
         """
         node, arena = self._owner(parent)
         if node is not None and node.arena is None:
-            with self._connections.borrow(self.global_db) as connection:
-                assert connection is not None
-                child = tree_child(connection, parent, name)
+            child = self._global(tree_child, parent, name)
             return None if child is None else self._node_entry(child)
-        files = None if arena is None else self.arenas.get(arena)
-        if files is None:
-            return None
-        with self._connections.borrow(files.db) as connection:
-            if connection is None:
-                return None
-            return arena_lookup(connection, parent, name)
+        return self._in_arena(arena, arena_lookup, parent, name)
 
     def getattr(self, inode: int) -> Entry | None:
         """
@@ -447,13 +468,7 @@ class SqliteUnrealView:
         node, arena = self._owner(inode)
         if node is not None:
             return self._node_entry(node)
-        files = None if arena is None else self.arenas.get(arena)
-        if files is None:
-            return None
-        with self._connections.borrow(files.db) as connection:
-            if connection is None:
-                return None
-            return arena_getattr(connection, inode)
+        return self._in_arena(arena, arena_getattr, inode)
 
     def readdir(self, inode: int) -> list[tuple[str, Entry]] | None:
         """
@@ -461,19 +476,12 @@ class SqliteUnrealView:
         """
         node, arena = self._owner(inode)
         if node is not None and node.arena is None:
-            with self._connections.borrow(self.global_db) as connection:
-                assert connection is not None
-                children = tree_children(connection, inode)
+            children = self._global(tree_children, inode)
             return [(child.name, self._node_entry(child)) for child in children]
-        files = None if arena is None else self.arenas.get(arena)
-        if files is None:
-            return [] if node is not None else None
-        with self._connections.borrow(files.db) as connection:
-            if connection is None:
-                return [] if node is not None else None
-            if node is None and not _is_dir(connection, inode):
-                return None
-            return arena_readdir(connection, inode)
+        if node is not None:
+            listing = self._in_arena(arena, arena_readdir, inode)
+            return [] if listing is None else listing
+        return self._in_arena(arena, _readdir_if_dir, inode)
 
     def locate(self, inode: int) -> tuple[ArenaName, str] | None:
         """
@@ -482,24 +490,11 @@ class SqliteUnrealView:
         node, arena = self._owner(inode)
         if node is not None:
             return None if node.arena is None else (node.arena, "")
-        files = None if arena is None else self.arenas.get(arena)
         root = None if arena is None else self._root(arena)
-        if files is None or root is None or arena is None:
+        if arena is None or root is None:
             return None
-        with self._connections.borrow(files.db) as connection:
-            if connection is None:
-                return None
-            path = file_path(connection, root, inode)
+        path = self._in_arena(arena, file_path, root, inode)
         return None if path is None else (arena, path)
-
-    def _root(self, arena: ArenaName) -> int | None:
-        with self._connections.borrow(self.global_db) as connection:
-            if connection is None:
-                return None
-            row = connection.execute(
-                "SELECT root FROM arena WHERE name = ?", (arena,)
-            ).fetchone()
-        return None if row is None else int(row[0])
 
     def version(self, inode: int) -> FileVersion | None:
         """
@@ -509,17 +504,11 @@ class SqliteUnrealView:
         @return: C{None} if C{inode} is not a file of a configured arena.
         @raise IOFailure: if a db cannot be read.
         """
-        _node, arena = self._owner(inode)
-        if _node is not None or arena is None:
+        node, arena = self._owner(inode)
+        root = None if node is not None or arena is None else self._root(arena)
+        if arena is None or root is None:
             return None
-        files = self.arenas.get(arena)
-        root = self._root(arena)
-        if files is None or root is None:
-            return None
-        with self._connections.borrow(files.db) as connection:
-            if connection is None:
-                return None
-            return file_version(connection, arena, root, inode)
+        return self._in_arena(arena, file_version, arena, root, inode)
 
     def read_cached(
         self, arena: ArenaName, inode: int, digest: bytes, start: int, end: int
@@ -537,17 +526,31 @@ class SqliteUnrealView:
         files = self.arenas.get(arena)
         if files is None:
             return None
-        with self._connections.borrow(files.db) as connection:
-            if connection is None:
-                return None
-            return blobs.read_cached(connection, files.blobs, inode, digest, start, end)
+        return self._in_arena(
+            arena, blobs.read_cached, files.blobs, inode, digest, start, end
+        )
 
 
-def _is_dir(connection: Connection, inode: int) -> bool:
+def _readdir_if_dir(
+    connection: Connection, inode: int
+) -> list[tuple[str, Entry]] | None:
     row = connection.execute(
         "SELECT kind FROM directory WHERE inode = ?", (inode,)
     ).fetchone()
-    return row is not None and row[0] == KIND_DIR
+    if row is None or row[0] != KIND_DIR:
+        return None
+    return arena_readdir(connection, inode)
+
+
+def arena_root_inode(connection: Connection, arena: ArenaName) -> int | None:
+    """
+    @param connection: a connection on the global db.
+    @return: an arena root's inode, or C{None} if the arena was never seen.
+    """
+    row = connection.execute(
+        "SELECT root FROM arena WHERE name = ?", (arena,)
+    ).fetchone()
+    return None if row is None else int(row[0])
 
 
 if TYPE_CHECKING:
