@@ -58,6 +58,8 @@ __all__ = [
     "arena_getattr",
     "arena_lookup",
     "arena_readdir",
+    "arena_root",
+    "arena_root_inode",
     "file_path",
     "file_version",
 ]
