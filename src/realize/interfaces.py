@@ -23,6 +23,7 @@ from twisted.internet.defer import Deferred
 from realize.errors import RealizeError
 from realize.model import (
     ArenaName,
+    Entry,
     FileInfo,
     FileState,
     SmallFile,
@@ -36,6 +37,7 @@ __all__ = [
     "RunInThread",
     "Store",
     "StoreListener",
+    "UnrealView",
 ]
 
 T = TypeVar("T")
@@ -332,4 +334,52 @@ class StoreListener(Protocol):
     def file_deleted(self, arena: ArenaName, path: str) -> None:
         """
         A final file was deleted (Delete, DeleteFiles).
+        """
+
+
+class UnrealView(Protocol):
+    """
+    The metadata of the Unreal view (DESIGN.md section 10), read by the
+    FUSE layer: the mount root (inode 1), the directories that compound
+    arena names need (C{a/b} shows as C{a} holding C{b}), the arena roots,
+    and every arena's files and directories as the peers reported them.
+
+    Every method is blocking, reads local sqlite only (never the network),
+    and may be called from any thread, concurrently (each FUSE thread gets
+    its own read-only connection).  Inode numbers are C{int}s C{>= 1};
+    names are single path segments (no C{/}); C{.} and C{..} are never
+    listed nor looked up (the FUSE layer answers them).
+
+    Methods raise L{realize.errors.IOFailure} if a database cannot be read.
+    """
+
+    def lookup(self, parent: int, name: str) -> Entry | None:
+        """
+        @param parent: a directory's inode.
+        @param name: a name in it.
+        @return: the entry named C{name} in directory C{parent}, or C{None}
+            if there is none (also when C{parent} is unknown or a file).
+        """
+
+    def getattr(self, inode: int) -> Entry | None:
+        """
+        @param inode: any inode.
+        @return: its entry, or C{None} if no file or directory has it.
+        """
+
+    def readdir(self, inode: int) -> list[tuple[str, Entry]] | None:
+        """
+        @param inode: a directory's inode.
+        @return: its entries as C{(name, entry)}, sorted by name (without
+            C{.} and C{..}); C{None} if C{inode} is not a directory (a file
+            or unknown: use L{getattr} to tell them apart).
+        """
+
+    def locate(self, inode: int) -> tuple[ArenaName, str] | None:
+        """
+        @param inode: a file's or directory's inode.
+        @return: the arena it belongs to and its path in that arena
+            (L{realize.model.check_path} rules); the path is C{""} for an
+            arena root.  C{None} for the mount root, a compound arena-name
+            directory or an unknown inode.
         """

@@ -12,19 +12,27 @@ protects.
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from collections.abc import Iterator
 from typing import Final, Literal, NewType
 
+from attrs import field as attrs_field
 from attrs import frozen
 
 from realize.errors import BadRequest, InvalidPath
 
 __all__ = [
     "CHUNK_SIZE",
+    "KIND_DIR",
+    "KIND_FILE",
     "MAX_DELTA_RANGE",
     "MAX_NAME_BYTES",
     "MAX_PATH_BYTES",
     "NOTIFICATION_KINDS",
     "ArenaName",
+    "ByteRanges",
+    "Entry",
+    "EntryKind",
     "FileInfo",
     "FileState",
     "Notification",
@@ -419,3 +427,161 @@ def check_notification(value: Notification) -> Notification:
     ):
         raise BadRequest(f"notification uuid {value.uuid!r} is malformed")
     return value
+
+
+#: Kinds of entry in the Unreal view (L{Entry.kind}).
+KIND_FILE: Final = "file"
+KIND_DIR: Final = "dir"
+
+EntryKind = Literal["file", "dir"]
+
+
+@frozen
+class Entry:
+    """
+    One file or directory of the Unreal view (DESIGN.md section 10), as the
+    FUSE layer shows it: what C{lookup}, C{getattr} and C{readdir} answer.
+
+    @ivar inode: its inode number, C{>= 1}; the mount root is inode 1.
+        Inodes are never reused while the global db lives.
+    @ivar kind: L{KIND_FILE} or L{KIND_DIR}.
+    @ivar size: a file's size in bytes (of the default version); 0 for a
+        directory.
+    @ivar mtime_ns: modification time in ns since the epoch: a file's is
+        the default version's, a directory's is when an entry was last
+        added to or removed from it (local clock).
+    @ivar hash: a file's default version, its Merkle root (32 bytes), or
+        C{None} for a file not hashed yet ("no version", #musthash) and
+        for every directory.
+    @ivar nlink: link count: 1 for a file; 2 plus the number of
+        subdirectories for a directory.
+    """
+
+    inode: int
+    kind: EntryKind
+    size: int
+    mtime_ns: int
+    hash: bytes | None
+    nlink: int
+
+
+def _normalized(pairs: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    """
+    Sort and merge ranges, dropping empty ones and joining those that
+    overlap or touch.
+    """
+    out: list[tuple[int, int]] = []
+    for start, end in sorted(p for p in pairs if p[0] < p[1]):
+        if out and start <= out[-1][1]:
+            if end > out[-1][1]:
+                out[-1] = (out[-1][0], end)
+        else:
+            out.append((start, end))
+    return tuple(out)
+
+
+def _check_normalized(
+    instance: object, attribute: object, value: tuple[tuple[int, int], ...]
+) -> None:
+    previous_end = -1
+    for start, end in value:
+        if not 0 <= start < end <= MAX_INT64 or start <= previous_end:
+            raise ValueError(
+                f"byte ranges {value!r} are not sorted, disjoint, non-adjacent "
+                "and non-empty"
+            )
+        previous_end = end
+
+
+@frozen
+class ByteRanges:
+    """
+    A set of byte offsets, held as sorted, disjoint, non-adjacent, non-empty
+    half-open ranges C{[start, end)} (e.g. the bytes of a blob present on
+    disk).  Build one with L{of}; the constructor only checks.
+
+    @ivar ranges: the ranges, in bytes, C{0 <= start < end <= 2**63 - 1}.
+    """
+
+    ranges: tuple[tuple[int, int], ...] = attrs_field(
+        default=(), validator=_check_normalized
+    )
+
+    @classmethod
+    def of(cls, *pairs: tuple[int, int]) -> ByteRanges:
+        """
+        @param pairs: C{(start, end)} ranges in any order; empty ones are
+            ignored, overlapping and touching ones merged.
+        @return: their union.
+        @raise ValueError: if an offset is negative or beyond L{MAX_INT64}.
+        """
+        for start, end in pairs:
+            if not (0 <= start <= MAX_INT64 and 0 <= end <= MAX_INT64):
+                raise ValueError(f"bad byte range [{start}, {end})")
+        return cls(_normalized(list(pairs)))
+
+    def __bool__(self) -> bool:
+        return bool(self.ranges)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter(self.ranges)
+
+    def __len__(self) -> int:
+        return len(self.ranges)
+
+    def total(self) -> int:
+        """
+        @return: the number of bytes in the set.
+        """
+        return sum(end - start for start, end in self.ranges)
+
+    def __or__(self, other: ByteRanges) -> ByteRanges:
+        return ByteRanges(_normalized([*self.ranges, *other.ranges]))
+
+    def __and__(self, other: ByteRanges) -> ByteRanges:
+        out: list[tuple[int, int]] = []
+        i = j = 0
+        a, b = self.ranges, other.ranges
+        while i < len(a) and j < len(b):
+            start = max(a[i][0], b[j][0])
+            end = min(a[i][1], b[j][1])
+            if start < end:
+                out.append((start, end))
+            if a[i][1] < b[j][1]:
+                i += 1
+            else:
+                j += 1
+        return ByteRanges(tuple(out))
+
+    def __sub__(self, other: ByteRanges) -> ByteRanges:
+        out: list[tuple[int, int]] = []
+        b = other.ranges
+        j = 0
+        for start, end in self.ranges:
+            while j < len(b) and b[j][1] <= start:
+                j += 1
+            k = j
+            cursor = start
+            while k < len(b) and b[k][0] < end:
+                if b[k][0] > cursor:
+                    out.append((cursor, b[k][0]))
+                cursor = max(cursor, b[k][1])
+                k += 1
+            if cursor < end:
+                out.append((cursor, end))
+        return ByteRanges(tuple(out))
+
+    def contains(self, start: int, end: int) -> bool:
+        """
+        @param start: first byte of a range.
+        @param end: its end, exclusive.
+        @return: whether every byte of C{[start, end)} is in the set (an
+            empty range is always contained).
+        """
+        if start >= end:
+            return True
+        index = bisect_right(self.ranges, (start, MAX_INT64 + 1)) - 1
+        return index >= 0 and self.ranges[index][1] >= end
+
+    def __contains__(self, offset: object) -> bool:
+        return isinstance(offset, int) and self.contains(offset, offset + 1)

@@ -1,0 +1,700 @@
+"""
+The downloader of one arena (DESIGN.md section 10): fills the missing
+ranges of a file's default version into its blob, from the connected peers
+that have that version, and verifies every byte before it is returned or
+recorded.
+
+    - A version's bytes are fetched in pieces of L{PIECE_SIZE} (one Merkle
+      leaf), at most L{MAX_IN_FLIGHT} requests at once per version.
+    - The version's leaves are fetched once (C{Hash} of the whole file from
+      any peer that has it) and accepted only if their Merkle root is the
+      version's hash; each piece must then hash to its leaf.  A piece that
+      does not is fetched again from another peer; when no peer gives
+      good bytes the read fails with L{IOFailure} (EIO), logged.  A peer
+      that sent bad bytes or bad leaves is not asked again for that
+      version.
+    - Sequential reads open a read-ahead window: 1 piece, doubling with
+      each sequential read up to L{MAX_READAHEAD} pieces; a random read
+      fetches only the pieces it needs.
+    - A file without a version yet (hash C{None}, #musthash) is waited for
+      up to L{DEADLINE} seconds (re-read every L{VERSION_POLL} seconds, or
+      at once when L{Downloader.version_changed} is told).
+    - Every read ends within L{DEADLINE} seconds (each request has its own
+      timeout of L{REQUEST_TIMEOUT}); L{Downloader.close} fails the reads
+      in flight with L{IOFailure}.
+
+Verified bytes are written to the blob (data, fsync, then ranges:
+L{realize.storage.blobs.BlobStore}); if the blob cannot be made or written
+(full disk) they are still returned, just not kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar
+
+from attrs import define, field
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredSemaphore,
+    TimeoutError,
+)
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from realize.errors import IOFailure, NotFound, RealizeError, describe
+from realize.hashing import LEAF_SIZE, format_hash, leaf_hash, merkle_root
+from realize.interfaces import ReadStream
+from realize.model import ArenaName, ByteRanges, FileState, PeerId
+from realize.storage.blobs import Blob
+from realize.storage.unrealview import FileVersion
+
+__all__ = [
+    "DEADLINE",
+    "MAX_IN_FLIGHT",
+    "MAX_READAHEAD",
+    "PIECE_SIZE",
+    "REQUEST_TIMEOUT",
+    "VERSION_POLL",
+    "BlobAccess",
+    "Downloader",
+    "RemoteData",
+]
+
+T = TypeVar("T")
+
+log = Logger(namespace="realize.downloader")
+
+#: Bytes per request: one Merkle leaf, so each answer is verified alone.
+PIECE_SIZE: Final = LEAF_SIZE
+
+#: Requests in flight at most, per version.
+MAX_IN_FLIGHT: Final = 4
+
+#: Read-ahead window on sequential reads, at most, in pieces.
+MAX_READAHEAD: Final = 8
+
+#: Seconds within which every read ends (with data or an error), waits for
+#: a version included.
+DEADLINE: Final = 10.0
+
+#: Seconds one request (Read of a piece, Hash) may take before the peer is
+#: given up for it.
+REQUEST_TIMEOUT: Final = DEADLINE
+
+#: Seconds between two looks at a file waiting for its version.
+VERSION_POLL: Final = 0.5
+
+#: Versions whose transfer state (leaves, read-ahead, bad peers) is kept.
+MAX_TRANSFERS: Final = 64
+
+
+class RemoteData(Protocol):
+    """
+    What the downloader needs of a peer's store (L{realize.interfaces.Store}
+    has it).
+    """
+
+    def describe(self) -> str:
+        """
+        @return: the peer, for messages.
+        """
+
+    def read(self, arena: ArenaName, path: str, start: int, end: int) -> ReadStream:
+        """
+        Stream the bytes C{[start, end)} of a file.
+        """
+
+    async def hash(
+        self, arena: ArenaName, path: str, start: int, end: int
+    ) -> FileState:
+        """
+        Merkle leaves of C{[start, min(end, size))} of a file.
+        """
+
+
+class BlobAccess(Protocol):
+    """
+    What the downloader needs of the blob store
+    (L{realize.storage.blobs.BlobStore} has it).
+    """
+
+    async def open(self, inode: int, digest: bytes) -> Blob:
+        """
+        The blob of a file's default version, made if needed.
+        """
+
+    async def write(self, blob: Blob, offset: int, data: bytes) -> ByteRanges | None:
+        """
+        Write, sync and record verified bytes; the ranges now present, or
+        C{None} if the blob is gone.
+        """
+
+    async def read(self, blob: Blob, start: int, end: int) -> bytes:
+        """
+        Read present bytes of a blob.
+        """
+
+
+@define(eq=False)
+class _Shared(Generic[T]):
+    """
+    The result of one piece of work, awaited by any number of readers; a
+    reader that stops waiting does not cancel the work.
+    """
+
+    _work: Deferred[None] | None = None
+    _waiters: list[Deferred[T]] = field(factory=list)
+    _outcome: list[T | Failure] = field(factory=list)
+
+    @classmethod
+    def start(cls, work: Coroutine[Any, Any, T]) -> _Shared[T]:
+        shared: _Shared[T] = cls()
+        shared._work = Deferred.fromCoroutine(work).addBoth(shared._done)
+        return shared
+
+    def _done(self, outcome: T | Failure) -> None:
+        self._outcome.append(outcome)
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if isinstance(outcome, Failure):
+                waiter.errback(outcome)
+            else:
+                waiter.callback(outcome)
+
+    @property
+    def done(self) -> bool:
+        return bool(self._outcome)
+
+    @property
+    def failed(self) -> bool:
+        return bool(self._outcome) and isinstance(self._outcome[0], Failure)
+
+    def observe(self) -> Deferred[T]:
+        waiter: Deferred[T] = Deferred()
+        if self._outcome:
+            outcome = self._outcome[0]
+            if isinstance(outcome, Failure):
+                waiter.errback(outcome)
+            else:
+                waiter.callback(outcome)
+        else:
+            self._waiters.append(waiter)
+        return waiter
+
+    def cancel(self) -> None:
+        if self._work is not None and not self.done:
+            self._work.cancel()
+
+
+@define(eq=False)
+class _Transfer:
+    """
+    What the downloader knows of one version being fetched.
+    """
+
+    version: FileVersion
+    digest: bytes
+    semaphore: DeferredSemaphore = field(
+        factory=lambda: DeferredSemaphore(MAX_IN_FLIGHT)
+    )
+    blob: _Shared[Blob | None] | None = None
+    present: ByteRanges = field(factory=ByteRanges)
+    leaves: _Shared[tuple[bytes, ...]] | None = None
+    pieces: dict[int, _Shared[bytes]] = field(factory=dict)
+    bad: set[PeerId] = field(factory=set)
+    next_offset: int = 0
+    window: int = 0
+
+    @property
+    def count(self) -> int:
+        """
+        @return: the number of pieces of the version.
+        """
+        return -(-self.version.size // PIECE_SIZE)
+
+    def bounds(self, index: int) -> tuple[int, int]:
+        start = index * PIECE_SIZE
+        return start, min(start + PIECE_SIZE, self.version.size)
+
+    def has(self, index: int) -> bool:
+        return self.present.contains(*self.bounds(index))
+
+    def busy(self) -> bool:
+        return any(not piece.done for piece in self.pieces.values()) or (
+            self.leaves is not None and not self.leaves.done
+        )
+
+    def cancel(self) -> None:
+        for shared in [self.blob, self.leaves, *self.pieces.values()]:
+            if shared is not None:
+                shared.cancel()
+
+
+@define(eq=False)
+class Downloader:
+    """
+    Reads of an arena's files through their blobs, fetching what is missing
+    (module docstring).
+
+    @ivar arena: the arena.
+    @ivar blobs: its blob store.
+    @ivar versions: a file's default version and the peers that have it,
+        by inode (e.g. L{realize.storage.unrealview.SqliteUnrealView.version}
+        run in a thread); C{None} if no such file.
+    @ivar stores: the live store of a connected peer, or C{None} if the
+        peer is not connected now.
+    @ivar clock: for deadlines and timeouts.
+    """
+
+    arena: ArenaName
+    blobs: BlobAccess
+    versions: Callable[[int], Awaitable[FileVersion | None]]
+    stores: Callable[[PeerId], RemoteData | None]
+    clock: IReactorTime
+    _transfers: OrderedDict[tuple[int, bytes], _Transfer] = field(factory=OrderedDict)
+    _waiting: dict[int, list[Deferred[None]]] = field(factory=dict)
+    _closed: bool = False
+
+    # Public.
+
+    async def read(
+        self, inode: int, offset: int, size: int, digest: bytes | None = None
+    ) -> bytes:
+        """
+        Read bytes of a file's default version: from its blob where present,
+        fetched from peers (and kept) where not.
+
+        @param inode: the file.
+        @param offset: first byte.
+        @param size: bytes wanted; fewer come back at the end of the file.
+        @param digest: if given, the version the caller opened: a read after
+            the default moved to another version fails rather than mixing
+            versions.
+        @return: the bytes C{[offset, min(offset + size, file size))}, all
+            verified against the version's hash.
+        @raise NotFound: if there is no such file.
+        @raise IOFailure: if the file has no version within L{DEADLINE}, its
+            version changed from C{digest}, no connected peer gives bytes
+            that verify, the deadline passed, or the downloader is closed.
+        """
+        if self._closed:
+            raise IOFailure(f"{self.arena}: the downloader is stopped")
+        if offset < 0 or size < 0:
+            raise IOFailure(f"bad read of {size} bytes at {offset}")
+        deadline = self.clock.seconds() + DEADLINE
+        try:
+            return await self._read(inode, offset, size, digest, deadline)
+        except CancelledError:
+            raise IOFailure(
+                f"{self.arena}: read of inode {inode} stopped: the downloader "
+                "is stopping"
+            ) from None
+
+    def version_changed(self, inodes: Iterable[int]) -> None:
+        """
+        Tell the downloader that these files' default versions may have
+        changed (after a batch of notifications): reads waiting for a
+        version look again at once.
+        """
+        for inode in inodes:
+            for waiter in self._waiting.pop(inode, []):
+                if not waiter.called:
+                    waiter.callback(None)
+
+    def close(self) -> None:
+        """
+        Stop: reads in flight and later ones fail with L{IOFailure};
+        requests in flight are cancelled.
+        """
+        self._closed = True
+        for transfer in self._transfers.values():
+            transfer.cancel()
+        self._transfers.clear()
+        waiting, self._waiting = self._waiting, {}
+        for waiters in waiting.values():
+            for waiter in waiters:
+                if not waiter.called:
+                    waiter.cancel()
+
+    # Reading.
+
+    async def _read(
+        self, inode: int, offset: int, size: int, digest: bytes | None, deadline: float
+    ) -> bytes:
+        version = await self._wait_version(inode, deadline)
+        assert version.hash is not None
+        if digest is not None and version.hash != digest:
+            raise IOFailure(
+                f"{self.arena}/{version.path}: the version changed from "
+                f"{format_hash(digest)} to {format_hash(version.hash)}"
+            )
+        end = min(offset + size, version.size)
+        if offset >= end:
+            return b""
+        transfer = self._transfer(version, version.hash)
+        if transfer.blob is None:
+            transfer.blob = _Shared.start(self._open_blob(transfer))
+        blob = await self._until(transfer.blob.observe(), deadline, version)
+        first, last = offset // PIECE_SIZE, (end - 1) // PIECE_SIZE
+        self._follow(transfer, offset, end)
+        wanted = {
+            index: self._piece(transfer, index, blob)
+            for index in range(first, last + 1)
+            if not transfer.has(index)
+        }
+        self._read_ahead(transfer, last, blob)
+        # The pieces are all in flight: waiting for them in turn costs no
+        # time.
+        fetched = {
+            index: await self._until(shared.observe(), deadline, version)
+            for index, shared in wanted.items()
+        }
+        return await self._assemble(transfer, blob, fetched, offset, end)
+
+    async def _assemble(
+        self,
+        transfer: _Transfer,
+        blob: Blob | None,
+        fetched: dict[int, bytes],
+        offset: int,
+        end: int,
+    ) -> bytes:
+        """
+        The bytes C{[offset, end)}: from pieces just fetched, else from the
+        blob (consecutive present pieces in one read).
+        """
+        parts: list[bytes] = []
+        disk_start: int | None = None
+        position = offset
+        for index in range(offset // PIECE_SIZE, (end - 1) // PIECE_SIZE + 1):
+            start, stop = transfer.bounds(index)
+            start, stop = max(start, offset), min(stop, end)
+            if index in fetched:
+                if disk_start is not None:
+                    parts.append(
+                        await self._from_blob(transfer, blob, disk_start, start)
+                    )
+                    disk_start = None
+                base = index * PIECE_SIZE
+                parts.append(fetched[index][start - base : stop - base])
+            elif disk_start is None:
+                disk_start = start
+            position = stop
+        if disk_start is not None:
+            parts.append(await self._from_blob(transfer, blob, disk_start, position))
+        return b"".join(parts)
+
+    async def _from_blob(
+        self, transfer: _Transfer, blob: Blob | None, start: int, end: int
+    ) -> bytes:
+        if blob is None:
+            raise IOFailure(f"{self._where(transfer.version)}: no blob to read from")
+        try:
+            data = await self.blobs.read(blob, start, end)
+        except NotFound:
+            data = b""
+        if len(data) != end - start:
+            # The blob went (its version was replaced): forget it.
+            self._transfers.pop((transfer.version.inode, transfer.digest), None)
+            raise IOFailure(
+                f"{self._where(transfer.version)}: the cached bytes "
+                f"[{start}, {end}) vanished"
+            )
+        return data
+
+    async def _wait_version(self, inode: int, deadline: float) -> FileVersion:
+        """
+        The file's version, waiting up to the deadline for one that has a
+        hash.
+        """
+        while True:
+            version = await self.versions(inode)
+            if version is None or version.arena != self.arena:
+                raise NotFound(f"{self.arena}: no file with inode {inode}")
+            if version.hash is not None:
+                return version
+            now = self.clock.seconds()
+            if now >= deadline:
+                log.warn(
+                    "{arena}/{path}: no version within {deadline} s",
+                    arena=self.arena,
+                    path=version.path,
+                    deadline=DEADLINE,
+                )
+                raise IOFailure(
+                    f"{self._where(version)}: not hashed yet (no version) "
+                    f"after {DEADLINE} s"
+                )
+            await self._sleep(inode, min(VERSION_POLL, deadline - now))
+
+    async def _sleep(self, inode: int, delay: float) -> None:
+        waiter: Deferred[None] = Deferred()
+        call: IDelayedCall = self.clock.callLater(delay, waiter.callback, None)
+        self._waiting.setdefault(inode, []).append(waiter)
+        try:
+            await waiter
+        finally:
+            if call.active():
+                call.cancel()
+            waiters = self._waiting.get(inode, [])
+            if waiter in waiters:
+                waiters.remove(waiter)
+                if not waiters:
+                    del self._waiting[inode]
+
+    async def _until(self, d: Deferred[T], deadline: float, version: FileVersion) -> T:
+        """
+        Wait for C{d}, at most until the deadline (the work behind it goes
+        on: C{d} is an observer).
+        """
+        remaining = deadline - self.clock.seconds()
+        if not d.called:
+            if remaining <= 0:
+                d.cancel()
+            else:
+                d.addTimeout(remaining, self.clock)
+        try:
+            return await d
+        except (TimeoutError, CancelledError):
+            if self._closed:
+                raise
+            raise IOFailure(
+                f"{self._where(version)}: no data within {DEADLINE} s"
+            ) from None
+
+    def _transfer(self, version: FileVersion, digest: bytes) -> _Transfer:
+        key = (version.inode, digest)
+        transfer = self._transfers.get(key)
+        if transfer is None:
+            transfer = _Transfer(version, digest)
+            self._transfers[key] = transfer
+            idle = [k for k, t in self._transfers.items() if k != key and not t.busy()]
+            for old in idle[: max(0, len(self._transfers) - MAX_TRANSFERS)]:
+                del self._transfers[old]
+        else:
+            # The peers that have the version change as notifications come.
+            transfer.version = version
+            self._transfers.move_to_end(key)
+        return transfer
+
+    def _follow(self, transfer: _Transfer, offset: int, end: int) -> None:
+        """
+        Track sequential access: a read that starts near where the last one
+        ended (within a piece either way: the kernel's parallel reads come
+        out of order) doubles the read-ahead window; another resets it.
+        """
+        if abs(offset - transfer.next_offset) <= PIECE_SIZE:
+            transfer.window = min(max(1, 2 * transfer.window), MAX_READAHEAD)
+            transfer.next_offset = max(transfer.next_offset, end)
+        else:
+            transfer.window = 0
+            transfer.next_offset = end
+
+    def _read_ahead(self, transfer: _Transfer, last: int, blob: Blob | None) -> None:
+        """
+        Start fetching the pieces of the window after the last one read,
+        while requests are free: read-ahead never queues before reads.
+        """
+        for index in range(last + 1, min(last + 1 + transfer.window, transfer.count)):
+            if transfer.semaphore.tokens <= 0:
+                break
+            if not transfer.has(index):
+                self._piece(transfer, index, blob)
+
+    def _piece(
+        self, transfer: _Transfer, index: int, blob: Blob | None
+    ) -> _Shared[bytes]:
+        shared = transfer.pieces.get(index)
+        if shared is None or shared.failed:
+            shared = _Shared.start(self._fetch_piece(transfer, index, blob))
+            if not shared.done:
+                transfer.pieces[index] = shared
+        return shared
+
+    # Fetching.
+
+    async def _open_blob(self, transfer: _Transfer) -> Blob | None:
+        try:
+            blob = await self.blobs.open(transfer.version.inode, transfer.digest)
+        except RealizeError as e:
+            log.warn(
+                "{arena}/{path}: no blob ({error}): data is read through, not kept",
+                arena=self.arena,
+                path=transfer.version.path,
+                error=describe(e),
+            )
+            return None
+        transfer.present = transfer.present | blob.ranges
+        return blob
+
+    async def _fetch_piece(
+        self, transfer: _Transfer, index: int, blob: Blob | None
+    ) -> bytes:
+        await transfer.semaphore.acquire()
+        try:
+            try:
+                if transfer.leaves is None or transfer.leaves.failed:
+                    transfer.leaves = _Shared.start(self._fetch_leaves(transfer))
+                leaves = await transfer.leaves.observe()
+                start, end = transfer.bounds(index)
+                data = await self._fetch_verified(transfer, leaves[index], start, end)
+            finally:
+                transfer.semaphore.release()
+            if blob is not None:
+                await self._keep(transfer, blob, start, data)
+            return data
+        finally:
+            # Only now: until the bytes are recorded, another read of this
+            # piece waits for this fetch rather than starting its own.
+            transfer.pieces.pop(index, None)
+
+    async def _keep(
+        self, transfer: _Transfer, blob: Blob, start: int, data: bytes
+    ) -> None:
+        """
+        Write verified bytes into the blob; a failure (full disk) is logged
+        and the bytes are served all the same.
+        """
+        try:
+            ranges = await self.blobs.write(blob, start, data)
+        except RealizeError as e:
+            log.warn(
+                "{arena}/{path}: could not keep [{start}, {end}): {error}",
+                arena=self.arena,
+                path=transfer.version.path,
+                start=start,
+                end=start + len(data),
+                error=describe(e),
+            )
+        else:
+            if ranges is not None:
+                transfer.present = ranges
+
+    def _peers(
+        self, transfer: _Transfer, tried: set[PeerId]
+    ) -> Iterable[tuple[PeerId, RemoteData]]:
+        """
+        The connected peers having the version, not yet tried for this
+        request and not known to send bad data for it.
+        """
+        for peer in transfer.version.peers:
+            if peer in tried or peer in transfer.bad:
+                continue
+            tried.add(peer)
+            store = self.stores(peer)
+            if store is not None:
+                yield peer, store
+
+    async def _fetch_leaves(self, transfer: _Transfer) -> tuple[bytes, ...]:
+        version = transfer.version
+        expected = transfer.count
+        errors: list[str] = []
+        for peer, store in self._peers(transfer, set()):
+            try:
+                state = await self._timed(
+                    store.hash(self.arena, version.path, 0, version.size)
+                )
+            except (RealizeError, TimeoutError) as e:
+                errors.append(f"{store.describe()}: {describe(e)}")
+                continue
+            leaves = tuple(state.leaves)
+            if len(leaves) == expected and merkle_root(leaves) == transfer.digest:
+                return leaves
+            transfer.bad.add(peer)
+            log.warn(
+                "{arena}/{path}: {peer} sent leaves that do not make version {hash}",
+                arena=self.arena,
+                path=version.path,
+                peer=store.describe(),
+                hash=format_hash(transfer.digest),
+            )
+            errors.append(f"{store.describe()}: leaves do not match the version")
+        raise self._failure(transfer, "its Merkle leaves", errors)
+
+    async def _fetch_verified(
+        self, transfer: _Transfer, leaf: bytes, start: int, end: int
+    ) -> bytes:
+        version = transfer.version
+        errors: list[str] = []
+        for peer, store in self._peers(transfer, set()):
+            try:
+                data = await self._timed(
+                    self._read_range(store, version.path, start, end)
+                )
+            except (RealizeError, TimeoutError) as e:
+                errors.append(f"{store.describe()}: {describe(e)}")
+                continue
+            if len(data) == end - start and leaf_hash(data) == leaf:
+                return data
+            transfer.bad.add(peer)
+            log.warn(
+                "{arena}/{path}: bytes [{start}, {end}) from {peer} do not match "
+                "version {hash}; trying another peer",
+                arena=self.arena,
+                path=version.path,
+                start=start,
+                end=end,
+                peer=store.describe(),
+                hash=format_hash(transfer.digest),
+            )
+            errors.append(f"{store.describe()}: bytes do not match the version")
+        raise self._failure(transfer, f"bytes [{start}, {end})", errors)
+
+    def _failure(self, transfer: _Transfer, what: str, errors: list[str]) -> IOFailure:
+        why = "; ".join(errors) if errors else "no connected peer has this version"
+        log.error(
+            "{arena}/{path}: cannot fetch {what} of version {hash}: {why}",
+            arena=self.arena,
+            path=transfer.version.path,
+            what=what,
+            hash=format_hash(transfer.digest),
+            why=why,
+        )
+        return IOFailure(f"{self._where(transfer.version)}: cannot fetch {what}: {why}")
+
+    async def _timed(self, work: Coroutine[Any, Any, T]) -> T:
+        d = Deferred.fromCoroutine(work)
+        d.addTimeout(REQUEST_TIMEOUT, self.clock)
+        return await d
+
+    async def _read_range(
+        self, store: RemoteData, path: str, start: int, end: int
+    ) -> bytes:
+        stream = store.read(self.arena, path, start, end)
+        chunks: list[bytes] = []
+        got = 0
+        finished = False
+        try:
+            async for chunk in stream:
+                chunks.append(chunk)
+                got += len(chunk)
+                if got > end - start:
+                    break
+            finished = True
+        finally:
+            if not finished or got > end - start:
+                stream.cancel()
+        if got <= end - start:
+            # What counts is that the bytes verify, not what the peer says.
+            with contextlib.suppress(RealizeError):
+                await stream.result()
+        return b"".join(chunks)
+
+    def _where(self, version: FileVersion) -> str:
+        return f"{self.arena}/{version.path}"
+
+
+if TYPE_CHECKING:
+    from realize.interfaces import Store
+    from realize.storage.blobs import BlobStore
+
+    def _is_remote_data(store: Store) -> RemoteData:
+        return store
+
+    def _is_blob_access(blobs: BlobStore) -> BlobAccess:
+        return blobs

@@ -1,0 +1,549 @@
+"""
+Tests for L{realize.services.downloader}, with fake remote stores, a
+L{Clock}, and a real blob store on a temporary directory run synchronously.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.logger import LogLevel, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+
+from realize.errors import IOFailure, NetworkError, NoSpace, NotFound
+from realize.hashing import EMPTY_ROOT, LEAF_SIZE, leaf_hash, merkle_root
+from realize.model import ByteRanges, FileState, PeerId
+from realize.services.downloader import (
+    DEADLINE,
+    MAX_IN_FLIGHT,
+    MAX_READAHEAD,
+    PIECE_SIZE,
+    REQUEST_TIMEOUT,
+    Downloader,
+    RemoteData,
+)
+from realize.storage.blobs import Blob, BlobStore, decode_ranges
+from realize.storage.unreal import _txn_add, _txn_replace
+from realize.storage.unrealview import FileVersion, file_version
+
+from .helpers import sync_run_in_thread
+from .test_blobs import sync_interaction
+from .test_unreal_tables import (
+    ARENA,
+    ROOT,
+    add,
+    arena_db,
+    inode_of,
+    make_tree,
+    replace,
+    run,
+)
+
+A = PeerId("a")
+B = PeerId("b")
+
+#: Bytes per chunk of the fake streams.
+CHUNK = 256 << 10
+
+
+def content(size: int, seed: int = 0) -> bytes:
+    """
+    Bytes that differ from piece to piece.
+    """
+    block = bytes((i * 7 + seed) % 251 for i in range(4096))
+    return (block * (size // 4096 + 1))[:size]
+
+
+def leaves_of(data: bytes) -> tuple[bytes, ...]:
+    return tuple(
+        leaf_hash(data[i : i + LEAF_SIZE]) for i in range(0, len(data), LEAF_SIZE)
+    )
+
+
+class FakeStream:
+    """
+    A L{realize.interfaces.ReadStream} over a fake store's bytes.
+    """
+
+    def __init__(self, store: FakeStore, start: int, end: int) -> None:
+        self.store = store
+        self.start = start
+        self.end = end
+        self.cancelled = False
+        self.finished = False
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        store = self.store
+        store.open_streams.append(self)
+        try:
+            if store.hold:
+                gate: Deferred[None] = Deferred()
+                store.gates.append(gate)
+                await gate
+            offset = self.start
+            while offset < self.end:
+                if (
+                    store.fail_after is not None
+                    and offset - self.start >= store.fail_after
+                ):
+                    raise NetworkError(f"{store.name}: connection lost")
+                chunk = store.data[offset : min(self.end, offset + CHUNK)]
+                if store.corrupt:
+                    chunk = bytes([chunk[0] ^ 1]) + chunk[1:]
+                yield chunk
+                offset += len(chunk)
+            self.finished = True
+        finally:
+            store.open_streams.remove(self)
+
+    async def result(self) -> FileState:
+        return FileState((), len(self.store.data), 0)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeStore:
+    """
+    A peer's store holding one file's bytes, with faults to order.
+
+    @ivar hold: streams wait for the test (L{release}) before sending.
+    @ivar corrupt: every chunk sent has a flipped byte.
+    @ivar fail_after: streams fail after this many bytes.
+    @ivar bad_leaves: Hash answers leaves of other bytes.
+    @ivar hang_hash: Hash never answers.
+    """
+
+    def __init__(self, name: str, data: bytes) -> None:
+        self.name = name
+        self.data = data
+        self.hold = False
+        self.corrupt = False
+        self.fail_after: int | None = None
+        self.bad_leaves = False
+        self.hang_hash = False
+        self.reads: list[tuple[int, int]] = []
+        self.hashes = 0
+        self.gates: list[Deferred[None]] = []
+        self.open_streams: list[FakeStream] = []
+        self.streams: list[FakeStream] = []
+
+    def describe(self) -> str:
+        return self.name
+
+    def read(self, arena: str, path: str, start: int, end: int) -> FakeStream:
+        assert arena == ARENA and path == "f", (arena, path)
+        self.reads.append((start, end))
+        stream = FakeStream(self, start, end)
+        self.streams.append(stream)
+        return stream
+
+    async def hash(self, arena: str, path: str, start: int, end: int) -> FileState:
+        self.hashes += 1
+        if self.hang_hash:
+            await Deferred()
+        data = self.data[start:end]
+        if self.bad_leaves:
+            data = content(len(data), seed=99)
+        return FileState(leaves_of(data), len(self.data), 0)
+
+    def release(self) -> int:
+        """
+        Let every held stream go; return how many.
+        """
+        gates, self.gates = self.gates, []
+        for gate in gates:
+            gate.callback(None)
+        return len(gates)
+
+
+class FailingBlobs:
+    """
+    A blob store whose writes fail with a full disk.
+    """
+
+    def __init__(self, inner: BlobStore) -> None:
+        self.inner = inner
+
+    async def open(self, inode: int, digest: bytes) -> Blob:
+        return await self.inner.open(inode, digest)
+
+    async def write(self, blob: Blob, offset: int, data: bytes) -> ByteRanges | None:
+        raise NoSpace("disk full")
+
+    async def read(self, blob: Blob, start: int, end: int) -> bytes:
+        return await self.inner.read(blob, start, end)
+
+
+class DownloaderTests(SynchronousTestCase):
+    """
+    Reads through L{Downloader}.
+    """
+
+    size = 5 * LEAF_SIZE + 12345
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.db = arena_db(self)
+        self.tree = make_tree()
+        self.data = content(self.size)
+        self.root_hash = merkle_root(leaves_of(self.data))
+        for peer in (A, B):
+            run(
+                self.db,
+                _txn_add,
+                self.tree,
+                peer,
+                add("f", self.size, 10, self.root_hash),
+            )
+        self.inode = inode_of(self.db, "f")
+        self.stores: dict[PeerId, RemoteData] = {}
+        self.a = FakeStore("a", self.data)
+        self.b = FakeStore("b", self.data)
+        self.directory = os.path.join(self.mktemp(), "blobs")
+        self.blobs = BlobStore(
+            self.directory, sync_run_in_thread, sync_interaction(self.db), lambda: 1
+        )
+        self.downloader = self.make_downloader(self.blobs)
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.addCleanup(self.no_delayed_calls)
+
+    def make_downloader(self, blobs: Any) -> Downloader:
+        async def versions(inode: int) -> FileVersion | None:
+            return file_version(self.db, ARENA, ROOT, inode)
+
+        return Downloader(ARENA, blobs, versions, self.stores.get, self.clock)
+
+    def no_delayed_calls(self) -> None:
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def read(
+        self, offset: int, size: int, digest: bytes | None = None
+    ) -> Deferred[bytes]:
+        return Deferred.fromCoroutine(
+            self.downloader.read(self.inode, offset, size, digest)
+        )
+
+    def present(self) -> ByteRanges:
+        row = self.db.execute("SELECT ranges FROM blob").fetchone()
+        return decode_ranges(row[0]) if row else ByteRanges()
+
+    def logged(self, level: LogLevel) -> list[str]:
+        return [
+            e["log_format"].format(**e)
+            for e in self.events
+            if e.get("log_level") == level
+            and e.get("log_namespace") == "realize.downloader"
+        ]
+
+    def test_read_through(self) -> None:
+        """
+        A read gives the version's bytes, fetched in leaf-aligned pieces,
+        verified and kept in the blob; the leaves are fetched once.
+        """
+        self.stores[A] = self.a
+        start = LEAF_SIZE + 100
+        self.assertEqual(
+            self.successResultOf(self.read(start, 5000)),
+            self.data[start : start + 5000],
+        )
+        self.assertEqual(self.a.reads, [(LEAF_SIZE, 2 * LEAF_SIZE)])
+        self.assertEqual(self.present(), ByteRanges.of((LEAF_SIZE, 2 * LEAF_SIZE)))
+        self.successResultOf(self.read(3 * LEAF_SIZE, 10))
+        self.assertEqual(self.a.hashes, 1)
+
+    def test_cached(self) -> None:
+        """
+        Bytes already in the blob are read from it: no request.
+        """
+        self.stores[A] = self.a
+        self.successResultOf(self.read(0, 100))
+        self.assertEqual(self.successResultOf(self.read(10, 50)), self.data[10:60])
+        self.assertEqual(self.a.reads.count((0, LEAF_SIZE)), 1)
+
+    def test_across_pieces_and_end(self) -> None:
+        """
+        A read across pieces, some cached and some not, up to and past the
+        end of the file, gives exactly the file's bytes.
+        """
+        self.stores[A] = self.a
+        self.successResultOf(self.read(2 * LEAF_SIZE, 1))
+        got = self.successResultOf(self.read(LEAF_SIZE - 10, 10 * LEAF_SIZE))
+        self.assertEqual(got, self.data[LEAF_SIZE - 10 :])
+        self.assertEqual(self.successResultOf(self.read(self.size, 100)), b"")
+        self.assertEqual(self.successResultOf(self.read(0, self.size)), self.data)
+
+    def test_verification_failure_then_failover(self) -> None:
+        """
+        Bytes from a peer that do not match the version's leaves are never
+        returned: the piece is fetched from another peer that has the same
+        hash, the bad peer is not asked again for this version, and the
+        failure is logged.
+        """
+        self.a.corrupt = True
+        self.stores[A] = self.a
+        self.stores[B] = self.b
+        offset = 2 * LEAF_SIZE
+        self.assertEqual(
+            self.successResultOf(self.read(offset, 1000)),
+            self.data[offset : offset + 1000],
+        )
+        self.assertEqual(self.a.reads, [(offset, offset + LEAF_SIZE)])
+        self.assertEqual(self.b.reads, [(offset, offset + LEAF_SIZE)])
+        self.successResultOf(self.read(4 * LEAF_SIZE, 10))
+        self.assertEqual(len(self.a.reads), 1)
+        self.assertEqual(
+            self.present(),
+            ByteRanges.of((offset, offset + LEAF_SIZE), (4 * LEAF_SIZE, 5 * LEAF_SIZE)),
+        )
+        self.assertTrue(any("do not match" in m for m in self.logged(LogLevel.warn)))
+
+    def test_all_peers_bad(self) -> None:
+        """
+        When no peer sends bytes that verify, the read fails with
+        L{IOFailure} (EIO), the error is logged, and nothing is recorded.
+        """
+        self.a.corrupt = self.b.corrupt = True
+        self.stores[A] = self.a
+        self.stores[B] = self.b
+        failure = self.failureResultOf(self.read(0, 10), IOFailure)
+        self.assertIn("f", str(failure.value))
+        self.assertEqual(self.present(), ByteRanges())
+        self.assertTrue(self.logged(LogLevel.error))
+
+    def test_bad_leaves(self) -> None:
+        """
+        Leaves whose root is not the version's hash are refused; another
+        peer's are used.
+        """
+        self.a.bad_leaves = True
+        self.stores[A] = self.a
+        self.stores[B] = self.b
+        self.assertEqual(self.successResultOf(self.read(0, 10)), self.data[:10])
+        self.assertEqual((self.a.hashes, self.b.hashes), (1, 1))
+        self.assertEqual(self.a.reads, [])
+
+    def test_disconnect_mid_range(self) -> None:
+        """
+        A peer that disconnects in the middle of a piece: the piece is
+        fetched again from another peer, and the first peer stays a
+        candidate (it sent nothing wrong).
+        """
+        self.a.fail_after = CHUNK * 2
+        self.stores[A] = self.a
+        self.stores[B] = self.b
+        offset = 2 * LEAF_SIZE + 5
+        self.assertEqual(
+            self.successResultOf(self.read(offset, 10)), self.data[offset : offset + 10]
+        )
+        self.assertEqual(self.a.reads, [(2 * LEAF_SIZE, 3 * LEAF_SIZE)])
+        self.assertEqual(self.b.reads, [(2 * LEAF_SIZE, 3 * LEAF_SIZE)])
+        self.assertTrue(self.a.streams[0].cancelled)
+        self.a.fail_after = None
+        self.b.fail_after = 0
+        self.successResultOf(self.read(3 * LEAF_SIZE, 10))
+        self.assertIn((3 * LEAF_SIZE, 4 * LEAF_SIZE), self.a.reads)
+
+    def test_no_peer(self) -> None:
+        """
+        Data no connected peer has fails at once with L{IOFailure}.
+        """
+        self.failureResultOf(self.read(0, 10), IOFailure)
+        self.stores[A] = self.a
+        self.assertEqual(self.successResultOf(self.read(0, 10)), self.data[:10])
+
+    def test_sequential_read_ahead(self) -> None:
+        """
+        Sequential reads open a read-ahead window that grows but never
+        passes L{MAX_READAHEAD} pieces beyond the read, nor
+        L{MAX_IN_FLIGHT} requests at once.
+        """
+        size = 40 * LEAF_SIZE
+        self.bigger(size)
+        self.a.hold = True
+        self.stores[A] = self.a
+        step = 128 << 10
+        offset = 0
+        ahead = []
+        while offset < size:
+            d = self.read(offset, step)
+            # The network answers between two reads.
+            self.assertLessEqual(len(self.a.open_streams), MAX_IN_FLIGHT)
+            self.a.release()
+            self.assertEqual(self.successResultOf(d), self.data[offset : offset + step])
+            piece = offset // PIECE_SIZE
+            furthest = max(start for start, _ in self.a.reads) // PIECE_SIZE
+            self.assertLessEqual(furthest - piece, MAX_READAHEAD)
+            ahead.append(furthest - piece)
+            offset += step
+        self.assertEqual(max(ahead), MAX_READAHEAD)
+        self.assertEqual(
+            sorted(self.a.reads),
+            [(i * LEAF_SIZE, (i + 1) * LEAF_SIZE) for i in range(40)],
+        )
+        self.a.release()
+
+    def test_random_reads_no_read_ahead(self) -> None:
+        """
+        Random reads fetch only the pieces they need.
+        """
+        self.bigger(40 * LEAF_SIZE)
+        self.stores[A] = self.a
+        for piece in [30, 3, 17, 9, 25]:
+            offset = piece * LEAF_SIZE + 4096
+            self.assertEqual(
+                self.successResultOf(self.read(offset, 4096)),
+                self.data[offset : offset + 4096],
+            )
+        self.assertEqual(len(self.a.reads), 5)
+
+    def test_shared_requests(self) -> None:
+        """
+        Two reads of the same missing piece share one request.
+        """
+        self.a.hold = True
+        self.stores[A] = self.a
+        first = self.read(100, 10)
+        second = self.read(5000, 10)
+        self.a.release()
+        self.assertEqual(self.successResultOf(first), self.data[100:110])
+        self.assertEqual(self.successResultOf(second), self.data[5000:5010])
+        self.assertEqual(self.a.reads.count((0, LEAF_SIZE)), 1)
+        self.a.release()
+
+    def test_no_version_waits(self) -> None:
+        """
+        A file with no version yet is waited for; once it has one (told
+        by L{Downloader.version_changed}, or seen by polling) the read goes
+        on.
+        """
+        run(self.db, _txn_add, self.tree, A, add("g", 3, 10, None))
+        g = inode_of(self.db, "g")
+        self.stores[A] = self.a
+        d = Deferred.fromCoroutine(self.downloader.read(g, 0, 3))
+        self.clock.advance(2)
+        self.assertNoResult(d)
+        # The file gets its version: the hash of the whole file here (the
+        # fake store serves "f"'s bytes for any path it is asked).
+        run(
+            self.db,
+            _txn_replace,
+            self.tree,
+            A,
+            replace("g", self.size, 11, self.root_hash, None),
+        )
+        self.db.execute("UPDATE directory SET name = 'old' WHERE name = 'f'")
+        self.db.execute("UPDATE directory SET name = 'f' WHERE name = 'g'")
+        self.db.commit()
+        self.downloader.version_changed([g])
+        self.assertEqual(self.successResultOf(d), self.data[:3])
+
+    def test_no_version_deadline(self) -> None:
+        """
+        A file that gets no version fails with L{IOFailure} at the
+        deadline, not before.
+        """
+        run(self.db, _txn_add, self.tree, A, add("g", 3, 10, None))
+        g = inode_of(self.db, "g")
+        d = Deferred.fromCoroutine(self.downloader.read(g, 0, 3))
+        self.clock.pump([0.5] * int(DEADLINE / 0.5 - 1))
+        self.assertNoResult(d)
+        self.clock.advance(0.5)
+        self.assertIn("no version", str(self.failureResultOf(d, IOFailure).value))
+
+    def test_hanging_peer(self) -> None:
+        """
+        A peer that never answers: the read fails at the deadline, and its
+        request is cancelled.
+        """
+        self.a.hold = True
+        self.stores[A] = self.a
+        d = self.read(0, 10)
+        self.clock.advance(DEADLINE - 0.1)
+        self.assertNoResult(d)
+        self.clock.advance(REQUEST_TIMEOUT)
+        self.failureResultOf(d, IOFailure)
+        self.assertTrue(self.a.streams[0].cancelled)
+
+    def test_hanging_hash(self) -> None:
+        """
+        A peer whose Hash never answers is given up at the deadline.
+        """
+        self.a.hang_hash = True
+        self.stores[A] = self.a
+        d = self.read(0, 10)
+        self.clock.advance(DEADLINE)
+        self.failureResultOf(d, IOFailure)
+
+    def test_close(self) -> None:
+        """
+        A read in flight when the downloader stops fails with L{IOFailure};
+        later reads too.
+        """
+        self.a.hold = True
+        self.stores[A] = self.a
+        d = self.read(0, 10)
+        self.downloader.close()
+        self.failureResultOf(d, IOFailure)
+        self.assertTrue(self.a.streams[0].cancelled)
+        self.failureResultOf(self.read(0, 10), IOFailure)
+
+    def test_version_changed_under_reader(self) -> None:
+        """
+        A read for the version the caller opened fails once the default
+        moved on, rather than mixing versions.
+        """
+        self.stores[A] = self.a
+        self.successResultOf(self.read(0, 10, self.root_hash))
+        failure = self.failureResultOf(self.read(0, 10, b"\1" * 32), IOFailure)
+        self.assertIn("version changed", str(failure.value))
+
+    def test_unknown_file(self) -> None:
+        """
+        An inode that is not a file is L{NotFound}.
+        """
+        self.failureResultOf(
+            Deferred.fromCoroutine(self.downloader.read(10**9, 0, 1)), NotFound
+        )
+
+    def test_full_disk(self) -> None:
+        """
+        Verified bytes are served even when the blob cannot keep them.
+        """
+        self.downloader = self.make_downloader(FailingBlobs(self.blobs))
+        self.stores[A] = self.a
+        self.assertEqual(self.successResultOf(self.read(0, 10)), self.data[:10])
+        self.assertEqual(self.present(), ByteRanges())
+        self.assertTrue(any("could not keep" in m for m in self.logged(LogLevel.warn)))
+
+    def test_empty_file(self) -> None:
+        """
+        An empty file reads as no bytes, asking no peer.
+        """
+        run(self.db, _txn_add, self.tree, A, add("e", 0, 10, EMPTY_ROOT))
+        e = inode_of(self.db, "e")
+        self.assertEqual(
+            self.successResultOf(
+                Deferred.fromCoroutine(self.downloader.read(e, 0, 10))
+            ),
+            b"",
+        )
+
+    def bigger(self, size: int) -> None:
+        """
+        Make "f" a larger file.
+        """
+        self.data = content(size)
+        self.root_hash = merkle_root(leaves_of(self.data))
+        for peer in (A, B):
+            run(self.db, _txn_add, self.tree, peer, add("f", size, 20, self.root_hash))
+        self.a.data = self.b.data = self.data
