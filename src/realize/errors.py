@@ -32,6 +32,7 @@ __all__ = [
     "PermissionDenied",
     "RealizeError",
     "SideError",
+    "SubscriptionClosed",
     "Unauthorized",
     "describe",
     "is_retryable",
@@ -148,6 +149,15 @@ class BadDelta(RealizeError):
     code = b"BAD_DELTA"
 
 
+class SubscriptionClosed(RealizeError):
+    """
+    A pull on a history subscription that was closed (by its subscriber, a
+    config reload that removed its access, or the publisher stopping).
+    """
+
+    code = b"CLOSED"
+
+
 class NetworkError(RealizeError):
     """
     The connection to a peer failed or was lost (refused, timed out, reset).
@@ -233,5 +243,6 @@ WIRE_ERRORS: dict[type[Exception], bytes] = {
         NoSpace,
         Conflict,
         BadDelta,
+        SubscriptionClosed,
     )
 }

@@ -26,6 +26,8 @@ from realize.model import (
     Entry,
     FileInfo,
     FileState,
+    Notification,
+    PeerId,
     SmallFile,
     SmallRead,
     WriteResult,
@@ -382,4 +384,63 @@ class UnrealView(Protocol):
             (L{realize.model.check_path} rules); the path is C{""} for an
             arena root.  C{None} for the mount root, a compound arena-name
             directory or an unknown inode.
+        """
+
+
+class Subscription(Protocol):
+    """
+    One subscriber's view of one arena's history (DESIGN.md section 9),
+    pulled: each L{next_batch} gives the next notifications, the first
+    being C{connected}, then a replay or a catch-up, then live changes
+    (waiting for them when caught up).  Served by
+    L{realize.services.history.HistoryService} locally and by
+    L{realize.net.history.RemoteHistory} from a peer.
+    """
+
+    def next_batch(self, max_count: int = ...) -> Deferred[list[Notification]]:
+        """
+        @param max_count: at most this many notifications.
+        @return: at least one notification, in order.
+        @raise SubscriptionClosed: once the subscription is closed.
+        """
+
+    @property
+    def caught_up(self) -> bool:
+        """
+        Whether the last batch reached the end of the history as it was
+        then (no catch-up under way).
+        """
+
+    def close(self) -> None:
+        """
+        End the subscription; a waiting pull fails with
+        L{realize.errors.SubscriptionClosed}.
+        """
+
+
+class History(Protocol):
+    """
+    The histories of this peer's arenas, as subscribers use them.
+    """
+
+    def subscribe(
+        self, arena: ArenaName, peer: PeerId | None, progress: tuple[str, int] | None
+    ) -> Subscription:
+        """
+        @param peer: the subscriber, checked against the arena's ACL
+            (C{None}: a local reader).
+        @param progress: the subscriber's C{(uuid, position)}, or C{None}.
+        @raise NotFound: if the arena has no history here.
+        @raise Unauthorized: if the ACL does not admit C{peer}.
+        """
+
+    async def acknowledge(self, arena: ArenaName, peer: PeerId, position: int) -> None:
+        """
+        The subscriber applied the history up to C{position} (trimming).
+        """
+
+    def uuid(self, arena: ArenaName) -> str:
+        """
+        @return: the arena store's uuid.
+        @raise NotFound: if the arena has no history here.
         """

@@ -14,13 +14,22 @@ from __future__ import annotations
 import struct
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 import zstandard
 
 from realize.errors import BadRequest, IOFailure
 from realize.hashing import DIGEST_SIZE
-from realize.model import CHUNK_SIZE, FileInfo, clamp_mtime
+from realize.model import (
+    CHUNK_SIZE,
+    NOTIFICATION_KINDS,
+    ArenaName,
+    FileInfo,
+    Notification,
+    NotificationKind,
+    check_notification,
+    clamp_mtime,
+)
 
 __all__ = [
     "BATCH_CALL_COST",
@@ -32,8 +41,10 @@ __all__ = [
     "batches",
     "compress",
     "decode_entries",
+    "decode_notifications",
     "decompress",
     "encode_entries",
+    "encode_notifications",
     "entry_cost",
     "join_frames",
     "split_leaves",
@@ -224,3 +235,67 @@ def join_frames(contents: Sequence[bytes]) -> list[bytes]:
     if size:
         frames.append(b"".join(pending))
     return frames
+
+
+_OPTIONAL = ("path", "size", "mtime_ns", "hash", "old_hash", "uuid")
+
+
+def encode_notifications(notifications: Sequence[Notification]) -> list[dict[str, Any]]:
+    """
+    The records of notifications for a Notifications answer: each field
+    that is C{None} is marked absent by a clear bit in C{present} (bit 0:
+    path, 1: size, 2: mtime_ns, 3: hash, 4: old_hash, 5: uuid) and sent as
+    an empty or zero value.
+
+    @return: one record per notification (L{realize.net.commands.
+        NOTIFICATION_FIELDS}).
+    """
+    records = []
+    for n in notifications:
+        present = 0
+        for bit, name in enumerate(_OPTIONAL):
+            if getattr(n, name) is not None:
+                present |= 1 << bit
+        records.append(
+            {
+                "kind": n.kind,
+                "position": n.position,
+                "present": present,
+                "path": n.path or "",
+                "size": n.size or 0,
+                "mtime_ns": n.mtime_ns or 0,
+                "hash": n.hash or b"",
+                "old_hash": n.old_hash or b"",
+                "uuid": n.uuid or "",
+            }
+        )
+    return records
+
+
+def decode_notifications(
+    arena: ArenaName, records: Sequence[dict[str, Any]]
+) -> list[Notification]:
+    """
+    Notifications from the records of a Notifications answer, each
+    validated like a command's arguments (a peer's notifications are
+    input too: L{realize.model.check_notification}).
+
+    @param arena: the arena subscribed to (the records do not repeat it).
+    @raise BadRequest: if a record is malformed or a notification invalid.
+    @raise InvalidPath: if a notification's path is invalid.
+    """
+    notifications = []
+    for record in records:
+        kind = record["kind"]
+        if kind not in NOTIFICATION_KINDS:
+            raise BadRequest(f"unknown notification kind {kind!r}")
+        present = record["present"]
+        values = {
+            name: record[name] if present & (1 << bit) else None
+            for bit, name in enumerate(_OPTIONAL)
+        }
+        notification = Notification(
+            cast(NotificationKind, kind), arena, record["position"], **values
+        )
+        notifications.append(check_notification(notification))
+    return notifications

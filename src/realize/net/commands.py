@@ -1,11 +1,12 @@
 """
-The wire schema: AMP commands of the store protocol (DESIGN.md section 5;
-docs/protocol.md).
+The wire schema: AMP commands of the store protocol (DESIGN.md section 5)
+and of the history protocol (section 9); docs/protocol.md documents every
+field.
 
 Bulk data does not travel in AMP values (limited to 65,535 bytes and slow
 to parse): a command that moves data names a I{stream id}, and the data
 moves in raw frames of the connection's framing layer
-(L{realize.net.protocol}) before the answer (Read, List: responder to
+(L{realize.net.framing}) before the answer (Read, List: responder to
 caller) or between the command and the answer (Write: caller to
 responder).  Every command maps the errors of L{realize.errors} to stable
 codes.
@@ -31,6 +32,7 @@ from realize.errors import WIRE_ERRORS
 
 __all__ = [
     "ApplyDelta",
+    "ArenaId",
     "Arenas",
     "BigBytes",
     "Delete",
@@ -39,13 +41,16 @@ __all__ = [
     "Finish",
     "Hash",
     "List",
+    "Notifications",
     "Read",
     "ReadFiles",
     "Records",
     "SetCompression",
     "SetRateLimit",
     "Signature",
+    "Subscribe",
     "Truncate",
+    "Unsubscribe",
     "Write",
     "WriteFiles",
 ]
@@ -533,3 +538,82 @@ class SetCompression(_StoreCommand):
 
     arguments = [(b"algorithm", Unicode()), (b"level", Integer())]
     response = [(b"algorithm", Unicode())]
+
+
+# -- history commands (DESIGN.md section 9) ---------------------------------
+
+#: Most notifications one Notifications answer carries.
+MAX_NOTIFICATIONS = 1000
+
+#: The fields of a notification on the wire; C{present} has one bit per
+#: optional field (L{realize.net.codec.encode_notifications}).
+NOTIFICATION_FIELDS = [
+    ("kind", "text"),
+    ("position", "uint"),
+    ("present", "uint"),
+    ("path", "text"),
+    ("size", "uint"),
+    ("mtime_ns", "int"),
+    ("hash", "blob"),
+    ("old_hash", "blob"),
+    ("uuid", "text"),
+]
+
+
+class _HistoryCommand(Command):
+    errors = WIRE_ERRORS
+
+
+class Subscribe(_HistoryCommand):
+    """
+    Subscribe to an arena's history, from the caller's progress
+    (C{uuid}, C{position}) for this peer and arena, or from nothing (both
+    empty / 0).  Answers the subscription's id on this connection; pull
+    its notifications with L{Notifications}.
+    """
+
+    arguments = [
+        (b"arena", Text()),
+        (b"uuid", Unicode(optional=True)),
+        (b"position", Integer(optional=True)),
+    ]
+    response = [(b"subscription", Integer())]
+
+
+class Notifications(_HistoryCommand):
+    """
+    Pull the next notifications of a subscription (at least one: waits
+    for a change when the subscriber is caught up), at most C{max}.
+    C{applied} is the last position the caller has applied (for trimming),
+    if any.  Answers them, and whether they reach the end of the history
+    as it was then (C{caught_up}).
+    """
+
+    arguments = [
+        (b"subscription", Integer()),
+        (b"max", Integer()),
+        (b"applied", Integer(optional=True)),
+    ]
+    response = [
+        (b"notifications", Records(NOTIFICATION_FIELDS, MAX_NOTIFICATIONS)),
+        (b"caught_up", Boolean()),
+    ]
+
+
+class Unsubscribe(_HistoryCommand):
+    """
+    End a subscription (a waiting pull fails with CLOSED).
+    """
+
+    arguments = [(b"subscription", Integer())]
+    response: ClassVar[list[tuple[bytes, Argument]]] = []
+
+
+class ArenaId(_HistoryCommand):
+    """
+    The uuid of an arena's store on the answering peer (to refuse moving
+    an arena onto itself under two names).
+    """
+
+    arguments = [(b"arena", Text())]
+    response = [(b"uuid", Unicode())]
