@@ -9,10 +9,11 @@ import errno
 import os
 import stat
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 from attrs import define, field
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from realize.errors import (
     BadRequest,
@@ -625,6 +626,16 @@ class XattrTests(OpsTestCase):
         )
         self.assertErrno(errno.ENODATA, self.ops.removexattr, self.path, "user.other")
 
+    def test_other_names_fast(self) -> None:
+        """
+        Other names are answered without resolving the path: C{ls -l}
+        asks two of them of every file it lists.
+        """
+        before = self.backend.calls["lookup"]
+        for name in ("security.selinux", "system.posix_acl_access"):
+            self.assertErrno(errno.ENODATA, self.ops.getxattr, self.path, name)
+        self.assertEqual(self.backend.calls["lookup"], before)
+
     def test_missing_entry(self) -> None:
         """
         Attributes of a name that does not exist: C{ENOENT}.
@@ -634,3 +645,85 @@ class XattrTests(OpsTestCase):
         self.assertErrno(
             errno.ENOENT, self.ops.setxattr, "/nope", XATTR_MARK, b"keep", 0
         )
+
+
+class LibfuseGlueTests(OpsTestCase):
+    """
+    L{realize.fuse.libfuse}: C{struct stat} and readdirplus, without a
+    mount.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        try:
+            from realize.fuse import libfuse
+        except OSError as e:
+            raise SkipTest(f"libfuse cannot be loaded: {e}") from None
+        self.libfuse = libfuse
+
+    def readdir(self, flags: int, full_after: int | None = None) -> list[Any]:
+        """
+        Run the glue's readdir over C{/photos} with a recording filler.
+        """
+        filled: list[Any] = []
+
+        def filler(buf: Any, name: bytes, st: Any, offset: int, fill: int) -> int:
+            filled.append((name, st.st_ino, st.st_mode, st.st_size, offset, fill))
+            return 1 if full_after is not None and len(filled) > full_after else 0
+
+        fh = self.ops.opendir("/photos")
+        fake = SimpleNamespace(operations=self.ops, encoding="utf-8", errors="strict")
+        fip = SimpleNamespace(contents=SimpleNamespace(fh=fh))
+        self.libfuse.RealizeFUSE.readdir_fuse_3(fake, None, None, filler, 0, fip, flags)
+        return filled
+
+    def test_fill_stat(self) -> None:
+        """
+        L{RealizeOperations.fill_stat} writes mfusepy's C{c_stat}.
+        """
+        import mfusepy
+
+        st = mfusepy.c_stat()
+        self.ops.fill_stat(st, self.ops.getattr("/photos/2024/a.jpg"))
+        self.assertEqual(
+            (st.st_ino, st.st_mode, st.st_uid, st.st_gid, st.st_size),
+            (self.a, FILE_MODE, UID, GID, 10),
+        )
+        self.assertEqual(st.st_mtimespec.tv_sec, 1_700_000_000)
+        self.assertEqual(st.st_mtimespec.tv_nsec, 123_456_789)
+        self.assertEqual(st.st_ctimespec.tv_nsec, 123_456_789)
+
+    def test_readdirplus(self) -> None:
+        """
+        When the kernel asks for readdirplus, every entry but C{.} and
+        C{..} is filled with its attributes and C{FUSE_FILL_DIR_PLUS}, at
+        a non-zero offset (libfuse 3.14 sends attributes only then).
+        """
+        plus = self.libfuse.FUSE_FILL_DIR_PLUS
+        filled = self.readdir(self.libfuse.FUSE_READDIR_PLUS)
+        self.assertEqual(
+            filled,
+            [
+                (b".", 0, DIR_MODE, 0, 1, 0),
+                (b"..", 0, DIR_MODE, 0, 2, 0),
+                (b"2024", self.year, DIR_MODE, 0, 3, plus),
+                (b"b.raw", self.b, FILE_MODE, 5000, 4, plus),
+                (b"c.txt", self.c, FILE_MODE, 4, 5, plus),
+            ],
+        )
+
+    def test_readdir(self) -> None:
+        """
+        A plain readdir fills the same entries without the flag.
+        """
+        filled = self.readdir(0)
+        self.assertEqual([fill for *_, fill in filled], [0] * 5)
+        self.assertEqual(filled[3][:2], (b"b.raw", self.b))
+
+    def test_full(self) -> None:
+        """
+        Filling stops when the kernel's buffer is full (the filler answers
+        1); the kernel asks again from the last offset it took.
+        """
+        filled = self.readdir(self.libfuse.FUSE_READDIR_PLUS, full_after=2)
+        self.assertEqual([name for name, *_ in filled], [b".", b"..", b"2024"])

@@ -10,6 +10,7 @@ the reactor through a L{realize.fuse.bridge.Bridge} (a download).
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 import threading
 from collections.abc import Callable, Iterator, Sequence
 
@@ -45,6 +46,8 @@ class MemoryBackend:
         C{fetch(inode, offset, size) -> bytes}; by default it fails with
         L{IOFailure} (no peer).
     @ivar opened: the handles open now, C{handle -> inode} (for tests).
+    @ivar calls: how many times each L{FuseBackend} method was called
+        (for tests).
     @ivar space: what L{statfs} answers.
     """
 
@@ -53,6 +56,7 @@ class MemoryBackend:
         factory=lambda: SpaceInfo(total_bytes=1 << 40, free_bytes=1 << 39, files=0)
     )
     opened: dict[int, int] = field(factory=dict, init=False)
+    calls: Counter[str] = field(factory=Counter, init=False)
     _nodes: dict[int, _Node] = field(init=False)
     _marks: dict[int, str] = field(factory=dict, init=False)
     _inodes: Iterator[int] = field(
@@ -153,6 +157,7 @@ class MemoryBackend:
 
     def lookup(self, parent: int, name: str) -> Entry | None:
         with self._lock:
+            self.calls["lookup"] += 1
             directory = self._nodes.get(parent)
             if directory is None:
                 return None
@@ -163,11 +168,13 @@ class MemoryBackend:
 
     def getattr(self, inode: int) -> Entry | None:
         with self._lock:
+            self.calls["getattr"] += 1
             node = self._nodes.get(inode)
             return None if node is None else self._entry(node)
 
     def readdir(self, inode: int) -> Sequence[tuple[str, Entry]]:
         with self._lock:
+            self.calls["readdir"] += 1
             node = self._nodes.get(inode)
             if node is None:
                 raise NotFound(f"directory {inode} is gone")
@@ -188,6 +195,7 @@ class MemoryBackend:
 
     def open(self, inode: int) -> Opened:
         with self._lock:
+            self.calls["open"] += 1
             node = self._file(inode)
             handle = next(self._handles)
             self.opened[handle] = inode
@@ -195,6 +203,7 @@ class MemoryBackend:
 
     def read(self, inode: int, handle: int, offset: int, size: int) -> bytes:
         with self._lock:
+            self.calls["read"] += 1
             node = self._file(inode)
             content = node.content
             length = node.size
@@ -209,16 +218,19 @@ class MemoryBackend:
 
     def release(self, inode: int, handle: int) -> None:
         with self._lock:
+            self.calls["release"] += 1
             self.opened.pop(handle, None)
 
     def mark(self, inode: int) -> str | None:
         with self._lock:
+            self.calls["mark"] += 1
             if inode not in self._nodes:
                 raise NotFound(f"inode {inode} is gone")
             return self._marks.get(inode)
 
     def set_mark(self, inode: int, mark: str | None) -> None:
         with self._lock:
+            self.calls["set_mark"] += 1
             if inode not in self._nodes:
                 raise NotFound(f"inode {inode} is gone")
             if mark is None:
@@ -228,6 +240,7 @@ class MemoryBackend:
 
     def version(self, inode: int) -> str | None:
         with self._lock:
+            self.calls["version"] += 1
             node = self._nodes.get(inode)
             if node is None:
                 raise NotFound(f"inode {inode} is gone")
@@ -235,6 +248,7 @@ class MemoryBackend:
 
     def status(self, inode: int) -> str | None:
         with self._lock:
+            self.calls["status"] += 1
             node = self._nodes.get(inode)
             if node is None:
                 raise NotFound(f"inode {inode} is gone")
@@ -244,6 +258,7 @@ class MemoryBackend:
 
     def statfs(self) -> SpaceInfo:
         with self._lock:
+            self.calls["statfs"] += 1
             return SpaceInfo(
                 self.space.total_bytes, self.space.free_bytes, len(self._nodes)
             )

@@ -469,14 +469,18 @@ class RealizeOperations:
 
         @raise OSError: C{ENODATA} for an attribute not set or not known.
         """
-        entry = self._resolve(path)
-        value: str | None = None
+        if name not in (XATTR_MARK, XATTR_VERSION, XATTR_STATUS):
+            # Answered before the path is resolved: C{ls -l} asks for
+            # security.selinux and system.posix_acl_access of every file.
+            raise _answer(errno.ENODATA)
+        inode = self._resolve(path).inode
+        value: str | None
         if name == XATTR_MARK:
-            value = self.backend.mark(entry.inode)
+            value = self.backend.mark(inode)
         elif name == XATTR_VERSION:
-            value = self.backend.version(entry.inode)
-        elif name == XATTR_STATUS:
-            value = self.backend.status(entry.inode)
+            value = self.backend.version(inode)
+        else:
+            value = self.backend.status(inode)
         if value is None:
             raise _answer(errno.ENODATA)
         return value.encode("utf-8")

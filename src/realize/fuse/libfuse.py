@@ -1,0 +1,111 @@
+"""
+The mfusepy glue of the view: what mfusepy's high-level wrapper does not
+do by itself.
+
+    - L{RealizeFUSE.fgetattr} fills C{struct stat} from an L{Entry}
+      directly (L{RealizeOperations.fill_stat}), not through a dict.
+    - L{RealizeFUSE.readdir_fuse_3} sends listings B{with attributes}
+      (readdirplus): mfusepy's own readdir copies only the mode and inode
+      of each entry and never sets C{FUSE_FILL_DIR_PLUS}.  libfuse 3.14
+      passes attributes to the kernel only for entries filled with a
+      non-zero offset (C{fill_dir_plus}; with offset 0 it sends C{ino=0},
+      which the kernel ignores), so each entry carries its index + 1.
+      C{ls -lR} then needs no lookup per file.
+    - L{invalidate_path}: C{fuse_invalidate_path}, which sends the kernel
+      C{FUSE_NOTIFY_INVAL_INODE} for a path libfuse knows (attributes and
+      page cache dropped); libfuse 3.14's high-level API offers nothing
+      finer (C{notify_inval_entry} needs libfuse's own node ids, which it
+      does not expose).
+
+Importing this module loads libfuse (mfusepy raises C{OSError} if it is
+missing), so only L{realize.fuse.service} imports it, when it mounts.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any, Final
+
+import mfusepy
+
+from realize.fuse.ops import DIR_MODE, RealizeOperations
+
+__all__ = ["RealizeFUSE", "current_fuse", "invalidate_path"]
+
+#: C{enum fuse_readdir_flags}: the kernel asked for readdirplus.
+FUSE_READDIR_PLUS: Final = 1 << 0
+
+#: C{enum fuse_fill_dir_flags}: this entry's attributes are complete.
+FUSE_FILL_DIR_PLUS: Final = 1 << 1
+
+
+class RealizeFUSE(mfusepy.FUSE):  # type: ignore[misc]
+    """
+    C{mfusepy.FUSE} for L{RealizeOperations}: mounts and serves until
+    unmounted (the constructor returns then).  Use C{raw_fi=True}.
+    """
+
+    operations: RealizeOperations
+
+    def fgetattr(self, path: bytes | None, buf: Any, fip: Any) -> int:
+        ctypes.memset(buf, 0, ctypes.sizeof(mfusepy.c_stat))
+        fh = fip.contents.fh if fip else None
+        decoded = None if path is None else path.decode(self.encoding, self.errors)
+        entry = self.operations.getattr(decoded, fh)
+        self.operations.fill_stat(buf.contents, entry)
+        return 0
+
+    def readdir_fuse_3(
+        self,
+        path: bytes | None,
+        buf: Any,
+        filler: Any,
+        offset: int,
+        fip: Any,
+        flags: int,
+    ) -> int:
+        decoded = None if path is None else path.decode(self.encoding, self.errors)
+        items = self.operations.readdir_with_offset(decoded, offset, fip.contents.fh)
+        plus = FUSE_FILL_DIR_PLUS if flags & FUSE_READDIR_PLUS else 0
+        st = mfusepy.c_stat()
+        fill = self.operations.fill_stat
+        encoding, errors = self.encoding, self.errors
+        for name, entry, next_offset in items:
+            if entry is None:
+                ctypes.memset(ctypes.byref(st), 0, ctypes.sizeof(st))
+                st.st_mode = DIR_MODE
+                entry_flags = 0
+            else:
+                fill(st, entry)
+                entry_flags = plus
+            if filler(buf, name.encode(encoding, errors), st, next_offset, entry_flags):
+                break
+        return 0
+
+
+def current_fuse() -> int:
+    """
+    The C{struct fuse *} of the filesystem being served, from the context
+    of a FUSE callback (call it from C{init}).
+
+    @return: the pointer, as an integer.
+    """
+    context = mfusepy._libfuse.fuse_get_context().contents
+    return int(context.fuse)
+
+
+def invalidate_path(fuse: int, path: str) -> int:
+    """
+    Tell the kernel to drop what it caches of a path (attributes and page
+    cache).  Blocks while the kernel drops pages that reads in flight
+    hold, so never call it from a FUSE thread or the reactor thread.
+
+    @param fuse: L{current_fuse} of a mount still served.
+    @param path: C{/}-rooted path in the view.
+    @return: 0, or C{-ENOENT} if libfuse has not seen the path (nothing
+        cached: nothing to do), or another negative errno.
+    """
+    result: int = mfusepy._libfuse.fuse_invalidate_path(
+        ctypes.c_void_p(fuse), path.encode("utf-8", "surrogateescape")
+    )
+    return result
