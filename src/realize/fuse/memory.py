@@ -10,8 +10,8 @@ the reactor through a L{realize.fuse.bridge.Bridge} (a download).
 from __future__ import annotations
 
 import itertools
-from collections import Counter
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 
 from attrs import define, field
