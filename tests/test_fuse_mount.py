@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -455,6 +456,40 @@ class FuseMountIntegrationTests(TestCase):
         await self.mount()
         self.assertEqual(os.getcwd(), cwd)
         self.assertEqual(_signals_caught(), caught)
+
+    async def test_thread_states_kept(self) -> None:
+        """
+        Each libfuse worker thread keeps its Python thread state from one
+        callback to the next: a C{threading.local()} set in one is there
+        in the next (per-thread resources, like a read-only sqlite
+        connection, are kept).
+        """
+        local = threading.local()
+        seen: list[int] = []
+
+        class Counting(MemoryBackend):
+            def lookup(self, parent: int, name: str) -> Any:
+                local.calls = getattr(local, "calls", 0) + 1
+                if name.startswith("missing"):  # the last of a stat's lookups
+                    seen.append(local.calls)
+                return super().lookup(parent, name)
+
+        self.backend = Counting()
+        photos = self.backend.mkdir(ROOT_INODE, "photos")
+        self.backend.mkdir(photos, "2024")
+        await self.mount()
+        script = (
+            "import json, os, sys\n"
+            "for p in sys.argv[1:]:\n"
+            "    print(json.dumps(os.path.exists(p)))\n"
+        )
+        paths = [self.path("photos", "2024", f"missing{i}") for i in range(20)]
+        out, err, code = await self.command(sys.executable, "-c", script, *paths)
+        self.assertEqual((out.split(), code), (["false"] * 20, 0), err)
+        # One stat is three lookups (photos, 2024, missingN): a thread state
+        # made afresh per callback never counts more.
+        self.assertEqual(len(seen), 20)
+        self.assertGreater(max(seen), 3)
 
     async def test_stale_mount(self) -> None:
         """

@@ -11,6 +11,15 @@ do by itself.
       non-zero offset (C{fill_dir_plus}; with offset 0 it sends C{ino=0},
       which the kernel ignores), so each entry carries its index + 1.
       C{ls -lR} then needs no lookup per file.
+    - B{Thread states kept}: ctypes gives each callback from a libfuse
+      worker thread a fresh Python thread state (created and destroyed
+      per call: C{threading.local()} is empty every time, and it costs
+      about 14 µs of the ~24 µs of CPU a request takes here).
+      L{RealizeFUSE} takes one more C{PyGILState_Ensure} in each worker
+      thread's first callback, so that its thread state lives on; once
+      libfuse has returned (its workers joined) they are deleted.
+      Measured: C{ls -lR} of 10,000 files took 0.19-0.21 s of daemon CPU
+      instead of 0.49-0.57 s.
     - L{invalidate_path}: C{fuse_invalidate_path}, which sends the kernel
       C{FUSE_NOTIFY_INVAL_INODE} for a path libfuse knows (attributes and
       page cache dropped); libfuse 3.14's high-level API offers nothing
@@ -24,6 +33,7 @@ missing), so only L{realize.fuse.service} imports it, when it mounts.
 from __future__ import annotations
 
 import ctypes
+import threading
 from typing import Any, Final
 
 import mfusepy
@@ -39,6 +49,14 @@ FUSE_READDIR_PLUS: Final = 1 << 0
 FUSE_FILL_DIR_PLUS: Final = 1 << 1
 
 
+#: The C API, with our own function objects (their restype is set here).
+_python = ctypes.PyDLL(None)
+_python.PyGILState_Ensure.restype = ctypes.c_int
+_python.PyThreadState_Get.restype = ctypes.c_void_p
+_python.PyThreadState_Clear.argtypes = [ctypes.c_void_p]
+_python.PyThreadState_Delete.argtypes = [ctypes.c_void_p]
+
+
 class RealizeFUSE(mfusepy.FUSE):  # type: ignore[misc]
     """
     C{mfusepy.FUSE} for L{RealizeOperations}: mounts and serves until
@@ -46,6 +64,30 @@ class RealizeFUSE(mfusepy.FUSE):  # type: ignore[misc]
     """
 
     operations: RealizeOperations
+
+    def __init__(self, operations: RealizeOperations, mountpoint: str, **kwargs: Any):
+        self._serving_thread = threading.get_ident()
+        self._thread_states: dict[int, int] = {}
+        try:
+            super().__init__(operations, mountpoint, **kwargs)
+        finally:
+            self._delete_thread_states()
+
+    def _wrapper(self, func: Any, *args: Any, **kwargs: Any) -> Any:
+        ident = threading.get_ident()
+        if ident not in self._thread_states and ident != self._serving_thread:
+            # A libfuse worker's first callback: keep its thread state.
+            _python.PyGILState_Ensure()
+            self._thread_states[ident] = _python.PyThreadState_Get()
+        return super()._wrapper(func, *args, **kwargs)
+
+    def _delete_thread_states(self) -> None:
+        # libfuse has joined its workers: their kept thread states are
+        # those of threads that are gone.
+        states, self._thread_states = self._thread_states, {}
+        for state in states.values():
+            _python.PyThreadState_Clear(state)
+            _python.PyThreadState_Delete(state)
 
     def fgetattr(self, path: bytes | None, buf: Any, fip: Any) -> int:
         ctypes.memset(buf, 0, ctypes.sizeof(mfusepy.c_stat))
