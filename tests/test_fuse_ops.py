@@ -727,3 +727,18 @@ class LibfuseGlueTests(OpsTestCase):
         """
         filled = self.readdir(self.libfuse.FUSE_READDIR_PLUS, full_after=2)
         self.assertEqual([name for name, *_ in filled], [b".", b"..", b"2024"])
+
+    def test_getxattr_fast(self) -> None:
+        """
+        The glue answers C{ENODATA} for names that are not the view's
+        without calling the operations; the view's names reach them.
+        """
+        fake = SimpleNamespace(operations=self.ops, encoding="utf-8", errors="strict")
+        getxattr = self.libfuse.RealizeFUSE.getxattr
+        path = b"/photos/2024/a.jpg"
+        before = self.backend.calls["lookup"]
+        for name in (b"security.selinux", b"system.posix_acl_access", b"user.x"):
+            self.assertEqual(getxattr(fake, path, name, None, 0), -errno.ENODATA)
+        self.assertEqual(self.backend.calls["lookup"], before)
+        self.backend.set_mark(self.a, "keep")
+        self.assertEqual(getxattr(fake, path, b"user.realize.mark", None, 0), 4)

@@ -4,6 +4,11 @@ do by itself.
 
     - L{RealizeFUSE.fgetattr} fills C{struct stat} from an L{Entry}
       directly (L{RealizeOperations.fill_stat}), not through a dict.
+    - L{RealizeFUSE.getxattr} answers C{ENODATA} for names that are not
+      the view's before anything else: C{ls -l} asks for
+      C{security.selinux} and C{system.posix_acl_access} of every file,
+      two FUSE requests per file the kernel does not cache (only
+      C{ENOSYS} would stop them, and for every name).
     - L{RealizeFUSE.readdir_fuse_3} sends listings B{with attributes}
       (readdirplus): mfusepy's own readdir copies only the mode and inode
       of each entry and never sets C{FUSE_FILL_DIR_PLUS}.  libfuse 3.14
@@ -33,12 +38,19 @@ missing), so only L{realize.fuse.service} imports it, when it mounts.
 from __future__ import annotations
 
 import ctypes
+import errno
 import threading
 from typing import Any, Final
 
 import mfusepy
 
-from realize.fuse.ops import DIR_MODE, RealizeOperations
+from realize.fuse.ops import (
+    DIR_MODE,
+    XATTR_MARK,
+    XATTR_STATUS,
+    XATTR_VERSION,
+    RealizeOperations,
+)
 
 __all__ = ["RealizeFUSE", "current_fuse", "invalidate_path"]
 
@@ -48,6 +60,11 @@ FUSE_READDIR_PLUS: Final = 1 << 0
 #: C{enum fuse_fill_dir_flags}: this entry's attributes are complete.
 FUSE_FILL_DIR_PLUS: Final = 1 << 1
 
+
+#: The attributes the view has; C{ls -l} asks two others of every file.
+_XATTRS: Final = frozenset(
+    name.encode() for name in (XATTR_MARK, XATTR_VERSION, XATTR_STATUS)
+)
 
 #: The C API, with our own function objects (their restype is set here).
 _python = ctypes.PyDLL(None)
@@ -96,6 +113,14 @@ class RealizeFUSE(mfusepy.FUSE):  # type: ignore[misc]
         entry = self.operations.getattr(decoded, fh)
         self.operations.fill_stat(buf.contents, entry)
         return 0
+
+    def getxattr(
+        self, path: bytes, name: bytes, value: Any, size: int, *args: Any
+    ) -> int:
+        if name not in _XATTRS:
+            return -errno.ENODATA  # before any decoding, path or exception
+        result: int = mfusepy.FUSE.getxattr(self, path, name, value, size, *args)
+        return result
 
     def readdir_fuse_3(
         self,
