@@ -24,12 +24,17 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python import threadable
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from realize.errors import IOFailure
+from realize.errors import ConfigError, IOFailure
 from realize.fuse.bridge import DEADLINE, Bridge
 from realize.fuse.memory import ROOT_INODE, MemoryBackend
-from realize.fuse.service import FUSERMOUNT, FuseService, mounted_filesystem
+from realize.fuse.service import (
+    FUSERMOUNT,
+    FuseService,
+    _unescape,
+    mounted_filesystem,
+)
 
 reactor: Any = _reactor
 
@@ -546,3 +551,35 @@ class FuseMountIntegrationTests(TestCase):
         with self.assertRaises(Exception) as caught:
             await service.when_mounted()
         self.assertIn(missing, str(caught.exception))
+
+
+class FuseServiceTests(SynchronousTestCase):
+    """
+    L{FuseService} and its helpers, without a mount.
+    """
+
+    def test_relative_mountpoint(self) -> None:
+        """
+        A relative mountpoint is refused: libfuse changes the working
+        directory to C{/}.
+        """
+        with self.assertRaises(ConfigError) as caught:
+            FuseService(MemoryBackend(), "mnt", reactor)
+        self.assertIn("absolute", str(caught.exception))
+
+    def test_mountpoint_normalized(self) -> None:
+        """
+        The mountpoint is normalized, as /proc/self/mountinfo shows it.
+        """
+        service = FuseService(MemoryBackend(), "/tmp//view/", reactor)
+        self.assertEqual(service.mountpoint, "/tmp/view")
+
+    def test_not_mounted(self) -> None:
+        """
+        L{mounted_filesystem} finds what is mounted at a path, and nothing
+        where nothing is; mountinfo's octal escapes are undone.
+        """
+        self.assertIsNone(mounted_filesystem(os.path.abspath(self.mktemp())))
+        self.assertIsNotNone(mounted_filesystem("/"))
+        self.assertEqual(_unescape("/tmp/a\\040b\\011c\\134d"), "/tmp/a b\tc\\d")
+        self.assertEqual(_unescape("/tmp/\\303\\251"), "/tmp/\u00e9")
