@@ -52,6 +52,26 @@ RealizeFUSE(ops, sys.argv[1], raw_fi=True, foreground=True, fsname="stale")
 """
 
 
+#: A daemon in another process, started as twistd starts services (before
+#: the reactor runs and installs its signal handlers): serves a
+#: MemoryBackend until SIGTERM.
+_DAEMON = """
+import sys
+from twisted.internet import reactor
+from realize.fuse.bridge import Bridge
+from realize.fuse.memory import ROOT_INODE, MemoryBackend
+from realize.fuse.service import FuseService
+backend = MemoryBackend()
+backend.add_file(ROOT_INODE, "hello", b"hello")
+service = FuseService(backend, sys.argv[1], reactor, Bridge(reactor))
+service.startService()
+reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+service.when_mounted().addCallback(lambda _: print("mounted", flush=True))
+reactor.run()
+print("stopped", flush=True)
+"""
+
+
 def _skip_without_fuse() -> None:
     if not os.path.exists("/dev/fuse"):
         raise SkipTest("/dev/fuse is missing (no FUSE in this kernel or container)")
@@ -495,6 +515,31 @@ class FuseMountIntegrationTests(TestCase):
         # made afresh per callback never counts more.
         self.assertEqual(len(seen), 20)
         self.assertGreater(max(seen), 3)
+
+    async def test_sigterm(self) -> None:
+        """
+        A daemon started as twistd starts it stops on SIGTERM (libfuse did
+        not take the signal over), and leaves nothing mounted.
+        """
+        daemon = subprocess.Popen(
+            [sys.executable, "-c", _DAEMON, self.mountpoint],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        self.addCleanup(daemon.wait)
+        self.addCleanup(daemon.kill)
+        assert daemon.stdout is not None
+        line = await deferLater(reactor, 0, daemon.stdout.readline)
+        self.assertEqual(line, b"mounted\n")
+        out, err, code = await self.command("cat", self.path("hello"))
+        self.assertEqual((out, code), ("hello", 0), err)
+        daemon.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        while daemon.poll() is None and time.monotonic() - started < 20:
+            await deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(daemon.returncode, 0)
+        self.assertEqual(daemon.stdout.read(), b"stopped\n")
+        self.assertIsNone(mounted_filesystem(self.mountpoint))
 
     async def test_stale_mount(self) -> None:
         """

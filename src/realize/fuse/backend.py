@@ -11,7 +11,11 @@ and benchmarks.
 Threads: every method is called from FUSE worker threads (up to 10 at
 once, libfuse 3.14's limit), never from the reactor thread, so methods may
 block, must be thread-safe, and must not call into the reactor except
-through a L{realize.fuse.bridge.Bridge} (which bounds the wait).  Metadata
+through a L{realize.fuse.bridge.Bridge} (which bounds the wait).  A
+worker thread keeps its Python thread state from one call to the next
+(L{realize.fuse.libfuse}), so a per-thread resource (a read-only sqlite
+connection) may live in a C{threading.local()} or a dict keyed by
+C{threading.get_ident()}.  Metadata
 methods (L{FuseBackend.lookup}, L{FuseBackend.getattr},
 L{FuseBackend.readdir}, L{FuseBackend.statfs}) read local state and
 should answer in microseconds; L{FuseBackend.read} of data already cached

@@ -25,7 +25,10 @@ high-level API has only C{fuse_invalidate_path} (C{notify_inval_inode});
 so after a remote removal the name's dentry stays cached, but its
 attributes are gone and the next C{stat} or C{open} asks the daemon, which
 answers C{ENOENT}; listings always ask (3.14 cannot cache them), and
-negative lookups are not cached, so additions show at once.
+negative lookups are not cached, so additions show at once.  (The
+kernel also asks for an entry's attributes again after the file was read:
+reading invalidates the cached atime of a mount that is not C{ro}.)
+Measured over the memory backend: 10,000 invalidations take 0.17 s.
 
 Process-wide side effects of libfuse, undone here: it changes the
 working directory to C{/} (the service changes it back when the mount is
