@@ -26,10 +26,13 @@ __all__ = [
     "Conflict",
     "IOFailure",
     "InvalidPath",
+    "IsADirectory",
     "NetworkError",
     "NoSpace",
+    "NotADirectory",
     "NotFound",
     "PermissionDenied",
+    "ReadOnly",
     "RealizeError",
     "SideError",
     "SubscriptionClosed",
@@ -81,6 +84,23 @@ class InvalidPath(RealizeError):
     code = b"INVALID_PATH"
 
 
+class NotADirectory(InvalidPath):
+    """
+    A path goes through, or an operation needs, a directory, and the entry
+    is a file (ENOTDIR).
+    """
+
+    code = b"NOT_A_DIRECTORY"
+
+
+class IsADirectory(InvalidPath):
+    """
+    An operation on file data was asked of a directory (EISDIR).
+    """
+
+    code = b"IS_A_DIRECTORY"
+
+
 class BadRequest(RealizeError):
     """
     A command's arguments are inconsistent (a reversed byte range, a range
@@ -105,6 +125,15 @@ class PermissionDenied(RealizeError):
     """
 
     code = b"PERMISSION"
+
+
+class ReadOnly(PermissionDenied):
+    """
+    A change was asked of something realize shows read-only: the data and
+    names of the FUSE view (EROFS; changes go through the overlay).
+    """
+
+    code = b"READ_ONLY"
 
 
 class Unauthorized(RealizeError):
