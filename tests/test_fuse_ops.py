@@ -318,8 +318,8 @@ class DirectoryTests(OpsTestCase):
         self.assertEqual([offset for _, _, offset in items], [1, 2, 3, 4, 5])
         self.assertEqual([entry for _, entry, _ in items][:2], [None, None])
         by_name = {name: entry for name, entry, _ in items}
-        self.assertEqual(by_name["2024"], Entry(self.year, "dir", 0, 0))
-        self.assertEqual(by_name["b.raw"], Entry(self.b, "file", 5000, 0))
+        self.assertEqual(by_name["2024"], Entry(self.year, "dir", 0, 0, None, 1))
+        self.assertEqual(by_name["b.raw"], Entry(self.b, "file", 5000, 0, None, 1))
 
     def test_offsets(self) -> None:
         """

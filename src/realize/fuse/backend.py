@@ -29,9 +29,11 @@ L{realize.errors.IOFailure} and L{realize.errors.NetworkError} to C{EIO}).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Final, Literal, Protocol
+from typing import Final, Protocol
 
 from attrs import frozen
+
+from realize.model import Entry, EntryKind
 
 __all__ = [
     "MARKS",
@@ -43,34 +45,11 @@ __all__ = [
 ]
 
 #: What an entry is: a regular file or a directory (nothing else is shown).
-Kind = Literal["file", "dir"]
+Kind = EntryKind
 
 #: The values of a mark (DESIGN.md section 11), as set with
 #: C{setfattr -n user.realize.mark -v keep FILE}.
 MARKS: Final = ("own", "keep", "watch")
-
-
-@frozen
-class Entry:
-    """
-    One file or directory of the view, as its attributes show it.
-
-    @ivar inode: the inode number: unique in the view, never reused
-        (DESIGN.md section 10, inode ranges); C{st_ino}.
-    @ivar kind: C{"file"} or C{"dir"}.
-    @ivar size: the size in bytes of the version shown (0 for a directory
-        and for a file with no version yet).
-    @ivar mtime_ns: modification time, nanoseconds since the epoch (also
-        shown as atime and ctime).
-    @ivar nlink: the link count; 1 for a directory is allowed and tells
-        C{find} and C{fts} that subdirectories are not counted.
-    """
-
-    inode: int
-    kind: Kind
-    size: int
-    mtime_ns: int
-    nlink: int = 1
 
 
 @frozen

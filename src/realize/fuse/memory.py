@@ -153,7 +153,7 @@ class MemoryBackend:
 
     @staticmethod
     def _entry(node: _Node) -> Entry:
-        return Entry(node.inode, node.kind, node.size, node.mtime_ns)
+        return Entry(node.inode, node.kind, node.size, node.mtime_ns, None, 1)
 
     def lookup(self, parent: int, name: str) -> Entry | None:
         with self._lock:
