@@ -439,6 +439,24 @@ def read_cached(
     return data if len(data) == end - start else None
 
 
+def cached_state(
+    connection: sqlite3.Connection, inode: int, digest: bytes
+) -> tuple[int, int] | None:
+    """
+    How much of a version is in its blob (blocking; any thread's
+    read-only connection): for C{user.realize.status} and C{keep_cache}.
+
+    @return: C{(bytes present, size)}, or C{None} if it has no blob.
+    """
+    row = connection.execute(
+        "SELECT size, ranges FROM blob WHERE inode = ? AND hash = ? AND queue != ?",
+        (inode, digest, QUEUE_DELETING),
+    ).fetchone()
+    if row is None:
+        return None
+    return decode_ranges(bytes(row[1])).total(), int(row[0])
+
+
 class RunInteraction(Protocol):
     """
     Run a C{_txn_*(cursor, *args)} function in one transaction of the arena

@@ -532,6 +532,20 @@ class SqliteUnrealView:
             arena, blobs.read_cached, files.blobs, inode, digest, start, end
         )
 
+    def cached(
+        self, arena: ArenaName, inode: int, digest: bytes
+    ) -> tuple[int, int] | None:
+        """
+        How much of a version its blob holds
+        (L{realize.storage.blobs.cached_state}).
+
+        @return: C{(bytes present, size)}, or C{None} if it has no blob.
+        """
+        files = self.arenas.get(arena)
+        if files is None:
+            return None
+        return self._in_arena(arena, blobs.cached_state, inode, digest)
+
 
 def _readdir_if_dir(
     connection: Connection, inode: int

@@ -1,0 +1,256 @@
+"""
+The Unreal of a daemon (DESIGN.md section 10), glued together: each
+arena's cache tables as the household feeds them (L{ArenaCache}), and the
+FUSE backend that shows them (L{UnrealBackend}): metadata from sqlite in
+the FUSE thread, data from the blob store in the FUSE thread when it is
+there, from the downloader (in the reactor, through the bridge, with its
+deadline) when it is not.
+
+What a notification batch changed reaches the rest (L{ArenaCache.apply}
+returns it; L{UnrealBackend.applied} acts on it): outdated blobs are
+deleted, reads waiting for a version look again, and the kernel's caches
+of the entries concerned are dropped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, cast
+
+from attrs import define, field
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from realize.errors import (
+    BadRequest,
+    IOFailure,
+    IsADirectory,
+    NotADirectory,
+    NotFound,
+)
+from realize.fuse.backend import Opened, SpaceInfo
+from realize.fuse.bridge import Bridge
+from realize.hashing import format_hash
+from realize.model import KIND_DIR, ArenaName, Entry, Notification, PeerId
+from realize.services.downloader import Downloader
+from realize.storage import unreal
+from realize.storage.blobs import BlobStore
+from realize.storage.globaldb import ROOT_INODE
+from realize.storage.unreal import ArenaTree, BatchResult
+from realize.storage.unrealview import SqliteUnrealView
+
+__all__ = ["ArenaCache", "UnrealBackend"]
+
+log = Logger(namespace="realize.unreal")
+
+
+@define(eq=False)
+class ArenaCache:
+    """
+    The cache tables of one arena, fed by the household
+    (L{realize.services.household.UnrealCache}).
+
+    @ivar tree: what the rules need of the arena (root, inode ranges).
+    @ivar run_interaction: the arena db's writer.
+    @ivar blobs: the arena's blob store (outdated blobs are deleted after
+        each batch).
+    """
+
+    tree: ArenaTree
+    run_interaction: Callable[..., Deferred[Any]]
+    blobs: BlobStore | None = None
+
+    async def progress(self, peer: PeerId) -> tuple[str, int] | None:
+        result: tuple[str, int] | None = await self.run_interaction(
+            unreal.peer_progress, peer
+        )
+        return result
+
+    async def apply(
+        self, peer: PeerId, notifications: Sequence[Notification]
+    ) -> BatchResult:
+        result: BatchResult = await self.run_interaction(
+            unreal._txn_apply_batch, self.tree, peer, list(notifications)
+        )
+        if self.blobs is not None:
+            await self.blobs.delete_outdated()
+        return result
+
+
+@define(eq=False)
+class _Handle:
+    arena: ArenaName
+    inode: int
+    digest: bytes | None
+
+
+@define(eq=False)
+class UnrealBackend:
+    """
+    L{realize.fuse.backend.FuseBackend} over the Unreal's tables, blobs and
+    downloaders.  Called from FUSE threads.
+
+    @ivar view: the tables, read from any thread.
+    @ivar bridge: waits on the reactor with a deadline.
+    @ivar downloaders: each arena's downloader (used in the reactor).
+    @ivar me: this peer's id: files it has itself show as C{local}.
+    @ivar space_path: a directory on the filesystem of the cache, for
+        C{df}.
+    """
+
+    view: SqliteUnrealView
+    bridge: Bridge
+    downloaders: Mapping[ArenaName, Downloader]
+    me: PeerId | None = None
+    space_path: str = "/"
+    _handles: dict[int, _Handle] = field(factory=dict, init=False)
+    _numbers: Any = field(factory=lambda: itertools.count(1), init=False)
+    _lock: threading.Lock = field(factory=threading.Lock, init=False)
+
+    @property
+    def root_inode(self) -> int:
+        return ROOT_INODE
+
+    def lookup(self, parent: int, name: str) -> Entry | None:
+        return self.view.lookup(parent, name)
+
+    def getattr(self, inode: int) -> Entry | None:
+        return self.view.getattr(inode)
+
+    def _entry(self, inode: int) -> Entry:
+        entry = self.view.getattr(inode)
+        if entry is None:
+            raise NotFound(f"inode {inode} no longer exists")
+        return entry
+
+    def readdir(self, inode: int) -> Sequence[tuple[str, Entry]]:
+        listing = self.view.readdir(inode)
+        if listing is None:
+            self._entry(inode)
+            raise NotADirectory(f"inode {inode} is not a directory")
+        return listing
+
+    def _file(self, inode: int) -> tuple[Entry, ArenaName]:
+        entry = self._entry(inode)
+        if entry.kind == KIND_DIR:
+            raise IsADirectory(f"inode {inode} is a directory")
+        located = self.view.locate(inode)
+        if located is None:
+            raise NotFound(f"inode {inode} belongs to no arena")
+        return entry, located[0]
+
+    def _complete(self, arena: ArenaName, entry: Entry) -> bool:
+        if entry.hash is None:
+            return False
+        state = self.view.cached(arena, entry.inode, entry.hash)
+        return state is not None and state[0] >= state[1]
+
+    def open(self, inode: int) -> Opened:
+        entry, arena = self._file(inode)
+        with self._lock:
+            number = next(self._numbers)
+            self._handles[number] = _Handle(arena, inode, entry.hash)
+        return Opened(number, self._complete(arena, entry))
+
+    def read(self, inode: int, handle: int, offset: int, size: int) -> bytes:
+        opened = self._handles.get(handle)
+        if opened is None:
+            raise BadRequest(f"no open file {handle}")
+        if opened.digest is not None:
+            data = self.view.read_cached(
+                opened.arena, inode, opened.digest, offset, offset + size
+            )
+            if data is not None:
+                return data
+        downloader = self.downloaders.get(opened.arena)
+        if downloader is None:
+            raise IOFailure(f"arena {opened.arena}: no downloader")
+
+        def fetch() -> Deferred[bytes]:
+            return Deferred.fromCoroutine(
+                downloader.read(inode, offset, size, opened.digest)
+            )
+
+        # The bridge's type cannot tell a Deferred's result from a value.
+        return cast(bytes, self.bridge.call(cast(Callable[[], Any], fetch)))
+
+    def release(self, inode: int, handle: int) -> None:
+        with self._lock:
+            self._handles.pop(handle, None)
+
+    def mark(self, inode: int) -> str | None:
+        self._entry(inode)
+        return None
+
+    def set_mark(self, inode: int, mark: str | None) -> None:
+        self._entry(inode)
+        raise BadRequest("marks are not supported by this version of realized")
+
+    def version(self, inode: int) -> str | None:
+        entry = self._entry(inode)
+        if entry.kind == KIND_DIR:
+            return None
+        return "none" if entry.hash is None else format_hash(entry.hash)
+
+    def status(self, inode: int) -> str | None:
+        entry = self._entry(inode)
+        if entry.kind == KIND_DIR:
+            return None
+        if entry.hash is None:
+            return "remote"
+        version = self.view.version(inode)
+        if version is not None and self.me is not None and self.me in version.peers:
+            return "local"
+        located = self.view.locate(inode)
+        state = (
+            None if located is None else self.view.cached(located[0], inode, entry.hash)
+        )
+        if state is None or state[0] == 0:
+            return "remote"
+        present, total = state
+        if present >= total:
+            return "cached verified"
+        return f"cached {present * 100 // max(total, 1)}%"
+
+    def statfs(self) -> SpaceInfo:
+        try:
+            st = os.statvfs(self.space_path)
+        except OSError as e:
+            raise IOFailure(f"statfs of {self.space_path}: {e.strerror}") from None
+        return SpaceInfo(
+            st.f_blocks * st.f_frsize,
+            st.f_bavail * st.f_frsize,
+            st.f_files - st.f_ffree,
+        )
+
+    # -- what a batch changed ---------------------------------------------------
+
+    def paths(self, result: BatchResult) -> list[str]:
+        """
+        The paths under the mount whose kernel caches a batch made stale:
+        the entries added, removed or changed (by their parent's path and
+        their name), and the files and directories whose attributes
+        changed.
+
+        @return: paths relative to the mount root, e.g. C{"docs/a/b.txt"}.
+        """
+        paths: set[str] = set()
+        for parent, name in result.entries:
+            where = self._mount_path(parent)
+            if where is not None:
+                paths.add(f"{where}/{name}" if where else name)
+        for inode in result.inodes:
+            where = self._mount_path(inode)
+            if where is not None:
+                paths.add(where)
+        return sorted(paths)
+
+    def _mount_path(self, inode: int) -> str | None:
+        located = self.view.locate(inode)
+        if located is None:
+            return None
+        arena, path = located
+        return f"{arena}/{path}" if path else arena
