@@ -358,6 +358,24 @@ class ReadTests(_DbCase):
         self.assertEqual(([n.path for n in notes], last), (["b"], 2))
         self.assertEqual(ix._txn_history_after(self.cursor, A, 3, 10), ([], 3))
 
+    def test_replay_checks_positions(self) -> None:
+        """
+        L{_txn_replay_after} reads like L{_txn_history_after} when the
+        history reaches back to the position, and gives C{None} when it was
+        trimmed past it or the position is beyond the end.
+        """
+        ix._txn_record_versions(
+            self.cursor, A, [Version(p, 1, 1, H1) for p in "abcd"], 0
+        )
+        ix._txn_trim(self.cursor, ["b"], 2, 0)
+        self.assertIsNone(ix._txn_replay_after(self.cursor, A, 1, 10))
+        self.assertIsNone(ix._txn_replay_after(self.cursor, A, 5, 10))
+        result = ix._txn_replay_after(self.cursor, A, 2, 10)
+        assert result is not None
+        notes, last, positions = result
+        self.assertEqual(([n.path for n in notes], last), (["c", "d"], 4))
+        self.assertEqual(positions, Positions(3, 4))
+
     def test_index_pages(self) -> None:
         """
         The index is read in path order, page by page after the last path.

@@ -520,6 +520,26 @@ def _txn_history_after(
     return notes, (rows[-1][0] if rows else position)
 
 
+def _txn_replay_after(
+    cursor: sqlite3.Cursor, arena: ArenaName, position: int, limit: int
+) -> tuple[list[Notification], int, Positions] | None:
+    """
+    L{_txn_history_after}, in the same transaction as the check that the
+    history still reaches back to C{position} (trimming cannot slip in
+    between).
+
+    @return: the notifications, the last position read and the positions
+        held; or C{None} if entries after C{position} were trimmed away or
+        C{position} is beyond the last one (the subscriber needs a
+        catch-up).
+    """
+    positions = _txn_positions(cursor)
+    if not positions.can_replay_after(position):
+        return None
+    notes, last = _txn_history_after(cursor, arena, position, limit)
+    return notes, last, positions
+
+
 def _txn_history_count(cursor: sqlite3.Cursor) -> int:
     """
     @return: how many entries the history holds.
@@ -761,6 +781,17 @@ class ArenaIndex:
         """
         return await self.pool.runInteraction(
             _txn_history_after, self.arena, position, limit
+        )
+
+    async def replay_after(
+        self, position: int, limit: int
+    ) -> tuple[list[Notification], int, Positions] | None:
+        """
+        L{_txn_replay_after}: entries after C{position}, re-derived, or
+        C{None} if the history no longer reaches back to it.
+        """
+        return await self.pool.runInteraction(
+            _txn_replay_after, self.arena, position, limit
         )
 
     async def index_after(
