@@ -260,8 +260,21 @@ class CatchupTests(_WatcherCase):
         self.write("a.txt", b"hello")
         self.write("d/e/f", b"")
         self.write("d/g", b"x" * 3000)
+        big = os.urandom(1 << 20) * 2 + b"tail"
+        self.write("d/h", big)
         watcher = self.start()
-        self.assertEqual(self.kinds(), [(ADD, "a.txt"), (ADD, "d/e/f"), (ADD, "d/g")])
+        self.assertEqual(
+            self.kinds(),
+            [
+                # The large file is announced with no version first.
+                (ADD, "d/h"),
+                (ADD, "a.txt"),
+                (ADD, "d/e/f"),
+                (ADD, "d/g"),
+                (REPLACE, "d/h"),
+            ],
+        )
+        self.assertEqual(self.indexed()["d/h"][2], root_of(big))
         indexed = self.indexed()
         st = self.stat("a.txt")
         self.assertEqual(indexed["a.txt"], (5, st.st_mtime_ns, root_of(b"hello")))
@@ -280,7 +293,7 @@ class CatchupTests(_WatcherCase):
             self.metric(
                 "realize_watcher_files_recorded_total", arena="a", source="hashed"
             ),
-            3,
+            4,
         )
         self.successResultOf(watcher.wait_idle())
 
@@ -448,16 +461,16 @@ class EventTests(_WatcherCase):
         hashed again after the delay, and recorded once, with its final
         content.
         """
-        real = scan.hash_fd_range
+        real = scan.leaf_hash
         changes = [b"changed meanwhile"]
 
-        def changing(fd: int, start: int, end: int) -> list[bytes]:
-            leaves = real(fd, start, end)
+        def changing(data: bytes) -> bytes:
+            leaf = real(data)
             if changes:
                 self.write("f", changes.pop(), mtime_ns=123_000_000_000)
-            return leaves
+            return leaf
 
-        self.patch(scan, "hash_fd_range", changing)
+        self.patch(scan, "leaf_hash", changing)
         self.write("f", b"first")
         self.fake.emit(self.root, IN_CLOSE_WRITE, "f")
         self.settle()

@@ -818,8 +818,33 @@ class ArenaWatcher:
                     self._queue_scan(directory, "directory")
         for path in result.missing:
             self.touch(path, 0)
-        for path, _size, _mtime in result.changed:
-            self.touch(path, 0)
+        # The scan saw these files' size and mtime: they go straight to
+        # hashing (which checks them again), unless something else is
+        # under way for them.
+        unhashed = []
+        direct = []
+        for item in result.changed:
+            path = item[0]
+            if (
+                path in self._busy
+                or path in self._pending
+                or path in self._due
+                or path in self._hints
+            ):
+                self.touch(path, 0)
+                continue
+            self._busy.add(path)
+            direct.append(item)
+            if item[1] >= self.unhashed_notice_size:
+                unhashed.append(item)
+        try:
+            await self.index.record_unhashed(unhashed)
+        finally:
+            for item in direct:
+                self._hash_queue.append(item)
+                self._hash_backlog += item[1]
+            if self._running:
+                self._pump_hashing()
         self.log.info(
             "arena {arena}: scanned {prefix} ({reason}): {files} files, "
             "{changed} changed, {missing} gone",

@@ -25,8 +25,20 @@ from typing import Final
 from attrs import define, field, frozen
 
 from realize.errors import InvalidPath
-from realize.hashing import hash_fd_range, merkle_root
-from realize.model import check_path, clamp_mtime, is_partial_name
+from realize.hashing import (
+    EMPTY_ROOT,
+    LEAF_SIZE,
+    hash_fd_range,
+    leaf_hash,
+    merkle_root,
+)
+from realize.model import (
+    MAX_NAME_BYTES,
+    MAX_PATH_BYTES,
+    check_path,
+    clamp_mtime,
+    is_partial_name,
+)
 from realize.storage.index import IndexEntry, Version, _txn_index_after
 from realize.storage.pool import open_reader
 
@@ -282,7 +294,13 @@ def hash_files(root: str, files: Sequence[tuple[str, int, int]]) -> HashResult:
                 ):
                     result.changed.append(path)
                     continue
-                root_hash = merkle_root(hash_fd_range(fd, 0, size))
+                if size <= LEAF_SIZE:
+                    # One leaf: read it whole (hash_fd_range allocates a
+                    # leaf-sized buffer per call, costly for small files).
+                    data = os.pread(fd, size, 0)
+                    root_hash = leaf_hash(data) if data else EMPTY_ROOT
+                else:
+                    root_hash = merkle_root(hash_fd_range(fd, 0, size))
                 result.size += size
                 after = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             except OSError as e:
@@ -312,6 +330,47 @@ def hash_files(root: str, files: Sequence[tuple[str, int, int]]) -> HashResult:
 _Item = tuple[str, str, int, int]
 
 
+def _name_ok(name: str, parent_bytes: int) -> int:
+    """
+    Check a name read from a directory (never empty, C{.}, C{..}, nor
+    holding C{/} or NUL): it must be UTF-8 and short enough.
+
+    @param parent_bytes: the length in bytes of the parent's path (0 for
+        the root).
+    @return: the length in bytes of the whole path, or -1 if invalid.
+    """
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        return -1
+    total = parent_bytes + size + (1 if parent_bytes else 0)
+    if size > MAX_NAME_BYTES or total > MAX_PATH_BYTES:
+        return -1
+    return total
+
+
+def _listing(
+    fd: int, at_root: bool, exclude: str | None
+) -> list[tuple[str, str, bool]]:
+    """
+    A directory's entries as C{(sort key, name, is_dir)}, sorted: a
+    directory's key is its name plus C{"/"}.
+    """
+    items = []
+    with os.scandir(fd) as entries:
+        for entry in entries:
+            name = entry.name
+            if at_root and name == exclude:
+                continue
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                is_dir = False
+            items.append((name + "/" if is_dir else name, name, is_dir))
+    items.sort()
+    return items
+
+
 def _walk(
     root: str, prefix: str, exclude: str | None, out: ScanResult
 ) -> Iterator[_Item]:
@@ -322,6 +381,11 @@ def _walk(
     """
     try:
         top = _open_dir(root, prefix)
+        try:
+            top_items = _listing(top, not prefix, exclude)
+        except BaseException:
+            os.close(top)
+            raise
     except OSError as e:
         if not prefix:
             # The arena root itself: never take a missing or unreadable
@@ -332,82 +396,67 @@ def _walk(
             yield (prefix + "/", prefix, -1, 0)
         return
     out.directories.append(prefix)
-    stack: list[tuple[int, str, Iterator[tuple[str, os.DirEntry[str]]]]] = []
-
-    def listing(fd: int, path: str) -> Iterator[tuple[str, os.DirEntry[str]]]:
-        items = []
-        with os.scandir(fd) as entries:
-            for entry in entries:
-                name = entry.name
-                if not path and name == exclude:
-                    continue
-                try:
-                    is_dir = entry.is_dir(follow_symlinks=False)
-                except OSError:
-                    is_dir = False
-                items.append((name + "/" if is_dir else name, entry))
-        items.sort(key=lambda item: item[0])
-        return iter(items)
-
-    try:
-        stack.append((top, prefix, listing(top, prefix)))
-    except OSError as e:
-        os.close(top)
-        if not prefix:
-            raise
-        out.errors.append((prefix, e.strerror or str(e)))
-        yield (prefix + "/", prefix, -1, 0)
-        return
+    # (fd, path, its length in bytes, its entries, next index)
+    stack: list[tuple[int, str, int, list[tuple[str, str, bool]]]] = [
+        (top, prefix, len(prefix.encode("utf-8")), top_items)
+    ]
+    positions = [0]
+    lstat = os.lstat
+    is_reg = stat.S_ISREG
     try:
         while stack:
-            fd, directory, items = stack[-1]
-            item = next(items, None)
-            if item is None:
+            fd, directory, directory_bytes, items = stack[-1]
+            i = positions[-1]
+            if i == len(items):
                 stack.pop()
+                positions.pop()
                 os.close(fd)
                 continue
-            key, entry = item
-            path = _join(directory, entry.name)
-            if key.endswith("/"):
-                if not valid_directory(path):
+            positions[-1] = i + 1
+            _, name, is_dir = items[i]
+            path = f"{directory}/{name}" if directory else name
+            path_bytes = _name_ok(name, directory_bytes)
+            if is_dir:
+                if path_bytes < 0 or path_bytes + 2 > MAX_PATH_BYTES:
                     out.errors.append((path, "not a valid path"))
                     yield (path + "/", path, -1, 0)
                     continue
                 try:
-                    child = os.open(entry.name, _O_DIR, dir_fd=fd)
+                    child = os.open(name, _O_DIR, dir_fd=fd)
                 except OSError as e:
                     if e.errno not in _GONE:
                         out.errors.append((path, e.strerror or str(e)))
                         yield (path + "/", path, -1, 0)
                     continue
                 try:
-                    children = listing(child, path)
+                    children = _listing(child, False, exclude)
                 except OSError as e:
                     os.close(child)
                     out.errors.append((path, e.strerror or str(e)))
                     yield (path + "/", path, -1, 0)
                     continue
                 out.directories.append(path)
-                stack.append((child, path, children))
+                stack.append((child, path, path_bytes, children))
+                positions.append(0)
                 continue
-            if is_partial_name(entry.name):
+            if name[0] == "." and is_partial_name(name):
                 continue
             try:
-                st = entry.stat(follow_symlinks=False)
+                st = lstat(name, dir_fd=fd)
             except OSError as e:
                 if e.errno not in _GONE:
                     out.errors.append((path, e.strerror or str(e)))
                     yield (path, path, -1, 0)
                 continue
-            if not stat.S_ISREG(st.st_mode):
+            if not is_reg(st.st_mode):
                 continue
-            if not valid_file(path):
+            if path_bytes < 0:
                 out.errors.append((path, "not a valid path"))
                 continue
             out.files += 1
             yield (path, path, st.st_size, clamp_mtime(st.st_mtime_ns))
     finally:
-        for fd, _, _ in stack:
+        for fd, _, _, _ in stack:
             os.close(fd)
 
 
