@@ -252,6 +252,31 @@ class RecordTests(_DbCase):
         [note] = ix._txn_record_versions(self.cursor, A, [Version("f", 5, 9, H1)], 0)
         self.assertEqual((note.kind, note.hash, note.old_hash), (REPLACE, H1, H1))
 
+    def test_same_path_twice(self) -> None:
+        """
+        A batch naming a path twice records both in order: the second's
+        old hash is the first's.
+        """
+        notes = ix._txn_record_versions(
+            self.cursor, A, [Version("f", 1, 1, H1), Version("f", 2, 2, H2)], 0
+        )
+        self.assertEqual(
+            [(n.kind, n.position, n.old_hash) for n in notes],
+            [(ADD, 1, None), (REPLACE, 2, H1)],
+        )
+        self.assertEqual(self.index(), {"f": (2, 2, H2, 2)})
+
+    def test_many(self) -> None:
+        """
+        More files than one lookup query takes are all recorded, with
+        consecutive positions.
+        """
+        versions = [Version(f"f{i}", 1, 1, H1) for i in range(1234)]
+        notes = ix._txn_record_versions(self.cursor, A, versions, 0)
+        self.assertEqual([n.position for n in notes], list(range(1, 1235)))
+        self.assertEqual(ix._txn_record_versions(self.cursor, A, versions, 0), [])
+        self.assertEqual(ix._txn_positions(self.cursor), Positions(1, 1234))
+
     def test_removal(self) -> None:
         """
         A removal is a Remove with the given mtime and the index's hash as

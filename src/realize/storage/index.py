@@ -231,45 +231,83 @@ def _current(cursor: sqlite3.Cursor, path: str) -> tuple[int, int, bytes | None]
     return None if row is None else (row[0], row[1], row[2])
 
 
-def _put(
-    cursor: sqlite3.Cursor,
-    path: str,
-    size: int,
-    mtime_ns: int,
-    hash: bytes | None,
-    position: int,
-) -> None:
-    cursor.execute(
-        "INSERT OR REPLACE INTO file_index (path, size, mtime_ns, hash, position) "
-        "VALUES (?, ?, ?, ?, ?)",
-        (path, size, mtime_ns, hash, position),
-    )
+#: Paths per C{IN (...)} query (below sqlite's variable limit).
+_LOOKUP_CHUNK = 500
+
+_State = tuple[int, int, bytes | None]
 
 
-def _record(
+def _currents(cursor: sqlite3.Cursor, paths: Sequence[str]) -> dict[str, _State]:
+    found: dict[str, _State] = {}
+    unique = list(dict.fromkeys(paths))
+    for i in range(0, len(unique), _LOOKUP_CHUNK):
+        chunk = unique[i : i + _LOOKUP_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        rows = cursor.execute(
+            "SELECT path, size, mtime_ns, hash FROM file_index "
+            f"WHERE path IN ({marks})",
+            chunk,
+        )
+        for path, size, mtime_ns, hash in rows:
+            found[path] = (size, mtime_ns, hash)
+    return found
+
+
+def _record_many(
     cursor: sqlite3.Cursor,
     arena: ArenaName,
-    path: str,
-    size: int,
-    mtime_ns: int,
-    hash: bytes | None,
-    old: tuple[int, int, bytes | None] | None,
+    files: Sequence[tuple[str, int, int, bytes | None]],
     time_ns: int,
-) -> Notification:
-    old_hash = None if old is None else old[2]
-    kind: NotificationKind = ADD if old is None else REPLACE
-    position = _append(cursor, kind, path, old_hash, mtime_ns, time_ns)
-    _put(cursor, path, size, mtime_ns, hash, position)
-    return Notification(
-        kind,
-        arena,
-        position,
-        path=path,
-        size=size,
-        mtime_ns=mtime_ns,
-        hash=hash,
-        old_hash=old_hash,
-    )
+    unhashed: bool,
+) -> list[Notification]:
+    """
+    Record files as Add or Replace in one pass: one lookup per chunk of
+    paths, the positions counted from the last one, and one C{executemany}
+    each for the history and the index.
+    """
+    current = _currents(cursor, [f[0] for f in files])
+    position = _last_position(cursor)
+    history_rows = []
+    index_rows = []
+    notes = []
+    for path, size, mtime_ns, hash in files:
+        old = current.get(path)
+        if old is not None:
+            if unhashed:
+                if old[0] == size and old[1] == mtime_ns:
+                    continue
+            elif old == (size, mtime_ns, hash):
+                continue
+        old_hash = None if old is None else old[2]
+        kind: NotificationKind = ADD if old is None else REPLACE
+        position += 1
+        current[path] = (size, mtime_ns, hash)
+        history_rows.append((position, kind, path, old_hash, mtime_ns, time_ns))
+        index_rows.append((path, size, mtime_ns, hash, position))
+        notes.append(
+            Notification(
+                kind,
+                arena,
+                position,
+                path=path,
+                size=size,
+                mtime_ns=mtime_ns,
+                hash=hash,
+                old_hash=old_hash,
+            )
+        )
+    if history_rows:
+        cursor.executemany(
+            "INSERT INTO history (position, kind, path, old_hash, mtime_ns, time_ns) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            history_rows,
+        )
+        cursor.executemany(
+            "INSERT OR REPLACE INTO file_index "
+            "(path, size, mtime_ns, hash, position) VALUES (?, ?, ?, ?, ?)",
+            index_rows,
+        )
+    return notes
 
 
 def _txn_record_unhashed(
@@ -287,15 +325,8 @@ def _txn_record_unhashed(
         the index; a Replace (hash C{None}, old hash the index's) per file
         whose size or mtime differ from the index's; nothing for the others.
     """
-    recorded = []
-    for path, size, mtime_ns in files:
-        old = _current(cursor, path)
-        if old is not None and old[0] == size and old[1] == mtime_ns:
-            continue
-        recorded.append(
-            _record(cursor, arena, path, size, mtime_ns, None, old, time_ns)
-        )
-    return recorded
+    rows = [(path, size, mtime_ns, None) for path, size, mtime_ns in files]
+    return _record_many(cursor, arena, rows, time_ns, unhashed=True)
 
 
 def _txn_record_versions(
@@ -313,24 +344,8 @@ def _txn_record_versions(
         Replace (old hash: the index's, C{None} for no version) per file
         whose size, mtime or hash differ; nothing for the others.
     """
-    recorded = []
-    for version in versions:
-        old = _current(cursor, version.path)
-        if old == (version.size, version.mtime_ns, version.hash):
-            continue
-        recorded.append(
-            _record(
-                cursor,
-                arena,
-                version.path,
-                version.size,
-                version.mtime_ns,
-                version.hash,
-                old,
-                time_ns,
-            )
-        )
-    return recorded
+    rows = [(v.path, v.size, v.mtime_ns, v.hash) for v in versions]
+    return _record_many(cursor, arena, rows, time_ns, unhashed=False)
 
 
 def _remove(
@@ -405,13 +420,17 @@ def _txn_lookup(cursor: sqlite3.Cursor, paths: Iterable[str]) -> dict[str, Index
     @return: the index entries of those the index holds.
     """
     found = {}
-    for path in paths:
-        row = cursor.execute(
-            "SELECT size, mtime_ns, hash, position FROM file_index WHERE path = ?",
-            (path,),
-        ).fetchone()
-        if row is not None:
-            found[path] = IndexEntry(path, *row)
+    unique = list(dict.fromkeys(paths))
+    for i in range(0, len(unique), _LOOKUP_CHUNK):
+        chunk = unique[i : i + _LOOKUP_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        rows = cursor.execute(
+            "SELECT path, size, mtime_ns, hash, position FROM file_index "
+            f"WHERE path IN ({marks})",
+            chunk,
+        )
+        for row in rows:
+            found[row[0]] = IndexEntry(*row)
     return found
 
 
