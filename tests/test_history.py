@@ -497,6 +497,26 @@ class AccessTests(_ServiceCase):
         self.assertEqual(self.service.uuid(A), self.index.uuid)
 
 
+class ReconfigureDatadirTests(_ServiceCase):
+    """
+    A reload that takes an arena's datadir away.
+    """
+
+    def test_datadir_removed(self) -> None:
+        """
+        An arena that keeps its name but loses its datadir closes its db and
+        the subscriptions to it.
+        """
+        sub = self.service.subscribe(A, B, None)
+        config = make_config(self.base)
+        arenas = dict(config.arenas)
+        arenas[A] = ArenaConfig(A, None, Path(self.base) / "work")
+        self.wait(self.service.reconfigure(Config(config.source, config.peers, arenas)))
+        self.assertTrue(sub.closed)
+        self.assertEqual(self.service.indexes, {})
+        self.assertTrue(self.pools[0].closed)
+
+
 class TrimServiceTests(_ServiceCase):
     """
     Acknowledgements and periodic trimming.

@@ -807,6 +807,79 @@ class WatchLimitTests(_WatcherCase):
         self.assertEqual(len(warned), 1)
 
 
+class WatcherServiceTests(_WatcherCase):
+    """
+    L{WatcherService}: a watcher per arena once the history is ready, the
+    store's hook, reloads.
+    """
+
+    def make(self) -> WatcherService:
+        config = Config(
+            "t.toml",
+            arenas={A: ArenaConfig(A, Path(self.root), Path(self.root) / ".w")},
+        )
+        ready: Deferred[None] = Deferred()
+        service = WatcherService(
+            config,
+            {A: self.index},
+            ready,
+            self.clock,
+            self.runner,
+            self.notifier,
+            self.metrics,
+        )
+        service.startService()
+        self.assertEqual(service.watchers, {})
+        ready.callback(None)
+        self.successResultOf(service.started)
+        self.clock.advance(0)
+        self.addCleanup(lambda: self.successResultOf(service.stopService()))
+        return service
+
+    def test_hooks(self) -> None:
+        """
+        Watchers start once the history is ready (the workdir inside the
+        datadir excluded); the store's hook reaches the arena's watcher;
+        other arenas are ignored.
+        """
+        self.write(".w/arena.db")
+        self.write("f", b"1")
+        service = self.make()
+        self.assertEqual(list(service.watchers), [A])
+        self.assertEqual(service.watchers[A].exclude, ".w")
+        self.assertEqual(self.kinds(), [(ADD, "f")])
+        self.write("g", b"2")
+        st = self.stat("g")
+        service.file_finished(A, "g", st.st_size, st.st_mtime_ns, b"G" * 32)
+        service.file_finished(ArenaName("other"), "g", 1, 1, b"G" * 32)
+        os.unlink(os.path.join(self.root, "f"))
+        service.file_deleted(A, "f")
+        service.file_deleted(ArenaName("other"), "f")
+        self.clock.advance(0)
+        self.assertEqual(self.kinds()[1:], [(REMOVE, "f"), (ADD, "g")])
+        self.assertEqual(self.indexed()["g"][2], b"G" * 32)
+
+    def test_reconfigure(self) -> None:
+        """
+        A reload without the arena stops its watcher (and its notifier);
+        one with it again starts a new watcher.
+        """
+        service = self.make()
+        watcher = service.watchers[A]
+        self.successResultOf(
+            Deferred.fromCoroutine(service.reconfigure(Config("t.toml")))
+        )
+        self.assertEqual(service.watchers, {})
+        self.assertTrue(self.notifiers[0].closed)
+        config = Config(
+            "t.toml",
+            arenas={A: ArenaConfig(A, Path(self.root), Path(self.root) / ".w")},
+        )
+        self.successResultOf(Deferred.fromCoroutine(service.reconfigure(config)))
+        self.assertIsNot(service.watchers[A], watcher)
+        self.clock.advance(0)
+
+
 class ScanTests(SynchronousTestCase):
     """
     L{realize.storage.scan} helpers on their own.

@@ -417,27 +417,34 @@ class HistoryService(Service):
         Apply a new config (SIGHUP): arenas added get their index, arenas
         removed (or without a datadir now) are closed with their
         subscriptions, and subscriptions of peers the ACL no longer admits
-        are closed.
+        are closed.  Stop the watchers of the arenas removed first
+        (L{realize.services.watcher.WatcherService.reconfigure} before and
+        after this one).
 
         @raise Exception: the first error opening a new arena's db (the
             others are opened; the old config's arenas stay as they were).
         """
         old = self.config
         self.config = config
-        for subscription in list(self._subscriptions):
-            try:
-                self._check_access(subscription.arena, subscription.peer)
-            except RealizeError:
-                subscription.close()
-        for name in list(self.indexes):
+        closing = set()
+        for name in self.indexes:
             arena = config.arenas.get(name)
             if (
                 arena is None
                 or arena.datadir is None
-                or (arena.workdir != old.arenas[name].workdir)
+                or arena.workdir != old.arenas[name].workdir
             ):
-                self.indexes.pop(name).close()
-                self._last.pop(name, None)
+                closing.add(name)
+        for subscription in list(self._subscriptions):
+            try:
+                if subscription.arena in closing:
+                    raise NotFound(f"arena {subscription.arena!r} was removed")
+                self._check_access(subscription.arena, subscription.peer)
+            except RealizeError:
+                subscription.close()
+        for name in closing:
+            self.indexes.pop(name).close()
+            self._last.pop(name, None)
         added = [
             a
             for a in config.arenas.values()
