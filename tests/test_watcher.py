@@ -660,6 +660,20 @@ class EventTests(_WatcherCase):
         self.assertEqual(self.indexed()["other"][2], root_of(b"changed since"))
         self.settle()
 
+    def test_store_same_stat_new_content(self) -> None:
+        """
+        A file the store finished with the size and mtime the index already
+        holds (a move keeps the source's mtime) takes the store's root.
+        """
+        st = self.stat("d/old")
+        with open(os.path.join(self.root, "d/old"), "wb") as f:
+            f.write(b"2")
+        os.utime(os.path.join(self.root, "d/old"), ns=(st.st_atime_ns, st.st_mtime_ns))
+        self.watcher.known("d/old", 1, st.st_mtime_ns, root_of(b"2"))
+        self.clock.advance(0)
+        self.assertEqual(self.new(), [(REPLACE, "d/old")])
+        self.assertEqual(self.indexed()["d/old"][2], root_of(b"2"))
+
     def test_store_deleted(self) -> None:
         """
         A file the store deleted is removed at once.

@@ -653,18 +653,20 @@ class ArenaWatcher:
                         self._queue_scan(path, "directory")
                     done.append(path)
                     continue
+                if hint is not None and hint[:2] == (result.size, result.mtime_ns):
+                    # The store knows what it wrote, even when size and
+                    # mtime equal the index's (a move keeps the mtime).
+                    from_store.append(
+                        Version(path, result.size, result.mtime_ns, hint[2])
+                    )
+                    done.append(path)
+                    continue
                 entry = entries.get(path)
                 if (
                     entry is not None
                     and entry.hash is not None
                     and (entry.size, entry.mtime_ns) == (result.size, result.mtime_ns)
                 ):
-                    done.append(path)
-                    continue
-                if hint is not None and hint[:2] == (result.size, result.mtime_ns):
-                    from_store.append(
-                        Version(path, result.size, result.mtime_ns, hint[2])
-                    )
                     done.append(path)
                     continue
                 if result.size >= self.unhashed_notice_size:
