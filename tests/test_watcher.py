@@ -827,6 +827,19 @@ class WatcherServiceTests(_WatcherCase):
     store's hook, reloads.
     """
 
+    def setUp(self) -> None:
+        super().setUp()
+        # The arena's db in its workdir, inside the datadir.
+        self.index.close()
+        workdir = os.path.join(self.root, ".w")
+        os.makedirs(workdir)
+        self.db = os.path.join(workdir, "arena.db")
+        self.pool = SyncPool(self.db)
+        self.index = self.successResultOf(
+            Deferred.fromCoroutine(ArenaIndex.open(A, self.db, self.pool, self.clock))
+        )
+        self.addCleanup(self.index.close)
+
     def make(self) -> WatcherService:
         config = Config(
             "t.toml",
@@ -856,7 +869,7 @@ class WatcherServiceTests(_WatcherCase):
         datadir excluded); the store's hook reaches the arena's watcher;
         other arenas are ignored.
         """
-        self.write(".w/arena.db")
+        self.write(".w/other")
         self.write("f", b"1")
         service = self.make()
         self.assertEqual(list(service.watchers), [A])
@@ -892,6 +905,14 @@ class WatcherServiceTests(_WatcherCase):
         self.successResultOf(Deferred.fromCoroutine(service.reconfigure(config)))
         self.assertIsNot(service.watchers[A], watcher)
         self.clock.advance(0)
+        moved = Config(
+            "t.toml",
+            arenas={A: ArenaConfig(A, Path(self.root), Path(self.root) / ".new")},
+        )
+        self.successResultOf(Deferred.fromCoroutine(service.reconfigure(moved)))
+        # The open index is the old workdir's: no watcher until the
+        # history service opened the new one.
+        self.assertEqual(service.watchers, {})
 
 
 class ScanTests(SynchronousTestCase):
@@ -1127,7 +1148,7 @@ class RealInotifyIntegrationTests(_RealReactorMixin, TestCase):
         service = WatcherService(
             Config(
                 "t.toml",
-                arenas={A: ArenaConfig(A, Path(self.root), Path(self.base) / "w")},
+                arenas={A: ArenaConfig(A, Path(self.root), Path(self.base))},
             ),
             {A: index},
             succeed(None),

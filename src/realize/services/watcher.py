@@ -45,12 +45,11 @@ be told from C{EACCES}).
 from __future__ import annotations
 
 import collections
-import ctypes
 import errno
 import os
-import struct
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any
 
 from attrs import define, field
 from twisted.application.service import Service
@@ -64,6 +63,7 @@ from realize.config import Config
 from realize.interfaces import RunInThread, StoreListener
 from realize.metrics import HistoryMetrics
 from realize.model import ArenaName, is_partial_name
+from realize.services.notifier import WATCH_MASK, KernelNotifier, Notifier
 from realize.storage import scan
 from realize.storage.index import ArenaIndex, Version
 
@@ -101,113 +101,7 @@ HASH_CONCURRENCY = 2
 #: Hints from the store kept at most (the oldest go first).
 MAX_HINTS = 100_000
 
-IN_EXCL_UNLINK = 0x04000000
-
-#: What each directory watch asks for.
-WATCH_MASK = (
-    inotify.IN_MODIFY
-    | inotify.IN_ATTRIB
-    | inotify.IN_CLOSE_WRITE
-    | inotify.IN_CREATE
-    | inotify.IN_DELETE
-    | inotify.IN_MOVED_FROM
-    | inotify.IN_MOVED_TO
-    | inotify.IN_DELETE_SELF
-    | inotify.IN_MOVE_SELF
-    | inotify.IN_ONLYDIR
-    | inotify.IN_DONT_FOLLOW
-    | IN_EXCL_UNLINK
-)
-
 _ROOT_GONE = inotify.IN_DELETE_SELF | inotify.IN_MOVE_SELF | inotify.IN_UNMOUNT
-
-#: Called with C{(wd, mask, cookie, name)} for each inotify event; C{name}
-#: is C{b""} for an event on the watched directory itself.
-EventCallback = Callable[[int, int, int, bytes], None]
-
-
-class Notifier(Protocol):
-    """
-    What the watcher needs of inotify (L{KernelNotifier}, or a fake in
-    tests).
-    """
-
-    def start(self, callback: EventCallback) -> None:
-        """
-        Start delivering events to C{callback}, in the reactor thread.
-        """
-
-    def add_watch(self, path: bytes, mask: int) -> int:
-        """
-        Watch a directory (C{inotify_add_watch}).
-
-        @return: the watch descriptor (the same for a directory already
-            watched, even under another path after a rename).
-        @raise OSError: with the C{errno} (C{ENOSPC}: no watch left).
-        """
-
-    def remove_watch(self, wd: int) -> None:
-        """
-        Stop a watch (C{inotify_rm_watch}); an unknown one is ignored.
-        """
-
-    def close(self) -> None:
-        """
-        Close the descriptor; no event is delivered after.
-        """
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
-_libc.inotify_add_watch.restype = ctypes.c_int
-_libc.inotify_rm_watch.argtypes = [ctypes.c_int, ctypes.c_int]
-_libc.inotify_rm_watch.restype = ctypes.c_int
-
-_EVENT = struct.Struct("=iIII")
-
-
-class KernelNotifier(inotify.INotify):
-    """
-    Twisted's inotify descriptor, with raw event dispatch (see the module
-    docstring) and watch errors that keep their C{errno}.
-    """
-
-    def __init__(self, reactor: Any) -> None:
-        super().__init__(reactor)  # type: ignore[no-untyped-call]
-        self._callback: EventCallback | None = None
-
-    def start(self, callback: EventCallback) -> None:
-        self._callback = callback
-        self.startReading()  # type: ignore[no-untyped-call]
-
-    def add_watch(self, path: bytes, mask: int) -> int:
-        wd = int(_libc.inotify_add_watch(self._fd, path, mask))
-        if wd < 0:
-            code = ctypes.get_errno()
-            raise OSError(code, os.strerror(code), os.fsdecode(path))
-        return wd
-
-    def remove_watch(self, wd: int) -> None:
-        _libc.inotify_rm_watch(self._fd, wd)
-
-    def close(self) -> None:
-        self._callback = None
-        self.loseConnection()  # type: ignore[no-untyped-call]
-
-    def _doRead(self, in_: bytes) -> None:
-        self._buffer += in_
-        buffer = self._buffer
-        offset = 0
-        size = _EVENT.size
-        while len(buffer) - offset >= size:
-            wd, mask, cookie, length = _EVENT.unpack_from(buffer, offset)
-            if len(buffer) - offset < size + length:
-                break
-            name = buffer[offset + size : offset + size + length].rstrip(b"\0")
-            offset += size + length
-            if self._callback is not None:
-                self._callback(wd, mask, cookie, name)
-        self._buffer = buffer[offset:]
 
 
 @define(eq=False)
@@ -891,6 +785,7 @@ class WatcherService(Service):
     metrics: HistoryMetrics | None = None
     watchers: dict[ArenaName, ArenaWatcher] = field(factory=dict, init=False)
     started: Deferred[None] = field(factory=Deferred, init=False)
+    _workdirs: dict[ArenaName, Path] = field(factory=dict, init=False)
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
@@ -913,9 +808,11 @@ class WatcherService(Service):
 
     async def reconfigure(self, config: Config) -> None:
         """
-        Apply a new config (SIGHUP), after the history service's
-        C{reconfigure}: watchers of arenas gone (or whose datadir or index
-        changed) stop, arenas added get one.
+        Apply a new config (SIGHUP): watchers of arenas gone (or whose
+        datadir, workdir or index changed) stop, arenas whose index is open
+        and not watched get a watcher.  Call it before the history
+        service's C{reconfigure} (so that no watcher writes to an index
+        being closed) and again after it (to watch the arenas it opened).
         """
         self.config = config
         stops = []
@@ -925,6 +822,7 @@ class WatcherService(Service):
                 arena is None
                 or arena.datadir is None
                 or str(arena.datadir) != watcher.root
+                or arena.workdir != self._workdirs.get(name)
                 or self.indexes.get(name) is not watcher.index
             ):
                 del self.watchers[name]
@@ -947,11 +845,16 @@ class WatcherService(Service):
 
     def make_watcher(self, name: ArenaName) -> ArenaWatcher | None:
         """
-        @return: a watcher for an arena with a datadir and an open index.
+        @return: a watcher for an arena with a datadir and an open index
+            in its workdir, or C{None}.
         """
         arena = self.config.arenas.get(name)
         index = self.indexes.get(name)
         if arena is None or arena.datadir is None or index is None:
+            return None
+        if Path(index.path).parent != arena.workdir:
+            # The index of the old workdir, about to be closed by the
+            # history service's reload.
             return None
         exclude = None
         try:
@@ -960,6 +863,7 @@ class WatcherService(Service):
             pass
         else:
             exclude = relative.parts[0] if relative.parts else None
+        self._workdirs[name] = arena.workdir
         return ArenaWatcher(
             name,
             str(arena.datadir),
