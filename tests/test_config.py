@@ -19,6 +19,7 @@ from realize.config import (
     ArenaConfig,
     CacheConfig,
     Config,
+    HistoryConfig,
     LimitsConfig,
     PeerConfig,
     load_config,
@@ -980,3 +981,67 @@ class ParseAddressTests(SynchronousTestCase):
         for text in ["[]", "[]:80"]:
             error = self.assertRaises(ValueError, parse_address, text)
             self.assertTrue(str(error).startswith(f"bad address {text!r}"), str(error))
+
+
+class HistoryConfigTests(_ConfigFileMixin):
+    """
+    C{[history]}: C{max_entries} and C{max_age} (#trimhistory).
+    """
+
+    def test_defaults(self) -> None:
+        """
+        Without C{[history]}, or with an empty one, the history keeps a
+        million entries for 30 days.
+        """
+        self.assertEqual(self.load("").history, HistoryConfig(1_000_000, 30 * 86400.0))
+        self.assertEqual(self.load("[history]\n").history, HistoryConfig())
+
+    def test_values(self) -> None:
+        """
+        Both keys are read; the age is a duration.
+        """
+        config = self.load("[history]\nmax_entries = 500\nmax_age = '1d12h'\n")
+        self.assertEqual(config.history, HistoryConfig(500, 36 * 3600.0))
+        config = self.load("[history]\nmax_age = 90\n")
+        self.assertEqual(config.history, HistoryConfig(1_000_000, 90.0))
+
+    def test_bad_max_entries(self) -> None:
+        """
+        C{max_entries} must be a positive integer.
+        """
+        self.assert_error(
+            "[history]\nmax_entries = 0\n", "history.max_entries", "must be at least 1"
+        )
+        self.assert_error(
+            "[history]\nmax_entries = '10'\n",
+            "history.max_entries",
+            "must be an integer, not a string",
+        )
+
+    def test_bad_max_age(self) -> None:
+        """
+        C{max_age} must be a positive duration.
+        """
+        self.assert_error(
+            "[history]\nmax_age = 'soon'\n",
+            "history.max_age",
+            f"bad duration 'soon': {DURATION_HELP}",
+        )
+        self.assert_error(
+            "[history]\nmax_age = true\n",
+            "history.max_age",
+            "must be a duration such as '30d' or '12h'",
+        )
+        self.assert_error(
+            "[history]\nmax_age = '0s'\n",
+            "history.max_age",
+            "bad duration '0s': must be positive",
+        )
+
+    def test_unknown_key(self) -> None:
+        """
+        An unknown key in C{[history]} is named.
+        """
+        self.assert_error(
+            "[history]\nmax_size = 3\n", "history.max_size", "unknown key"
+        )

@@ -45,6 +45,7 @@ __all__ = [
     "ArenaConfig",
     "CacheConfig",
     "Config",
+    "HistoryConfig",
     "LimitsConfig",
     "PeerConfig",
     "load_config",
@@ -142,6 +143,27 @@ class LimitsConfig:
     throttle_down: int = 0
 
 
+#: Default of C{[history] max_entries}.
+DEFAULT_HISTORY_ENTRIES = 1_000_000
+
+#: Default of C{[history] max_age}, in seconds (30 days).
+DEFAULT_HISTORY_AGE = 30 * 86400.0
+
+
+@frozen
+class HistoryConfig:
+    """
+    C{[history]}: how long each arena's history is kept (#trimhistory,
+    DESIGN.md section 9).
+
+    @ivar max_entries: entries beyond this many are trimmed, oldest first.
+    @ivar max_age: entries older than this many seconds are trimmed.
+    """
+
+    max_entries: int = DEFAULT_HISTORY_ENTRIES
+    max_age: float = DEFAULT_HISTORY_AGE
+
+
 @frozen
 class Config:
     """
@@ -157,6 +179,7 @@ class Config:
     arenas: Mapping[ArenaName, ArenaConfig] = field(factory=dict)
     cache: CacheConfig = CacheConfig()
     limits: LimitsConfig = LimitsConfig()
+    history: HistoryConfig = HistoryConfig()
 
     def peer(self, peer_id: str) -> PeerConfig:
         """
@@ -512,8 +535,38 @@ def parse_config(data: Mapping[str, Any], source: str, base: Path) -> Config:
         table.done()
         limits = LimitsConfig(**rates)
 
+    history = HistoryConfig()
+    history_value = top.take("history", dict)
+    if history_value is not None:
+        table = _Table(source, "history", history_value)
+        max_entries = table.take("max_entries", int)
+        if max_entries is None:
+            max_entries = DEFAULT_HISTORY_ENTRIES
+        elif max_entries < 1:
+            table.fail(table.key("max_entries"), "must be at least 1")
+        max_age = DEFAULT_HISTORY_AGE
+        if "max_age" in table.items:
+            raw = table.items.pop("max_age")
+            if isinstance(raw, bool) or not isinstance(raw, str | int):
+                table.fail(
+                    table.key("max_age"), "must be a duration such as '30d' or '12h'"
+                )
+            try:
+                max_age = parse_duration(str(raw))
+            except ValueError as e:
+                table.fail(table.key("max_age"), str(e))
+        table.done()
+        history = HistoryConfig(max_entries=max_entries, max_age=max_age)
+
     top.done()
-    return Config(source=source, peers=peers, arenas=arenas, cache=cache, limits=limits)
+    return Config(
+        source=source,
+        peers=peers,
+        arenas=arenas,
+        cache=cache,
+        limits=limits,
+        history=history,
+    )
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

@@ -84,12 +84,50 @@ Metrics of C{realize-move} (L{MoveMetrics}):
       not repair, copied instead.
     - C{realize_move_retries_total} (counter): attempts started again
       after a network error (C{--retry}).
+
+Metrics of the history and the watcher in C{realized} (L{HistoryMetrics}):
+
+    - C{realize_history_entries_total} (counter; C{arena}, C{kind}): history
+      entries recorded; C{kind} is C{add}, C{replace}, C{remove} or
+      C{drop}.
+    - C{realize_history_notifications_total} (counter; C{arena}, C{kind}):
+      notifications sent to subscribers, by kind (the four above and
+      C{connected}, C{catchup_start}, C{catchup}, C{catchup_complete}).
+    - C{realize_history_held_entries} (gauge; C{arena}): entries the
+      history holds now (after trimming).
+    - C{realize_history_position} (gauge; C{arena}): the last position
+      recorded.
+    - C{realize_history_trimmed_total} (counter; C{arena}): entries
+      trimmed.
+    - C{realize_history_subscribers} (gauge; C{arena}, C{peer}):
+      subscriptions open.
+    - C{realize_watcher_queue_files} (gauge; C{arena}): files waiting to be
+      looked at (their stability delay) or hashed.
+    - C{realize_watcher_hash_backlog_bytes} (gauge; C{arena}): bytes of the
+      files waiting to be hashed.
+    - C{realize_watcher_hash_seconds_total} (counter; C{arena}): seconds
+      spent hashing changed files (wall time of the hashing batches).
+    - C{realize_watcher_hashed_bytes_total} (counter; C{arena}): bytes
+      hashed.
+    - C{realize_watcher_files_recorded_total} (counter; C{arena},
+      C{source}): versions recorded; C{source} is C{hashed} (the watcher
+      hashed the file) or C{store} (the store had just finished it and gave
+      its hash: not hashed again).
+    - C{realize_watcher_watches} (gauge; C{arena}): inotify watches in use.
+    - C{realize_watcher_unwatched_directories} (gauge; C{arena}):
+      directories that could not be watched (watches ran out), rescanned
+      periodically instead.
+    - C{realize_watcher_rescans_total} (counter; C{arena}, C{reason}):
+      scans comparing the disk with the index; C{reason} is C{start},
+      C{overflow} (the inotify queue overflowed), C{unwatched} (periodic
+      rescan of unwatched directories) or C{directory} (a directory
+      appeared, moved or went).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Generic, Protocol, TypeVar
 
 from attrs import define, field
@@ -120,6 +158,7 @@ __all__ = [
     "WRITTEN",
     "DaemonMetrics",
     "FileOutcome",
+    "HistoryMetrics",
     "MoveMetrics",
     "MoveMetricsObserver",
     "MoveObserverLike",
@@ -798,3 +837,195 @@ class MoveMetricsObserver(Generic[R]):
             self.metrics.update(self.stats, copied=False)
         if self.inner is not None:
             self.inner.file_done(result)
+
+
+#: C{source} label values of C{realize_watcher_files_recorded_total}.
+SOURCE_HASHED = "hashed"
+SOURCE_STORE = "store"
+
+
+@define(eq=False)
+class HistoryMetrics:
+    """
+    The metrics of the history service and the watchers of C{realized}, on
+    a given registry (the series are listed in this module's docstring).
+
+    @ivar registry: where the metrics are registered.
+    """
+
+    registry: CollectorRegistry
+
+    entries: Counter = field(init=False)
+    notifications: Counter = field(init=False)
+    size: Gauge = field(init=False)
+    position: Gauge = field(init=False)
+    trimmed: Counter = field(init=False)
+    subscribers: Gauge = field(init=False)
+    queue: Gauge = field(init=False)
+    hash_backlog: Gauge = field(init=False)
+    hash_seconds: Counter = field(init=False)
+    hashed_bytes: Counter = field(init=False)
+    recorded: Counter = field(init=False)
+    watches: Gauge = field(init=False)
+    unwatched: Gauge = field(init=False)
+    rescans: Counter = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        r = self.registry
+        self.entries = Counter(
+            "realize_history_entries",
+            "History entries recorded, by kind.",
+            ["arena", "kind"],
+            registry=r,
+        )
+        self.notifications = Counter(
+            "realize_history_notifications",
+            "Notifications sent to subscribers, by kind.",
+            ["arena", "kind"],
+            registry=r,
+        )
+        self.size = Gauge(
+            "realize_history_held_entries",
+            "Entries the history holds now.",
+            ["arena"],
+            registry=r,
+        )
+        self.position = Gauge(
+            "realize_history_position",
+            "Last history position recorded.",
+            ["arena"],
+            registry=r,
+        )
+        self.trimmed = Counter(
+            "realize_history_trimmed",
+            "History entries trimmed.",
+            ["arena"],
+            registry=r,
+        )
+        self.subscribers = Gauge(
+            "realize_history_subscribers",
+            "Subscriptions open, by peer.",
+            ["arena", "peer"],
+            registry=r,
+        )
+        self.queue = Gauge(
+            "realize_watcher_queue_files",
+            "Files waiting for their stability delay or to be hashed.",
+            ["arena"],
+            registry=r,
+        )
+        self.hash_backlog = Gauge(
+            "realize_watcher_hash_backlog_bytes",
+            "Bytes of the files waiting to be hashed.",
+            ["arena"],
+            registry=r,
+        )
+        self.hash_seconds = Counter(
+            "realize_watcher_hash_seconds",
+            "Seconds spent hashing changed files.",
+            ["arena"],
+            registry=r,
+        )
+        self.hashed_bytes = Counter(
+            "realize_watcher_hashed_bytes",
+            "Bytes of changed files hashed.",
+            ["arena"],
+            registry=r,
+        )
+        self.recorded = Counter(
+            "realize_watcher_files_recorded",
+            "Versions recorded, by source (hashed here, or known from the store).",
+            ["arena", "source"],
+            registry=r,
+        )
+        self.watches = Gauge(
+            "realize_watcher_watches",
+            "inotify watches in use.",
+            ["arena"],
+            registry=r,
+        )
+        self.unwatched = Gauge(
+            "realize_watcher_unwatched_directories",
+            "Directories that could not be watched, rescanned periodically.",
+            ["arena"],
+            registry=r,
+        )
+        self.rescans = Counter(
+            "realize_watcher_rescans",
+            "Scans comparing the disk with the index, by reason.",
+            ["arena", "reason"],
+            registry=r,
+        )
+
+    def recorded_entries(self, arena: str, kinds: Iterable[str]) -> None:
+        """
+        @param arena: the arena.
+        @param kinds: the kind of each entry just recorded.
+        """
+        for kind in kinds:
+            self.entries.labels(arena, kind).inc()
+
+    def sent(self, arena: str, kinds: Iterable[str]) -> None:
+        """
+        @param arena: the arena.
+        @param kinds: the kind of each notification just sent.
+        """
+        for kind in kinds:
+            self.notifications.labels(arena, kind).inc()
+
+    def history_state(self, arena: str, first: int, last: int) -> None:
+        """
+        @param arena: the arena.
+        @param first: the first position held.
+        @param last: the last position recorded.
+        """
+        self.size.labels(arena).set(max(0, last - first + 1))
+        self.position.labels(arena).set(last)
+
+    def subscribed(self, arena: str, peer: str, change: int) -> None:
+        """
+        @param arena: the arena.
+        @param peer: the subscriber.
+        @param change: +1 for a new subscription, -1 for one closed.
+        """
+        self.subscribers.labels(arena, peer).inc(change)
+
+    def watcher_state(
+        self, arena: str, queued: int, backlog: int, watches: int, unwatched: int
+    ) -> None:
+        """
+        @param arena: the arena.
+        @param queued: files waiting (delay or hashing).
+        @param backlog: bytes waiting to be hashed.
+        @param watches: inotify watches in use.
+        @param unwatched: directories that could not be watched.
+        """
+        self.queue.labels(arena).set(queued)
+        self.hash_backlog.labels(arena).set(backlog)
+        self.watches.labels(arena).set(watches)
+        self.unwatched.labels(arena).set(unwatched)
+
+    def hashed(self, arena: str, seconds: float, size: int, files: int) -> None:
+        """
+        @param arena: the arena.
+        @param seconds: time the hashing took.
+        @param size: bytes hashed.
+        @param files: versions recorded from that hashing.
+        """
+        self.hash_seconds.labels(arena).inc(max(0.0, seconds))
+        self.hashed_bytes.labels(arena).inc(max(0, size))
+        self.recorded.labels(arena, SOURCE_HASHED).inc(max(0, files))
+
+    def from_store(self, arena: str, files: int = 1) -> None:
+        """
+        @param arena: the arena.
+        @param files: versions recorded with the root the store gave.
+        """
+        self.recorded.labels(arena, SOURCE_STORE).inc(max(0, files))
+
+    def rescanned(self, arena: str, reason: str) -> None:
+        """
+        @param arena: the arena.
+        @param reason: C{start}, C{overflow}, C{unwatched} or C{directory}.
+        """
+        self.rescans.labels(arena, reason).inc()

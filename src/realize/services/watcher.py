@@ -1,0 +1,919 @@
+"""
+The watcher (DESIGN.md section 9): keeps each arena's index equal to its
+datadir, recording every change in the history.
+
+How a change reaches the index:
+
+    1. inotify (one watch per directory, added as directories appear)
+       names a path; the path waits until nothing happened to it for
+       L{STABILITY_DELAY} seconds.
+    2. The path is looked at (C{lstat}, in a thread): a regular file whose
+       size and mtime differ from the index is queued for hashing; one at
+       least L{UNHASHED_NOTICE_SIZE} bytes long is recorded at once with no
+       version (#musthash), so that peers see it before it is hashed.  A
+       path that is gone (or is a symlink, device, socket: never indexed)
+       is recorded as a Remove whose mtime is that of its nearest existing
+       ancestor directory (#unlinktime); a path that exists again is not
+       removed.  A directory is scanned.
+    3. Hashing runs in the thread pool, in batches, and re-stats each file:
+       a file whose size or mtime changed while it was hashed is not
+       recorded, it waits for the delay again.
+    4. A file the store just finished (L{StoreListener.file_finished},
+       with its Merkle root) is recorded with that root, without hashing,
+       if its size and mtime on disk are the ones the store gave.
+
+Renames are resolved by stat: the old path is gone (Remove), the new one
+is there (Add); a directory renamed is a scan of both places, so a Remove
+and an Add per file.  A scan walks a tree in path order and merges it with
+the index (L{realize.storage.scan.scan_tree}): it runs at start (the
+catch-up: what changed while the daemon was down is recorded once, nothing
+else), after an inotify queue overflow, and for directories that appear,
+move or go.  When inotify watches run out (C{ENOSPC}:
+C{fs.inotify.max_user_watches}), a warning is logged once and the
+directories left unwatched are rescanned every L{RESCAN_INTERVAL}
+seconds.  Permission errors are logged once per path; the rest of the
+arena is still watched.
+
+Twisted's L{twisted.internet.inotify.INotify} is used through
+L{KernelNotifier}, which keeps its file descriptor handling but dispatches
+raw events: Twisted's own dispatch closes the whole inotify descriptor
+when any watched directory is deleted (C{IN_DELETE_SELF}), keys watches by
+path (stale after a directory rename), and drops C{errno} (C{ENOSPC} must
+be told from C{EACCES}).
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from attrs import define, field
+from twisted.application.service import Service
+from twisted.internet import inotify
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from realize.config import Config
+from realize.interfaces import RunInThread, StoreListener
+from realize.metrics import HistoryMetrics
+from realize.model import ArenaName, is_partial_name
+from realize.services.notifier import WATCH_MASK, KernelNotifier, Notifier
+from realize.storage import scan
+from realize.storage.index import ArenaIndex, Version
+
+__all__ = [
+    "RESCAN_INTERVAL",
+    "STABILITY_DELAY",
+    "UNHASHED_NOTICE_SIZE",
+    "WATCH_MASK",
+    "ArenaWatcher",
+    "KernelNotifier",
+    "Notifier",
+    "WatcherService",
+]
+
+#: Seconds a path must stay unchanged before it is looked at.
+STABILITY_DELAY = 1.0
+
+#: Seconds between rescans of the directories that could not be watched.
+RESCAN_INTERVAL = 60.0
+
+#: Files at least this large are recorded with no version as soon as they
+#: are stable, before hashing them (#musthash); smaller ones hash in a few
+#: milliseconds and are recorded once, with their version.
+UNHASHED_NOTICE_SIZE = 1 << 20
+
+#: Paths looked at per thread call.
+CHECK_BATCH = 2000
+
+#: Hashing batches: at most this many files or bytes per thread call, and
+#: this many batches at once.
+HASH_BATCH_FILES = 512
+HASH_BATCH_BYTES = 16 << 20
+HASH_CONCURRENCY = 2
+
+#: Hints from the store kept at most (the oldest go first).
+MAX_HINTS = 100_000
+
+_ROOT_GONE = inotify.IN_DELETE_SELF | inotify.IN_MOVE_SELF | inotify.IN_UNMOUNT
+
+
+@define(eq=False)
+class ArenaWatcher:
+    """
+    Watches one arena's datadir and records its changes in its index.
+
+    @ivar arena: the arena.
+    @ivar root: its datadir.
+    @ivar exclude: a top-level name never indexed (the workdir inside the
+        datadir), or C{None}.
+    @ivar index: the arena's index.
+    @ivar clock: for the stability delay and rescans.
+    @ivar run_in_thread: runs the blocking work (stat, scans, hashing).
+    @ivar notifier_factory: makes the inotify descriptor.
+    @ivar metrics: where to count, or C{None}.
+    @ivar delay: the stability delay, seconds.
+    @ivar unhashed_notice_size: see L{UNHASHED_NOTICE_SIZE}.
+    @ivar rescan_interval: see L{RESCAN_INTERVAL}.
+    @ivar on_attributes: called with a path whose attributes changed
+        (C{IN_ATTRIB}: extended attributes such as C{user.realize.mark},
+        permissions, times), or C{None}: the hook for marks (issue 12).
+    """
+
+    log = Logger(namespace="realize.watcher")
+
+    arena: ArenaName
+    root: str
+    exclude: str | None
+    index: ArenaIndex
+    clock: IReactorTime
+    run_in_thread: RunInThread
+    notifier_factory: Callable[[], Notifier]
+    metrics: HistoryMetrics | None = None
+    delay: float = STABILITY_DELAY
+    unhashed_notice_size: int = UNHASHED_NOTICE_SIZE
+    rescan_interval: float = RESCAN_INTERVAL
+    on_attributes: Callable[[str], None] | None = None
+
+    _notifier: Notifier | None = field(default=None, init=False)
+    _running: bool = field(default=False, init=False)
+    _wd_dir: dict[int, str] = field(factory=dict, init=False)
+    _dir_wd: dict[str, int] = field(factory=dict, init=False)
+    _children: dict[str, set[str]] = field(factory=dict, init=False)
+    _unwatched: set[str] = field(factory=set, init=False)
+    _warned: set[str] = field(factory=set, init=False)
+    _warned_watches: bool = field(default=False, init=False)
+    _pending: collections.OrderedDict[str, float] = field(
+        factory=collections.OrderedDict, init=False
+    )
+    _due: dict[str, None] = field(factory=dict, init=False)
+    _busy: set[str] = field(factory=set, init=False)
+    _again: set[str] = field(factory=set, init=False)
+    _hints: collections.OrderedDict[str, tuple[int, int, bytes]] = field(
+        factory=collections.OrderedDict, init=False
+    )
+    _hash_queue: collections.deque[tuple[str, int, int]] = field(
+        factory=collections.deque, init=False
+    )
+    _hash_backlog: int = field(default=0, init=False)
+    _hashing: int = field(default=0, init=False)
+    _checking: bool = field(default=False, init=False)
+    _timer: IDelayedCall | None = field(default=None, init=False)
+    _rescan_timer: IDelayedCall | None = field(default=None, init=False)
+    _scans: list[tuple[str, str]] = field(factory=list, init=False)
+    _scanning: bool = field(default=False, init=False)
+    _work: set[Deferred[Any]] = field(factory=set, init=False)
+    _idle: list[Deferred[None]] = field(factory=list, init=False)
+
+    # -- life ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """
+        Watch the tree, then catch up: compare it with the index and
+        record what changed while nobody watched.  Returns once the
+        catch-up scan is done and its changes queued (L{wait_idle} waits
+        for them to be recorded).
+
+        @raise OSError: if the datadir cannot be opened.
+        """
+        self._running = True
+        notifier = self._notifier = self.notifier_factory()
+        notifier.start(self._event)
+        directories = await self._track(
+            self.run_in_thread(scan.list_directories, self.root, self.exclude)
+        )
+        if not self._running:
+            return
+        if "" not in directories:
+            raise FileNotFoundError(
+                errno.ENOENT, f"arena {self.arena}: datadir is missing", self.root
+            )
+        for directory in directories:
+            self._watch(directory)
+        self._report()
+        self.log.info(
+            "arena {arena}: watching {root} ({watches} directories)",
+            arena=self.arena,
+            root=self.root,
+            watches=len(self._dir_wd),
+        )
+        self._scans.append(("", "start"))
+        await self._run_scans()
+
+    def stop(self) -> Deferred[None]:
+        """
+        Stop watching; waits for the thread work under way (its results
+        are recorded no more).  What was still waiting is found again by
+        the next start's catch-up.
+        """
+        self._running = False
+        for timer in (self._timer, self._rescan_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._timer = self._rescan_timer = None
+        if self._notifier is not None:
+            self._notifier.close()
+            self._notifier = None
+        self._pending.clear()
+        self._due.clear()
+        self._hash_queue.clear()
+        self._scans.clear()
+        idle, self._idle = self._idle, []
+        for d in idle:
+            d.callback(None)
+        work = list(self._work)
+        return DeferredList(work, consumeErrors=True).addCallback(lambda _: None)
+
+    def wait_idle(self) -> Deferred[None]:
+        """
+        @return: fires once nothing is waiting, being looked at, hashed or
+            scanned (for tests and benchmarks; the delay still applies).
+        """
+        if self._is_idle():
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._idle.append(d)
+        return d
+
+    def _is_idle(self) -> bool:
+        return not (
+            self._pending
+            or self._due
+            or self._busy
+            or self._hash_queue
+            or self._hashing
+            or self._checking
+            or self._scans
+            or self._scanning
+        )
+
+    def _maybe_idle(self) -> None:
+        if self._idle and self._is_idle():
+            idle, self._idle = self._idle, []
+            for d in idle:
+                d.callback(None)
+
+    def _track(self, d: Deferred[Any]) -> Deferred[Any]:
+        self._work.add(d)
+
+        def done(result: object) -> object:
+            self._work.discard(d)
+            return result
+
+        return d.addBoth(done)
+
+    def _report(self) -> None:
+        if self.metrics is not None:
+            queued = (
+                len(self._pending)
+                + len(self._due)
+                + len(self._hash_queue)
+                + len(self._busy)
+            )
+            self.metrics.watcher_state(
+                self.arena,
+                queued,
+                self._hash_backlog,
+                len(self._dir_wd),
+                len(self._unwatched),
+            )
+
+    def _warn_once(self, key: str, message: str, **fields: Any) -> None:
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        self.log.warn(message, arena=self.arena, **fields)
+
+    # -- watches ---------------------------------------------------------------
+
+    def _watch(self, directory: str) -> None:
+        if self._notifier is None or directory in self._dir_wd:
+            return
+        path = os.fsencode(
+            os.path.join(self.root, directory) if directory else self.root
+        )
+        try:
+            wd = self._notifier.add_watch(path, WATCH_MASK)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                if not self._warned_watches:
+                    self._warned_watches = True
+                    self.log.warn(
+                        "arena {arena}: out of inotify watches at {watches} "
+                        "(raise fs.inotify.max_user_watches); directories not "
+                        "watched are rescanned every {interval} s",
+                        arena=self.arena,
+                        watches=len(self._dir_wd),
+                        interval=self.rescan_interval,
+                    )
+                self._unwatched.add(directory)
+                self._schedule_rescan()
+            elif e.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                self._warn_once(
+                    directory,
+                    "arena {arena}: cannot watch {path}: {error}",
+                    path=directory or ".",
+                    error=e.strerror,
+                )
+            return
+        old = self._wd_dir.get(wd)
+        if old is not None and old != directory:
+            # The kernel's watch followed a renamed directory.
+            self._forget(old, remove=False)
+        self._wd_dir[wd] = directory
+        self._dir_wd[directory] = wd
+        self._unwatched.discard(directory)
+        if directory:
+            parent = directory.rpartition("/")[0]
+            self._children.setdefault(parent, set()).add(directory)
+
+    def _forget(self, directory: str, remove: bool = True) -> None:
+        """
+        Drop the watches of a directory and everything beneath it.
+        """
+        stack = [directory]
+        while stack:
+            d = stack.pop()
+            stack.extend(self._children.pop(d, ()))
+            self._unwatched.discard(d)
+            wd = self._dir_wd.pop(d, None)
+            if wd is None:
+                continue
+            if self._wd_dir.get(wd) == d:
+                del self._wd_dir[wd]
+                if remove and self._notifier is not None:
+                    self._notifier.remove_watch(wd)
+        if directory:
+            parent = directory.rpartition("/")[0]
+            siblings = self._children.get(parent)
+            if siblings is not None:
+                siblings.discard(directory)
+
+    def _schedule_rescan(self) -> None:
+        if self._running and self._rescan_timer is None:
+            self._rescan_timer = self.clock.callLater(
+                self.rescan_interval, self._rescan_unwatched
+            )
+
+    def _rescan_unwatched(self) -> None:
+        self._rescan_timer = None
+        tops = sorted(self._unwatched)
+        outermost = [
+            d
+            for d in tops
+            if not any(d.startswith(t + "/") for t in tops if t and t != d)
+        ]
+        for directory in outermost:
+            self._unwatched.discard(directory)
+            self._queue_scan(directory, "unwatched")
+
+    # -- events ----------------------------------------------------------------
+
+    def _event(self, wd: int, mask: int, cookie: int, name: bytes) -> None:
+        if not self._running:
+            return
+        if mask & inotify.IN_Q_OVERFLOW:
+            self.log.warn(
+                "arena {arena}: inotify queue overflowed; rescanning", arena=self.arena
+            )
+            self._queue_scan("", "overflow")
+            return
+        directory = self._wd_dir.get(wd)
+        if directory is None:
+            return
+        if mask & inotify.IN_IGNORED:
+            if self._dir_wd.get(directory) == wd:
+                self._forget(directory, remove=False)
+            return
+        if not name:
+            if directory == "" and mask & _ROOT_GONE:
+                self.log.error(
+                    "arena {arena}: the datadir {root} was moved, deleted or "
+                    "unmounted; its index is left as it was",
+                    arena=self.arena,
+                    root=self.root,
+                )
+            return
+        text = os.fsdecode(name)
+        if not directory and text == self.exclude:
+            return
+        path = f"{directory}/{text}" if directory else text
+        is_dir = bool(mask & inotify.IN_ISDIR)
+        if not is_dir and is_partial_name(text):
+            return
+        if not (scan.valid_directory(path) if is_dir else scan.valid_file(path)):
+            self._warn_once(
+                path,
+                "arena {arena}: not indexing {path!r}: not a valid path",
+                path=path,
+            )
+            return
+        if mask & inotify.IN_ATTRIB and self.on_attributes is not None:
+            self.on_attributes(path)
+        if is_dir:
+            if mask & (inotify.IN_DELETE | inotify.IN_MOVED_FROM):
+                self._forget(path)
+                self._queue_scan(path, "directory")
+            elif mask & (inotify.IN_CREATE | inotify.IN_MOVED_TO):
+                self._queue_scan(path, "directory")
+            return
+        self.touch(path, self.delay)
+
+    # -- the queue of paths ------------------------------------------------------
+
+    def touch(self, path: str, delay: float) -> None:
+        """
+        Look at a path after C{delay} seconds of quiet (0: as soon as
+        possible).  A new touch restarts a delay under way; a path the
+        store finished is looked at at once.
+        """
+        if not self._running:
+            return
+        if delay <= 0 or path in self._hints:
+            self._pending.pop(path, None)
+            self._due[path] = None
+        else:
+            self._due.pop(path, None)
+            self._pending[path] = self.clock.seconds() + delay
+            self._pending.move_to_end(path)
+        self._schedule()
+
+    def known(self, path: str, size: int, mtime_ns: int, root: bytes) -> None:
+        """
+        The store finished a file with this size, mtime and Merkle root: it
+        is recorded with that root, without hashing, if the disk still
+        shows that size and mtime.
+        """
+        self._hints[path] = (size, mtime_ns, root)
+        self._hints.move_to_end(path)
+        while len(self._hints) > MAX_HINTS:
+            self._hints.popitem(last=False)
+        self.touch(path, 0)
+
+    def _schedule(self) -> None:
+        if not self._running or self._checking:
+            return
+        if self._due:
+            when = 0.0
+        elif self._pending:
+            head = next(iter(self._pending.values()))
+            when = max(0.0, head - self.clock.seconds())
+        else:
+            self._report()
+            self._maybe_idle()
+            return
+        if self._timer is not None and self._timer.active():
+            if self._timer.getTime() <= self.clock.seconds() + when:
+                return
+            self._timer.cancel()
+        self._timer = self.clock.callLater(when, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        if not self._running or self._checking:
+            return
+        now = self.clock.seconds()
+        batch: list[str] = []
+        while self._due and len(batch) < CHECK_BATCH:
+            path = next(iter(self._due))
+            del self._due[path]
+            self._take(path, batch)
+        while self._pending and len(batch) < CHECK_BATCH:
+            path, when = next(iter(self._pending.items()))
+            if when > now:
+                break
+            del self._pending[path]
+            self._take(path, batch)
+        if not batch:
+            self._schedule()
+            return
+        self._checking = True
+        self._track(Deferred.fromCoroutine(self._check(batch))).addErrback(
+            self._failed, "looking at changed files"
+        )
+
+    def _take(self, path: str, batch: list[str]) -> None:
+        if path in self._busy:
+            self._again.add(path)
+        else:
+            self._busy.add(path)
+            batch.append(path)
+
+    def _release(self, paths: Iterable[str]) -> None:
+        for path in paths:
+            self._busy.discard(path)
+            if path in self._again:
+                self._again.discard(path)
+                self.touch(path, 0)
+
+    def _failed(self, failure: Failure, what: str) -> None:
+        self.log.failure(
+            "arena {arena}: {what} failed", failure, arena=self.arena, what=what
+        )
+
+    async def _check(self, paths: list[str]) -> None:
+        try:
+            results = await self.run_in_thread(scan.check_paths, self.root, paths)
+            if not self._running:
+                return
+            entries = await self.index.lookup(paths)
+            removals: list[tuple[str, int]] = []
+            from_store: list[Version] = []
+            unhashed: list[tuple[str, int, int]] = []
+            to_hash: list[tuple[str, int, int]] = []
+            done: list[str] = []
+            for result in results:
+                path = result.path
+                hint = self._hints.pop(path, None)
+                if result.kind == scan.ERROR:
+                    self._warn_once(
+                        path,
+                        "arena {arena}: cannot look at {path}: {error}",
+                        path=path,
+                        error=result.error,
+                    )
+                    done.append(path)
+                    continue
+                if result.kind in (scan.GONE, scan.DIRECTORY):
+                    if path in entries:
+                        removals.append((path, result.mtime_ns))
+                    if result.kind == scan.DIRECTORY:
+                        self._queue_scan(path, "directory")
+                    done.append(path)
+                    continue
+                if hint is not None and hint[:2] == (result.size, result.mtime_ns):
+                    # The store knows what it wrote, even when size and
+                    # mtime equal the index's (a move keeps the mtime).
+                    from_store.append(
+                        Version(path, result.size, result.mtime_ns, hint[2])
+                    )
+                    done.append(path)
+                    continue
+                entry = entries.get(path)
+                if (
+                    entry is not None
+                    and entry.hash is not None
+                    and (entry.size, entry.mtime_ns) == (result.size, result.mtime_ns)
+                ):
+                    done.append(path)
+                    continue
+                if result.size >= self.unhashed_notice_size:
+                    unhashed.append((path, result.size, result.mtime_ns))
+                to_hash.append((path, result.size, result.mtime_ns))
+            await self.index.record_removals(removals)
+            await self.index.record_unhashed(unhashed)
+            if from_store:
+                await self.index.record_versions(from_store)
+                if self.metrics is not None:
+                    self.metrics.from_store(self.arena, len(from_store))
+                for version in from_store:
+                    self.log.info(
+                        "arena {arena}: {path} finished by the store, recorded "
+                        "without hashing",
+                        arena=self.arena,
+                        path=version.path,
+                        size=version.size,
+                        source="store",
+                    )
+            self._release(done)
+            for item in to_hash:
+                self._hash_queue.append(item)
+                self._hash_backlog += item[1]
+        except BaseException:
+            self._release(paths)
+            raise
+        finally:
+            self._checking = False
+            if self._running:
+                self._pump_hashing()
+                self._schedule()
+
+    # -- hashing -----------------------------------------------------------------
+
+    def _pump_hashing(self) -> None:
+        while self._running and self._hash_queue and self._hashing < HASH_CONCURRENCY:
+            batch: list[tuple[str, int, int]] = []
+            size = 0
+            while self._hash_queue and len(batch) < HASH_BATCH_FILES:
+                item = self._hash_queue[0]
+                if batch and size + item[1] > HASH_BATCH_BYTES:
+                    break
+                self._hash_queue.popleft()
+                batch.append(item)
+                size += item[1]
+            self._hash_backlog -= size
+            self._hashing += 1
+            self._track(Deferred.fromCoroutine(self._hash(batch))).addErrback(
+                self._failed, "hashing"
+            )
+        self._report()
+
+    async def _hash(self, batch: list[tuple[str, int, int]]) -> None:
+        paths = [item[0] for item in batch]
+        try:
+            result = await self.run_in_thread(scan.hash_files, self.root, batch)
+            if not self._running:
+                return
+            notes = await self.index.record_versions(result.versions)
+            if self.metrics is not None:
+                self.metrics.hashed(
+                    self.arena, result.seconds, result.size, len(result.versions)
+                )
+            if notes:
+                self.log.debug(
+                    "arena {arena}: hashed {files} files ({size} bytes) in "
+                    "{seconds:.3f} s",
+                    arena=self.arena,
+                    files=len(result.versions),
+                    size=result.size,
+                    seconds=result.seconds,
+                    source="hashed",
+                )
+            for path, message in result.errors:
+                self._warn_once(
+                    path,
+                    "arena {arena}: cannot read {path}: {error}",
+                    path=path,
+                    error=message,
+                )
+            self._release(paths)
+            for path in result.changed:
+                self.touch(path, self.delay)
+            for path in result.gone:
+                self.touch(path, 0)
+        except BaseException:
+            self._release(paths)
+            raise
+        finally:
+            self._hashing -= 1
+            if self._running:
+                self._pump_hashing()
+                self._schedule()
+
+    # -- scans -------------------------------------------------------------------
+
+    def _queue_scan(self, prefix: str, reason: str) -> None:
+        if not self._running:
+            return
+        for queued, _ in self._scans:
+            if queued == "" or prefix == queued or prefix.startswith(queued + "/"):
+                return
+        if prefix == "":
+            self._scans.clear()
+        self._scans.append((prefix, reason))
+        if not self._scanning:
+            self._track(Deferred.fromCoroutine(self._run_scans())).addErrback(
+                self._failed, "scanning"
+            )
+
+    async def _run_scans(self) -> None:
+        self._scanning = True
+        try:
+            while self._running and self._scans:
+                prefix, reason = self._scans.pop(0)
+                await self._scan_now(prefix, reason)
+        finally:
+            self._scanning = False
+            self._schedule()
+
+    async def _scan_now(self, prefix: str, reason: str) -> None:
+        """
+        Compare the tree beneath C{prefix} with the index and queue what
+        differs; watch the directories found (and scan again those that
+        were not watched yet, for what changed before their watch).
+        """
+        if self.metrics is not None:
+            self.metrics.rescanned(self.arena, reason)
+        result = await self._track(
+            self.run_in_thread(
+                scan.scan_tree, self.root, prefix, self.exclude, self.index.path
+            )
+        )
+        if not self._running:
+            return
+        for path, message in result.errors:
+            self._warn_once(
+                path,
+                "arena {arena}: cannot read {path}: {error}; the rest of the "
+                "arena is still watched",
+                path=path,
+                error=message,
+            )
+        for directory in result.directories:
+            if directory not in self._dir_wd:
+                self._watch(directory)
+                if directory in self._dir_wd:
+                    # Watched only now: what changed in it after the walk
+                    # went unseen; look again (once: it is watched now).
+                    self._queue_scan(directory, "directory")
+        for path in result.missing:
+            self.touch(path, 0)
+        # The scan saw these files' size and mtime: they go straight to
+        # hashing (which checks them again), unless something else is
+        # under way for them.
+        unhashed = []
+        direct = []
+        for item in result.changed:
+            path = item[0]
+            if (
+                path in self._busy
+                or path in self._pending
+                or path in self._due
+                or path in self._hints
+            ):
+                self.touch(path, 0)
+                continue
+            self._busy.add(path)
+            direct.append(item)
+            if item[1] >= self.unhashed_notice_size:
+                unhashed.append(item)
+        try:
+            await self.index.record_unhashed(unhashed)
+        finally:
+            for item in direct:
+                self._hash_queue.append(item)
+                self._hash_backlog += item[1]
+            if self._running:
+                self._pump_hashing()
+        self.log.info(
+            "arena {arena}: scanned {prefix} ({reason}): {files} files, "
+            "{changed} changed, {missing} gone",
+            arena=self.arena,
+            prefix=prefix or ".",
+            reason=reason,
+            files=result.files,
+            changed=len(result.changed),
+            missing=len(result.missing),
+        )
+        self._report()
+
+
+@define(eq=False)
+class WatcherService(Service):
+    """
+    The watchers of a daemon's arenas: started once the history service's
+    indexes are open, stopped before it closes them.  It is also the
+    L{StoreListener} of the daemon's local store: files the store finished
+    are recorded without hashing them again.
+
+    @ivar config: the config in force.
+    @ivar indexes: the open indexes by arena (L{HistoryService.indexes}).
+    @ivar ready: fires when the history is open (L{HistoryService.ready}).
+    @ivar clock: for delays.
+    @ivar run_in_thread: the CPU/IO thread pool runner.
+    @ivar notifier_factory: makes an inotify descriptor (C{lambda:
+        KernelNotifier(reactor)}).
+    @ivar metrics: where to count, or C{None}.
+    @ivar watchers: the running watchers by arena.
+    @ivar started: fires once every watcher did its catch-up scan.
+    """
+
+    log = Logger(namespace="realize.watcher")
+
+    config: Config
+    indexes: dict[ArenaName, ArenaIndex]
+    ready: Deferred[None]
+    clock: IReactorTime
+    run_in_thread: RunInThread
+    notifier_factory: Callable[[], Notifier]
+    metrics: HistoryMetrics | None = None
+    watchers: dict[ArenaName, ArenaWatcher] = field(factory=dict, init=False)
+    started: Deferred[None] = field(factory=Deferred, init=False)
+    _workdirs: dict[ArenaName, Path] = field(factory=dict, init=False)
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        d = Deferred.fromCoroutine(self._start())
+        d.chainDeferred(self.started)
+
+    async def _start(self) -> None:
+        await _observe(self.ready)
+        await self._start_new()
+
+    async def _start_new(self) -> None:
+        starts = []
+        for name in list(self.indexes):
+            if name in self.watchers or not self.running:
+                continue
+            watcher = self.make_watcher(name)
+            if watcher is not None:
+                starts.append(Deferred.fromCoroutine(self._start_one(watcher)))
+        await DeferredList(starts)
+
+    async def reconfigure(self, config: Config) -> None:
+        """
+        Apply a new config (SIGHUP): watchers of arenas gone (or whose
+        datadir, workdir or index changed) stop, arenas whose index is open
+        and not watched get a watcher.  Call it before the history
+        service's C{reconfigure} (so that no watcher writes to an index
+        being closed) and again after it (to watch the arenas it opened).
+        """
+        self.config = config
+        stops = []
+        for name, watcher in list(self.watchers.items()):
+            arena = config.arenas.get(name)
+            if (
+                arena is None
+                or arena.datadir is None
+                or str(arena.datadir) != watcher.root
+                or arena.workdir != self._workdirs.get(name)
+                or self.indexes.get(name) is not watcher.index
+            ):
+                del self.watchers[name]
+                stops.append(watcher.stop())
+        await DeferredList(stops)
+        await self._start_new()
+
+    async def _start_one(self, watcher: ArenaWatcher) -> None:
+        self.watchers[watcher.arena] = watcher
+        try:
+            await watcher.start()
+        except Exception:
+            self.log.failure(
+                "arena {arena}: cannot watch {root}",
+                arena=watcher.arena,
+                root=watcher.root,
+            )
+            self.watchers.pop(watcher.arena, None)
+            await watcher.stop()
+
+    def make_watcher(self, name: ArenaName) -> ArenaWatcher | None:
+        """
+        @return: a watcher for an arena with a datadir and an open index
+            in its workdir, or C{None}.
+        """
+        arena = self.config.arenas.get(name)
+        index = self.indexes.get(name)
+        if arena is None or arena.datadir is None or index is None:
+            return None
+        if Path(index.path).parent != arena.workdir:
+            # The index of the old workdir, about to be closed by the
+            # history service's reload.
+            return None
+        exclude = None
+        try:
+            relative = arena.workdir.relative_to(arena.datadir)
+        except ValueError:
+            pass
+        else:
+            exclude = relative.parts[0] if relative.parts else None
+        self._workdirs[name] = arena.workdir
+        return ArenaWatcher(
+            name,
+            str(arena.datadir),
+            exclude,
+            index,
+            self.clock,
+            self.run_in_thread,
+            self.notifier_factory,
+            self.metrics,
+        )
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()  # type: ignore[no-untyped-call]
+        watchers = list(self.watchers.values())
+        self.watchers.clear()
+        return DeferredList([w.stop() for w in watchers]).addCallback(lambda _: None)
+
+    # StoreListener
+
+    def file_finished(
+        self, arena: ArenaName, path: str, size: int, mtime_ns: int, root: bytes
+    ) -> None:
+        watcher = self.watchers.get(arena)
+        if watcher is not None:
+            watcher.known(path, size, mtime_ns, root)
+
+    def file_deleted(self, arena: ArenaName, path: str) -> None:
+        watcher = self.watchers.get(arena)
+        if watcher is not None:
+            watcher.touch(path, 0)
+
+
+def _as_listener(service: WatcherService) -> StoreListener:
+    # mypy checks here that WatcherService is a StoreListener.
+    return service
+
+
+def _observe(d: Deferred[None]) -> Deferred[None]:
+    """
+    A new Deferred with the result of C{d}, leaving C{d}'s own result (and
+    failure) to its other consumers.
+    """
+    copy: Deferred[None] = Deferred()
+
+    def passed(result: object) -> object:
+        if isinstance(result, Failure):
+            copy.errback(result)
+        else:
+            copy.callback(None)
+        return result
+
+    d.addBoth(passed)
+    return copy

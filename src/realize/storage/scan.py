@@ -1,0 +1,562 @@
+"""
+The blocking file system work of the watcher (L{realize.services.watcher}):
+walking an arena tree in path order and comparing it with the index,
+looking at changed paths, hashing files with the re-stat check, and the
+#unlinktime rule.  Everything here blocks: run it in a thread.
+
+What is indexed (DESIGN.md section 9): regular files with a valid path
+(L{realize.model.check_path}), not partial files (C{.name.part}), not
+beneath the excluded top-level name (the workdir when it lies inside the
+datadir).  Symlinks, devices, FIFOs and sockets are never indexed, and no
+symlink is followed: directories are opened one component at a time with
+C{O_NOFOLLOW}.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sqlite3
+import stat
+import time
+from collections.abc import Iterator, Sequence
+from typing import Final
+
+from attrs import define, field, frozen
+
+from realize.errors import InvalidPath
+from realize.hashing import (
+    EMPTY_ROOT,
+    LEAF_SIZE,
+    hash_fd_range,
+    leaf_hash,
+    merkle_root,
+)
+from realize.model import (
+    MAX_NAME_BYTES,
+    MAX_PATH_BYTES,
+    check_path,
+    clamp_mtime,
+    is_partial_name,
+)
+from realize.storage.index import IndexEntry, Version, _txn_index_after
+from realize.storage.pool import open_reader
+
+__all__ = [
+    "CheckResult",
+    "HashResult",
+    "ScanResult",
+    "check_paths",
+    "hash_files",
+    "list_directories",
+    "scan_tree",
+    "unlink_mtime",
+    "valid_directory",
+    "valid_file",
+]
+
+_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
+#: Index rows read per query during a scan.
+INDEX_PAGE = 5000
+
+#: Errors that mean "not there" (as opposed to "cannot look").
+_GONE = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
+
+FILE: Final = "file"
+DIRECTORY: Final = "directory"
+GONE: Final = "gone"
+ERROR: Final = "error"
+
+
+@frozen
+class CheckResult:
+    """
+    What a path is now (L{check_paths}).
+
+    @ivar path: the path.
+    @ivar kind: L{FILE} (a regular file to index), L{DIRECTORY}, L{GONE}
+        (absent, or something never indexed: a symlink, device, FIFO,
+        socket) or L{ERROR} (could not look: permission, I/O).
+    @ivar size: a file's size.
+    @ivar mtime_ns: a file's mtime; for L{GONE} and L{DIRECTORY}, the
+        #unlinktime mtime the path would have as a Remove.
+    @ivar error: the error's message, for L{ERROR}.
+    """
+
+    path: str
+    kind: str
+    size: int = 0
+    mtime_ns: int = 0
+    error: str | None = None
+
+
+@define
+class HashResult:
+    """
+    The outcome of L{hash_files}.
+
+    @ivar versions: the files hashed and found unchanged by the re-stat.
+    @ivar changed: files whose size or mtime was not the expected one, or
+        changed while being hashed: to look at again after the delay.
+    @ivar gone: files that are no longer regular files at their path.
+    @ivar errors: C{(path, message)} of files that could not be read.
+    @ivar size: bytes hashed.
+    @ivar seconds: time spent.
+    """
+
+    versions: list[Version]
+    changed: list[str]
+    gone: list[str]
+    errors: list[tuple[str, str]]
+    size: int
+    seconds: float
+
+
+@define
+class ScanResult:
+    """
+    The differences between the disk and the index beneath a directory
+    (L{scan_tree}).
+
+    @ivar changed: files on disk that the index lacks, or holds with
+        another size or mtime, or with no version.
+    @ivar missing: paths the index holds that are not files on disk.
+    @ivar directories: every directory found, the scanned one first, in
+        walk order (parents before children).
+    @ivar errors: C{(path, message)} of directories or files that could
+        not be read; the index entries beneath them are left alone.
+    @ivar files: regular files seen.
+    """
+
+    changed: list[tuple[str, int, int]] = field(factory=list)
+    missing: list[str] = field(factory=list)
+    directories: list[str] = field(factory=list)
+    errors: list[tuple[str, str]] = field(factory=list)
+    files: int = 0
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}/{name}" if prefix else name
+
+
+def valid_file(path: str) -> bool:
+    """
+    @return: whether C{path} may be indexed as a file (a valid path, not a
+        partial file's).
+    """
+    try:
+        check_path(path)
+        path.encode("utf-8")
+    except (InvalidPath, UnicodeEncodeError):
+        return False
+    return True
+
+
+def valid_directory(path: str) -> bool:
+    """
+    @return: whether C{path} may hold indexed files (a directory may have a
+        partial-looking name).
+    """
+    return valid_file(path + "/x")
+
+
+def _open_dir(root: str, path: str) -> int:
+    """
+    Open a directory beneath the root without following any symlink.
+
+    @raise OSError: if it cannot be opened (C{ELOOP}/C{ENOTDIR} for a
+        symlink or a file on the way).
+    """
+    fd = os.open(root, _O_DIR)
+    if not path:
+        return fd
+    try:
+        for segment in path.split("/"):
+            child = os.open(segment, _O_DIR, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def unlink_mtime(root: str, path: str) -> int:
+    """
+    The mtime of a Remove (#unlinktime): that of the nearest existing
+    ancestor directory of C{path}, up to the arena root.
+
+    @param root: the arena root.
+    @param path: the removed file's path.
+    @return: ns since the epoch; the current time if even the root is gone.
+    """
+    segments = path.split("/")[:-1]
+    while True:
+        try:
+            st = os.lstat(os.path.join(root, *segments))
+        except OSError:
+            st = None
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            return clamp_mtime(st.st_mtime_ns)
+        if not segments:
+            return time.time_ns()
+        segments.pop()
+
+
+def check_paths(root: str, paths: Sequence[str]) -> list[CheckResult]:
+    """
+    Look at paths (after their stability delay, or named by a scan or the
+    store).
+
+    @param root: the arena root.
+    @param paths: valid paths.
+    @return: one result per path.
+    """
+    results = []
+    for path in paths:
+        try:
+            st = os.lstat(os.path.join(root, path))
+        except OSError as e:
+            if e.errno in _GONE:
+                results.append(CheckResult(path, GONE, 0, unlink_mtime(root, path)))
+            else:
+                results.append(CheckResult(path, ERROR, error=e.strerror or str(e)))
+            continue
+        if stat.S_ISREG(st.st_mode):
+            results.append(
+                CheckResult(path, FILE, st.st_size, clamp_mtime(st.st_mtime_ns))
+            )
+        elif stat.S_ISDIR(st.st_mode):
+            results.append(CheckResult(path, DIRECTORY, 0, unlink_mtime(root, path)))
+        else:
+            results.append(CheckResult(path, GONE, 0, unlink_mtime(root, path)))
+    return results
+
+
+class _DirFds:
+    """
+    Directory descriptors of one batch, opened without following symlinks
+    and kept for the files of the same directory.
+    """
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.fds: dict[str, int] = {}
+
+    def __enter__(self) -> _DirFds:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+    def get(self, directory: str) -> int:
+        fd = self.fds.get(directory)
+        if fd is None:
+            fd = self.fds[directory] = _open_dir(self.root, directory)
+        return fd
+
+
+def hash_files(root: str, files: Sequence[tuple[str, int, int]]) -> HashResult:
+    """
+    Hash files, each only if it still has the size and mtime expected, and
+    still has them (at the same path, same inode) after hashing.
+
+    @param root: the arena root.
+    @param files: C{(path, size, mtime_ns)} as last seen.
+    @return: what was hashed, what changed, what went.
+    """
+    started = time.perf_counter()
+    result = HashResult([], [], [], [], 0, 0.0)
+    with _DirFds(root) as dirs:
+        for path, size, mtime_ns in files:
+            directory, _, name = path.rpartition("/")
+            try:
+                dir_fd = dirs.get(directory)
+                fd = os.open(name, _O_READ, dir_fd=dir_fd)
+            except OSError as e:
+                if e.errno in _GONE:
+                    result.gone.append(path)
+                else:
+                    result.errors.append((path, e.strerror or str(e)))
+                continue
+            try:
+                before = os.fstat(fd)
+                if not stat.S_ISREG(before.st_mode):
+                    result.gone.append(path)
+                    continue
+                if (before.st_size, clamp_mtime(before.st_mtime_ns)) != (
+                    size,
+                    mtime_ns,
+                ):
+                    result.changed.append(path)
+                    continue
+                if size <= LEAF_SIZE:
+                    # One leaf: read it whole (hash_fd_range allocates a
+                    # leaf-sized buffer per call, costly for small files).
+                    data = os.pread(fd, size, 0)
+                    root_hash = leaf_hash(data) if data else EMPTY_ROOT
+                else:
+                    root_hash = merkle_root(hash_fd_range(fd, 0, size))
+                result.size += size
+                after = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except OSError as e:
+                if e.errno in _GONE:
+                    result.gone.append(path)
+                else:
+                    result.errors.append((path, e.strerror or str(e)))
+                continue
+            finally:
+                os.close(fd)
+            if (
+                after.st_ino,
+                after.st_dev,
+                after.st_size,
+                after.st_mtime_ns,
+            ) != (before.st_ino, before.st_dev, before.st_size, before.st_mtime_ns):
+                result.changed.append(path)
+                continue
+            result.versions.append(Version(path, size, mtime_ns, root_hash))
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+#: A walk item: C{(sort key, path, size, mtime_ns)}; size C{-1} marks a
+#: directory or file that could not be read (its index entries are left
+#: alone), whose key is its path plus C{"/"} for a directory.
+_Item = tuple[str, str, int, int]
+
+
+def _name_ok(name: str, parent_bytes: int) -> int:
+    """
+    Check a name read from a directory (never empty, C{.}, C{..}, nor
+    holding C{/} or NUL): it must be UTF-8 and short enough.
+
+    @param parent_bytes: the length in bytes of the parent's path (0 for
+        the root).
+    @return: the length in bytes of the whole path, or -1 if invalid.
+    """
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        return -1
+    total = parent_bytes + size + (1 if parent_bytes else 0)
+    if size > MAX_NAME_BYTES or total > MAX_PATH_BYTES:
+        return -1
+    return total
+
+
+def _listing(
+    fd: int, at_root: bool, exclude: str | None
+) -> list[tuple[str, str, bool]]:
+    """
+    A directory's entries as C{(sort key, name, is_dir)}, sorted: a
+    directory's key is its name plus C{"/"}.
+    """
+    items = []
+    with os.scandir(fd) as entries:
+        for entry in entries:
+            name = entry.name
+            if at_root and name == exclude:
+                continue
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                is_dir = False
+            items.append((name + "/" if is_dir else name, name, is_dir))
+    items.sort()
+    return items
+
+
+def _walk(
+    root: str, prefix: str, exclude: str | None, out: ScanResult
+) -> Iterator[_Item]:
+    """
+    The regular files beneath C{prefix}, in the index's path order: each
+    directory's entries sorted by name, a directory sorting as its name
+    plus C{"/"} (so C{a.txt} comes before C{a/x}, as in the index).
+    """
+    try:
+        top = _open_dir(root, prefix)
+        try:
+            top_items = _listing(top, not prefix, exclude)
+        except BaseException:
+            os.close(top)
+            raise
+    except OSError as e:
+        if not prefix:
+            # The arena root itself: never take a missing or unreadable
+            # root (an unmounted disk) for a tree whose files all went.
+            raise
+        if e.errno not in _GONE:
+            out.errors.append((prefix, e.strerror or str(e)))
+            yield (prefix + "/", prefix, -1, 0)
+        return
+    out.directories.append(prefix)
+    # (fd, path, its length in bytes, its entries, next index)
+    stack: list[tuple[int, str, int, list[tuple[str, str, bool]]]] = [
+        (top, prefix, len(prefix.encode("utf-8")), top_items)
+    ]
+    positions = [0]
+    lstat = os.lstat
+    is_reg = stat.S_ISREG
+    try:
+        while stack:
+            fd, directory, directory_bytes, items = stack[-1]
+            i = positions[-1]
+            if i == len(items):
+                stack.pop()
+                positions.pop()
+                os.close(fd)
+                continue
+            positions[-1] = i + 1
+            _, name, is_dir = items[i]
+            path = f"{directory}/{name}" if directory else name
+            path_bytes = _name_ok(name, directory_bytes)
+            if is_dir:
+                if path_bytes < 0 or path_bytes + 2 > MAX_PATH_BYTES:
+                    out.errors.append((path, "not a valid path"))
+                    yield (path + "/", path, -1, 0)
+                    continue
+                try:
+                    child = os.open(name, _O_DIR, dir_fd=fd)
+                except OSError as e:
+                    if e.errno not in _GONE:
+                        out.errors.append((path, e.strerror or str(e)))
+                        yield (path + "/", path, -1, 0)
+                    continue
+                try:
+                    children = _listing(child, False, exclude)
+                except OSError as e:
+                    os.close(child)
+                    out.errors.append((path, e.strerror or str(e)))
+                    yield (path + "/", path, -1, 0)
+                    continue
+                out.directories.append(path)
+                stack.append((child, path, path_bytes, children))
+                positions.append(0)
+                continue
+            if name[0] == "." and is_partial_name(name):
+                continue
+            try:
+                st = lstat(name, dir_fd=fd)
+            except OSError as e:
+                if e.errno not in _GONE:
+                    out.errors.append((path, e.strerror or str(e)))
+                    yield (path, path, -1, 0)
+                continue
+            if not is_reg(st.st_mode):
+                continue
+            if path_bytes < 0:
+                out.errors.append((path, "not a valid path"))
+                continue
+            out.files += 1
+            yield (path, path, st.st_size, clamp_mtime(st.st_mtime_ns))
+    finally:
+        for fd, _, _, _ in stack:
+            os.close(fd)
+
+
+def _index_pages(cursor: sqlite3.Cursor, prefix: str) -> Iterator[IndexEntry]:
+    after: str | None = None
+    while True:
+        page = _txn_index_after(cursor, after, INDEX_PAGE, prefix)
+        yield from page
+        if len(page) < INDEX_PAGE:
+            return
+        after = page[-1].path
+
+
+def scan_tree(root: str, prefix: str, exclude: str | None, db_path: str) -> ScanResult:
+    """
+    Compare the disk beneath a directory with the index (the catch-up at
+    start, after an overflow, after a directory appeared or went): one walk
+    in path order merged with the index read in path order, a page at a
+    time, through a read-only connection of this thread.
+
+    @param root: the arena root.
+    @param prefix: the directory, C{""} for the whole arena.
+    @param exclude: a top-level name never indexed (the workdir), or
+        C{None}.
+    @param db_path: the arena db.
+    @return: the differences.
+    @raise OSError: if the arena root cannot be opened or listed (nothing
+        is taken as removed then).
+    @raise sqlite3.Error: if the db cannot be read.
+    """
+    out = ScanResult()
+    connection = open_reader(db_path)
+    try:
+        cursor = connection.cursor()
+        cursor.execute("BEGIN")
+        disk = _walk(root, prefix, exclude, out)
+        index = _index_pages(cursor, prefix)
+        d = next(disk, None)
+        i = next(index, None)
+        while d is not None or i is not None:
+            if d is not None and d[2] < 0:
+                # Unreadable: leave the index entries beneath it alone.
+                key = d[0]
+                while i is not None and (
+                    i.path.startswith(key) if key.endswith("/") else i.path == key
+                ):
+                    i = next(index, None)
+                d = next(disk, None)
+                continue
+            if i is None or (d is not None and d[0] < i.path):
+                assert d is not None
+                out.changed.append((d[1], d[2], d[3]))
+                d = next(disk, None)
+            elif d is None or i.path < d[0]:
+                out.missing.append(i.path)
+                i = next(index, None)
+            else:
+                if (d[2], d[3]) != (i.size, i.mtime_ns) or i.hash is None:
+                    out.changed.append((d[1], d[2], d[3]))
+                d = next(disk, None)
+                i = next(index, None)
+        cursor.execute("COMMIT")
+    finally:
+        connection.close()
+    return out
+
+
+def list_directories(root: str, exclude: str | None) -> list[str]:
+    """
+    Every directory of the arena, parents first (to watch them before the
+    catch-up scan).
+
+    @param root: the arena root.
+    @param exclude: a top-level name skipped, or C{None}.
+    @return: relative paths, C{""} (the root) first; unreadable directories
+        are left out (the scan reports them).
+    """
+    found = []
+    stack = [""]
+    while stack:
+        path = stack.pop()
+        try:
+            fd = _open_dir(root, path)
+        except OSError:
+            continue
+        found.append(path)
+        try:
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    if not path and entry.name == exclude:
+                        continue
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            child = _join(path, entry.name)
+                            if valid_directory(child):
+                                stack.append(child)
+                    except OSError:
+                        continue
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return found
