@@ -42,7 +42,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from realize.config import ArenaConfig, Config
-from realize.errors import BadRequest, NotFound, RealizeError, Unauthorized
+from realize.errors import (
+    BadRequest,
+    NotFound,
+    RealizeError,
+    SubscriptionClosed,
+    Unauthorized,
+)
 from realize.interfaces import RunInThread
 from realize.metrics import HistoryMetrics
 from realize.model import (
@@ -72,15 +78,6 @@ MAX_BATCH = 1000
 
 #: Seconds between two trims of every arena's history.
 TRIM_INTERVAL = 300.0
-
-
-class SubscriptionClosed(RealizeError):
-    """
-    A pull on a subscription that was closed (by its subscriber, a config
-    reload that removed its access, or the service stopping).
-    """
-
-    code = b"CLOSED"
 
 
 class _Phase(Enum):
@@ -144,6 +141,17 @@ class Subscription:
     @property
     def closed(self) -> bool:
         return self._phase is _Phase.CLOSED
+
+    @property
+    def caught_up(self) -> bool:
+        """
+        Whether the notifications sent so far reach the end of the history
+        as this service last saw it (no catch-up under way): what a
+        one-shot reader (C{realize-history} without C{--follow}) waits for.
+        """
+        return self._phase is _Phase.LIVE and self.position >= (
+            self.service.last_position(self.arena)
+        )
 
     @property
     def catching_up(self) -> bool:

@@ -38,6 +38,7 @@ import uuid
 from collections.abc import Callable
 
 from realize.errors import ConfigError
+from realize.storage.unreal import create_unreal_tables
 
 __all__ = ["UPGRADES", "SchemaTooNew", "schema_version", "upgrade"]
 
@@ -105,7 +106,7 @@ def _upgrade_1_history(cursor: sqlite3.Cursor) -> None:
 #: The upgrades, in order: C{UPGRADES[i]} takes a db from version C{i} to
 #: C{i + 1}.  Other modules append theirs (the Unreal's cache tables are
 #: version 2) at import time, before any db is opened.
-UPGRADES: list[Upgrade] = [_upgrade_1_history]
+UPGRADES: list[Upgrade] = [_upgrade_1_history, create_unreal_tables]
 
 
 def schema_version(connection: sqlite3.Connection) -> int:
