@@ -15,7 +15,7 @@ from realize.errors import NetworkError, NoSpace, SideError
 from realize.interfaces import Store
 from realize.model import ArenaName
 from realize.services.job import RETRY_DELAYS, MoveJob, retry_delay
-from realize.services.mover import FileResult
+from realize.services.report import FileResult
 from realize.storage.memory import MemoryStore
 from tests.faults import Fault, FaultyStore
 

@@ -22,23 +22,18 @@ from realize.errors import (
 )
 from realize.hashing import LEAF_SIZE, LeafHasher, merkle_root
 from realize.model import MAX_DELTA_RANGE, ArenaName, FileInfo
-from realize.services.mover import (
-    BATCH_FILE,
-    BATCH_FILES,
-    FAILED,
-    MOVED,
-    ByteBudget,
-    CopyRepairer,
-    FileResult,
-    Mover,
-    differing_ranges,
-)
+from realize.services.budget import ByteBudget
+from realize.services.mover import BATCH_FILE, BATCH_FILES, Mover
+from realize.services.repair import CopyRepairer
+from realize.services.report import FileResult, FileStatus
 from realize.storage.memory import MemoryStore
 from tests.faults import Fault, FaultyStore
 
 from .helpers import result_of
 
 A = ArenaName("a")
+MOVED = FileStatus.MOVED
+FAILED = FileStatus.FAILED
 
 
 def data(size: int, seed: int = 0) -> bytes:
@@ -787,73 +782,6 @@ class ChangedSourceTests(MoverTestsMixin, SynchronousTestCase):
         self.assertIsInstance(result.error.cause, Conflict)  # type: ignore[union-attr]
         self.assertEqual(source.content("a", "f"), content + b"appended")
         self.assertEqual(destination.content("a", "f"), content)
-
-
-class DifferingRangesTests(SynchronousTestCase):
-    """
-    L{differing_ranges}.
-    """
-
-    def test_merges_adjacent(self) -> None:
-        """
-        Adjacent differing leaves merge; the last range ends at the size;
-        leaves the destination lacks differ.
-        """
-        source = [b"a", b"b", b"c", b"d", b"e"]
-        destination = [b"a", b"X", b"Y", b"d"]
-        size = 4 * LEAF_SIZE + 10
-        self.assertEqual(
-            differing_ranges(source, destination, size),
-            [(LEAF_SIZE, 3 * LEAF_SIZE), (4 * LEAF_SIZE, size)],
-        )
-
-    def test_equal(self) -> None:
-        """
-        Equal leaves: nothing differs.
-        """
-        self.assertEqual(differing_ranges([b"a"], [b"a"], 5), [])
-
-
-class ByteBudgetTests(SynchronousTestCase):
-    """
-    L{ByteBudget}.
-    """
-
-    def test_bytes(self) -> None:
-        """
-        Holders wait until enough bytes are free, first come first served.
-        """
-        budget = ByteBudget(100, 10)
-        first = budget.acquire(60)
-        second = budget.acquire(50)
-        third = budget.acquire(10)
-        self.successResultOf(first)
-        self.assertNoResult(second)
-        self.assertNoResult(third)
-        budget.release(60)
-        self.successResultOf(second)
-        self.successResultOf(third)
-
-    def test_files(self) -> None:
-        """
-        At most max_files holders at once.
-        """
-        budget = ByteBudget(100, 2)
-        ds = [budget.acquire(1) for _ in range(3)]
-        self.successResultOf(ds[0])
-        self.successResultOf(ds[1])
-        self.assertNoResult(ds[2])
-        budget.release(1)
-        self.successResultOf(ds[2])
-
-    def test_weight(self) -> None:
-        """
-        Weights are at least 1 and at most the capacity.
-        """
-        budget = ByteBudget(100, 2)
-        self.assertEqual(
-            [budget.weight(0), budget.weight(50), budget.weight(10**12)], [1, 50, 100]
-        )
 
 
 class WaitingStore(MemoryStore):

@@ -20,6 +20,7 @@ from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
 from realize.interfaces import RunInThread
+from realize.services.job import Outcome
 
 __all__ = [
     "EXIT_CODES",
@@ -45,13 +46,13 @@ EXIT_INTERRUPTED = 20
 #: signal ended.
 EXIT_TERMINATED = 143
 
-#: Exit code of each outcome of a move job (realize.services.job).
-EXIT_CODES = {
-    "ok": EXIT_OK,
-    "failed": EXIT_ERROR,
-    "deadline": EXIT_MAX_DURATION,
-    "interrupted": EXIT_INTERRUPTED,
-    "terminated": EXIT_TERMINATED,
+#: Exit code of each outcome of a move job.
+EXIT_CODES: dict[Outcome, int] = {
+    Outcome.OK: EXIT_OK,
+    Outcome.FAILED: EXIT_ERROR,
+    Outcome.DEADLINE: EXIT_MAX_DURATION,
+    Outcome.INTERRUPTED: EXIT_INTERRUPTED,
+    Outcome.TERMINATED: EXIT_TERMINATED,
 }
 
 #: Threads for file I/O, hashing and delta work.

@@ -7,8 +7,10 @@ Two entry points share L{run}: the C{realize-move} console script
 realize-move ...}, L{makeService}), which ends the process with the same
 exit code.
 
-Exit codes: 0 every file moved, 1 an error or a file failed, 20
-interrupted by SIGINT.
+Exit codes (L{realize.tap._common.EXIT_CODES}): 0 every file moved, 1 an
+error or a file failed, 11 stopped by C{--max-duration}, 12 every file
+moved but the metrics could not be pushed (C{--metrics-pushgateway}), 20
+interrupted by SIGINT, 143 terminated by SIGTERM.
 """
 
 from __future__ import annotations
@@ -19,9 +21,17 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IReactorCore,
+    IReactorFromThreads,
+    IReactorPluggableNameResolver,
+    IReactorTCP,
+    IReactorTime,
+)
 from twisted.internet.task import LoopingCall, react
 from twisted.logger import (
     Logger,
@@ -36,14 +46,14 @@ from realize.errors import (
     describe,
     is_retryable,
 )
-from realize.interfaces import Store
+from realize.interfaces import RunInThread, Store
 from realize.logs import ApplicationLogging, LogOptions, start_logging
 from realize.metrics import MoveMetrics, make_registry
 from realize.model import ArenaName, check_arena_name
 from realize.net.client import connect
 from realize.net.tls import ClientTLS, load_private_key
-from realize.services.job import MoveJob
-from realize.services.mover import FileResult, MoveReport
+from realize.services.job import MoveJob, Outcome
+from realize.services.report import FileResult, MoveReport
 from realize.storage.real import LocalStore
 from realize.tap._common import (
     EXIT_CODES,
@@ -68,10 +78,26 @@ from realize.web import (
 if TYPE_CHECKING:
     from twisted.application.service import IService
 
-__all__ = ["MoveOptions", "main", "makeService", "run"]
+__all__ = ["IMoveReactor", "MoveOptions", "main", "makeService", "run"]
 
 log = Logger(namespace="realize.move")
 throttle_log = Logger(namespace="realize.throttle")
+
+
+class IMoveReactor(
+    IReactorCore,
+    IReactorTime,
+    IReactorFromThreads,
+    IReactorTCP,
+    IReactorPluggableNameResolver,
+):
+    """
+    What C{realize-move} needs of its reactor: start-up and shutdown
+    (L{IReactorCore}), timers (L{IReactorTime}), signals handed over from
+    their handlers (L{IReactorFromThreads}), and TCP connections to
+    peers by name (L{IReactorTCP}, L{IReactorPluggableNameResolver}).
+    The global reactor provides all of them.
+    """
 
 
 class MoveOptions(GnuOptions, LogOptions):
@@ -243,13 +269,13 @@ def _same_side(src: str, dst: str) -> bool:
 
 
 async def _open_store(
-    reactor: Any,
+    reactor: IMoveReactor,
     side: str,
     peer: str,
     arenas: Sequence[ArenaName],
     config: Config | None,
     privkey_path: str | None,
-    run_in_thread: Any,
+    run_in_thread: RunInThread,
     rate_up: int = 0,
     rate_down: int = 0,
     compress: int | None = None,
@@ -333,7 +359,9 @@ async def _open_store(
     return store
 
 
-async def run(reactor: Any, options: MoveOptions, output: Output | None = None) -> int:
+async def run(
+    reactor: IMoveReactor, options: MoveOptions, output: Output | None = None
+) -> int:
     """
     Run a move: open both sides, move, retry network errors, stop at the
     deadline or on SIGINT/SIGTERM.
@@ -402,8 +430,8 @@ async def run(reactor: Any, options: MoveOptions, output: Output | None = None) 
     catch_up = LoopingCall(metrics.update, job.stats)
     catch_up.clock = reactor
 
-    def stopper(reason: str) -> Callable[[int, Any], None]:
-        def handler(signum: int, frame: Any) -> None:
+    def stopper(reason: Outcome) -> Callable[[int, FrameType | None], None]:
+        def handler(signum: int, frame: FrameType | None) -> None:
             reactor.callFromThread(job.stop, reason)
 
         return handler
@@ -413,8 +441,12 @@ async def run(reactor: Any, options: MoveOptions, output: Output | None = None) 
     def install() -> None:
         # Once the reactor runs: starting, it installs its own SIGTERM
         # handler over any other (task.react runs us before that).
-        previous[signal.SIGINT] = signal.signal(signal.SIGINT, stopper("interrupted"))
-        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, stopper("terminated"))
+        previous[signal.SIGINT] = signal.signal(
+            signal.SIGINT, stopper(Outcome.INTERRUPTED)
+        )
+        previous[signal.SIGTERM] = signal.signal(
+            signal.SIGTERM, stopper(Outcome.TERMINATED)
+        )
 
     if reactor.running:
         install()
@@ -424,7 +456,7 @@ async def run(reactor: Any, options: MoveOptions, output: Output | None = None) 
     metrics.started(reactor.seconds())
     catch_up.start(1.0, now=False)
     output.start()
-    outcome = "failed"
+    outcome = Outcome.FAILED
     try:
         outcome = await job.run()
     finally:
@@ -435,24 +467,24 @@ async def run(reactor: Any, options: MoveOptions, output: Output | None = None) 
         if not pool.joined:
             pool.stop()
         metrics.update(job.stats)
-        metrics.finished(outcome == "ok")
+        metrics.finished(outcome is Outcome.OK)
         if port is not None:
             stopped = port.stopListening()
             if stopped is not None:
                 await stopped
     observer.release(job.report, outcome)
-    if outcome == "ok" or job.report.results:
+    if outcome is Outcome.OK or job.report.results:
         output.summary(job.report, time.monotonic() - started, job.stats)
     for error in job.report.errors:
         output.error(describe(error))
     kept = "partial files are kept for the next run"
-    if outcome == "deadline":
+    if outcome is Outcome.DEADLINE:
         output.error(
             f"stopped: --max-duration {options['max_duration_text']} reached; {kept}"
         )
-    elif outcome == "interrupted":
+    elif outcome is Outcome.INTERRUPTED:
         output.error(f"interrupted; {kept}")
-    elif outcome == "terminated":
+    elif outcome is Outcome.TERMINATED:
         output.error(f"terminated; {kept}")
     code = EXIT_CODES[outcome]
     if options["metrics-pushgateway"] is not None:
@@ -487,17 +519,17 @@ class _Observers:
         self.metrics = metrics
         self._held: dict[tuple[ArenaName, str], FileResult] = {}
 
-    def release(self, report: MoveReport, outcome: str) -> None:
+    def release(self, report: MoveReport, outcome: Outcome) -> None:
         """
         The job ended: report the held failures of files that are still
         failed, if the job failed (a job stopped by its deadline or a
         signal says so once, not per file).
 
         @param report: the job's final report.
-        @param outcome: one of L{realize.services.job.OUTCOMES}.
+        @param outcome: how the job ended.
         """
         held, self._held = self._held, {}
-        if outcome != "failed":
+        if outcome is not Outcome.FAILED:
             return
         for result in report.failed:
             if held.get((result.arena, result.path)) is result:
@@ -527,12 +559,6 @@ class _Observers:
         self.output.retrying(error, delay, retry)
         self.metrics.retried()
 
-    def warning(self, message: str) -> None:
-        self.output.warning(message)
-
-    def error(self, message: str) -> None:
-        self.output.error(message)
-
 
 def main(argv: Sequence[str] | None = None) -> None:
     """
@@ -558,10 +584,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     # scanning them again and again while thousands of files move.
     gc.freeze()
 
-    async def go(reactor: Any) -> int:
+    async def go(reactor: IMoveReactor) -> int:
         return await run(reactor, options)
 
-    def start(reactor: Any) -> Deferred[None]:
+    def start(reactor: IMoveReactor) -> Deferred[None]:
         def done(code: int) -> None:
             if code:
                 raise SystemExit(code)
@@ -592,7 +618,9 @@ def makeService(options: MoveOptions) -> IService:
                 output = make_output(
                     options["output"], reactor, sys.__stdout__, sys.__stderr__
                 )
-                d = Deferred.fromCoroutine(run(reactor, options, output))
+                d = Deferred.fromCoroutine(
+                    run(cast(IMoveReactor, reactor), options, output)
+                )
 
                 def failed(failure: Any) -> int:
                     log.failure("realize-move failed", failure)
