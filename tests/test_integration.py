@@ -226,6 +226,77 @@ class MoveIntegrationTests(TestCase):
         self.assertIn("same", run.err)
         self.assertEqual(read_tree(root), files)
 
+    async def test_destination_inside_source(self) -> None:
+        """
+        A destination inside the source (here reached through a symbolic
+        link to the source) is refused with exit 1 and a message naming
+        both directories; nothing is touched or created.
+        """
+        root = os.path.abspath(self.mktemp())
+        source = os.path.join(root, "a")
+        files = make_tree(source, big=10)
+        os.symlink(source, os.path.join(root, "link"))
+        run = await run_command(
+            [
+                *REALIZE_MOVE,
+                "--src",
+                f"local:{source}",
+                "--dst",
+                f"local:{root}/link/sub",
+                "x",
+            ]
+        )
+        self.assertEqual(run.code, 1, run)
+        self.assertIn("the destination lies inside the source", run.err)
+        self.assertIn(f"from {source} into {source}/sub", run.err)
+        self.assertEqual(len(run.err.strip().splitlines()), 1, run)
+        self.assertEqual(read_tree(source), files)
+        self.assertFalse(os.path.exists(os.path.join(source, "sub")))
+
+    async def test_source_inside_destination(self) -> None:
+        """
+        A source inside the destination is refused with exit 1 and a clear
+        message; nothing is touched.
+        """
+        root = os.path.abspath(self.mktemp())
+        source = os.path.join(root, "a", "sub")
+        files = make_tree(source, big=10)
+        run = await run_command(
+            [
+                *REALIZE_MOVE,
+                "--src",
+                f"local:{source}",
+                "--dst",
+                f"local:{root}/a",
+                "x",
+            ]
+        )
+        self.assertEqual(run.code, 1, run)
+        self.assertIn("the source lies inside the destination", run.err)
+        self.assertEqual(read_tree(source), files)
+
+    async def test_local_datadir_overlap(self) -> None:
+        """
+        For the side C{local}, the arena's datadir in the config is what
+        is compared: a local:/path destination inside it, or holding it,
+        is refused with exit 1.
+        """
+        household = Household(self)
+        household.port = 9771
+        files = make_tree(household.source, big=10)
+        config = household.client_config()
+        for dst, message in [
+            (f"local:{household.source}/sub", "destination lies inside the source"),
+            (f"local:{household.root}", "source lies inside the destination"),
+        ]:
+            run = await run_command(
+                [*REALIZE_MOVE, "--src", "local", "--dst", dst, "-c", config, "docs"]
+            )
+            self.assertEqual(run.code, 1, run)
+            self.assertIn(message, run.err)
+            self.assertIn("arena 'docs'", run.err)
+        self.assertEqual(read_tree(household.source), files)
+
     async def test_bad_usage(self) -> None:
         """
         Missing options: exit 1 with a usage message.

@@ -258,14 +258,91 @@ def _is_local_path(peer: str) -> bool:
     return peer.startswith("local:")
 
 
-def _same_side(src: str, dst: str) -> bool:
-    if _is_local_path(src) and _is_local_path(dst):
-        a, b = src[len("local:") :], dst[len("local:") :]
-        try:
-            return os.path.samefile(a, b)
-        except OSError:
-            return os.path.realpath(a) == os.path.realpath(b)
-    return src == dst
+def local_directories(
+    peer: str, arenas: Sequence[ArenaName], config: Config | None
+) -> dict[ArenaName, str]:
+    """
+    The directories on this machine a side of the move reads or writes.
+
+    @param peer: a C{--src}/C{--dst} value.
+    @param arenas: the arenas moved.
+    @param config: the config, if one was given.
+    @return: arena name to the real path (symbolic links resolved) of its
+        directory: the path of C{local:/path} for its single arena, the
+        datadir of each arena in the config for C{local}; nothing for a
+        remote peer (or an arena without a datadir: opening the side
+        reports that).
+    """
+    if _is_local_path(peer):
+        path = peer[len("local:") :]
+        if not path or len(arenas) != 1:
+            return {}
+        return {arenas[0]: os.path.realpath(path)}
+    if peer != "local" or config is None:
+        return {}
+    found = {}
+    for arena in arenas:
+        arena_config = config.arenas.get(arena)
+        if arena_config is not None and arena_config.datadir is not None:
+            found[arena] = os.path.realpath(arena_config.datadir)
+    return found
+
+
+def _same_directory(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return a == b
+
+
+def _inside(inner: str, outer: str) -> bool:
+    """
+    @return: whether the real path C{inner} lies below C{outer}.
+    """
+    return inner != outer and os.path.commonpath([inner, outer]) == outer
+
+
+def overlap(
+    src: str,
+    dst: str,
+    arenas: Sequence[ArenaName],
+    config: Config | None,
+) -> str | None:
+    """
+    Tell why a move cannot run because its sides overlap on this machine:
+    the same directory, or one side's directory inside the other's (the
+    move would nest the tree into itself, or move it into itself).
+
+    @param src: the C{--src} value.
+    @param dst: the C{--dst} value.
+    @param arenas: the arenas moved.
+    @param config: the config, if one was given (the datadirs of C{local}).
+    @return: the message to show, or C{None} if the sides are apart.
+    """
+    if src == dst:
+        return f"source and destination are the same ({src})"
+    sources = local_directories(src, arenas, config)
+    destinations = local_directories(dst, arenas, config)
+    for arena, source in sources.items():
+        destination = destinations.get(arena)
+        if destination is None:
+            continue
+        if _same_directory(source, destination):
+            return (
+                f"source and destination are the same ({src} and {dst}: "
+                f"arena {arena!r} in {source})"
+            )
+        if _inside(destination, source):
+            return (
+                f"the destination lies inside the source: arena {arena!r} "
+                f"would move from {source} into {destination}, within itself"
+            )
+        if _inside(source, destination):
+            return (
+                f"the source lies inside the destination: arena {arena!r} "
+                f"would move from {source} into {destination}, which holds it"
+            )
+    return None
 
 
 async def _open_store(
@@ -376,7 +453,7 @@ async def run(
         output = make_output(options["output"], reactor)
     src, dst = options["src"], options["dst"]
     arenas: list[ArenaName] = options["arenas"]
-    if _same_side(src, dst):
+    if src == dst:
         output.error(f"source and destination are the same ({src})")
         return EXIT_ERROR
     config = None
@@ -389,6 +466,10 @@ async def run(
             config = load_config(options["config"])
     except RealizeError as e:
         output.error(describe(e))
+        return EXIT_ERROR
+    refused = overlap(src, dst, arenas, config)
+    if refused is not None:
+        output.error(refused)
         return EXIT_ERROR
     pool, run_in_thread = make_thread_pool(reactor, "realize-move")
 
