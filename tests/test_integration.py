@@ -306,6 +306,34 @@ class MoveIntegrationTests(TestCase):
         self.assertIn("--src is required", run.err)
 
 
+class VersionIntegrationTests(TestCase):
+    """
+    C{--version} of both commands.
+    """
+
+    timeout = 60
+
+    async def test_versions(self) -> None:
+        """
+        realize-move --version and realized --version print the command's
+        name with realize's version, then Twisted's, and exit 0 (Twisted's
+        own --version printed only Twisted's).
+        """
+        import realize
+        import twisted
+
+        for name, command in [("realize-move", REALIZE_MOVE), ("realized", REALIZED)]:
+            run = await run_command([*command, "--version"])
+            self.assertEqual(run.code, 0, run)
+            self.assertEqual(
+                run.out.splitlines(),
+                [
+                    f"{name} (realize) {realize.__version__.public()}",
+                    f"Twisted {twisted.__version__}",
+                ],
+            )
+
+
 class DaemonIntegrationTests(TestCase):
     """
     realized's own failures.

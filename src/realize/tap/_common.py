@@ -1,6 +1,7 @@
 """
 Pieces shared by the commands: exit codes, the thread pool, the memory
-allocator's settings, and ending a twistd process with an exit code.
+allocator's settings, ending a twistd process with an exit code, and what
+C{--version} prints.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import getopt
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from twisted.application.service import Service
 from twisted.internet.threads import deferToThreadPool
@@ -34,7 +35,9 @@ __all__ = [
     "ThreadPoolService",
     "exit_after_shutdown",
     "make_thread_pool",
+    "print_version",
     "tune_malloc",
+    "version_text",
 ]
 
 EXIT_OK = 0
@@ -183,3 +186,27 @@ class GnuOptions(usage.Options):
             if takes_value:
                 flat.append(value)
         super().parseOptions([*flat, "--", *args])  # type: ignore[no-untyped-call]
+
+
+def version_text(program: str) -> str:
+    """
+    @param program: the command's name (C{realize-move}, C{realized}).
+    @return: what C{--version} prints, GNU style: e.g.
+        C{"realize-move (realize) 0.1.0\nTwisted 24.3.0"}.
+    """
+    import realize
+    import twisted
+
+    return (
+        f"{program} (realize) {realize.__version__.public()}\n"
+        f"Twisted {twisted.__version__}"
+    )
+
+
+def print_version(program: str) -> NoReturn:
+    """
+    Print L{version_text} on stdout and exit 0: the body of the commands'
+    C{opt_version} (C{usage.Options}' own prints Twisted's version only).
+    """
+    print(version_text(program))
+    sys.exit(0)

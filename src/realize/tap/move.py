@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from types import FrameType
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
@@ -63,6 +63,7 @@ from realize.tap._common import (
     GnuOptions,
     exit_after_shutdown,
     make_thread_pool,
+    print_version,
     tune_malloc,
 )
 from realize.tap.output import Output, make_output
@@ -185,6 +186,12 @@ class MoveOptions(GnuOptions, LogOptions):
             "progress on a terminal, log otherwise.",
         ],
     ]
+
+    def opt_version(self) -> NoReturn:
+        """
+        Show realize's and Twisted's versions and exit.
+        """
+        print_version("realize-move")
 
     def parseArgs(self, *arenas: str) -> None:
         if not arenas:
