@@ -71,6 +71,7 @@ from attrs import define, field, frozen
 
 __all__ = [
     "BLOCK_SIZE",
+    "CHECKS_PER_BLOCK",
     "MAX_BLOCK_SIZE",
     "MIN_BLOCK_SIZE",
     "DeltaFormatError",
@@ -124,9 +125,9 @@ _SIGNATURE_WINDOW = 4 << 20
 _MAX_SCAN = 256 << 10
 # Largest single COPY or LITERAL that diff() emits (fits the u32 length).
 _MAX_OP_LENGTH = 1 << 30
-# Strong digests diff() may compute to confirm weak-checksum hits, per block
-# length of target offsets passed (see _Checks).
 CHECKS_PER_BLOCK = 2
+"""Strong digests L{diff} may compute to confirm weak-checksum hits, per
+block length of target offsets passed (see L{_Checks})."""
 # Multiplier (Knuth's golden ratio) hashing weak checksums into the filter.
 _HASH_MULTIPLIER = 0x9E3779B1
 _MAX_FILTER_BITS = 24
