@@ -101,6 +101,10 @@ MAX_BLOCK_SIZE = 1 << 20
 DEFAULT_MAX_LENGTH = 256 << 20
 """Default bound, in bytes, on the target length L{apply} will build."""
 
+CHECKS_PER_BLOCK = 2
+"""Strong digests L{diff} may compute to confirm weak-checksum hits, per
+block length of target offsets passed (see L{_Checks})."""
+
 VERSION = 1
 SIGNATURE_KIND = 0x53
 DELTA_KIND = 0x44
@@ -125,9 +129,6 @@ _SIGNATURE_WINDOW = 4 << 20
 _MAX_SCAN = 256 << 10
 # Largest single COPY or LITERAL that diff() emits (fits the u32 length).
 _MAX_OP_LENGTH = 1 << 30
-CHECKS_PER_BLOCK = 2
-"""Strong digests L{diff} may compute to confirm weak-checksum hits, per
-block length of target offsets passed (see L{_Checks})."""
 # Multiplier (Knuth's golden ratio) hashing weak checksums into the filter.
 _HASH_MULTIPLIER = 0x9E3779B1
 _MAX_FILTER_BITS = 24
