@@ -6,6 +6,7 @@ realize-move}) on loopback TLS with real files.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import random
 import re
@@ -470,6 +471,65 @@ class SignalIntegrationTests(TestCase):
         run = await process.ended
         self.assertEqual(run.code, 11, run)
         self.assertIn("--max-duration 2s reached", run.err)
+
+
+def lock_held(directory: str) -> bool:
+    """
+    @return: whether another open file holds the flock(2) of a directory.
+    """
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+class LockIntegrationTests(TestCase):
+    """
+    Two realize-move processes moving from one local arena: the second
+    waits for the first (--wait) or refuses with exit 1.
+    """
+
+    timeout = 90
+
+    async def test_second_move_waits_or_refuses(self) -> None:
+        """
+        While a move runs from an arena, a second one from it with a short
+        --wait exits 1 naming the arena and its directory and touches
+        nothing; one with a long --wait says it waits, then runs once the
+        first has ended (finding nothing left), and both exit 0.
+        """
+        from twisted.internet import reactor
+        from twisted.internet.task import deferLater
+
+        household = Household(self)
+        content = os.urandom(5 << 20)
+        with open(os.path.join(household.source, "slow.bin"), "wb") as f:
+            f.write(content)
+        await household.start_daemon()
+        first = household.spawn_move("docs", "--throttle-up", "1M")
+        while not lock_held(household.source):
+            await deferLater(reactor, 0.05, lambda: None)
+        refused = await household.move("docs", "--wait", "0.5")
+        self.assertEqual(refused.code, 1, refused)
+        self.assertIn(
+            "error: another realize-move is moving from arena 'docs' "
+            f"({os.path.realpath(household.source)}); still there after 0.5 s",
+            refused.err,
+        )
+        self.assertFalse(first.ended.called)
+        waiting = household.spawn_move("docs", "--wait", "60s")
+        ran = await first.ended
+        self.assertEqual(ran.code, 0, ran)
+        waited = await waiting.ended
+        self.assertEqual(waited.code, 0, waited)
+        self.assertIn("waiting up to 60 s", waited.err)
+        self.assertIn("0 file(s) moved", waited.out)
+        self.assertEqual(read_tree(household.destination), {"slow.bin": content})
+        self.assertEqual(read_tree(household.source), {})
 
 
 class AddressIntegrationTests(TestCase):

@@ -108,6 +108,10 @@ class MoveJob:
     @ivar report: every file moved over all attempts, and the failures
         and errors of the last attempt.
     @ivar retries: retries made.
+    @ivar prepare: run once before the first attempt, stopped like the
+        rest (e.g. taking the locks of the source's arenas,
+        L{realize.services.lock}), or C{None}; an error it raises fails
+        the job, without retries.
     """
 
     clock: IReactorTime
@@ -118,6 +122,7 @@ class MoveJob:
     stats: MoveStats = field(factory=MoveStats)
     report: MoveReport = field(factory=MoveReport)
     retries: int = 0
+    prepare: Callable[[], Coroutine[Any, Any, None]] | None = None
     _work: Deferred[Any] | None = field(default=None, init=False)
     _stopped: Outcome | None = field(default=None, init=False)
 
@@ -177,6 +182,14 @@ class MoveJob:
                 deadline.cancel()
 
     async def _run(self) -> Outcome:
+        if self.prepare is not None:
+            try:
+                await self._cancellable(self.prepare())
+            except CancelledError:
+                raise
+            except Exception as e:
+                self.report.errors = [e]
+                return Outcome.FAILED
         connected = False
         attempt = 0
         while True:

@@ -53,6 +53,7 @@ from realize.model import ArenaName, check_arena_name
 from realize.net.client import connect
 from realize.net.tls import ClientTLS, load_private_key
 from realize.services.job import MoveJob, Outcome
+from realize.services.lock import LOCK_WAIT, SourceLocks
 from realize.services.report import FileResult, MoveReport
 from realize.storage.real import LocalStore
 from realize.tap._common import (
@@ -117,7 +118,8 @@ class MoveOptions(GnuOptions, LogOptions):
         "(this machine's arenas, from their datadir in the config), or "
         "'local:/path' (one directory used as the root of the single ARENA). "
         "Exit codes: 0 all files moved, 1 error, 11 --max-duration reached, "
-        "20 interrupted (SIGINT), 143 terminated (SIGTERM)."
+        "12 metrics not pushed, 20 interrupted (SIGINT), 143 terminated "
+        "(SIGTERM)."
     )
 
     optParameters = [
@@ -177,6 +179,14 @@ class MoveOptions(GnuOptions, LogOptions):
             None,
             "Stop after this long (e.g. 30s, 5m, 2h) with exit code 11; "
             "network errors are retried until then.",
+        ],
+        [
+            "wait",
+            None,
+            None,
+            "If another realize-move is moving from the same local arena, "
+            f"wait this long for it to end (e.g. 30s, 1h; 0 to refuse at "
+            f"once; default {LOCK_WAIT:g}s), then exit 1.",
         ],
         [
             "output",
@@ -259,6 +269,16 @@ class MoveOptions(GnuOptions, LogOptions):
                 self["max_duration"] = parse_duration(self["max-duration"])
             except ValueError as e:
                 raise usage.UsageError(f"--max-duration: {e}") from None
+        wait = self["wait"]
+        if wait is None:
+            self["wait"] = LOCK_WAIT
+        elif wait.strip() in ("0", "0s"):
+            self["wait"] = 0.0
+        else:
+            try:
+                self["wait"] = parse_duration(wait)
+            except ValueError as e:
+                raise usage.UsageError(f"--wait: {e}") from None
 
 
 def _is_local_path(peer: str) -> bool:
@@ -506,7 +526,18 @@ async def run(
     registry = make_registry()
     metrics = MoveMetrics(registry)
     observer = _Observers(output, metrics)
-    job = MoveJob(reactor, open_stores, arenas, observer, options["max_duration"])
+    # Held from before the first attempt to the end of the job, through
+    # retries: another move from the same local arena waits or refuses.
+    locks = SourceLocks(reactor, run_in_thread, waiting=output.warning)
+    sources = local_directories(src, arenas, config)
+    job = MoveJob(
+        reactor,
+        open_stores,
+        arenas,
+        observer,
+        options["max_duration"],
+        prepare=lambda: locks.acquire(sources, options["wait"]),
+    )
     port = None
     if options["metrics-addr"] is not None:
         try:
@@ -548,6 +579,7 @@ async def run(
     try:
         outcome = await job.run()
     finally:
+        locks.release()
         output.stop()
         catch_up.stop()
         for signum, handler in previous.items():
