@@ -9,6 +9,7 @@ from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred
+from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from realize.errors import (
@@ -152,6 +153,45 @@ class FreshMoveTests(MoverTestsMixin, SynchronousTestCase):
         self.assertEqual([r.path for r in report.results], ["done"])
         self.assertEqual(source.content("a", "incoming", partial=True), b"half")
         self.assertIsNone(destination.content("a", "incoming"))
+
+
+class LogTests(MoverTestsMixin, SynchronousTestCase):
+    """
+    The mover's log events.
+    """
+
+    def events(self, **kwargs: Any) -> list[dict[str, Any]]:
+        source = MemoryStore.with_files(
+            "a", {"big": data(BATCH_FILE + 1), "small": b"x"}, label="src"
+        )
+        destination = FaultyStore(MemoryStore.with_files("a", label="dst")).add(
+            Fault("write", "error", path="big", error=NoSpace("disk full"))
+        )
+        with capturedLogs() as events:
+            self.move(source, destination, **kwargs)
+        return [e for e in events if e.get("log_namespace") == "realize.move"]
+
+    def test_moved_and_failed(self) -> None:
+        """
+        By default each moved file is an info event and each failed one
+        an error.
+        """
+        events = self.events()
+        self.assertEqual(
+            [(e["log_level"], e.get("path")) for e in events],
+            [(LogLevel.error, "big"), (LogLevel.info, "small")],
+        )
+
+    def test_without_moves(self) -> None:
+        """
+        With C{log_moves=False} (nobody would see them), no event is built
+        for moved files; failures are still logged.
+        """
+        events = self.events(log_moves=False)
+        self.assertEqual(
+            [(e["log_level"], e.get("path")) for e in events],
+            [(LogLevel.error, "big")],
+        )
 
 
 class HashRecordingStore(MemoryStore):

@@ -533,6 +533,9 @@ class MoveMetrics:
     retries: Counter = field(init=False)
     _started: float | None = field(default=None, init=False)
     _seen: dict[str, int] = field(factory=dict, init=False)
+    #: C{files} children by (arena, status): labels() costs a lookup under
+    #: a lock, and a move of small files counts thousands a second.
+    _files_of: dict[tuple[str, str], Counter] = field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         r = self.registry
@@ -645,7 +648,11 @@ class MoveMetrics:
         @param arena: the file's arena.
         @param status: C{"moved"} or C{"failed"}.
         """
-        self.files.labels(arena, status).inc()
+        key = (arena, status)
+        child = self._files_of.get(key)
+        if child is None:
+            child = self._files_of[key] = self.files.labels(arena, status)
+        child.inc()
 
     def sent(self, method: str, size: int) -> None:
         """

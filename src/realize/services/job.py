@@ -112,6 +112,8 @@ class MoveJob:
         rest (e.g. taking the locks of the source's arenas,
         L{realize.services.lock}), or C{None}; an error it raises fails
         the job, without retries.
+    @ivar log_moves: whether the mover logs an info event per file moved
+        (L{Mover.log_moves}).
     """
 
     clock: IReactorTime
@@ -123,6 +125,7 @@ class MoveJob:
     report: MoveReport = field(factory=MoveReport)
     retries: int = 0
     prepare: Callable[[], Coroutine[Any, Any, None]] | None = None
+    log_moves: bool = True
     _work: Deferred[Any] | None = field(default=None, init=False)
     _stopped: Outcome | None = field(default=None, init=False)
 
@@ -247,7 +250,13 @@ class MoveJob:
         return len(self.report.moved), self.stats.streamed_bytes
 
     async def _attempt(self, source: Store, destination: Store) -> MoveReport:
-        mover = Mover(source, destination, observer=self.observer, stats=self.stats)
+        mover = Mover(
+            source,
+            destination,
+            observer=self.observer,
+            stats=self.stats,
+            log_moves=self.log_moves,
+        )
         try:
             return await self._cancellable(mover.move(self.arenas))
         except CancelledError:

@@ -138,6 +138,9 @@ class Mover:
     @ivar stats: the running totals (shared by the attempts of a job).
     @ivar budget: bytes and files in flight.
     @ivar batches: batches in flight.
+    @ivar log_moves: whether to log an info event per file moved; without
+        it (when nobody would see them: realize-move shows warnings by
+        default) a move of many small files spares building them.
     @ivar report: the report of the move in progress (or done).
     @ivar ledger: counts what is sent, into C{stats}.
     @ivar sides: the stores as the copying code and the repairer use them.
@@ -157,6 +160,7 @@ class Mover:
     report: MoveReport = field(factory=MoveReport, init=False)
     ledger: Ledger = field(init=False)
     sides: Sides = field(init=False)
+    log_moves: bool = True
     _broken: BaseException | None = field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -305,16 +309,8 @@ class Mover:
         Log, record and show the result of one file.
         """
         if result.status is FileStatus.MOVED:
-            log.info(
-                "moved {arena}/{path} ({size} bytes, {hash}) from {source} "
-                "to {destination}",
-                arena=result.arena,
-                path=result.path,
-                size=result.size,
-                hash=format_hash(result.root or b""),
-                source=self.source.describe(),
-                destination=self.destination.describe(),
-            )
+            if self.log_moves:
+                self._log_moved(result)
         else:
             error = result.error
             if (
@@ -331,6 +327,18 @@ class Mover:
             )
         report.results.append(result)
         self.observer.file_done(result)
+
+    def _log_moved(self, result: FileResult) -> None:
+        log.info(
+            "moved {arena}/{path} ({size} bytes, {hash}) from {source} "
+            "to {destination}",
+            arena=result.arena,
+            path=result.path,
+            size=result.size,
+            hash=format_hash(result.root or b""),
+            source=self.source.describe(),
+            destination=self.destination.describe(),
+        )
 
     async def _run_batch(
         self, arena: ArenaName, infos: list[FileInfo], report: MoveReport
@@ -373,7 +381,7 @@ class Mover:
                 )
             else:
                 sending.append((info, read))
-                self.ledger.handed(arena, info.path, info.size)
+        self.ledger.handed(arena, [info for info, _ in sending])
         outcomes: list[RealizeError | None] = []
         if sending:
             try:

@@ -8,12 +8,13 @@ progress (L{MoveObserver}).
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from typing import Protocol
 
 from attrs import define, field, frozen
 
 from realize.errors import is_retryable
-from realize.model import ArenaName
+from realize.model import ArenaName, FileInfo
 
 __all__ = [
     "FileResult",
@@ -194,15 +195,23 @@ class Ledger:
         self.stats.streamed_bytes += size
         self.observer.transferred(arena, path, size)
 
-    def handed(self, arena: ArenaName, path: str, size: int) -> None:
+    def handed(self, arena: ArenaName, infos: Sequence[FileInfo]) -> None:
         """
-        A small file's bytes go to the destination in a batch: shown as
-        transferred and counted as copied.
+        Small files go whole to the destination in a batch: each is shown
+        as transferred and counted as copied.
 
-        @param size: bytes.
+        @param infos: the files.
         """
-        self.observer.transferred(arena, path, size)
-        self.copied(arena, path, size)
+        transferred = self.observer.transferred
+        files = self._files
+        total = 0
+        for info in infos:
+            path, size = info.path, info.size
+            transferred(arena, path, size)
+            key = (arena, path)
+            files[key] = files.get(key, 0) + size
+            total += size
+        self.stats.copied_bytes += total
 
     def copied(self, arena: ArenaName, path: str, size: int) -> None:
         """

@@ -35,6 +35,9 @@ from twisted.internet.interfaces import (
 from twisted.internet.task import LoopingCall, react
 from twisted.logger import (
     Logger,
+    LogLevel,
+    LogLevelFilterPredicate,
+    PredicateResult,
 )
 from twisted.python import usage
 
@@ -47,7 +50,13 @@ from realize.errors import (
     is_retryable,
 )
 from realize.interfaces import RunInThread, Store
-from realize.logs import ApplicationLogging, LogOptions, start_logging
+from realize.logs import (
+    ApplicationLogging,
+    LogOptions,
+    LogSettings,
+    NamespacePredicate,
+    start_logging,
+)
 from realize.metrics import MoveMetrics, make_registry
 from realize.model import ArenaName, check_arena_name
 from realize.net.client import connect
@@ -463,8 +472,39 @@ async def _open_store(
     return store
 
 
+def moves_logged(settings: LogSettings, exclude: Sequence[str] = ()) -> bool:
+    """
+    Tell whether the log would show the mover's info event of each moved
+    file, so that the mover builds them only then.
+
+    @param settings: the logging options.
+    @param exclude: namespaces the log leaves out.
+    @return: whether an info event of C{realize.move} passes the same
+        filters as the process's observer (L{realize.logs.make_observer}).
+    """
+    event = {"log_namespace": log.namespace, "log_level": LogLevel.info}
+    predicates = [
+        LogLevelFilterPredicate(defaultLogLevel=settings.level),
+        NamespacePredicate(tuple(settings.namespaces), tuple(exclude)),
+    ]
+    return all(p(event) != PredicateResult.no for p in predicates)
+
+
+def _log_exclude(settings: LogSettings) -> list[str]:
+    """
+    @return: the namespaces the console script leaves out of its log: the
+        move's own events in text, which its output shows already.
+    """
+    if settings.fmt == "text" and not settings.namespaces:
+        return [log.namespace]
+    return []
+
+
 async def run(
-    reactor: IMoveReactor, options: MoveOptions, output: Output | None = None
+    reactor: IMoveReactor,
+    options: MoveOptions,
+    output: Output | None = None,
+    log_exclude: Sequence[str] = (),
 ) -> int:
     """
     Run a move: open both sides, move, retry network errors, stop at the
@@ -474,6 +514,7 @@ async def run(
     @param options: parsed options.
     @param output: where to show progress and errors (default: as
         C{--output} says, on stdout/stderr).
+    @param log_exclude: namespaces the process's log leaves out.
     @return: the exit code (L{realize.services.job.MoveJob.run}).
     """
     if output is None:
@@ -537,6 +578,7 @@ async def run(
         observer,
         options["max_duration"],
         prepare=lambda: locks.acquire(sources, options["wait"]),
+        log_moves=moves_logged(options["log"], log_exclude),
     )
     port = None
     if options["metrics-addr"] is not None:
@@ -696,16 +738,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     tune_malloc()
     settings = options["log"]
     # The output shows the move's own events (files, failures) already.
-    exclude = (
-        ["realize.move"] if settings.fmt == "text" and not settings.namespaces else []
-    )
+    exclude = _log_exclude(settings)
     start_logging(settings.observer(sys.stderr, exclude=exclude))
     # Objects made at start-up live to the end: keep the collector from
     # scanning them again and again while thousands of files move.
     gc.freeze()
 
     async def go(reactor: IMoveReactor) -> int:
-        return await run(reactor, options)
+        return await run(reactor, options, log_exclude=exclude)
 
     def start(reactor: IMoveReactor) -> Deferred[None]:
         def done(code: int) -> None:
