@@ -427,8 +427,14 @@ class SignalIntegrationTests(TestCase):
     ) -> None:
         household = Household(self)
         process = await self._slow_move(household, command=command)
-        # Long enough for the first 1 MiB data frames to reach the daemon.
-        await process.wait_for(b"", seconds=2.5)
+        # Until the first data frames have reached the daemon (a fixed
+        # 2.5 s was not always enough for twistd on a loaded machine).
+        from twisted.internet import reactor
+        from twisted.internet.task import deferLater
+
+        partial = os.path.join(household.destination, ".slow.bin.part")
+        while not (os.path.exists(partial) and os.path.getsize(partial)):
+            await deferLater(reactor, 0.05, lambda: None)
         started = time.monotonic()
         process.signal(name)
         run = await process.ended
