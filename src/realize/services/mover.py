@@ -157,10 +157,10 @@ class Mover:
     batches: ByteBudget = field(
         factory=lambda: ByteBudget(BATCHES_IN_FLIGHT, BATCHES_IN_FLIGHT)
     )
+    log_moves: bool = True
     report: MoveReport = field(factory=MoveReport, init=False)
     ledger: Ledger = field(init=False)
     sides: Sides = field(init=False)
-    log_moves: bool = True
     _broken: BaseException | None = field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
