@@ -6,7 +6,6 @@ realize-move}) on loopback TLS with real files.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import random
 import re
@@ -16,6 +15,7 @@ from typing import Any
 
 from twisted.trial.unittest import SkipTest, TestCase
 
+from .helpers import lock_held
 from .integration import (
     REALIZE_MOVE,
     REALIZED,
@@ -477,20 +477,6 @@ class SignalIntegrationTests(TestCase):
         run = await process.ended
         self.assertEqual(run.code, 11, run)
         self.assertIn("--max-duration 2s reached", run.err)
-
-
-def lock_held(directory: str) -> bool:
-    """
-    @return: whether another open file holds the flock(2) of a directory.
-    """
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 class LockIntegrationTests(TestCase):

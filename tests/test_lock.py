@@ -6,7 +6,6 @@ processes do: C{flock(2)} locks belong to open files, not to processes.
 
 from __future__ import annotations
 
-import fcntl
 import os
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -17,24 +16,10 @@ from realize.errors import Conflict
 from realize.model import ArenaName
 from realize.services.lock import LOCK_POLL, SourceLocks
 
-from .helpers import sync_run_in_thread
+from .helpers import lock_held, sync_run_in_thread
 
 A = ArenaName("a")
 B = ArenaName("b")
-
-
-def held_elsewhere(directory: str) -> bool:
-    """
-    @return: whether some open file other than a new one holds the lock.
-    """
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 class SourceLocksTests(SynchronousTestCase):
@@ -67,11 +52,11 @@ class SourceLocksTests(SynchronousTestCase):
         self.successResultOf(
             Deferred.fromCoroutine(locks.acquire({A: self.a, B: self.b}, 1.0))
         )
-        self.assertTrue(held_elsewhere(self.a))
-        self.assertTrue(held_elsewhere(self.b))
+        self.assertTrue(lock_held(self.a))
+        self.assertTrue(lock_held(self.b))
         locks.release()
-        self.assertFalse(held_elsewhere(self.a))
-        self.assertFalse(held_elsewhere(self.b))
+        self.assertFalse(lock_held(self.a))
+        self.assertFalse(lock_held(self.b))
 
     def test_waits_for_the_other(self) -> None:
         """
@@ -94,9 +79,9 @@ class SourceLocksTests(SynchronousTestCase):
         first.release()
         self.clock.advance(LOCK_POLL)
         self.successResultOf(d)
-        self.assertTrue(held_elsewhere(self.a))
+        self.assertTrue(lock_held(self.a))
         second.release()
-        self.assertFalse(held_elsewhere(self.a))
+        self.assertFalse(lock_held(self.a))
 
     def test_refuses_after_wait(self) -> None:
         """
@@ -115,9 +100,9 @@ class SourceLocksTests(SynchronousTestCase):
             f"another realize-move is moving from arena 'b' ({self.b}); "
             "still there after 2 s, refused (--wait DURATION waits longer)",
         )
-        self.assertFalse(held_elsewhere(self.a))
+        self.assertFalse(lock_held(self.a))
         first.release()
-        self.assertFalse(held_elsewhere(self.b))
+        self.assertFalse(lock_held(self.b))
 
     def test_no_wait(self) -> None:
         """
@@ -146,7 +131,7 @@ class SourceLocksTests(SynchronousTestCase):
         d.cancel()
         self.failureResultOf(d, CancelledError)
         first.release()
-        self.assertFalse(held_elsewhere(self.a))
+        self.assertFalse(lock_held(self.a))
 
     def test_missing_directory(self) -> None:
         """
@@ -158,4 +143,4 @@ class SourceLocksTests(SynchronousTestCase):
         self.successResultOf(
             Deferred.fromCoroutine(locks.acquire({A: missing, B: self.b}, 0))
         )
-        self.assertTrue(held_elsewhere(self.b))
+        self.assertTrue(lock_held(self.b))
