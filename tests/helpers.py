@@ -4,6 +4,7 @@ Helpers shared by the tests.
 
 from __future__ import annotations
 
+import fcntl
 import os
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -75,3 +76,18 @@ def write_key(directory: str, name: str, key: Ed25519PrivateKey) -> str:
             )
         )
     return path
+
+
+def lock_held(directory: str) -> bool:
+    """
+    @return: whether another open file holds the C{flock(2)} lock of a
+        directory (as L{realize.services.lock.SourceLocks} takes it).
+    """
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False

@@ -65,6 +65,23 @@ def make_crash_tree(
     return files
 
 
+def read_finals(root: str) -> dict[str, bytes]:
+    """
+    @return: every final file under C{root}, relative path to content.
+        Partial files are skipped before they are opened: a daemon still
+        finishing a batch its killed client sent renames them meanwhile.
+    """
+    found = {}
+    for directory, _, names in os.walk(root):
+        for name in names:
+            if is_partial_name(name):
+                continue
+            full = os.path.join(directory, name)
+            with open(full, "rb") as f:
+                found[os.path.relpath(full, root)] = f.read()
+    return found
+
+
 class TreeCheck:
     """
     Checks the crash-safety guarantee of a move of C{files} from
@@ -89,11 +106,7 @@ class TreeCheck:
             the destination.
         """
         at_source = read_tree(self.source)
-        at_destination = {
-            path: content
-            for path, content in read_tree(self.destination).items()
-            if not is_partial_name(os.path.basename(path))
-        }
+        at_destination = read_finals(self.destination)
         for path, content in at_source.items():
             self.case.assertEqual(
                 content, self.files.get(path), f"{what}: source {path} changed"

@@ -8,6 +8,7 @@ import contextlib
 import random
 import struct
 from array import array
+from typing import Any
 
 import xxhash
 from hypothesis import given, settings
@@ -728,6 +729,117 @@ class ApplyValidationTests(SynchronousTestCase):
                 is_identity(candidate, len(self.basis))
             with contextlib.suppress(DeltaFormatError):
                 delta_stats(candidate)
+
+
+def hostile_signature(block_size: int, blocks: int, weak: int = 0) -> bytes:
+    """
+    A signature whose blocks all have the same weak checksum (0: that of a
+    run of zeros) and random strong digests that match nothing.
+    """
+    rng = random.Random(block_size ^ blocks)
+    entries = b"".join(
+        struct.pack(">I", weak) + rng.randbytes(16) for _ in range(blocks)
+    )
+    header = struct.pack(">BBIQ", 1, 0x53, block_size, block_size * blocks)
+    return header + entries
+
+
+class CostTests(SynchronousTestCase):
+    """
+    L{diff} does work linear in the target's length whatever the
+    signature: counted in bytes given to the strong hash and to the
+    rolling checksum's prefix sums, not in wall time.
+    """
+
+    def setUp(self) -> None:
+        self.hashed = 0
+        self.rolled = 0
+        strong = delta._strong_digest
+        prefix_sums = delta._prefix_sums
+
+        def counting_strong(data: bytes | memoryview) -> bytes:
+            self.hashed += len(data)
+            return strong(data)
+
+        def counting_prefix_sums(data: Any) -> Any:
+            self.rolled += data.size
+            return prefix_sums(data)
+
+        self.patch(delta, "_strong_digest", counting_strong)
+        self.patch(delta, "_prefix_sums", counting_prefix_sums)
+
+    def assert_linear(self, length: int, block_size: int) -> None:
+        """
+        The work counted stays within a few bytes per target byte.
+        """
+        bound = (delta.CHECKS_PER_BLOCK + 1) * (length + block_size)
+        self.assertLessEqual(self.hashed, bound)
+        self.assertLessEqual(self.rolled, 3 * (length + block_size))
+
+    def test_zero_weak_checksum_large_blocks(self) -> None:
+        """
+        The reported attack: 1 MiB blocks of weak checksum 0 against 2 MiB
+        of zeros hit at every offset, and each hit hashed 1 MiB (23 s).
+        Now the target goes as literals for a few MiB of hashing.
+        """
+        target = bytes(2 << 20)
+        sig = parse_signature(hostile_signature(1 << 20, 1), max_basis_length=LIMIT)
+        result = diff(target, sig)
+        self.assertEqual(ops(result), [("L", 0, len(target))])
+        self.assert_linear(len(target), 1 << 20)
+
+    def test_duplicate_weak_sums(self) -> None:
+        """
+        Thousands of small blocks sharing one weak checksum cost no more
+        than one: a hit is one digest, looked up among them all.
+        """
+        target = bytes(4 << 20)
+        sig = parse_signature(
+            hostile_signature(MIN_BLOCK_SIZE, 4096), max_basis_length=LIMIT
+        )
+        self.assertEqual(ops(diff(target, sig)), [("L", 0, len(target))])
+        self.assert_linear(len(target), MIN_BLOCK_SIZE)
+
+    def test_constant_runs(self) -> None:
+        """
+        Any run of one byte value rolls to one weak checksum: a signature
+        made of it hits everywhere in the run, and is bounded the same.
+        """
+        block_size = 4096
+        weak = weak_checksum(b"\x07" * block_size)
+        target = b"\x07" * (3 << 20)
+        sig = parse_signature(
+            hostile_signature(block_size, 16, weak), max_basis_length=LIMIT
+        )
+        self.assertEqual(ops(diff(target, sig)), [("L", 0, len(target))])
+        self.assert_linear(len(target), block_size)
+
+    def test_matches_after_hostile_run(self) -> None:
+        """
+        Blocks past the hostile part of a signature still match: a basis
+        whose signature is true for its first half and hostile for its
+        second gives, for zeros then that first half, a literal of the
+        zeros and copies of the rest.
+        """
+        block_size = 4096
+        half = random_bytes(3, 256 << 10)
+        true_part = signature(half, block_size)
+        blocks = len(half) // block_size
+        hostile = hostile_signature(block_size, blocks)
+        sig_bytes = (
+            struct.pack(">BBIQ", 1, 0x53, block_size, 2 * len(half))
+            + true_part[14:]
+            + hostile[14:]
+        )
+        sig = parse_signature(sig_bytes, max_basis_length=LIMIT)
+        zeros = bytes(1 << 20)
+        target = zeros + half
+        result = diff(target, sig)
+        basis = half + bytes(len(half))
+        self.assertEqual(apply(basis, result), target)
+        copied = sum(length for kind, _, length in ops(result) if kind == "C")
+        self.assertGreaterEqual(copied, len(half) - block_size)
+        self.assert_linear(len(target), block_size)
 
 
 class ModuleTests(SynchronousTestCase):

@@ -15,6 +15,7 @@ from typing import Any
 
 from twisted.trial.unittest import SkipTest, TestCase
 
+from .helpers import lock_held
 from .integration import (
     REALIZE_MOVE,
     REALIZED,
@@ -226,6 +227,77 @@ class MoveIntegrationTests(TestCase):
         self.assertIn("same", run.err)
         self.assertEqual(read_tree(root), files)
 
+    async def test_destination_inside_source(self) -> None:
+        """
+        A destination inside the source (here reached through a symbolic
+        link to the source) is refused with exit 1 and a message naming
+        both directories; nothing is touched or created.
+        """
+        root = os.path.abspath(self.mktemp())
+        source = os.path.join(root, "a")
+        files = make_tree(source, big=10)
+        os.symlink(source, os.path.join(root, "link"))
+        run = await run_command(
+            [
+                *REALIZE_MOVE,
+                "--src",
+                f"local:{source}",
+                "--dst",
+                f"local:{root}/link/sub",
+                "x",
+            ]
+        )
+        self.assertEqual(run.code, 1, run)
+        self.assertIn("the destination lies inside the source", run.err)
+        self.assertIn(f"from {source} into {source}/sub", run.err)
+        self.assertEqual(len(run.err.strip().splitlines()), 1, run)
+        self.assertEqual(read_tree(source), files)
+        self.assertFalse(os.path.exists(os.path.join(source, "sub")))
+
+    async def test_source_inside_destination(self) -> None:
+        """
+        A source inside the destination is refused with exit 1 and a clear
+        message; nothing is touched.
+        """
+        root = os.path.abspath(self.mktemp())
+        source = os.path.join(root, "a", "sub")
+        files = make_tree(source, big=10)
+        run = await run_command(
+            [
+                *REALIZE_MOVE,
+                "--src",
+                f"local:{source}",
+                "--dst",
+                f"local:{root}/a",
+                "x",
+            ]
+        )
+        self.assertEqual(run.code, 1, run)
+        self.assertIn("the source lies inside the destination", run.err)
+        self.assertEqual(read_tree(source), files)
+
+    async def test_local_datadir_overlap(self) -> None:
+        """
+        For the side C{local}, the arena's datadir in the config is what
+        is compared: a local:/path destination inside it, or holding it,
+        is refused with exit 1.
+        """
+        household = Household(self)
+        household.port = 9771
+        files = make_tree(household.source, big=10)
+        config = household.client_config()
+        for dst, message in [
+            (f"local:{household.source}/sub", "destination lies inside the source"),
+            (f"local:{household.root}", "source lies inside the destination"),
+        ]:
+            run = await run_command(
+                [*REALIZE_MOVE, "--src", "local", "--dst", dst, "-c", config, "docs"]
+            )
+            self.assertEqual(run.code, 1, run)
+            self.assertIn(message, run.err)
+            self.assertIn("arena 'docs'", run.err)
+        self.assertEqual(read_tree(household.source), files)
+
     async def test_bad_usage(self) -> None:
         """
         Missing options: exit 1 with a usage message.
@@ -233,6 +305,34 @@ class MoveIntegrationTests(TestCase):
         run = await run_command([*REALIZE_MOVE, "docs"])
         self.assertEqual(run.code, 1, run)
         self.assertIn("--src is required", run.err)
+
+
+class VersionIntegrationTests(TestCase):
+    """
+    C{--version} of both commands.
+    """
+
+    timeout = 60
+
+    async def test_versions(self) -> None:
+        """
+        realize-move --version and realized --version print the command's
+        name with realize's version, then Twisted's, and exit 0 (Twisted's
+        own --version printed only Twisted's).
+        """
+        import realize
+        import twisted
+
+        for name, command in [("realize-move", REALIZE_MOVE), ("realized", REALIZED)]:
+            run = await run_command([*command, "--version"])
+            self.assertEqual(run.code, 0, run)
+            self.assertEqual(
+                run.out.splitlines(),
+                [
+                    f"{name} (realize) {realize.__version__.public()}",
+                    f"Twisted {twisted.__version__}",
+                ],
+            )
 
 
 class DaemonIntegrationTests(TestCase):
@@ -327,8 +427,14 @@ class SignalIntegrationTests(TestCase):
     ) -> None:
         household = Household(self)
         process = await self._slow_move(household, command=command)
-        # Long enough for the first 1 MiB data frames to reach the daemon.
-        await process.wait_for(b"", seconds=2.5)
+        # Until the first data frames have reached the daemon (a fixed
+        # 2.5 s was not always enough for twistd on a loaded machine).
+        from twisted.internet import reactor
+        from twisted.internet.task import deferLater
+
+        partial = os.path.join(household.destination, ".slow.bin.part")
+        while not (os.path.exists(partial) and os.path.getsize(partial)):
+            await deferLater(reactor, 0.05, lambda: None)
         started = time.monotonic()
         process.signal(name)
         run = await process.ended
@@ -371,6 +477,51 @@ class SignalIntegrationTests(TestCase):
         run = await process.ended
         self.assertEqual(run.code, 11, run)
         self.assertIn("--max-duration 2s reached", run.err)
+
+
+class LockIntegrationTests(TestCase):
+    """
+    Two realize-move processes moving from one local arena: the second
+    waits for the first (--wait) or refuses with exit 1.
+    """
+
+    timeout = 90
+
+    async def test_second_move_waits_or_refuses(self) -> None:
+        """
+        While a move runs from an arena, a second one from it with a short
+        --wait exits 1 naming the arena and its directory and touches
+        nothing; one with a long --wait says it waits, then runs once the
+        first has ended (finding nothing left), and both exit 0.
+        """
+        from twisted.internet import reactor
+        from twisted.internet.task import deferLater
+
+        household = Household(self)
+        content = os.urandom(5 << 20)
+        with open(os.path.join(household.source, "slow.bin"), "wb") as f:
+            f.write(content)
+        await household.start_daemon()
+        first = household.spawn_move("docs", "--throttle-up", "1M")
+        while not lock_held(household.source):
+            await deferLater(reactor, 0.05, lambda: None)
+        refused = await household.move("docs", "--wait", "0.5")
+        self.assertEqual(refused.code, 1, refused)
+        self.assertIn(
+            "error: another realize-move is moving from arena 'docs' "
+            f"({os.path.realpath(household.source)}); still there after 0.5 s",
+            refused.err,
+        )
+        self.assertFalse(first.ended.called)
+        waiting = household.spawn_move("docs", "--wait", "60s")
+        ran = await first.ended
+        self.assertEqual(ran.code, 0, ran)
+        waited = await waiting.ended
+        self.assertEqual(waited.code, 0, waited)
+        self.assertIn("waiting up to 60 s", waited.err)
+        self.assertIn("0 file(s) moved", waited.out)
+        self.assertEqual(read_tree(household.destination), {"slow.bin": content})
+        self.assertEqual(read_tree(household.source), {})
 
 
 class AddressIntegrationTests(TestCase):

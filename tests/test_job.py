@@ -11,12 +11,13 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from realize.errors import NetworkError, NoSpace, SideError
+from realize.errors import Conflict, IOFailure, NetworkError, NoSpace, SideError
 from realize.interfaces import Store
 from realize.model import ArenaName
-from realize.services.job import RETRY_DELAYS, MoveJob, retry_delay
-from realize.services.mover import FileResult
+from realize.services.job import RETRY_DELAYS, MoveJob, Outcome, retry_delay
+from realize.services.report import FileResult
 from realize.storage.memory import MemoryStore
+from realize.tap._common import EXIT_CODES, EXIT_ERROR
 from tests.faults import Fault, FaultyStore
 
 A = ArenaName("a")
@@ -228,7 +229,7 @@ class JobTests(SynchronousTestCase):
         job = self.job(Opener(self.source, destination))
         d = Deferred.fromCoroutine(job.run())
         self.assertNoResult(d)
-        job.stop("interrupted")
+        job.stop(Outcome.INTERRUPTED)
         self.assertEqual(self.successResultOf(d), "interrupted")
         self.assertEqual(len(self.source.finals[A]), 5)
         self.assertEqual(self.observer.errors, [])
@@ -243,6 +244,92 @@ class JobTests(SynchronousTestCase):
         d = Deferred.fromCoroutine(job.run())
         self.clock.advance(30)
         self.assertEqual(self.successResultOf(d), "deadline")
+
+    def test_listing_error_fails(self) -> None:
+        """
+        A listing that fails (here: the source could not open a directory
+        of the tree) fails the job, which the command exits 1 for: it is
+        not retried and nothing moves, the error naming the side and the
+        directory is in the report.
+        """
+        source = FaultyStore(self.source).add(
+            Fault(
+                "list",
+                "error",
+                error=IOFailure("arena 'a': cannot list 'd/e': Too many open files"),
+                times=-1,
+            )
+        )
+        job = self.job(Opener(source, self.destination), max_duration=3600)
+        outcome = self.successResultOf(Deferred.fromCoroutine(job.run()))
+        self.assertIs(outcome, Outcome.FAILED)
+        self.assertEqual(EXIT_CODES[outcome], EXIT_ERROR)
+        self.assertEqual(job.retries, 0)
+        self.assertEqual(
+            [str(e) for e in job.report.errors],
+            ["source src: arena 'a': cannot list 'd/e': Too many open files"],
+        )
+        self.assertEqual(len(self.source.finals[A]), 5)
+        self.assertEqual(self.destination.finals[A], {})
+
+    def test_prepare_runs_once(self) -> None:
+        """
+        The preparation (the source locks) runs once before the first
+        attempt, not again for each retry.
+        """
+        calls: list[int] = []
+
+        async def prepare() -> None:
+            calls.append(len(calls))
+
+        opener = Opener(self.source, self.destination, failures=2)
+        job = MoveJob(self.clock, opener, [A], self.observer, 3600, prepare=prepare)
+        d = Deferred.fromCoroutine(job.run())
+        self.clock.advance(5)
+        self.clock.advance(15)
+        self.assertEqual(self.successResultOf(d), Outcome.OK)
+        self.assertEqual(calls, [0])
+        self.assertEqual(opener.calls, 3)
+
+    def test_prepare_fails(self) -> None:
+        """
+        A preparation that fails (another move holds a source) fails the
+        job with its error, before any store is opened.
+        """
+
+        async def prepare() -> None:
+            raise Conflict("another realize-move is moving from arena 'a'")
+
+        opener = Opener(self.source, self.destination)
+        job = MoveJob(self.clock, opener, [A], self.observer, prepare=prepare)
+        self.assertEqual(
+            self.successResultOf(Deferred.fromCoroutine(job.run())), Outcome.FAILED
+        )
+        self.assertEqual(
+            [str(e) for e in job.report.errors],
+            ["another realize-move is moving from arena 'a'"],
+        )
+        self.assertEqual(opener.calls, 0)
+
+    def test_stop_during_prepare(self) -> None:
+        """
+        Stopping while the preparation waits cancels it and ends the job
+        with the reason; no store is opened.
+        """
+        waiting: Deferred[None] = Deferred()
+
+        async def prepare() -> None:
+            await waiting
+
+        opener = Opener(self.source, self.destination)
+        job = MoveJob(self.clock, opener, [A], self.observer, 60, prepare=prepare)
+        d = Deferred.fromCoroutine(job.run())
+        self.assertNoResult(d)
+        job.stop(Outcome.TERMINATED)
+        self.assertEqual(self.successResultOf(d), Outcome.TERMINATED)
+        # Cancelled (the coroutine awaiting it consumed the failure).
+        self.assertTrue(waiting.called)
+        self.assertEqual(opener.calls, 0)
 
 
 class Stalling(MemoryStore):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from typing import Any
 
 from attrs import define
 from OpenSSL import SSL
@@ -406,18 +405,6 @@ class DaemonMetricsTests(SynchronousTestCase):
 
 
 @define
-class Result:
-    """
-    A file result, as the mover reports it.
-    """
-
-    arena: str
-    path: str
-    size: int
-    status: str
-
-
-@define
 class Stats:
     """
     A mover's running totals.
@@ -430,30 +417,9 @@ class Stats:
     fallbacks: int = 0
 
 
-@define
-class Recorder:
-    """
-    An observer that records the calls it gets.
-    """
-
-    calls: list[tuple[Any, ...]]
-
-    def listed(self, arena: str, files: int, size: int) -> None:
-        self.calls.append(("listed", arena, files, size))
-
-    def file_started(self, arena: str, path: str, size: int) -> None:
-        self.calls.append(("file_started", arena, path, size))
-
-    def transferred(self, arena: str, path: str, size: int) -> None:
-        self.calls.append(("transferred", arena, path, size))
-
-    def file_done(self, result: Result) -> None:
-        self.calls.append(("file_done", result))
-
-
 class MoveMetricsTests(SynchronousTestCase):
     """
-    L{MoveMetrics} and its observer.
+    L{MoveMetrics}.
     """
 
     def setUp(self) -> None:
@@ -548,69 +514,6 @@ class MoveMetricsTests(SynchronousTestCase):
         self.assertEqual(value(r, "realize_move_delta_saved_bytes_total"), 50)
         self.assertEqual(value(r, "realize_move_files_repaired_total"), 1)
         self.assertEqual(value(r, "realize_move_copy_fallbacks_total"), 1)
-
-    def test_observer(self) -> None:
-        """
-        The observer counts listed files, copied bytes as they are sent,
-        files by status, and the rest from the totals after each file,
-        and passes every call on to the inner observer.
-        """
-        calls: list[tuple[Any, ...]] = []
-        inner = Recorder(calls)
-        stats = Stats()
-        observer = self.metrics.observing(inner, stats)
-        observer.listed("docs", 2, 300)
-        observer.file_started("docs", "a", 100)
-        observer.transferred("docs", "a", 60)
-        observer.transferred("docs", "a", 40)
-        stats.copied_bytes = 100
-        stats.delta_bytes = 8
-        stats.saved_bytes = 92
-        stats.files_repaired = 1
-        moved = Result("docs", "a", 100, "moved")
-        observer.file_done(moved)
-        failed = Result("docs", "b", 200, "failed")
-        observer.file_done(failed)
-        r = self.registry
-        self.assertEqual(value(r, "realize_move_listed_files", arena="docs"), 2)
-        self.assertEqual(value(r, "realize_move_listed_bytes", arena="docs"), 300)
-        self.assertEqual(value(r, "realize_move_bytes_total", method="copy"), 100)
-        self.assertEqual(value(r, "realize_move_bytes_total", method="delta"), 8)
-        self.assertEqual(value(r, "realize_move_delta_saved_bytes_total"), 92)
-        self.assertEqual(value(r, "realize_move_files_repaired_total"), 1)
-        self.assertEqual(
-            value(r, "realize_move_files_total", arena="docs", status="moved"), 1
-        )
-        self.assertEqual(
-            value(r, "realize_move_files_total", arena="docs", status="failed"), 1
-        )
-        self.assertEqual(
-            calls,
-            [
-                ("listed", "docs", 2, 300),
-                ("file_started", "docs", "a", 100),
-                ("transferred", "docs", "a", 60),
-                ("transferred", "docs", "a", 40),
-                ("file_done", moved),
-                ("file_done", failed),
-            ],
-        )
-
-    def test_observer_alone(self) -> None:
-        """
-        Without an inner observer or totals, the observer still counts
-        files and copied bytes.
-        """
-        observer = self.metrics.observing()
-        observer.listed("docs", 1, 10)
-        observer.file_started("docs", "a", 10)
-        observer.transferred("docs", "a", 10)
-        observer.file_done(Result("docs", "a", 10, "moved"))
-        r = self.registry
-        self.assertEqual(value(r, "realize_move_bytes_total", method="copy"), 10)
-        self.assertEqual(
-            value(r, "realize_move_files_total", arena="docs", status="moved"), 1
-        )
 
     def test_both_programs_on_one_registry(self) -> None:
         """

@@ -9,6 +9,7 @@ from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred
+from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from realize.errors import (
@@ -22,23 +23,18 @@ from realize.errors import (
 )
 from realize.hashing import LEAF_SIZE, LeafHasher, merkle_root
 from realize.model import MAX_DELTA_RANGE, ArenaName, FileInfo
-from realize.services.mover import (
-    BATCH_FILE,
-    BATCH_FILES,
-    FAILED,
-    MOVED,
-    ByteBudget,
-    CopyRepairer,
-    FileResult,
-    Mover,
-    differing_ranges,
-)
+from realize.services.budget import ByteBudget
+from realize.services.mover import BATCH_FILE, BATCH_FILES, Mover
+from realize.services.repair import CopyRepairer
+from realize.services.report import FileResult, FileStatus
 from realize.storage.memory import MemoryStore
 from tests.faults import Fault, FaultyStore
 
 from .helpers import result_of
 
 A = ArenaName("a")
+MOVED = FileStatus.MOVED
+FAILED = FileStatus.FAILED
 
 
 def data(size: int, seed: int = 0) -> bytes:
@@ -157,6 +153,45 @@ class FreshMoveTests(MoverTestsMixin, SynchronousTestCase):
         self.assertEqual([r.path for r in report.results], ["done"])
         self.assertEqual(source.content("a", "incoming", partial=True), b"half")
         self.assertIsNone(destination.content("a", "incoming"))
+
+
+class LogTests(MoverTestsMixin, SynchronousTestCase):
+    """
+    The mover's log events.
+    """
+
+    def events(self, **kwargs: Any) -> list[dict[str, Any]]:
+        source = MemoryStore.with_files(
+            "a", {"big": data(BATCH_FILE + 1), "small": b"x"}, label="src"
+        )
+        destination = FaultyStore(MemoryStore.with_files("a", label="dst")).add(
+            Fault("write", "error", path="big", error=NoSpace("disk full"))
+        )
+        with capturedLogs() as events:
+            self.move(source, destination, **kwargs)
+        return [e for e in events if e.get("log_namespace") == "realize.move"]
+
+    def test_moved_and_failed(self) -> None:
+        """
+        By default each moved file is an info event and each failed one
+        an error.
+        """
+        events = self.events()
+        self.assertEqual(
+            [(e["log_level"], e.get("path")) for e in events],
+            [(LogLevel.error, "big"), (LogLevel.info, "small")],
+        )
+
+    def test_without_moves(self) -> None:
+        """
+        With C{log_moves=False} (nobody would see them), no event is built
+        for moved files; failures are still logged.
+        """
+        events = self.events(log_moves=False)
+        self.assertEqual(
+            [(e["log_level"], e.get("path")) for e in events],
+            [(LogLevel.error, "big")],
+        )
 
 
 class HashRecordingStore(MemoryStore):
@@ -787,73 +822,6 @@ class ChangedSourceTests(MoverTestsMixin, SynchronousTestCase):
         self.assertIsInstance(result.error.cause, Conflict)  # type: ignore[union-attr]
         self.assertEqual(source.content("a", "f"), content + b"appended")
         self.assertEqual(destination.content("a", "f"), content)
-
-
-class DifferingRangesTests(SynchronousTestCase):
-    """
-    L{differing_ranges}.
-    """
-
-    def test_merges_adjacent(self) -> None:
-        """
-        Adjacent differing leaves merge; the last range ends at the size;
-        leaves the destination lacks differ.
-        """
-        source = [b"a", b"b", b"c", b"d", b"e"]
-        destination = [b"a", b"X", b"Y", b"d"]
-        size = 4 * LEAF_SIZE + 10
-        self.assertEqual(
-            differing_ranges(source, destination, size),
-            [(LEAF_SIZE, 3 * LEAF_SIZE), (4 * LEAF_SIZE, size)],
-        )
-
-    def test_equal(self) -> None:
-        """
-        Equal leaves: nothing differs.
-        """
-        self.assertEqual(differing_ranges([b"a"], [b"a"], 5), [])
-
-
-class ByteBudgetTests(SynchronousTestCase):
-    """
-    L{ByteBudget}.
-    """
-
-    def test_bytes(self) -> None:
-        """
-        Holders wait until enough bytes are free, first come first served.
-        """
-        budget = ByteBudget(100, 10)
-        first = budget.acquire(60)
-        second = budget.acquire(50)
-        third = budget.acquire(10)
-        self.successResultOf(first)
-        self.assertNoResult(second)
-        self.assertNoResult(third)
-        budget.release(60)
-        self.successResultOf(second)
-        self.successResultOf(third)
-
-    def test_files(self) -> None:
-        """
-        At most max_files holders at once.
-        """
-        budget = ByteBudget(100, 2)
-        ds = [budget.acquire(1) for _ in range(3)]
-        self.successResultOf(ds[0])
-        self.successResultOf(ds[1])
-        self.assertNoResult(ds[2])
-        budget.release(1)
-        self.successResultOf(ds[2])
-
-    def test_weight(self) -> None:
-        """
-        Weights are at least 1 and at most the capacity.
-        """
-        budget = ByteBudget(100, 2)
-        self.assertEqual(
-            [budget.weight(0), budget.weight(50), budget.weight(10**12)], [1, 50, 100]
-        )
 
 
 class WaitingStore(MemoryStore):

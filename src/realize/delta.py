@@ -67,10 +67,11 @@ from collections.abc import Iterator
 import numpy as np
 import numpy.typing as npt
 import xxhash
-from attrs import field, frozen
+from attrs import define, field, frozen
 
 __all__ = [
     "BLOCK_SIZE",
+    "CHECKS_PER_BLOCK",
     "MAX_BLOCK_SIZE",
     "MIN_BLOCK_SIZE",
     "DeltaFormatError",
@@ -100,6 +101,10 @@ MAX_BLOCK_SIZE = 1 << 20
 DEFAULT_MAX_LENGTH = 256 << 20
 """Default bound, in bytes, on the target length L{apply} will build."""
 
+CHECKS_PER_BLOCK = 2
+"""Strong digests L{diff} may compute to confirm weak-checksum hits, per
+block length of target offsets passed (see L{_Checks})."""
+
 VERSION = 1
 SIGNATURE_KIND = 0x53
 DELTA_KIND = 0x44
@@ -119,7 +124,8 @@ _ENTRY_DTYPE = np.dtype([("weak", ">u4"), ("strong", f"V{_STRONG_SIZE}")])
 
 # Bytes of basis handled per numpy window by signature().
 _SIGNATURE_WINDOW = 4 << 20
-# Largest number of offsets diff() rolls over in one numpy window.
+# Largest number of offsets diff() rolls over in one numpy window, unless
+# the block size is larger.
 _MAX_SCAN = 256 << 10
 # Largest single COPY or LITERAL that diff() emits (fits the u32 length).
 _MAX_OP_LENGTH = 1 << 30
@@ -135,6 +141,47 @@ class DeltaFormatError(ValueError):
     A signature or a delta is malformed, or does not fit the basis or the
     bounds it is used with.  The message says what is wrong and where.
     """
+
+
+@define
+class _Checks:
+    """
+    The strong digests L{diff} may compute to confirm weak-checksum hits:
+    a credit of L{CHECKS_PER_BLOCK} digests per C{block_size} bytes of
+    target offsets, plus as many to start with, spent as hits are checked.
+
+    A weak checksum is easy to match on purpose (a signature of blocks
+    whose weak checksum is 0 hits at every offset of a run of zeros), and
+    each check hashes a whole block: without a bound, the search costs
+    C{block_size} bytes of hashing per target byte (23 s for 2 MiB with
+    1 MiB blocks).  With it, hits checked cost at most
+    C{CHECKS_PER_BLOCK} bytes hashed per target byte, whatever the
+    signature; hits beyond the credit are skipped (their bytes go as
+    literals), which only costs delta size, never correctness.  Several
+    blocks sharing a weak checksum cost nothing more: a hit is one digest,
+    looked up among all blocks at once.
+
+    @ivar block_size: the signature's block size in bytes.
+    @ivar done: digests computed so far.
+    """
+
+    block_size: int
+    done: int = 0
+
+    def allowed(self, offset: int) -> bool:
+        """
+        @return: whether a hit at C{offset} may be checked now.
+        """
+        return self.done < CHECKS_PER_BLOCK * (offset + self.block_size) // (
+            self.block_size
+        )
+
+    def next_allowed(self) -> int:
+        """
+        @return: the lowest offset at which the next check is allowed.
+        """
+        need = -(-(self.done + 1) * self.block_size // CHECKS_PER_BLOCK)
+        return max(0, need - self.block_size)
 
 
 @frozen(eq=False)
@@ -531,6 +578,7 @@ def _scan(
     start: int,
     stop: int,
     sig: Signature,
+    checks: _Checks,
 ) -> tuple[int, bytes] | None:
     """
     Find the first offset in C{[start, stop)} where a full basis block
@@ -542,6 +590,8 @@ def _scan(
     @param stop: one past the last offset to try; C{stop - 1 + block_size}
         must not exceed the target length.
     @param sig: the signature.
+    @param checks: the strong digests still allowed; hits beyond them are
+        skipped.
     @return: C{(offset, strong digest)} of the first match, or L{None}.
     """
     block_size = sig.block_size
@@ -557,11 +607,20 @@ def _scan(
     np.minimum(where, known.size - 1, out=where)
     hits = hits[known[where] == hit_weak]
     index = lookup.index
-    for hit in hits.tolist():
-        offset = start + hit
-        digest = _strong_digest(view[offset : offset + block_size])
+    digest_of = _strong_digest
+    at = 0
+    count = hits.size
+    while at < count:
+        offset = start + int(hits[at])
+        if not checks.allowed(offset):
+            # Out of credit: skip to the first hit where there is some.
+            at = int(np.searchsorted(hits, checks.next_allowed() - start))
+            continue
+        checks.done += 1
+        digest = digest_of(view[offset : offset + block_size])
         if digest in index:
             return offset, digest
+        at += 1
     return None
 
 
@@ -578,6 +637,11 @@ def diff(target: Buffer, sig: Signature) -> bytes:
     bounded window of offsets (vectorised) and its candidates confirmed by
     strong digest.  The short last basis block can match only at the end of
     the target.  Memory beyond the result stays bounded by the window size.
+
+    The work is linear in the target's length whatever the signature: the
+    weak-checksum hits confirmed by strong digest are bounded per offset
+    (L{CHECKS_PER_BLOCK} digests per block length of target), so a
+    signature crafted to hit everywhere costs delta size, not time.
 
     @param target: the new content; may be a memoryview of an mmap.
     @param sig: the basis signature, from L{parse_signature}.
@@ -598,6 +662,7 @@ def diff(target: Buffer, sig: Signature) -> bytes:
     literal_start = 0
     following = -1
     window = block_size
+    checks = _Checks(block_size)
     while position <= last_start:
         digest = digest_of(view[position : position + block_size])
         if 0 <= following < full_blocks and strong[following] == digest:
@@ -606,10 +671,10 @@ def diff(target: Buffer, sig: Signature) -> bytes:
             found = index.get(digest)
             if found is None:
                 stop = min(position + 1 + window, last_start + 1)
-                match = _scan(array, view, position + 1, stop, sig)
+                match = _scan(array, view, position + 1, stop, sig, checks)
                 if match is None:
                     position = stop
-                    window = min(window * 2, _MAX_SCAN)
+                    window = min(window * 2, max(_MAX_SCAN, block_size))
                     continue
                 position, digest = match
                 if 0 <= following < full_blocks and strong[following] == digest:

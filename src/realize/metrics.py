@@ -128,7 +128,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Generic, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 from attrs import define, field
 from prometheus_client import (
@@ -157,11 +157,8 @@ __all__ = [
     "STATUS_OK",
     "WRITTEN",
     "DaemonMetrics",
-    "FileOutcome",
     "HistoryMetrics",
     "MoveMetrics",
-    "MoveMetricsObserver",
-    "MoveObserverLike",
     "MoveStatsLike",
     "command_status",
     "make_registry",
@@ -522,22 +519,9 @@ class DaemonMetrics:
         self.hashed_bytes.labels(arena).inc(max(0, size))
 
 
-class FileOutcome(Protocol):
-    """
-    What L{MoveMetrics} needs of a file's result
-    (L{realize.services.mover.FileResult} has it).
-    """
-
-    @property
-    def arena(self) -> str: ...
-
-    @property
-    def status(self) -> str: ...
-
-
 class MoveStatsLike(Protocol):
     """
-    Running totals of a move (L{realize.services.mover.MoveStats} has
+    Running totals of a move (L{realize.services.report.MoveStats} has
     them), all increasing.
     """
 
@@ -557,33 +541,15 @@ class MoveStatsLike(Protocol):
     def fallbacks(self) -> int: ...
 
 
-R = TypeVar("R", bound=FileOutcome)
-R_contra = TypeVar("R_contra", bound=FileOutcome, contravariant=True)
-
-
-class MoveObserverLike(Protocol[R_contra]):
-    """
-    The shape of L{realize.services.mover.MoveObserver}, without importing
-    it: this module sits below the services.
-    """
-
-    def listed(self, arena: str, files: int, size: int) -> None: ...
-
-    def file_started(self, arena: str, path: str, size: int) -> None: ...
-
-    def transferred(self, arena: str, path: str, size: int) -> None: ...
-
-    def file_done(self, result: R_contra) -> None: ...
-
-
 @define(eq=False)
 class MoveMetrics:
     """
     The metrics of C{realize-move}, on a given registry (the series and
     their labels are listed in this module's docstring).
 
-    Life of a run: L{started}, then counts from L{observing} (or the
-    methods), then L{finished} before the final push.
+    Life of a run: L{started}, then counts from the methods (or
+    L{update}, from a mover's running totals), then L{finished} before the
+    final push.
 
     @ivar registry: where the metrics are registered.
     @ivar timer: monotonic seconds, for the duration (a fake in tests).
@@ -606,6 +572,9 @@ class MoveMetrics:
     retries: Counter = field(init=False)
     _started: float | None = field(default=None, init=False)
     _seen: dict[str, int] = field(factory=dict, init=False)
+    #: C{files} children by (arena, status): labels() costs a lookup under
+    #: a lock, and a move of small files counts thousands a second.
+    _files_of: dict[tuple[str, str], Counter] = field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         r = self.registry
@@ -718,7 +687,11 @@ class MoveMetrics:
         @param arena: the file's arena.
         @param status: C{"moved"} or C{"failed"}.
         """
-        self.files.labels(arena, status).inc()
+        key = (arena, status)
+        child = self._files_of.get(key)
+        if child is None:
+            child = self._files_of[key] = self.files.labels(arena, status)
+        child.inc()
 
     def sent(self, method: str, size: int) -> None:
         """
@@ -751,20 +724,17 @@ class MoveMetrics:
         """
         self.retries.inc()
 
-    def update(self, stats: MoveStatsLike, copied: bool = True) -> None:
+    def update(self, stats: MoveStatsLike) -> None:
         """
         Bring the byte, repair and fallback counters up to a mover's
         running totals: adds what grew since the last call.  Use either
         this or L{sent}/L{delta_saved}/L{repaired}/L{fallback} for a
         counter, not both.
 
-        @param stats: the totals (L{realize.services.mover.MoveStats}).
-        @param copied: whether to take the copied bytes from C{stats} too
-            (L{MoveMetricsObserver} counts them as they are sent instead).
+        @param stats: the totals (L{realize.services.report.MoveStats}).
         """
         grown = self._grown
-        if copied:
-            self.sent(COPY, grown("copied_bytes", stats.copied_bytes))
+        self.sent(COPY, grown("copied_bytes", stats.copied_bytes))
         self.sent(DELTA, grown("delta_bytes", stats.delta_bytes))
         self.delta_saved(grown("saved_bytes", stats.saved_bytes))
         self.repaired(grown("files_repaired", stats.files_repaired))
@@ -776,67 +746,6 @@ class MoveMetrics:
             return 0
         self._seen[name] = value
         return value - before
-
-    def observing(
-        self,
-        inner: MoveObserverLike[R] | None = None,
-        stats: MoveStatsLike | None = None,
-    ) -> MoveMetricsObserver[R]:
-        """
-        A mover observer that counts into these metrics and passes
-        everything on to C{inner}.
-
-        @param inner: the observer to forward to (progress output), or
-            C{None}.
-        @param stats: the mover's running totals, read after each file
-            (L{update}); without them only files and copied bytes are
-            counted.
-        @return: the observer to give the mover.
-        """
-        return MoveMetricsObserver(self, inner, stats)
-
-
-@define(eq=False)
-class MoveMetricsObserver(Generic[R]):
-    """
-    A mover observer (L{realize.services.mover.MoveObserver}) feeding
-    L{MoveMetrics}, forwarding to another observer.  Made by
-    L{MoveMetrics.observing}.
-
-    Bytes reported by C{transferred} count as C{copy} bytes as they are
-    sent; delta bytes, savings, repairs and fallbacks are taken from
-    C{stats} after each file (call L{MoveMetrics.update} with
-    C{copied=False} once more at the end).
-
-    @ivar metrics: where to count.
-    @ivar inner: the observer forwarded to, or C{None}.
-    @ivar stats: the mover's running totals, or C{None}.
-    """
-
-    metrics: MoveMetrics
-    inner: MoveObserverLike[R] | None = None
-    stats: MoveStatsLike | None = None
-
-    def listed(self, arena: str, files: int, size: int) -> None:
-        self.metrics.listed(arena, files, size)
-        if self.inner is not None:
-            self.inner.listed(arena, files, size)
-
-    def file_started(self, arena: str, path: str, size: int) -> None:
-        if self.inner is not None:
-            self.inner.file_started(arena, path, size)
-
-    def transferred(self, arena: str, path: str, size: int) -> None:
-        self.metrics.sent(COPY, size)
-        if self.inner is not None:
-            self.inner.transferred(arena, path, size)
-
-    def file_done(self, result: R) -> None:
-        self.metrics.file_done(result.arena, result.status)
-        if self.stats is not None:
-            self.metrics.update(self.stats, copied=False)
-        if self.inner is not None:
-            self.inner.file_done(result)
 
 
 #: C{source} label values of C{realize_watcher_files_recorded_total}.

@@ -17,6 +17,7 @@ it is tested with C{twisted.internet.task.Clock} and in-memory stores.
 from __future__ import annotations
 
 import contextlib
+import enum
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -29,19 +30,14 @@ from twisted.logger import Logger
 from realize.errors import describe, is_retryable
 from realize.interfaces import Store
 from realize.model import ArenaName
-from realize.services.mover import (
-    MOVED,
-    MoveObserver,
-    Mover,
-    MoveReport,
-    MoveStats,
-)
+from realize.services.mover import Mover
+from realize.services.report import MoveObserver, MoveReport, MoveStats
 
 __all__ = [
-    "OUTCOMES",
     "RETRY_DELAYS",
     "JobObserver",
     "MoveJob",
+    "Outcome",
     "retry_delay",
 ]
 
@@ -49,9 +45,24 @@ log = Logger(namespace="realize.move")
 
 T = TypeVar("T")
 
-#: How a job ends: every file moved, an error, or stopped by the deadline,
-#: SIGINT or SIGTERM.  The commands map these to exit codes.
-OUTCOMES = ("ok", "failed", "deadline", "interrupted", "terminated")
+
+class Outcome(enum.StrEnum):
+    """
+    How a job ends.  The commands map these to exit codes
+    (L{realize.tap._common.EXIT_CODES}).
+    """
+
+    #: Every file moved.
+    OK = "ok"
+    #: An error, or a file failed.
+    FAILED = "failed"
+    #: Stopped by the deadline (C{--max-duration}).
+    DEADLINE = "deadline"
+    #: Stopped by SIGINT.
+    INTERRUPTED = "interrupted"
+    #: Stopped by SIGTERM.
+    TERMINATED = "terminated"
+
 
 #: Seconds to wait before the n-th retry; the last repeats.
 RETRY_DELAYS = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0)
@@ -68,8 +79,7 @@ def retry_delay(attempt: int) -> float:
 
 class JobObserver(MoveObserver, Protocol):
     """
-    A L{MoveObserver} that is also told about retries and what the user
-    should know.
+    A L{MoveObserver} that is also told about retries.
     """
 
     def retrying(self, error: BaseException, delay: float, retry: int) -> None:
@@ -79,10 +89,6 @@ class JobObserver(MoveObserver, Protocol):
 
         @param retry: the number of this retry, from 1.
         """
-
-    def warning(self, message: str) -> None: ...
-
-    def error(self, message: str) -> None: ...
 
 
 @define(eq=False)
@@ -102,6 +108,12 @@ class MoveJob:
     @ivar report: every file moved over all attempts, and the failures
         and errors of the last attempt.
     @ivar retries: retries made.
+    @ivar prepare: run once before the first attempt, stopped like the
+        rest (e.g. taking the locks of the source's arenas,
+        L{realize.services.lock}), or C{None}; an error it raises fails
+        the job, without retries.
+    @ivar log_moves: whether the mover logs an info event per file moved
+        (L{Mover.log_moves}).
     """
 
     clock: IReactorTime
@@ -112,15 +124,18 @@ class MoveJob:
     stats: MoveStats = field(factory=MoveStats)
     report: MoveReport = field(factory=MoveReport)
     retries: int = 0
+    prepare: Callable[[], Coroutine[Any, Any, None]] | None = None
+    log_moves: bool = True
     _work: Deferred[Any] | None = field(default=None, init=False)
-    _stopped: str | None = field(default=None, init=False)
+    _stopped: Outcome | None = field(default=None, init=False)
 
-    def stop(self, reason: str) -> None:
+    def stop(self, reason: Outcome) -> None:
         """
         Stop the job at once: what is running is cancelled, partial files
         stay.
 
-        @param reason: C{"deadline"}, C{"interrupted"} or C{"terminated"}.
+        @param reason: L{Outcome.DEADLINE}, L{Outcome.INTERRUPTED} or
+            L{Outcome.TERMINATED}.
         """
         if self._stopped is None:
             self._stopped = reason
@@ -146,17 +161,19 @@ class MoveJob:
         finally:
             self._work = None
 
-    async def run(self) -> str:
+    async def run(self) -> Outcome:
         """
         Run the job.
 
-        @return: one of L{OUTCOMES}: C{"ok"} every file moved,
-            C{"failed"} an error or a file failed, or why it was stopped
-            (C{"deadline"}, C{"interrupted"}, C{"terminated"}).
+        @return: L{Outcome.OK} if every file moved, L{Outcome.FAILED} on
+            an error (a listing that failed included) or a failed file, or
+            why it was stopped.
         """
         deadline = None
         if self.max_duration is not None:
-            deadline = self.clock.callLater(self.max_duration, self.stop, "deadline")
+            deadline = self.clock.callLater(
+                self.max_duration, self.stop, Outcome.DEADLINE
+            )
         try:
             return await self._run()
         except CancelledError:
@@ -167,7 +184,15 @@ class MoveJob:
             if deadline is not None and deadline.active():
                 deadline.cancel()
 
-    async def _run(self) -> str:
+    async def _run(self) -> Outcome:
+        if self.prepare is not None:
+            try:
+                await self._cancellable(self.prepare())
+            except CancelledError:
+                raise
+            except Exception as e:
+                self.report.errors = [e]
+                return Outcome.FAILED
         connected = False
         attempt = 0
         while True:
@@ -179,7 +204,7 @@ class MoveJob:
             except Exception as e:
                 if not is_retryable(e) or (not connected and self.max_duration is None):
                     self.report.errors = [e]
-                    return "failed"
+                    return Outcome.FAILED
                 error: BaseException = e
             else:
                 connected = True
@@ -189,14 +214,14 @@ class MoveJob:
                     for store in (source, destination):
                         with contextlib.suppress(Exception):
                             await store.close(abort=self._stopped is not None)
-                moved = [r for r in self.report.results if r.status == MOVED]
+                moved = self.report.moved
                 self.report = MoveReport(
                     results=moved + report.results, errors=report.errors
                 )
                 if report.ok:
-                    return "ok"
+                    return Outcome.OK
                 if not report.retryable:
-                    return "failed"
+                    return Outcome.FAILED
                 error = next(
                     e
                     for e in [*report.errors, *(r.error for r in report.failed)]
@@ -225,11 +250,15 @@ class MoveJob:
         return len(self.report.moved), self.stats.streamed_bytes
 
     async def _attempt(self, source: Store, destination: Store) -> MoveReport:
-        mover = Mover(source, destination, observer=self.observer, stats=self.stats)
+        mover = Mover(
+            source,
+            destination,
+            observer=self.observer,
+            stats=self.stats,
+            log_moves=self.log_moves,
+        )
         try:
             return await self._cancellable(mover.move(self.arenas))
         except CancelledError:
-            self.report.results.extend(
-                r for r in mover.report.results if r.status == MOVED
-            )
+            self.report.results.extend(mover.report.moved)
             raise

@@ -16,9 +16,10 @@ within a byte budget (#sizegate):
        leaves it already held (#sizebeforehash); the write returns the
        leaves of what it wrote.
     4. Compare the leaves.  Differing leaves are repaired by a
-       L{Repairer} (a plain copy of the range; the delta repairer of
-       #rsync plugs in here) and compared again; a file still differing
-       is reported failed and its source kept.
+       L{realize.services.repair.Repairer} (rsync deltas by default, a
+       plain copy of the range where a delta does not do) and compared
+       again; a file still differing is reported failed and its source
+       kept.
     5. Finish on the destination (durable), then Delete on the source,
        only if the source still has the size and mtime it was listed
        with: a source file that changed during the move is kept.
@@ -28,22 +29,25 @@ verifies the root and finishes in the same call.
 
 Nothing is deleted at the source unless the destination holds a finished,
 verified copy.
+
+Around the mover: L{realize.services.budget} (the byte budget),
+L{realize.services.report} (results, report, totals and the L{Ledger
+<realize.services.report.Ledger>} that counts them),
+L{realize.services.sides} (the stores, error attribution, counted
+copying) and L{realize.services.repair} (the repairers).
 """
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from typing import Any, Protocol, cast
+from collections.abc import Coroutine, Sequence
+from typing import Any, cast
 
-import attrs
-from attrs import define, field, frozen
+from attrs import define, field
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from realize.errors import (
-    BadDelta,
     Conflict,
     NetworkError,
     RealizeError,
@@ -52,31 +56,37 @@ from realize.errors import (
     is_retryable,
 )
 from realize.hashing import LEAF_SIZE, align_down, format_hash, merkle_root
-from realize.interfaces import ChunkList, ReadStream, Store
+from realize.interfaces import ChunkList, Store
 from realize.model import (
     CHUNK_SIZE,
-    MAX_DELTA_RANGE,
     ArenaName,
     FileInfo,
     FileState,
     SmallFile,
     SmallRead,
 )
+from realize.services.budget import ByteBudget
+from realize.services.repair import DeltaRepairer, Repairer, differing_ranges
+from realize.services.report import (
+    FileResult,
+    FileStatus,
+    Ledger,
+    MoveObserver,
+    MoveReport,
+    MoveStats,
+    NullObserver,
+)
+from realize.services.sides import Sides, changed
 
 __all__ = [
+    "BATCHES_IN_FLIGHT",
+    "BATCH_BYTES",
+    "BATCH_FILE",
+    "BATCH_FILES",
     "BYTE_BUDGET",
     "MAX_FILES_IN_FLIGHT",
-    "ByteBudget",
-    "CopyRepairer",
-    "DeltaRepairer",
-    "FileResult",
-    "MoveObserver",
-    "MoveReport",
-    "MoveStats",
+    "SMALL_FILE",
     "Mover",
-    "NullObserver",
-    "Repairer",
-    "differing_ranges",
 ]
 
 log = Logger(namespace="realize.move")
@@ -106,193 +116,6 @@ BATCH_BYTES = 4 << 20
 #: read, one on the wire, one being written), few enough to bound memory.
 BATCHES_IN_FLIGHT = 4
 
-MOVED = "moved"
-FAILED = "failed"
-
-
-@frozen
-class FileResult:
-    """
-    The outcome of one file.
-
-    @ivar arena: its arena.
-    @ivar path: its path.
-    @ivar size: its size in bytes.
-    @ivar status: C{"moved"} or C{"failed"}.
-    @ivar copied: bytes sent to the destination for it.
-    @ivar root: its Merkle root when moved.
-    @ivar error: why it failed.
-    """
-
-    arena: ArenaName
-    path: str
-    size: int
-    status: str
-    copied: int = 0
-    root: bytes | None = None
-    error: BaseException | None = None
-
-
-@define
-class MoveReport:
-    """
-    The outcome of a move.
-
-    @ivar results: one per file attempted.
-    @ivar errors: errors that stopped a whole arena (listing failed, the
-        connection was lost).
-    """
-
-    results: list[FileResult] = field(factory=list)
-    errors: list[BaseException] = field(factory=list)
-
-    @property
-    def moved(self) -> list[FileResult]:
-        return [r for r in self.results if r.status == MOVED]
-
-    @property
-    def failed(self) -> list[FileResult]:
-        return [r for r in self.results if r.status == FAILED]
-
-    @property
-    def ok(self) -> bool:
-        """
-        @return: whether every file moved and no arena failed.
-        """
-        return not self.errors and not self.failed
-
-    @property
-    def retryable(self) -> bool:
-        """
-        @return: whether everything that went wrong was a network error.
-        """
-        failures = [*self.errors, *(r.error for r in self.failed)]
-        return bool(failures) and all(
-            e is not None and is_retryable(e) for e in failures
-        )
-
-
-class MoveObserver(Protocol):
-    """
-    Receives the progress of a move (for progress bars, logs, metrics).
-    """
-
-    def listed(self, arena: ArenaName, files: int, size: int) -> None:
-        """
-        The files to move of an arena are known.
-
-        @param files: number of files.
-        @param size: their total size in bytes.
-        """
-
-    def file_started(self, arena: ArenaName, path: str, size: int) -> None: ...
-
-    def transferred(self, arena: ArenaName, path: str, size: int) -> None:
-        """
-        @param size: bytes just sent to the destination for this file.
-        """
-
-    def file_done(self, result: FileResult) -> None: ...
-
-
-class NullObserver:
-    """
-    An observer that ignores everything.
-    """
-
-    def listed(self, arena: ArenaName, files: int, size: int) -> None:
-        pass
-
-    def file_started(self, arena: ArenaName, path: str, size: int) -> None:
-        pass
-
-    def transferred(self, arena: ArenaName, path: str, size: int) -> None:
-        pass
-
-    def file_done(self, result: FileResult) -> None:
-        pass
-
-
-class ByteBudget:
-    """
-    A counting semaphore of bytes and files, first come first served.
-
-    @ivar capacity: bytes available in all.
-    @ivar max_files: holders at once.
-    """
-
-    def __init__(self, capacity: int, max_files: int) -> None:
-        self.capacity = capacity
-        self.max_files = max_files
-        self._free = capacity
-        self._files = 0
-        self._waiting: deque[tuple[int, Deferred[None]]] = deque()
-
-    def weight(self, size: int) -> int:
-        """
-        @return: what a file of C{size} bytes takes, at least 1, at most
-            the capacity.
-        """
-        return max(1, min(size, self.capacity))
-
-    def acquire(self, weight: int) -> Deferred[None]:
-        """
-        @return: a Deferred that fires once C{weight} bytes are held.
-        """
-        d: Deferred[None] = Deferred()
-        self._waiting.append((weight, d))
-        self._pump()
-        return d
-
-    def release(self, weight: int) -> None:
-        self._free += weight
-        self._files -= 1
-        self._pump()
-
-    def _pump(self) -> None:
-        while self._waiting:
-            weight, d = self._waiting[0]
-            if weight > self._free or self._files >= self.max_files:
-                return
-            self._waiting.popleft()
-            self._free -= weight
-            self._files += 1
-            d.callback(None)
-
-
-class _Counted:
-    """
-    Wraps a source read stream: reports the bytes it yields, and turns its
-    errors into source-side errors.
-    """
-
-    def __init__(
-        self,
-        stream: ReadStream,
-        side: Callable[[BaseException], SideError],
-        on_chunk: Callable[[int], None],
-    ) -> None:
-        self._iterator = aiter(stream)
-        self._side = side
-        self._on_chunk = on_chunk
-        self.count = 0
-
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self
-
-    async def __anext__(self) -> bytes:
-        try:
-            chunk = await self._iterator.__anext__()
-        except StopAsyncIteration:
-            raise
-        except SideError:
-            raise
-        except Exception as e:
-            raise self._side(e) from e
-        self.count += len(chunk)
-        self._on_chunk(len(chunk))
-        return chunk
-
 
 def _value(failure: object) -> BaseException:
     """
@@ -301,214 +124,6 @@ def _value(failure: object) -> BaseException:
     value = cast(Failure, failure).value
     assert value is not None
     return value
-
-
-def _changed(info: FileInfo, size: int) -> Conflict:
-    return Conflict(
-        f"{info.path!r} changed during the move (size {info.size} -> {size}); "
-        "kept, it will move on the next run"
-    )
-
-
-def differing_ranges(
-    source: Sequence[bytes], destination: Sequence[bytes], size: int
-) -> list[tuple[int, int]]:
-    """
-    Byte ranges whose Merkle leaves differ, adjacent ones merged.
-
-    @param source: the source's leaves of the whole file.
-    @param destination: the destination's leaves (possibly fewer).
-    @param size: the file's size in bytes.
-    @return: C{[(start, end), ...]} in bytes, sorted.
-    """
-    ranges: list[tuple[int, int]] = []
-    for index, leaf in enumerate(source):
-        if index < len(destination) and destination[index] == leaf:
-            continue
-        start = index * LEAF_SIZE
-        end = min(start + LEAF_SIZE, size)
-        if ranges and ranges[-1][1] == start:
-            ranges[-1] = (ranges[-1][0], end)
-        else:
-            ranges.append((start, end))
-    return ranges
-
-
-@define
-class MoveStats:
-    """
-    What a move sent, for reports and metrics (#rsync).
-
-    @ivar copied_bytes: file bytes sent as plain copies.
-    @ivar delta_bytes: bytes of signatures and deltas exchanged.
-    @ivar saved_bytes: bytes of ranges repaired by delta, less the
-        signature and delta bytes it took.
-    @ivar files_repaired: files whose destination had ranges that differed
-        and were repaired.
-    @ivar fallbacks: ranges a delta did not repair, copied instead.
-    """
-
-    copied_bytes: int = 0
-    #: Bytes read from the source and handed to the destination, even if
-    #: the write then failed (the destination keeps what it received).
-    streamed_bytes: int = 0
-    delta_bytes: int = 0
-    saved_bytes: int = 0
-    files_repaired: int = 0
-    fallbacks: int = 0
-
-
-class Repairer(Protocol):
-    """
-    Makes byte ranges of the destination file equal to the source's.
-    """
-
-    async def repair(
-        self,
-        mover: Mover,
-        arena: ArenaName,
-        info: FileInfo,
-        ranges: Sequence[tuple[int, int]],
-        expected: Sequence[bytes],
-    ) -> list[tuple[bytes, ...]]:
-        """
-        @param ranges: C{(start, end)} byte ranges, C{start} on a leaf
-            boundary.
-        @param expected: the source's leaves of the whole file.
-        @return: for each range, the destination's leaves of it afterwards.
-        """
-
-
-def _leaves_of(expected: Sequence[bytes], start: int, end: int) -> Sequence[bytes]:
-    """
-    @return: the leaves of C{[start, end)} among a whole file's leaves.
-    """
-    first = start // LEAF_SIZE
-    return expected[first : first + -(-(end - start) // LEAF_SIZE)]
-
-
-class CopyRepairer:
-    """
-    Repairs ranges by copying them again.
-    """
-
-    async def repair(
-        self,
-        mover: Mover,
-        arena: ArenaName,
-        info: FileInfo,
-        ranges: Sequence[tuple[int, int]],
-        expected: Sequence[bytes],
-    ) -> list[tuple[bytes, ...]]:
-        return [
-            await mover.copy_range(arena, info, start, end) for start, end in ranges
-        ]
-
-
-class DeltaRepairer:
-    """
-    Repairs ranges with rsync deltas (Tridgell and Mackerras 1996): the
-    destination sends the signature of what it has, the source answers a
-    delta, the destination applies it.  Ranges are cut in pieces of at
-    most L{MAX_DELTA_RANGE} bytes, and L{CONCURRENCY} pieces are in flight
-    at once so that the source's and the destination's work overlap.  A
-    piece whose delta only copies the basis needs no ApplyDelta
-    (#emptydelta); one whose delta cannot be applied, or whose leaves still
-    differ afterwards, is copied instead.
-    """
-
-    #: Pieces in flight at once.
-    CONCURRENCY = 3
-
-    async def repair(
-        self,
-        mover: Mover,
-        arena: ArenaName,
-        info: FileInfo,
-        ranges: Sequence[tuple[int, int]],
-        expected: Sequence[bytes],
-    ) -> list[tuple[bytes, ...]]:
-        slots = ByteBudget(self.CONCURRENCY, self.CONCURRENCY)
-        errors: list[BaseException] = []
-
-        async def one(first: int, last: int) -> tuple[bytes, ...]:
-            try:
-                return await self._piece(
-                    mover, arena, info, first, last, _leaves_of(expected, first, last)
-                )
-            except BaseException as e:
-                errors.append(e)
-                raise
-            finally:
-                slots.release(1)
-
-        pieces: list[tuple[int, Deferred[tuple[bytes, ...]]]] = []
-        for index, (start, end) in enumerate(ranges):
-            for first in range(start, end, MAX_DELTA_RANGE):
-                await slots.acquire(1)
-                if errors:
-                    slots.release(1)
-                    break
-                last = min(first + MAX_DELTA_RANGE, end)
-                pieces.append((index, Deferred.fromCoroutine(one(first, last))))
-        await DeferredList([d for _, d in pieces], consumeErrors=True)
-        if errors:
-            raise errors[0]
-        results: list[list[bytes]] = [[] for _ in ranges]
-        for index, d in pieces:
-            results[index].extend(cast(tuple[bytes, ...], d.result))
-        return [tuple(leaves) for leaves in results]
-
-    async def _piece(
-        self,
-        mover: Mover,
-        arena: ArenaName,
-        info: FileInfo,
-        start: int,
-        end: int,
-        expected: Sequence[bytes],
-    ) -> tuple[bytes, ...]:
-        # Here, not at the top: numpy costs every start-up ~60 ms.
-        from realize import delta
-
-        stats = mover.stats
-        try:
-            signature = await mover.destination.signature(arena, info.path, start, end)
-        except Exception as e:
-            raise mover._destination_error(e) from e
-        if signature is not None:
-            try:
-                change = await mover.source.diff(
-                    arena, info.path, start, end, signature
-                )
-            except Exception as e:
-                raise mover._source_error(e) from e
-            spent = len(signature) + len(change)
-            stats.delta_bytes += spent
-            mover.sent(arena, info, spent)
-            if not delta.is_identity(change, delta.signature_basis_length(signature)):
-                try:
-                    leaves = await mover.destination.apply_delta(
-                        arena, info.path, start, end, info.size, change
-                    )
-                except (BadDelta, Conflict) as e:
-                    log.warn(
-                        "{arena}/{path}: delta for [{start}, {end}) not applied "
-                        "({error}), copying the range",
-                        arena=arena,
-                        path=info.path,
-                        start=start,
-                        end=end,
-                        error=str(e),
-                    )
-                except Exception as e:
-                    raise mover._destination_error(e) from e
-                else:
-                    if tuple(leaves) == tuple(expected):
-                        stats.saved_bytes += max(0, end - start - spent)
-                        return tuple(leaves)
-        stats.fallbacks += 1
-        return await mover.copy_range(arena, info, start, end)
 
 
 @define(eq=False)
@@ -520,7 +135,15 @@ class Mover:
     @ivar destination: where they go.
     @ivar observer: told about progress.
     @ivar repairer: fixes differing ranges.
+    @ivar stats: the running totals (shared by the attempts of a job).
     @ivar budget: bytes and files in flight.
+    @ivar batches: batches in flight.
+    @ivar log_moves: whether to log an info event per file moved; without
+        it (when nobody would see them: realize-move shows warnings by
+        default) a move of many small files spares building them.
+    @ivar report: the report of the move in progress (or done).
+    @ivar ledger: counts what is sent, into C{stats}.
+    @ivar sides: the stores as the copying code and the repairer use them.
     """
 
     source: Store
@@ -528,31 +151,21 @@ class Mover:
     observer: MoveObserver = field(factory=NullObserver)
     repairer: Repairer = field(factory=DeltaRepairer)
     stats: MoveStats = field(factory=MoveStats)
-    _sent: dict[tuple[ArenaName, str], int] = field(factory=dict, init=False)
-    #: The report of the move in progress (or done).
-    report: MoveReport = field(factory=MoveReport, init=False)
     budget: ByteBudget = field(
         factory=lambda: ByteBudget(BYTE_BUDGET, MAX_FILES_IN_FLIGHT)
     )
     batches: ByteBudget = field(
         factory=lambda: ByteBudget(BATCHES_IN_FLIGHT, BATCHES_IN_FLIGHT)
     )
+    log_moves: bool = True
+    report: MoveReport = field(factory=MoveReport, init=False)
+    ledger: Ledger = field(init=False)
+    sides: Sides = field(init=False)
     _broken: BaseException | None = field(default=None, init=False)
 
-    def _source_error(self, error: BaseException) -> SideError:
-        if isinstance(error, CancelledError):
-            # The move is being stopped: not a failure of this file.
-            raise error
-        if isinstance(error, SideError):
-            return error
-        return SideError("source", self.source.describe(), error)
-
-    def _destination_error(self, error: BaseException) -> SideError:
-        if isinstance(error, CancelledError):
-            raise error
-        if isinstance(error, SideError):
-            return error
-        return SideError("destination", self.destination.describe(), error)
+    def __attrs_post_init__(self) -> None:
+        self.ledger = Ledger(self.stats, self.observer)
+        self.sides = Sides(self.source, self.destination, self.ledger)
 
     async def move(self, arenas: Sequence[ArenaName]) -> MoveReport:
         """
@@ -574,9 +187,9 @@ class Mover:
         results = await DeferredList([sources, destinations], consumeErrors=True)
         (ok_source, source), (ok_destination, destination) = results
         if not ok_source:
-            raise self._source_error(_value(source))
+            raise self.sides.source_error(_value(source))
         if not ok_destination:
-            raise self._destination_error(_value(destination))
+            raise self.sides.destination_error(_value(destination))
         return source, destination
 
     async def _move_arena(self, arena: ArenaName, report: MoveReport) -> None:
@@ -683,24 +296,21 @@ class Mover:
         """
         if isinstance(error, CancelledError):
             raise error
-        side = error if isinstance(error, SideError) else self._destination_error(error)
-        return FileResult(arena, info.path, info.size, FAILED, error=side)
+        side = (
+            error
+            if isinstance(error, SideError)
+            else self.sides.destination_error(error)
+        )
+        self.ledger.settle(arena, info.path)
+        return FileResult(arena, info.path, info.size, FileStatus.FAILED, error=side)
 
     def _report(self, result: FileResult, report: MoveReport) -> None:
         """
         Log, record and show the result of one file.
         """
-        if result.status == MOVED:
-            log.info(
-                "moved {arena}/{path} ({size} bytes, {hash}) from {source} "
-                "to {destination}",
-                arena=result.arena,
-                path=result.path,
-                size=result.size,
-                hash=format_hash(result.root or b""),
-                source=self.source.describe(),
-                destination=self.destination.describe(),
-            )
+        if result.status is FileStatus.MOVED:
+            if self.log_moves:
+                self._log_moved(result)
         else:
             error = result.error
             if (
@@ -717,6 +327,18 @@ class Mover:
             )
         report.results.append(result)
         self.observer.file_done(result)
+
+    def _log_moved(self, result: FileResult) -> None:
+        log.info(
+            "moved {arena}/{path} ({size} bytes, {hash}) from {source} "
+            "to {destination}",
+            arena=result.arena,
+            path=result.path,
+            size=result.size,
+            hash=format_hash(result.root or b""),
+            source=self.source.describe(),
+            destination=self.destination.describe(),
+        )
 
     async def _run_batch(
         self, arena: ArenaName, infos: list[FileInfo], report: MoveReport
@@ -745,20 +367,21 @@ class Mover:
                 arena, [(info.path, info.size) for info in infos]
             )
         except Exception as e:
-            error = self._source_error(e)
+            error = self.sides.source_error(e)
             return [self._failed(arena, info, error) for info in infos]
         sending: list[tuple[FileInfo, SmallRead]] = []
         for info, read in zip(infos, reads, strict=True):
             if isinstance(read, BaseException):
-                results[info.path] = self._failed(arena, info, self._source_error(read))
+                results[info.path] = self._failed(
+                    arena, info, self.sides.source_error(read)
+                )
             elif read.size != info.size or read.mtime_ns != info.mtime_ns:
                 results[info.path] = self._failed(
-                    arena, info, self._source_error(_changed(info, read.size))
+                    arena, info, self.sides.source_error(changed(info, read.size))
                 )
             else:
                 sending.append((info, read))
-                self.observer.transferred(arena, info.path, info.size)
-                self.stats.copied_bytes += info.size
+        self.ledger.handed(arena, [info for info, _ in sending])
         outcomes: list[RealizeError | None] = []
         if sending:
             try:
@@ -771,7 +394,7 @@ class Mover:
                     [read.data for _, read in sending],
                 )
             except Exception as e:
-                error = self._destination_error(e)
+                error = self.sides.destination_error(e)
                 for info, _ in sending:
                     results[info.path] = self._failed(arena, info, error)
                 sending = []
@@ -784,7 +407,7 @@ class Mover:
                 again.append(info)
             else:
                 results[info.path] = self._failed(
-                    arena, info, self._destination_error(outcome)
+                    arena, info, self.sides.destination_error(outcome)
                 )
         if finished:
             try:
@@ -797,12 +420,10 @@ class Mover:
                 deleted = [e] * len(finished)
             for (info, read), deletion in zip(finished, deleted, strict=True):
                 if deletion is None:
-                    results[info.path] = FileResult(
-                        arena, info.path, info.size, MOVED, info.size, read.root
-                    )
+                    results[info.path] = self._moved(arena, info, read.root)
                 else:
                     results[info.path] = self._failed(
-                        arena, info, self._source_error(deletion)
+                        arena, info, self.sides.source_error(deletion)
                     )
         for info in again:
             log.warn(
@@ -811,71 +432,18 @@ class Mover:
                 path=info.path,
             )
             try:
-                result = await self._move_small(arena, info, attempts=1)
-                results[info.path] = attrs.evolve(
-                    result, copied=result.copied + info.size
-                )
+                # What the batch sent for it is counted in the result.
+                results[info.path] = await self._move_small(arena, info, attempts=1)
             except Exception as e:
                 results[info.path] = self._failed(arena, info, e)
         return [results[info.path] for info in infos]
 
-    def _source_read(
-        self,
-        arena: ArenaName,
-        info: FileInfo,
-        start: int,
-        end: int,
-        hash_from: int | None,
-    ) -> tuple[ReadStream, _Counted]:
-        try:
-            stream = self.source.read(arena, info.path, start, end, hash_from=hash_from)
-        except Exception as e:
-            raise self._source_error(e) from e
-
-        def transferred(size: int) -> None:
-            self.stats.streamed_bytes += size
-            self.observer.transferred(arena, info.path, size)
-
-        return stream, _Counted(stream, self._source_error, transferred)
-
-    async def _source_state(self, stream: ReadStream, info: FileInfo) -> FileState:
-        try:
-            state = await stream.result()
-        except Exception as e:
-            raise self._source_error(e) from e
-        if state.size != info.size or state.mtime_ns != info.mtime_ns:
-            raise self._source_error(_changed(info, state.size))
-        return state
-
-    async def copy_range(
-        self, arena: ArenaName, info: FileInfo, start: int, end: int
-    ) -> tuple[bytes, ...]:
+    def _moved(self, arena: ArenaName, info: FileInfo, root: bytes) -> FileResult:
         """
-        Copy a byte range of a file from the source to the destination's
-        partial file.
-
-        @param start: a leaf boundary.
-        @return: the destination's leaves of C{[start, end)}.
+        @return: the result of a file that moved, with what was sent for it.
         """
-        stream, counted = self._source_read(arena, info, start, end, None)
-        try:
-            result = await self.destination.write(
-                arena, info.path, start, end, info.size, counted, hash=True
-            )
-        except Exception as e:
-            stream.cancel()
-            raise self._destination_error(e) from e
-        await self._source_state(stream, info)
-        self.stats.copied_bytes += counted.count
-        self.sent(arena, info, counted.count)
-        return result.leaves
-
-    def sent(self, arena: ArenaName, info: FileInfo, size: int) -> None:
-        """
-        Count bytes sent for a file's repair (copies, signatures, deltas).
-        """
-        key = (arena, info.path)
-        self._sent[key] = self._sent.get(key, 0) + size
+        copied = self.ledger.settle(arena, info.path)
+        return FileResult(arena, info.path, info.size, FileStatus.MOVED, copied, root)
 
     async def _move_file(
         self, arena: ArenaName, info: FileInfo, target: FileInfo | None
@@ -894,12 +462,12 @@ class Mover:
                 # and writing to it at the same time.
                 await destination.truncate(arena, info.path, have)
         except Exception as e:
-            raise self._destination_error(e) from e
+            raise self.sides.destination_error(e) from e
         held = align_down(have)
         prefix: Deferred[FileState] | None = None
         if held:
             prefix = Deferred.fromCoroutine(destination.hash(arena, info.path, 0, held))
-        stream, counted = self._source_read(arena, info, have, size, 0)
+        stream, counted = self.sides.read(arena, info, have, size, 0)
         try:
             written = await destination.write(
                 arena, info.path, have, size, size, counted, hash=True
@@ -908,14 +476,13 @@ class Mover:
             stream.cancel()
             if prefix is not None:
                 prefix.addErrback(lambda _: None)
-            raise self._destination_error(e) from e
-        source_state = await self._source_state(stream, info)
+            raise self.sides.destination_error(e) from e
+        source_state = await self.sides.source_state(stream, info)
         try:
             prefix_leaves = (await prefix).leaves if prefix is not None else ()
         except Exception as e:
-            raise self._destination_error(e) from e
-        copied = counted.count
-        self.stats.copied_bytes += copied
+            raise self.sides.destination_error(e) from e
+        self.ledger.copied(arena, info.path, counted.count)
         source_leaves = source_state.leaves
         destination_leaves = prefix_leaves + written.leaves
         ranges = differing_ranges(source_leaves, destination_leaves, size)
@@ -927,34 +494,35 @@ class Mover:
                 count=len(ranges),
             )
             repaired = list(destination_leaves)
-            fixed = await self.repairer.repair(self, arena, info, ranges, source_leaves)
+            fixed = await self.repairer.repair(
+                self.sides, arena, info, ranges, source_leaves
+            )
             for (start, _), leaves in zip(ranges, fixed, strict=True):
                 first = start // LEAF_SIZE
                 repaired[first : first + len(leaves)] = leaves
             if differing_ranges(source_leaves, repaired, size):
-                raise self._destination_error(
+                raise self.sides.destination_error(
                     Conflict(
                         f"arena {arena!r}, path {info.path!r}: still differs "
                         "from the source after repair; source kept"
                     )
                 )
-            self.stats.files_repaired += 1
-            copied += self._sent.pop((arena, info.path), 0)
+            self.ledger.repaired()
         root = merkle_root(source_leaves)
         try:
             await destination.finish(arena, info.path, info.mtime_ns)
         except Exception as e:
-            raise self._destination_error(e) from e
+            raise self.sides.destination_error(e) from e
         await self._delete_source(arena, info)
-        return FileResult(arena, info.path, size, MOVED, copied, root)
+        return self._moved(arena, info, root)
 
     async def _move_small(
         self, arena: ArenaName, info: FileInfo, attempts: int = 2
     ) -> FileResult:
-        for attempt in range(attempts):
-            stream, counted = self._source_read(arena, info, 0, info.size, 0)
+        for _ in range(attempts):
+            stream, counted = self.sides.read(arena, info, 0, info.size, 0)
             chunks = [chunk async for chunk in counted]
-            state = await self._source_state(stream, info)
+            state = await self.sides.source_state(stream, info)
             root = merkle_root(state.leaves)
 
             try:
@@ -969,19 +537,17 @@ class Mover:
                     mtime_ns=info.mtime_ns,
                 )
             except Exception as e:
-                raise self._destination_error(e) from e
-            self.stats.copied_bytes += info.size
+                raise self.sides.destination_error(e) from e
+            self.ledger.copied(arena, info.path, info.size)
             if result.finished:
                 await self._delete_source(arena, info)
-                return FileResult(
-                    arena, info.path, info.size, MOVED, info.size * (attempt + 1), root
-                )
+                return self._moved(arena, info, root)
             log.warn(
                 "{arena}/{path}: destination hash differs, copying again",
                 arena=arena,
                 path=info.path,
             )
-        raise self._destination_error(
+        raise self.sides.destination_error(
             Conflict(
                 f"arena {arena!r}, path {info.path!r}: still differs from the "
                 "source after copying it again; source kept"
@@ -994,4 +560,4 @@ class Mover:
                 arena, info.path, size=info.size, mtime_ns=info.mtime_ns
             )
         except Exception as e:
-            raise self._source_error(e) from e
+            raise self.sides.source_error(e) from e

@@ -1,7 +1,8 @@
 """
 Pieces shared by the commands: exit codes, the thread pool of
 C{realize-move}, the memory allocator's settings, the file descriptor
-limit, and ending a twistd process with an exit code.
+limit, ending a twistd process with an exit code, and what C{--version}
+prints.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ import os
 import resource
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from twisted.internet.threads import deferToThreadPool
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
 from realize.interfaces import RunInThread
+from realize.services.job import Outcome
 from realize.threads import IO_THREADS
 
 __all__ = [
@@ -34,8 +36,10 @@ __all__ = [
     "GnuOptions",
     "exit_after_shutdown",
     "make_thread_pool",
+    "print_version",
     "raise_fd_limit",
     "tune_malloc",
+    "version_text",
 ]
 
 EXIT_OK = 0
@@ -47,13 +51,13 @@ EXIT_INTERRUPTED = 20
 #: signal ended.
 EXIT_TERMINATED = 143
 
-#: Exit code of each outcome of a move job (realize.services.job).
-EXIT_CODES = {
-    "ok": EXIT_OK,
-    "failed": EXIT_ERROR,
-    "deadline": EXIT_MAX_DURATION,
-    "interrupted": EXIT_INTERRUPTED,
-    "terminated": EXIT_TERMINATED,
+#: Exit code of each outcome of a move job.
+EXIT_CODES: dict[Outcome, int] = {
+    Outcome.OK: EXIT_OK,
+    Outcome.FAILED: EXIT_ERROR,
+    Outcome.DEADLINE: EXIT_MAX_DURATION,
+    Outcome.INTERRUPTED: EXIT_INTERRUPTED,
+    Outcome.TERMINATED: EXIT_TERMINATED,
 }
 
 
@@ -182,3 +186,27 @@ class GnuOptions(usage.Options):
             if takes_value:
                 flat.append(value)
         super().parseOptions([*flat, "--", *args])  # type: ignore[no-untyped-call]
+
+
+def version_text(program: str) -> str:
+    """
+    @param program: the command's name (C{realize-move}, C{realized}).
+    @return: what C{--version} prints, GNU style: e.g.
+        C{"realize-move (realize) 0.1.0\nTwisted 24.3.0"}.
+    """
+    import realize
+    import twisted
+
+    return (
+        f"{program} (realize) {realize.__version__.public()}\n"
+        f"Twisted {twisted.__version__}"
+    )
+
+
+def print_version(program: str) -> NoReturn:
+    """
+    Print L{version_text} on stdout and exit 0: the body of the commands'
+    C{opt_version} (C{usage.Options}' own prints Twisted's version only).
+    """
+    print(version_text(program))
+    sys.exit(0)

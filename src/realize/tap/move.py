@@ -7,8 +7,10 @@ Two entry points share L{run}: the C{realize-move} console script
 realize-move ...}, L{makeService}), which ends the process with the same
 exit code.
 
-Exit codes: 0 every file moved, 1 an error or a file failed, 20
-interrupted by SIGINT.
+Exit codes (L{realize.tap._common.EXIT_CODES}): 0 every file moved, 1 an
+error or a file failed, 11 stopped by C{--max-duration}, 12 every file
+moved but the metrics could not be pushed (C{--metrics-pushgateway}), 20
+interrupted by SIGINT, 143 terminated by SIGTERM.
 """
 
 from __future__ import annotations
@@ -19,12 +21,23 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IReactorCore,
+    IReactorFromThreads,
+    IReactorPluggableNameResolver,
+    IReactorTCP,
+    IReactorTime,
+)
 from twisted.internet.task import LoopingCall, react
 from twisted.logger import (
     Logger,
+    LogLevel,
+    LogLevelFilterPredicate,
+    PredicateResult,
 )
 from twisted.python import usage
 
@@ -36,14 +49,21 @@ from realize.errors import (
     describe,
     is_retryable,
 )
-from realize.interfaces import Store
-from realize.logs import ApplicationLogging, LogOptions, start_logging
+from realize.interfaces import RunInThread, Store
+from realize.logs import (
+    ApplicationLogging,
+    LogOptions,
+    LogSettings,
+    NamespacePredicate,
+    start_logging,
+)
 from realize.metrics import MoveMetrics, make_registry
 from realize.model import ArenaName, check_arena_name
 from realize.net.client import connect
 from realize.net.tls import ClientTLS, load_private_key
-from realize.services.job import MoveJob
-from realize.services.mover import FileResult, MoveReport
+from realize.services.job import MoveJob, Outcome
+from realize.services.lock import LOCK_WAIT, SourceLocks
+from realize.services.report import FileResult, MoveReport
 from realize.storage.real import LocalStore
 from realize.tap._common import (
     EXIT_CODES,
@@ -53,6 +73,7 @@ from realize.tap._common import (
     GnuOptions,
     exit_after_shutdown,
     make_thread_pool,
+    print_version,
     tune_malloc,
 )
 from realize.tap.output import Output, make_output
@@ -68,10 +89,26 @@ from realize.web import (
 if TYPE_CHECKING:
     from twisted.application.service import IService
 
-__all__ = ["MoveOptions", "main", "makeService", "run"]
+__all__ = ["IMoveReactor", "MoveOptions", "main", "makeService", "run"]
 
 log = Logger(namespace="realize.move")
 throttle_log = Logger(namespace="realize.throttle")
+
+
+class IMoveReactor(
+    IReactorCore,
+    IReactorTime,
+    IReactorFromThreads,
+    IReactorTCP,
+    IReactorPluggableNameResolver,
+):
+    """
+    What C{realize-move} needs of its reactor: start-up and shutdown
+    (L{IReactorCore}), timers (L{IReactorTime}), signals handed over from
+    their handlers (L{IReactorFromThreads}), and TCP connections to
+    peers by name (L{IReactorTCP}, L{IReactorPluggableNameResolver}).
+    The global reactor provides all of them.
+    """
 
 
 class MoveOptions(GnuOptions, LogOptions):
@@ -90,7 +127,8 @@ class MoveOptions(GnuOptions, LogOptions):
         "(this machine's arenas, from their datadir in the config), or "
         "'local:/path' (one directory used as the root of the single ARENA). "
         "Exit codes: 0 all files moved, 1 error, 11 --max-duration reached, "
-        "20 interrupted (SIGINT), 143 terminated (SIGTERM)."
+        "12 metrics not pushed, 20 interrupted (SIGINT), 143 terminated "
+        "(SIGTERM)."
     )
 
     optParameters = [
@@ -152,6 +190,14 @@ class MoveOptions(GnuOptions, LogOptions):
             "network errors are retried until then.",
         ],
         [
+            "wait",
+            None,
+            None,
+            "If another realize-move is moving from the same local arena, "
+            f"wait this long for it to end (e.g. 30s, 1h; 0 to refuse at "
+            f"once; default {LOCK_WAIT:g}s), then exit 1.",
+        ],
+        [
             "output",
             "o",
             "auto",
@@ -159,6 +205,12 @@ class MoveOptions(GnuOptions, LogOptions):
             "progress on a terminal, log otherwise.",
         ],
     ]
+
+    def opt_version(self) -> NoReturn:
+        """
+        Show realize's and Twisted's versions and exit.
+        """
+        print_version("realize-move")
 
     def parseArgs(self, *arenas: str) -> None:
         if not arenas:
@@ -226,30 +278,117 @@ class MoveOptions(GnuOptions, LogOptions):
                 self["max_duration"] = parse_duration(self["max-duration"])
             except ValueError as e:
                 raise usage.UsageError(f"--max-duration: {e}") from None
+        wait = self["wait"]
+        if wait is None:
+            self["wait"] = LOCK_WAIT
+        elif wait.strip() in ("0", "0s"):
+            self["wait"] = 0.0
+        else:
+            try:
+                self["wait"] = parse_duration(wait)
+            except ValueError as e:
+                raise usage.UsageError(f"--wait: {e}") from None
 
 
 def _is_local_path(peer: str) -> bool:
     return peer.startswith("local:")
 
 
-def _same_side(src: str, dst: str) -> bool:
-    if _is_local_path(src) and _is_local_path(dst):
-        a, b = src[len("local:") :], dst[len("local:") :]
-        try:
-            return os.path.samefile(a, b)
-        except OSError:
-            return os.path.realpath(a) == os.path.realpath(b)
-    return src == dst
+def local_directories(
+    peer: str, arenas: Sequence[ArenaName], config: Config | None
+) -> dict[ArenaName, str]:
+    """
+    The directories on this machine a side of the move reads or writes.
+
+    @param peer: a C{--src}/C{--dst} value.
+    @param arenas: the arenas moved.
+    @param config: the config, if one was given.
+    @return: arena name to the real path (symbolic links resolved) of its
+        directory: the path of C{local:/path} for its single arena, the
+        datadir of each arena in the config for C{local}; nothing for a
+        remote peer (or an arena without a datadir: opening the side
+        reports that).
+    """
+    if _is_local_path(peer):
+        path = peer[len("local:") :]
+        if not path or len(arenas) != 1:
+            return {}
+        return {arenas[0]: os.path.realpath(path)}
+    if peer != "local" or config is None:
+        return {}
+    found = {}
+    for arena in arenas:
+        arena_config = config.arenas.get(arena)
+        if arena_config is not None and arena_config.datadir is not None:
+            found[arena] = os.path.realpath(arena_config.datadir)
+    return found
+
+
+def _same_directory(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return a == b
+
+
+def _inside(inner: str, outer: str) -> bool:
+    """
+    @return: whether the real path C{inner} lies below C{outer}.
+    """
+    return inner != outer and os.path.commonpath([inner, outer]) == outer
+
+
+def overlap(
+    src: str,
+    dst: str,
+    arenas: Sequence[ArenaName],
+    config: Config | None,
+) -> str | None:
+    """
+    Tell why a move cannot run because its sides overlap on this machine:
+    the same directory, or one side's directory inside the other's (the
+    move would nest the tree into itself, or move it into itself).
+
+    @param src: the C{--src} value.
+    @param dst: the C{--dst} value.
+    @param arenas: the arenas moved.
+    @param config: the config, if one was given (the datadirs of C{local}).
+    @return: the message to show, or C{None} if the sides are apart.
+    """
+    if src == dst:
+        return f"source and destination are the same ({src})"
+    sources = local_directories(src, arenas, config)
+    destinations = local_directories(dst, arenas, config)
+    for arena, source in sources.items():
+        destination = destinations.get(arena)
+        if destination is None:
+            continue
+        if _same_directory(source, destination):
+            return (
+                f"source and destination are the same ({src} and {dst}: "
+                f"arena {arena!r} in {source})"
+            )
+        if _inside(destination, source):
+            return (
+                f"the destination lies inside the source: arena {arena!r} "
+                f"would move from {source} into {destination}, within itself"
+            )
+        if _inside(source, destination):
+            return (
+                f"the source lies inside the destination: arena {arena!r} "
+                f"would move from {source} into {destination}, which holds it"
+            )
+    return None
 
 
 async def _open_store(
-    reactor: Any,
+    reactor: IMoveReactor,
     side: str,
     peer: str,
     arenas: Sequence[ArenaName],
     config: Config | None,
     privkey_path: str | None,
-    run_in_thread: Any,
+    run_in_thread: RunInThread,
     rate_up: int = 0,
     rate_down: int = 0,
     compress: int | None = None,
@@ -333,7 +472,40 @@ async def _open_store(
     return store
 
 
-async def run(reactor: Any, options: MoveOptions, output: Output | None = None) -> int:
+def moves_logged(settings: LogSettings, exclude: Sequence[str] = ()) -> bool:
+    """
+    Tell whether the log would show the mover's info event of each moved
+    file, so that the mover builds them only then.
+
+    @param settings: the logging options.
+    @param exclude: namespaces the log leaves out.
+    @return: whether an info event of C{realize.move} passes the same
+        filters as the process's observer (L{realize.logs.make_observer}).
+    """
+    event = {"log_namespace": log.namespace, "log_level": LogLevel.info}
+    predicates = [
+        LogLevelFilterPredicate(defaultLogLevel=settings.level),
+        NamespacePredicate(tuple(settings.namespaces), tuple(exclude)),
+    ]
+    return all(p(event) != PredicateResult.no for p in predicates)
+
+
+def _log_exclude(settings: LogSettings) -> list[str]:
+    """
+    @return: the namespaces the console script leaves out of its log: the
+        move's own events in text, which its output shows already.
+    """
+    if settings.fmt == "text" and not settings.namespaces:
+        return [log.namespace]
+    return []
+
+
+async def run(
+    reactor: IMoveReactor,
+    options: MoveOptions,
+    output: Output | None = None,
+    log_exclude: Sequence[str] = (),
+) -> int:
     """
     Run a move: open both sides, move, retry network errors, stop at the
     deadline or on SIGINT/SIGTERM.
@@ -342,13 +514,14 @@ async def run(reactor: Any, options: MoveOptions, output: Output | None = None) 
     @param options: parsed options.
     @param output: where to show progress and errors (default: as
         C{--output} says, on stdout/stderr).
+    @param log_exclude: namespaces the process's log leaves out.
     @return: the exit code (L{realize.services.job.MoveJob.run}).
     """
     if output is None:
         output = make_output(options["output"], reactor)
     src, dst = options["src"], options["dst"]
     arenas: list[ArenaName] = options["arenas"]
-    if _same_side(src, dst):
+    if src == dst:
         output.error(f"source and destination are the same ({src})")
         return EXIT_ERROR
     config = None
@@ -361,6 +534,10 @@ async def run(reactor: Any, options: MoveOptions, output: Output | None = None) 
             config = load_config(options["config"])
     except RealizeError as e:
         output.error(describe(e))
+        return EXIT_ERROR
+    refused = overlap(src, dst, arenas, config)
+    if refused is not None:
+        output.error(refused)
         return EXIT_ERROR
     pool, run_in_thread = make_thread_pool(reactor, "realize-move")
 
@@ -390,7 +567,19 @@ async def run(reactor: Any, options: MoveOptions, output: Output | None = None) 
     registry = make_registry()
     metrics = MoveMetrics(registry)
     observer = _Observers(output, metrics)
-    job = MoveJob(reactor, open_stores, arenas, observer, options["max_duration"])
+    # Held from before the first attempt to the end of the job, through
+    # retries: another move from the same local arena waits or refuses.
+    locks = SourceLocks(reactor, run_in_thread, waiting=output.warning)
+    sources = local_directories(src, arenas, config)
+    job = MoveJob(
+        reactor,
+        open_stores,
+        arenas,
+        observer,
+        options["max_duration"],
+        prepare=lambda: locks.acquire(sources, options["wait"]),
+        log_moves=moves_logged(options["log"], log_exclude),
+    )
     port = None
     if options["metrics-addr"] is not None:
         try:
@@ -402,8 +591,8 @@ async def run(reactor: Any, options: MoveOptions, output: Output | None = None) 
     catch_up = LoopingCall(metrics.update, job.stats)
     catch_up.clock = reactor
 
-    def stopper(reason: str) -> Callable[[int, Any], None]:
-        def handler(signum: int, frame: Any) -> None:
+    def stopper(reason: Outcome) -> Callable[[int, FrameType | None], None]:
+        def handler(signum: int, frame: FrameType | None) -> None:
             reactor.callFromThread(job.stop, reason)
 
         return handler
@@ -413,8 +602,12 @@ async def run(reactor: Any, options: MoveOptions, output: Output | None = None) 
     def install() -> None:
         # Once the reactor runs: starting, it installs its own SIGTERM
         # handler over any other (task.react runs us before that).
-        previous[signal.SIGINT] = signal.signal(signal.SIGINT, stopper("interrupted"))
-        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, stopper("terminated"))
+        previous[signal.SIGINT] = signal.signal(
+            signal.SIGINT, stopper(Outcome.INTERRUPTED)
+        )
+        previous[signal.SIGTERM] = signal.signal(
+            signal.SIGTERM, stopper(Outcome.TERMINATED)
+        )
 
     if reactor.running:
         install()
@@ -424,10 +617,11 @@ async def run(reactor: Any, options: MoveOptions, output: Output | None = None) 
     metrics.started(reactor.seconds())
     catch_up.start(1.0, now=False)
     output.start()
-    outcome = "failed"
+    outcome = Outcome.FAILED
     try:
         outcome = await job.run()
     finally:
+        locks.release()
         output.stop()
         catch_up.stop()
         for signum, handler in previous.items():
@@ -435,24 +629,24 @@ async def run(reactor: Any, options: MoveOptions, output: Output | None = None) 
         if not pool.joined:
             pool.stop()
         metrics.update(job.stats)
-        metrics.finished(outcome == "ok")
+        metrics.finished(outcome is Outcome.OK)
         if port is not None:
             stopped = port.stopListening()
             if stopped is not None:
                 await stopped
     observer.release(job.report, outcome)
-    if outcome == "ok" or job.report.results:
+    if outcome is Outcome.OK or job.report.results:
         output.summary(job.report, time.monotonic() - started, job.stats)
     for error in job.report.errors:
         output.error(describe(error))
     kept = "partial files are kept for the next run"
-    if outcome == "deadline":
+    if outcome is Outcome.DEADLINE:
         output.error(
             f"stopped: --max-duration {options['max_duration_text']} reached; {kept}"
         )
-    elif outcome == "interrupted":
+    elif outcome is Outcome.INTERRUPTED:
         output.error(f"interrupted; {kept}")
-    elif outcome == "terminated":
+    elif outcome is Outcome.TERMINATED:
         output.error(f"terminated; {kept}")
     code = EXIT_CODES[outcome]
     if options["metrics-pushgateway"] is not None:
@@ -487,17 +681,17 @@ class _Observers:
         self.metrics = metrics
         self._held: dict[tuple[ArenaName, str], FileResult] = {}
 
-    def release(self, report: MoveReport, outcome: str) -> None:
+    def release(self, report: MoveReport, outcome: Outcome) -> None:
         """
         The job ended: report the held failures of files that are still
         failed, if the job failed (a job stopped by its deadline or a
         signal says so once, not per file).
 
         @param report: the job's final report.
-        @param outcome: one of L{realize.services.job.OUTCOMES}.
+        @param outcome: how the job ended.
         """
         held, self._held = self._held, {}
-        if outcome != "failed":
+        if outcome is not Outcome.FAILED:
             return
         for result in report.failed:
             if held.get((result.arena, result.path)) is result:
@@ -527,12 +721,6 @@ class _Observers:
         self.output.retrying(error, delay, retry)
         self.metrics.retried()
 
-    def warning(self, message: str) -> None:
-        self.output.warning(message)
-
-    def error(self, message: str) -> None:
-        self.output.error(message)
-
 
 def main(argv: Sequence[str] | None = None) -> None:
     """
@@ -550,18 +738,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     tune_malloc()
     settings = options["log"]
     # The output shows the move's own events (files, failures) already.
-    exclude = (
-        ["realize.move"] if settings.fmt == "text" and not settings.namespaces else []
-    )
+    exclude = _log_exclude(settings)
     start_logging(settings.observer(sys.stderr, exclude=exclude))
     # Objects made at start-up live to the end: keep the collector from
     # scanning them again and again while thousands of files move.
     gc.freeze()
 
-    async def go(reactor: Any) -> int:
-        return await run(reactor, options)
+    async def go(reactor: IMoveReactor) -> int:
+        return await run(reactor, options, log_exclude=exclude)
 
-    def start(reactor: Any) -> Deferred[None]:
+    def start(reactor: IMoveReactor) -> Deferred[None]:
         def done(code: int) -> None:
             if code:
                 raise SystemExit(code)
@@ -592,7 +778,9 @@ def makeService(options: MoveOptions) -> IService:
                 output = make_output(
                     options["output"], reactor, sys.__stdout__, sys.__stderr__
                 )
-                d = Deferred.fromCoroutine(run(reactor, options, output))
+                d = Deferred.fromCoroutine(
+                    run(cast(IMoveReactor, reactor), options, output)
+                )
 
                 def failed(failure: Any) -> int:
                     log.failure("realize-move failed", failure)

@@ -18,7 +18,7 @@ from twisted.internet.task import LoopingCall
 from realize.errors import describe
 from realize.hashing import format_hash
 from realize.model import ArenaName
-from realize.services.mover import FAILED, FileResult, MoveReport, MoveStats
+from realize.services.report import FileResult, FileStatus, MoveReport, MoveStats
 
 __all__ = ["Output", "make_output"]
 
@@ -88,7 +88,7 @@ class Output:
         pass
 
     def file_done(self, result: FileResult) -> None:
-        if result.status == FAILED:
+        if result.status is FileStatus.FAILED:
             self.error(
                 f"{result.arena}/{result.path}: {describe(result.error or Exception())}"
             )
@@ -105,7 +105,7 @@ class LogOutput(Output):
     """
 
     def file_done(self, result: FileResult) -> None:
-        if result.status == FAILED:
+        if result.status is FileStatus.FAILED:
             super().file_done(result)
             return
         self.stdout.write(
@@ -153,7 +153,6 @@ class ProgressOutput(LogOutput):
         from rich.progress import (
             BarColumn,
             DownloadColumn,
-            MofNCompleteColumn,
             Progress,
             TextColumn,
             TimeRemainingColumn,
@@ -172,14 +171,7 @@ class ProgressOutput(LogOutput):
             auto_refresh=False,
             transient=False,
         )
-        self.files = Progress(
-            TextColumn("{task.description}"),
-            MofNCompleteColumn(),
-            console=self.console,
-            auto_refresh=False,
-        )
         self._total: Any = None
-        self._files_task: Any = None
         self._per_file: dict[tuple[str, str], Any] = {}
         self._refresh = LoopingCall(self._draw)
         self._refresh.clock = clock
@@ -236,7 +228,7 @@ class ProgressOutput(LogOutput):
         task = self._per_file.pop((result.arena, result.path), None)
         if task is not None:
             self.progress.remove_task(task)
-        if result.status == FAILED:
+        if result.status is FileStatus.FAILED:
             Output.file_done(self, result)
 
 

@@ -95,6 +95,14 @@ class DaemonOptions(GnuOptions, LogOptions):
         ],
     ]
 
+    def opt_version(self) -> None:
+        """
+        Show realize's and Twisted's versions and exit.
+        """
+        from realize.tap._common import print_version
+
+        print_version("realized")
+
     def postOptions(self) -> None:
         for name in ("config", "privkey"):
             if not self[name]:
