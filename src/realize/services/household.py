@@ -22,7 +22,7 @@ connection), never applied in part.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from attrs import define, field
 from twisted.application.service import IService, Service
@@ -39,15 +39,41 @@ from realize.errors import (
     SubscriptionClosed,
     Unauthorized,
 )
+from realize.interfaces import History
 from realize.model import ArenaName, Notification, PeerId
-from realize.net.framing import Connection
-from realize.net.history import RemoteHistory, RemoteSubscription
-from realize.net.registry import ConnectionRegistry
+
+if TYPE_CHECKING:
+    from realize.net.framing import Connection
+    from realize.net.registry import ConnectionRegistry
 
 __all__ = ["HouseholdService", "UnrealCache", "feeds_on", "shared_arenas"]
 
 log = Logger(namespace="realize.household")
 audit = Logger(namespace="realize.audit")
+
+
+class Feedable(Protocol):
+    """
+    A subscription the household pulls (L{realize.interfaces.Subscription}
+    with a way to say what was applied).
+    """
+
+    def next_batch(self, max_count: int = ...) -> Deferred[list[Notification]]: ...
+
+    def acknowledge(self, position: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class PeerHistory(Protocol):
+    """
+    A peer's histories over one connection
+    (L{realize.net.history.RemoteHistory}).
+    """
+
+    async def subscribe(
+        self, arena: ArenaName, progress: tuple[str, int] | None
+    ) -> Feedable: ...
 
 
 class UnrealCache(Protocol):
@@ -94,12 +120,13 @@ def feeds_on(connection: Connection, config: Config) -> bool:
 @define(eq=False)
 class _Feed:
     """
-    One subscription to one arena of one peer over one connection.
+    One subscription to one arena of one peer over one connection (or of
+    this peer's own history, C{connection} C{None}).
     """
 
-    connection: Connection
+    connection: Connection | None
     arena: ArenaName
-    subscription: RemoteSubscription | None = None
+    subscription: Feedable | None = None
     done: Deferred[None] | None = None
     stopped: bool = False
 
@@ -118,10 +145,14 @@ class HouseholdService(Service):
     @ivar me: this peer's id (the peer whose key is ours), or C{None}.
     @ivar registry: the live connections, inbound and outbound.
     @ivar caches: the cache tables of each arena this daemon shows.
+    @ivar history_of: the peer's histories over a connection
+        (L{realize.net.history.RemoteHistory}).
     @ivar dial: builds the reconnecting client service of a listening
         peer (a C{ClientService} over
         L{realize.net.factory.client_factory}), or C{None} to only take
         inbound connections.
+    @ivar local: this peer's own histories, fed into the Unreal as peer
+        C{me} (so that its own files show too, as C{local}), or C{None}.
     @ivar applied: told of what each batch applied (the FUSE layer
         invalidates, the blob store drops outdated blobs).
     @ivar batch: notifications asked for per pull.
@@ -131,11 +162,15 @@ class HouseholdService(Service):
     me: PeerId | None
     registry: ConnectionRegistry
     caches: Mapping[ArenaName, UnrealCache]
+    history_of: Callable[[Connection], PeerHistory]
     dial: Callable[[PeerConfig], IService] | None = None
+    local: History | None = None
     applied: Callable[[ArenaName, PeerId, Any], None] | None = None
     batch: int = 1000
     _dialling: dict[PeerId, IService] = field(factory=dict, init=False)
-    _feeds: dict[tuple[Connection, ArenaName], _Feed] = field(factory=dict, init=False)
+    _feeds: dict[tuple[Connection | None, ArenaName], _Feed] = field(
+        factory=dict, init=False
+    )
     _unobserve: Callable[[], None] | None = field(default=None, init=False)
 
     # -- life ----------------------------------------------------------------
@@ -145,7 +180,20 @@ class HouseholdService(Service):
         self._unobserve = self.registry.observe(self)
         for connection in self.registry.connections():
             self.connected(connection)
+        self._feed_local()
         self._dial_all()
+
+    def _feed_local(self) -> None:
+        if self.local is None or self.me is None:
+            return
+        for arena in self.config.arenas.values():
+            cache = self.caches.get(arena.name)
+            key = (None, arena.name)
+            if arena.datadir is None or cache is None or key in self._feeds:
+                continue
+            feed = _Feed(None, arena.name)
+            self._feeds[key] = feed
+            feed.done = Deferred.fromCoroutine(self._run(feed, self.me, cache))
 
     def stopService(self) -> Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]
@@ -194,9 +242,14 @@ class HouseholdService(Service):
                 service.stopService()
         for (connection, arena), feed in list(self._feeds.items()):
             arena_config = config.arenas.get(arena)
+            if connection is None:
+                if arena_config is None or arena_config.datadir is None:
+                    feed.stop()
+                continue
             peer = connection.peer
             if arena_config is None or peer is None or not arena_config.allows(peer):
                 feed.stop()
+        self._feed_local()
         self._dial_all()
         for connection in self.registry.connections():
             self.connected(connection)
@@ -267,12 +320,23 @@ class HouseholdService(Service):
             feed.stop()
             self._feeds.pop((feed.connection, arena), None)
 
+    async def _subscribe(
+        self, feed: _Feed, peer: PeerId, progress: tuple[str, int] | None
+    ) -> Feedable:
+        if feed.connection is not None:
+            return await self.history_of(feed.connection).subscribe(
+                feed.arena, progress
+            )
+        assert self.local is not None
+        return _LocalFeed(
+            self.local, self.local.subscribe(feed.arena, None, progress), feed.arena
+        )
+
     async def _feed(self, feed: _Feed, peer: PeerId, cache: UnrealCache) -> None:
-        history = RemoteHistory(feed.connection, f"{peer} ({feed.connection.address})")
         progress = await cache.progress(peer)
         if feed.stopped:
             return
-        feed.subscription = await history.subscribe(feed.arena, progress)
+        feed.subscription = await self._subscribe(feed, peer, progress)
         log.info(
             "subscribed to arena {arena} of {peer} from {progress}",
             arena=feed.arena,
@@ -295,8 +359,30 @@ class HouseholdService(Service):
         """
         @return: the C{(peer, arena)} subscriptions running now.
         """
-        return sorted(
-            (connection.peer, arena)
-            for connection, arena in self._feeds
-            if connection.peer is not None
-        )
+        feeding = []
+        for connection, arena in self._feeds:
+            peer = self.me if connection is None else connection.peer
+            if peer is not None:
+                feeding.append((peer, arena))
+        return sorted(feeding)
+
+
+@define(eq=False)
+class _LocalFeed:
+    """
+    A subscription to this peer's own history, fed in-process.
+    """
+
+    history: History
+    subscription: Any
+    arena: ArenaName
+
+    def next_batch(self, max_count: int = 1000) -> Deferred[list[Notification]]:
+        d: Deferred[list[Notification]] = self.subscription.next_batch(max_count)
+        return d
+
+    def acknowledge(self, position: int) -> None:
+        pass
+
+    def close(self) -> None:
+        self.subscription.close()

@@ -15,37 +15,48 @@ the process with exit code 1 and one line naming the problem.
 
 from __future__ import annotations
 
+import functools
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from attrs import define, field
+from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import IService, IServiceCollection, Service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IListeningPort, IReactorFromThreads
 from twisted.logger import Logger
 from twisted.python import usage
 
-from realize.config import Config, load_config
+from realize.config import Config, PeerConfig, load_config, public_key_spki
 from realize.errors import RealizeError
-from realize.interfaces import RunInThread
+from realize.interfaces import RunInThread, Store
 from realize.logs import ApplicationLogging, LogOptions
-from realize.metrics import DaemonMetrics, make_registry
+from realize.metrics import DaemonMetrics, HistoryMetrics, make_registry
 from realize.model import PeerId
-from realize.net.factory import server_factory
-from realize.net.framing import Connection
+from realize.net.client import authenticate
+from realize.net.factory import IDLE_TIMEOUT, client_factory, server_factory
+from realize.net.framing import Connection, ConnectionLimits
+from realize.net.history import history_responders
+from realize.net.locator import CompositeLocator
 from realize.net.registry import ConnectionRegistry
 from realize.net.server import StoreResponders
 from realize.net.throttle import ThrottlingFactory
-from realize.net.tls import ServerTLS, load_private_key
+from realize.net.tls import ClientTLS, ServerTLS, load_private_key, public_key_pem
+from realize.services.history import HistoryService
 from realize.services.lifecycle import (
     ConnectionsService,
     OrderedServices,
     reconfigurable,
 )
+from realize.services.notifier import KernelNotifier
 from realize.services.store import StoreService
+from realize.services.watcher import WatcherService
+from realize.storage.pool import open_pool
 from realize.tap._common import (
     EXIT_ERROR,
     GnuOptions,
@@ -53,6 +64,7 @@ from realize.tap._common import (
     raise_fd_limit,
     tune_malloc,
 )
+from realize.tap.unreal import ArenaDbs, UnrealService
 from realize.threads import (
     CONNECTION_CPU_JOBS,
     CONNECTION_IO_JOBS,
@@ -68,6 +80,9 @@ __all__ = ["Daemon", "DaemonOptions", "assemble", "main", "makeService", "make_d
 log = Logger(namespace="realize.daemon")
 
 DEFAULT_LISTEN = "tcp:9771:interface=\\:\\:"
+
+#: Seconds to wait for the TCP connection to a listening peer.
+CONNECT_TIMEOUT = 30.0
 
 
 class DaemonOptions(GnuOptions, LogOptions):
@@ -92,6 +107,18 @@ class DaemonOptions(GnuOptions, LogOptions):
             None,
             None,
             "Serve /metrics (Prometheus) on HOST:PORT; other paths answer 401.",
+        ],
+        [
+            "fuse",
+            None,
+            None,
+            "Mount the view of every peer's files (the Unreal) here.",
+        ],
+        [
+            "statedir",
+            None,
+            None,
+            "Where the global realize.db lives (default: beside the config).",
         ],
     ]
 
@@ -179,6 +206,14 @@ class _ListenService(Service):
             port, self.port = self.port, None
             return port.stopListening()
         return None
+
+
+def _exit_error(reactor: Any, message: str) -> None:
+    stderr = sys.__stderr__ or sys.stderr
+    stderr.write(f"realized: error: {message}\n")
+    stderr.flush()
+    log.critical("{message}", message=message)
+    exit_after_shutdown(reactor, EXIT_ERROR)
 
 
 def _fail(message: str) -> None:
@@ -303,6 +338,9 @@ class Daemon:
     @ivar store: the store service.
     @ivar io: the file I/O thread pool.
     @ivar cpu: the CPU thread pool.
+    @ivar history: the histories of the arenas with a datadir.
+    @ivar watchers: their watchers.
+    @ivar unreal: the Unreal (household, FUSE view).
     """
 
     service: OrderedServices
@@ -310,6 +348,9 @@ class Daemon:
     store: StoreService
     io: ThreadPoolService
     cpu: ThreadPoolService
+    history: HistoryService
+    watchers: WatcherService
+    unreal: UnrealService
 
 
 def make_daemon(
@@ -317,23 +358,21 @@ def make_daemon(
     config: Config,
     key: Any,
     listen: str,
-    *,
-    config_path: str | None = None,
-    key_path: str | None = None,
-    metrics_addr: str | None = None,
+    **kwargs: Any,
 ) -> OrderedServices:
     """
     Assemble the daemon (L{assemble}) and return its root service.
     """
-    return assemble(
-        reactor,
-        config,
-        key,
-        listen,
-        config_path=config_path,
-        key_path=key_path,
-        metrics_addr=metrics_addr,
-    ).service
+    return assemble(reactor, config, key, listen, **kwargs).service
+
+
+def this_peer(config: Config, key: Any) -> PeerId | None:
+    """
+    @return: the peer of the config whose public key is C{key}'s (one
+        config can serve every peer), or C{None}.
+    """
+    spki = public_key_spki(public_key_pem(key))
+    return config.peer_by_spki().get(spki)
 
 
 def assemble(
@@ -345,37 +384,65 @@ def assemble(
     config_path: str | None = None,
     key_path: str | None = None,
     metrics_addr: str | None = None,
+    fuse: str | None = None,
+    statedir: str | None = None,
+    exit_on_error: Callable[[str], None] | None = None,
 ) -> Daemon:
     """
     Assemble the daemon: its services in the order they start (and, in
-    reverse, stop: L{realize.services.lifecycle}).
+    reverse, stop: L{realize.services.lifecycle}): the arena dbs, the thread
+    pools, the store, the histories and their watchers, the Unreal (the
+    household and the FUSE mount), the connections, the listening ports,
+    the reload.
 
     @param reactor: the reactor.
     @param config: the config.
     @param key: this peer's private key.
     @param listen: endpoint string to listen on.
     @param config_path: the config file, to re-read on SIGHUP (no reload
-        without it).
+        without it); its directory is the default state directory.
     @param key_path: the key file, to re-read on SIGHUP.
     @param metrics_addr: C{HOST:PORT} to serve /metrics on, or C{None}.
+    @param fuse: where to mount the FUSE view, or C{None}.
+    @param statedir: where the global C{realize.db} lives (default: beside
+        the config, else the current directory).
+    @param exit_on_error: called with a message when a part cannot start.
     @return: the daemon, not started.
     """
     top = OrderedServices()
+    dbs = ArenaDbs(functools.partial(open_pool, reactor=reactor))
+    top.add(dbs)
     io = ThreadPoolService(reactor, "realized-io", IO_THREADS)
     cpu = ThreadPoolService(reactor, "realized-cpu", CPU_THREADS)
     top.add(io)
     top.add(cpu)
-    store = StoreService(config, io.run_in_thread)
+    registry_ = make_registry()
+    metrics = DaemonMetrics(registry_)
+    history_metrics = HistoryMetrics(registry_)
+    history = HistoryService(
+        config, reactor, io.run_in_thread, dbs.pool, history_metrics
+    )
+    watchers = WatcherService(
+        config,
+        history.indexes,
+        history.ready,
+        reactor,
+        cpu.run_in_thread,
+        lambda: KernelNotifier(reactor),
+        history_metrics,
+    )
+    store = StoreService(config, io.run_in_thread, listener=watchers)
     store.name = "store"
     top.add(store)
+    top.add(history)
+    top.add(watchers)
 
     def lookup(spki: bytes) -> PeerId | None:
         return store.config.peer_by_spki().get(spki)
 
-    registry_ = make_registry()
-    metrics = DaemonMetrics(registry_)
     registry = ConnectionRegistry()
     tls = ServerTLS(key, lookup)
+    serve_history = history_responders(history)
 
     def responders(connection: Connection) -> Any:
         label = f"peer {connection.peer or connection.address}"
@@ -388,8 +455,56 @@ def assemble(
             return result
 
         connection.lost.addBoth(closed)
-        return StoreResponders(connection, store.view, metrics)
 
+        def view(peer: PeerId) -> Store:
+            return store.view(peer, run_io, run_cpu)
+
+        return CompositeLocator(
+            [StoreResponders(connection, view, metrics), serve_history(connection)]
+        )
+
+    me = this_peer(config, key)
+
+    def dial(peer: PeerConfig) -> ClientService:
+        assert peer.address is not None
+        host, port = peer.address
+        endpoint = HostnameEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)
+        factory = client_factory(
+            ClientTLS(tls.key, peer.spki, peer.id),
+            reactor,
+            responders,
+            run_in_thread=cpu.run_in_thread,
+            registry=registry,
+            limits=ConnectionLimits(idle_timeout=None),
+        )
+        return ClientService(
+            endpoint,
+            factory,
+            retryPolicy=backoffPolicy(initialDelay=1.0, maxDelay=60.0),
+            clock=reactor,
+            prepareConnection=authenticate,
+        )
+
+    state = (
+        Path(statedir)
+        if statedir
+        else (Path(config_path).absolute().parent if config_path else Path.cwd())
+    )
+    unreal = UnrealService(
+        config,
+        state,
+        me,
+        registry,
+        dbs,
+        reactor,
+        io.run_in_thread,
+        local_store=lambda: store.store,
+        local_history=history,
+        dial=dial,
+        mountpoint=fuse,
+        exit_on_error=exit_on_error,
+    )
+    top.add(unreal)
     factory = server_factory(
         tls,
         responders,
@@ -399,6 +514,7 @@ def assemble(
         metrics,
         cpu.run_in_thread,
         registry,
+        ConnectionLimits(idle_timeout=IDLE_TIMEOUT),
     )
     top.add(ConnectionsService(registry, reactor))
     top.add(_GateService(PeerGate(factory, registry)))
@@ -416,7 +532,7 @@ def assemble(
         top.add(
             ReloadService(reactor, config_path, key_path, top, tls, io.run_in_thread)
         )
-    return Daemon(top, registry, store, io, cpu)
+    return Daemon(top, registry, store, io, cpu, history, watchers, unreal)
 
 
 def makeService(options: DaemonOptions) -> IService:
@@ -443,6 +559,9 @@ def makeService(options: DaemonOptions) -> IService:
         config_path=options["config"],
         key_path=options["privkey"],
         metrics_addr=options["metrics-addr"],
+        fuse=options["fuse"],
+        statedir=options["statedir"],
+        exit_on_error=lambda message: _exit_error(reactor, message),
     )
     return ApplicationLogging(daemon, options["log"].observer(sys.stdout))
 

@@ -1,5 +1,6 @@
 """
-twistd plugins: C{twistd -n realized ...} and C{twistd -n realize-move ...}.
+twistd plugins: C{twistd -n realized ...}, C{twistd -n realize-move ...} and
+C{twistd -n realize-history ...}.
 """
 
 from twisted.application.service import ServiceMaker
@@ -15,4 +16,10 @@ realize_move = ServiceMaker(
     "realize.tap.move",
     "move the files of arenas from one peer to another",
     "realize-move",
+)
+realize_history = ServiceMaker(
+    "realize-history",
+    "realize.tap.history",
+    "print the notifications of a peer's history, as JSON lines",
+    "realize-history",
 )

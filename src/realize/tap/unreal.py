@@ -1,0 +1,303 @@
+"""
+The Unreal of C{realized} assembled (DESIGN.md section 10): the global db,
+each arena's cache tables and blob store, the downloaders, the household
+that feeds the tables, and, with C{--fuse}, the mount that shows them.
+
+L{UnrealService} opens the databases off the reactor thread when it
+starts, then starts its children in order (household, then the mount);
+stopping unmounts first (no FUSE thread may wait on storage that is
+closing), then stops the household, then closes the global db.  The arena
+dbs belong to L{ArenaDbs}, which the daemon stops last.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from attrs import define, field
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from realize.config import Config
+from realize.errors import RealizeError
+from realize.interfaces import History, RunInThread, Store
+from realize.model import ArenaName, PeerId
+from realize.net.client import RemoteStore
+from realize.net.framing import Connection
+from realize.net.history import RemoteHistory
+from realize.net.registry import ConnectionRegistry
+from realize.services.downloader import Downloader
+from realize.services.household import HouseholdService
+from realize.services.lifecycle import OrderedServices
+from realize.services.unreal import ArenaCache, UnrealBackend
+from realize.storage.blobs import BlobStore
+from realize.storage.globaldb import GlobalDb
+from realize.storage.unreal import ArenaTree
+from realize.storage.unrealview import ArenaFiles, SqliteUnrealView
+
+__all__ = ["ArenaDbs", "UnrealService"]
+
+log = Logger(namespace="realize.unreal")
+
+#: Name of the global db in the state directory.
+GLOBAL_DB = "realize.db"
+
+#: Name of an arena's db in its workdir, and of its blob directory.
+ARENA_DB = "arena.db"
+BLOBS = "blobs"
+
+
+class _SharedPool:
+    """
+    An arena db pool lent to a user that may close it (the history's
+    index): its close does nothing, L{ArenaDbs} closes the pool itself.
+    """
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+
+    def runInteraction(self, *args: Any, **kwargs: Any) -> Deferred[Any]:
+        d: Deferred[Any] = self._pool.runInteraction(*args, **kwargs)
+        return d
+
+    def close(self) -> None:
+        pass
+
+
+@define(eq=False)
+class ArenaDbs(Service):
+    """
+    The one writer pool of each arena db, shared by the history and the
+    Unreal; closed when the daemon stops (it stops last).
+
+    @ivar open_pool: makes the pool of a db file
+        (L{realize.storage.pool.open_pool} with the reactor).
+    """
+
+    open_pool: Callable[[str], Any]
+    _pools: dict[str, Any] = field(factory=dict, init=False)
+
+    def pool(self, path: str) -> _SharedPool:
+        """
+        @param path: an arena db file.
+        @return: its pool (opened on first use), lent: closing it does
+            nothing.
+        """
+        key = os.path.abspath(path)
+        if key not in self._pools:
+            self._pools[key] = self.open_pool(key)
+        return _SharedPool(self._pools[key])
+
+    def stopService(self) -> None:
+        super().stopService()  # type: ignore[no-untyped-call]
+        pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            pool.close()
+
+
+@define(eq=False)
+class UnrealService(Service):
+    """
+    The Unreal: opened at start, fed by the household, shown by FUSE.
+
+    @ivar config: the config.
+    @ivar statedir: where C{realize.db} lives.
+    @ivar me: this peer's id.
+    @ivar registry: the live connections by peer.
+    @ivar dbs: the arena dbs.
+    @ivar reactor: the reactor.
+    @ivar run_io: the file I/O pool (blobs, opening dbs).
+    @ivar local_store: this peer's own store (reads of its own files).
+    @ivar local_history: this peer's own histories, fed in as C{me}.
+    @ivar dial: builds the client service of a listening peer.
+    @ivar mountpoint: where to mount the FUSE view, or C{None}.
+    @ivar exit_on_error: called with a message if the Unreal cannot open
+        (the daemon exits 1).
+    """
+
+    config: Config
+    statedir: Path
+    me: PeerId | None
+    registry: ConnectionRegistry
+    dbs: ArenaDbs
+    reactor: Any
+    run_io: RunInThread
+    local_store: Callable[[], Store] | None = None
+    local_history: History | None = None
+    dial: Callable[[Any], Any] | None = None
+    mountpoint: str | None = None
+    exit_on_error: Callable[[str], None] | None = None
+    children: OrderedServices = field(factory=OrderedServices, init=False)
+    household: HouseholdService | None = field(default=None, init=False)
+    backend: UnrealBackend | None = field(default=None, init=False)
+    fuse: Any = field(default=None, init=False)
+    view: SqliteUnrealView | None = field(default=None, init=False)
+    downloaders: dict[ArenaName, Downloader] = field(factory=dict, init=False)
+    ready: Deferred[None] = field(factory=Deferred, init=False)
+    _global: GlobalDb | None = field(default=None, init=False)
+    _remote_stores: dict[Connection, RemoteStore] = field(factory=dict, init=False)
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        d = Deferred.fromCoroutine(self._start())
+
+        def failed(failure: Any) -> None:
+            message = f"the Unreal cannot start: {failure.getErrorMessage()}"
+            if not failure.check(RealizeError, OSError):
+                log.failure("the Unreal cannot start", failure)
+            if self.exit_on_error is not None:
+                self.exit_on_error(message)
+            self.ready.errback(failure)
+
+        d.addCallbacks(lambda _: self.ready.callback(None), failed)
+
+    def _now_ns(self) -> int:
+        return time.time_ns()
+
+    async def _start(self) -> None:
+        config = self.config
+        arenas = sorted(config.arenas)
+        global_path = str(self.statedir / GLOBAL_DB)
+        global_db = await self.run_io(_open_global, global_path)
+        self._global = global_db
+        roots = await self.run_io(global_db.set_arenas, arenas, self._now_ns())
+        caches: dict[ArenaName, ArenaCache] = {}
+        files: dict[ArenaName, ArenaFiles] = {}
+        for name in arenas:
+            arena = config.arenas[name]
+            workdir = arena.workdir
+            blobs_dir = workdir / BLOBS
+            await self.run_io(_make_dirs, blobs_dir)
+            db = str(workdir / ARENA_DB)
+            pool = self.dbs.pool(db)
+            blobs = BlobStore(
+                str(blobs_dir), self.run_io, pool.runInteraction, self._now_ns
+            )
+            tree = ArenaTree(
+                name,
+                roots[name],
+                _alloc(global_db, name),
+                self._now_ns,
+            )
+            caches[name] = ArenaCache(tree, pool.runInteraction, blobs)
+            # Opens the db (and creates its schema) before FUSE reads it.
+            await caches[name].progress(PeerId("-"))
+            files[name] = ArenaFiles(db, str(blobs_dir))
+        view = SqliteUnrealView(global_path, files)
+        self.view = view
+        for name in arenas:
+            self.downloaders[name] = Downloader(
+                name,
+                caches[name].blobs,  # type: ignore[arg-type]
+                self._versions,
+                self._store_of,
+                self.reactor,
+            )
+        household = HouseholdService(
+            config,
+            self.me,
+            self.registry,
+            caches,
+            self._history_of,
+            self.dial,
+            self.local_history,
+            applied=self._applied,
+        )
+        self.household = household
+        self.children.add(household)
+        if self.mountpoint is not None:
+            from realize.fuse.bridge import Bridge
+            from realize.fuse.service import FuseService
+
+            bridge = Bridge(self.reactor)
+            self.backend = UnrealBackend(
+                view, bridge, self.downloaders, self.me, str(self.statedir)
+            )
+            self.fuse = FuseService(
+                self.backend, os.path.abspath(self.mountpoint), self.reactor, bridge
+            )
+            self.children.add(self.fuse)
+        if self.running:
+            self.children.startService()  # type: ignore[no-untyped-call]
+            if self.fuse is not None:
+                await self.fuse.when_mounted()
+                log.info(
+                    "the Unreal is mounted at {mountpoint}", mountpoint=self.mountpoint
+                )
+
+    def _versions(self, inode: int) -> Deferred[Any]:
+        assert self.view is not None
+        return self.run_io(self.view.version, inode)
+
+    def _store_of(self, peer: PeerId) -> Any:
+        if peer == self.me and self.local_store is not None:
+            return self.local_store()
+        connection = self.registry.connection(peer)
+        if connection is None:
+            return None
+        store = self._remote_stores.get(connection)
+        if store is None:
+            store = RemoteStore(connection, f"{peer} ({connection.address})")
+            self._remote_stores[connection] = store
+            connection.lost.addBoth(
+                lambda r: self._remote_stores.pop(connection, None) and r
+            )
+        return store
+
+    def _history_of(self, connection: Connection) -> RemoteHistory:
+        return RemoteHistory(connection, f"{connection.peer} ({connection.address})")
+
+    def _applied(self, arena: ArenaName, peer: PeerId, result: Any) -> None:
+        downloader = self.downloaders.get(arena)
+        if downloader is not None:
+            downloader.version_changed(result.inodes)
+        if self.backend is None or self.fuse is None:
+            return
+        fuse = self.fuse
+
+        def invalidate(paths: list[str]) -> None:
+            for path in paths:
+                fuse.invalidate(path).addErrback(lambda _: None)
+
+        self.run_io(self.backend.paths, result).addCallback(invalidate).addErrback(
+            lambda f: log.failure("invalidating the FUSE view failed", f)
+        )
+
+    def reconfigure(self, config: Config) -> None:
+        self.config = config
+        if self.household is not None:
+            self.household.reconfigure(config)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()  # type: ignore[no-untyped-call]
+
+        async def stop() -> None:
+            if self.children.running:
+                await self.children.stopService()
+            for downloader in self.downloaders.values():
+                downloader.close()
+            if self.view is not None:
+                self.view.close()
+            if self._global is not None:
+                await self.run_io(self._global.close)
+                self._global = None
+
+        return Deferred.fromCoroutine(stop())
+
+
+def _open_global(path: str) -> GlobalDb:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return GlobalDb.open(path)
+
+
+def _make_dirs(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+
+
+def _alloc(global_db: GlobalDb, arena: ArenaName) -> Callable[[int], Any]:
+    return lambda end: global_db.alloc_range(arena, end)
