@@ -44,7 +44,7 @@ from realize.net.client import connect
 from realize.net.tls import ClientTLS, load_private_key
 from realize.services.job import MoveJob
 from realize.services.mover import FileResult, MoveReport
-from realize.storage.real import LocalStore
+from realize.storage.local import LocalStore
 from realize.tap._common import (
     EXIT_CODES,
     EXIT_ERROR,
