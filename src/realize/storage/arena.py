@@ -445,17 +445,10 @@ class ArenaRoot:
         """
         dir_fd, name = self.parent(path, create=False)
         try:
-            fd, made = self.partials.writable(
+            with self.partials.changing(
                 dir_fd, name, path, keep=size, create=False, reserve=size
-            )
-            try:
+            ) as fd:
                 os.ftruncate(fd, size)
                 return Stamp.of(os.fstat(fd))
-            except OSError as e:
-                if made:
-                    self.partials.remove(dir_fd, name)
-                raise self.error(e, path) from None
-            finally:
-                os.close(fd)
         finally:
             os.close(dir_fd)

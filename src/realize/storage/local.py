@@ -297,24 +297,18 @@ class LocalStore:
         check_mtime(mtime_ns)
         verify = finish_root is not None and end == file_size
         key = root.key(path)
+        to = None if end == file_size else end
         with self._writing(key, arena):
-            token = self.book.begin(
-                key, start, None if end == file_size else end, modifies=True
-            )
-            try:
+            with self.book.tracking(key, start, to, modifies=True) as learn:
                 written = await self._write(
                     root, path, start, end, file_size, data, hash or verify, verify
                 )
-            except BaseException:
-                self.book.abort(token)
-                raise
-            self.book.end(
-                token,
-                written.stamp,
-                start,
-                end,
-                written.leaves if hash or verify else None,
-            )
+                learn(
+                    written.stamp,
+                    start,
+                    end,
+                    written.leaves if hash or verify else None,
+                )
             finished = verify and written.root == finish_root
             if finished:
                 await self._finish(arena, root, path, mtime_ns, written.root)
@@ -373,14 +367,11 @@ class LocalStore:
         check_range(0, size)
         root = self.root(arena)
         key = root.key(path)
-        with self._writing(key, arena):
-            token = self.book.begin(key, size, None, modifies=True)
-            try:
-                stamp = await self.run_in_thread(root.truncate, path, size)
-            except BaseException:
-                self.book.abort(token)
-                raise
-            self.book.end(token, stamp)
+        with (
+            self._writing(key, arena),
+            self.book.tracking(key, size, None, modifies=True) as learn,
+        ):
+            learn(await self.run_in_thread(root.truncate, path, size))
 
     async def finish(
         self, arena: ArenaName, path: str, mtime_ns: int | None = None
@@ -474,13 +465,9 @@ class LocalStore:
         if start % LEAF_SIZE:
             raise BadRequest(f"hash start {start} is not a leaf boundary")
         root = self.root(arena)
-        token = self.book.begin(root.key(path), start, end, modifies=False)
-        try:
+        with self.book.tracking(root.key(path), start, end, modifies=False) as learn:
             state, stamp = await self.run_cpu(root.hash, path, start, end)
-        except BaseException:
-            self.book.abort(token)
-            raise
-        self.book.end(token, stamp, start, min(end, state.size), state.leaves)
+            learn(stamp, start, min(end, state.size), state.leaves)
         return state
 
     async def signature(
@@ -509,18 +496,15 @@ class LocalStore:
         _check_delta_range(start, end, file_size)
         root = self.root(arena)
         key = root.key(path)
-        with self._writing(key, arena):
-            token = self.book.begin(
-                key, start, None if end == file_size else end, modifies=True
+        to = None if end == file_size else end
+        with (
+            self._writing(key, arena),
+            self.book.tracking(key, start, to, modifies=True) as learn,
+        ):
+            leaves, stamp = await self.run_cpu(
+                repair.apply_delta, root, path, start, end, file_size, change
             )
-            try:
-                leaves, stamp = await self.run_cpu(
-                    repair.apply_delta, root, path, start, end, file_size, change
-                )
-            except BaseException:
-                self.book.abort(token)
-                raise
-            self.book.end(token, stamp, start, end, leaves)
+            learn(stamp, start, end, leaves)
         return leaves
 
     async def read_files(

@@ -17,6 +17,7 @@ import contextlib
 import os
 import stat
 import threading
+from collections.abc import Iterator
 
 from attrs import define, field
 
@@ -133,6 +134,37 @@ class Partials:
                 made = self._from_final(dir_fd, name, path, keep, create, reserve)
             if made is not None:
                 return made, True
+
+    @contextlib.contextmanager
+    def changing(
+        self,
+        dir_fd: int,
+        name: str,
+        path: str,
+        *,
+        keep: int | None,
+        create: bool,
+        reserve: int,
+    ) -> Iterator[int]:
+        """
+        L{writable} for a block that changes the partial file, closed
+        after it.  If the block fails, a partial file made for it is
+        removed (the command leaves the path as it was), and an
+        C{OSError} becomes the store's error.
+        """
+        fd, made = self.writable(
+            dir_fd, name, path, keep=keep, create=create, reserve=reserve
+        )
+        try:
+            yield fd
+        except BaseException as e:
+            if made:
+                self.remove(dir_fd, name)
+            if isinstance(e, OSError):
+                raise self._error(e, path) from None
+            raise
+        finally:
+            os.close(fd)
 
     def _from_final(
         self,

@@ -109,20 +109,13 @@ def apply_delta(
             raise BadDelta(f"{where(root.name, path)}: {e}") from None
         # The partial holds the basis there (or will: it is made from the
         # file just read), so only the blocks that differ are written.
-        fd, made = root.partials.writable(
+        with root.partials.changing(
             dir_fd, name, path, keep=None, create=False, reserve=0
-        )
-        try:
+        ) as fd:
             _write_changed(fd, start, basis, output)
             if end == file_size:
                 os.ftruncate(fd, file_size)
             stamp = Stamp.of(os.fstat(fd))
-        except OSError as e:
-            if made:
-                root.partials.remove(dir_fd, name)
-            raise root.error(e, path) from None
-        finally:
-            os.close(fd)
     finally:
         os.close(dir_fd)
     hasher = LeafHasher()

@@ -12,7 +12,10 @@ both are bounded.
 
 from __future__ import annotations
 
+import functools
 from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from attrs import define, field
 
@@ -183,6 +186,22 @@ class LeafBook:
         entry.ops[token] = op
         self._ops[token] = key
         return token
+
+    @contextmanager
+    def tracking(
+        self, key: FileKey, start: int, end: int | None, modifies: bool
+    ) -> Iterator[Callable[..., None]]:
+        """
+        L{begin} a command for the block; the block calls what it gets as
+        L{end} without the token.  If it raises, or does not call it, the
+        command is L{abort}ed.
+        """
+        token = self.begin(key, start, end, modifies)
+        try:
+            yield functools.partial(self.end, token)
+        finally:
+            if token in self._ops:
+                self.abort(token)
 
     def abort(self, token: int) -> None:
         """
