@@ -1420,7 +1420,7 @@ class ManualThreads:
 class GroupCommitTests(HostileCase):
     """
     Finish requests that arrive while a commit runs are committed together
-    (L{realize.storage.real.Committer}): one peer's bad request must not
+    (L{realize.storage.commit.Committer}): one peer's bad request must not
     fail the others'.
     """
 

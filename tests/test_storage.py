@@ -27,7 +27,7 @@ from realize.model import (
     WriteResult,
     partial_name,
 )
-from realize.storage.arena import ArenaRoot
+from realize.storage.arena import ArenaDir
 from realize.storage.local import LocalStore
 from realize.storage.memory import MemoryFile, MemoryStore
 from tests.helpers import failure_of, result_of, sync_run_in_thread
@@ -1081,14 +1081,14 @@ class LocalStoreContractTests(StoreContractMixin, SynchronousTestCase):
 
     def setUp(self) -> None:
         self.base = self.mktemp()
-        self.roots = {
+        self.directories = {
             A: os.path.join(self.base, "a"),
             B: os.path.join(self.base, "b"),
         }
-        for root in self.roots.values():
-            os.makedirs(root)
+        for directory in self.directories.values():
+            os.makedirs(directory)
         self.store = LocalStore(
-            {name: ArenaRoot(name, root) for name, root in self.roots.items()},
+            {name: ArenaDir(name, path) for name, path in self.directories.items()},
             sync_run_in_thread,
         )
 
@@ -1096,7 +1096,7 @@ class LocalStoreContractTests(StoreContractMixin, SynchronousTestCase):
         directory, _, name = path.rpartition("/")
         if partial:
             name = partial_name(name)
-        return os.path.join(self.roots[A], directory, name)
+        return os.path.join(self.directories[A], directory, name)
 
     def put(
         self,
@@ -1124,16 +1124,16 @@ class LocalStoreContractTests(StoreContractMixin, SynchronousTestCase):
 
     def assert_empty(self) -> None:
         self.assertEqual(sorted(os.listdir(self.base)), ["a", "b"])
-        for root in self.roots.values():
-            self.assertEqual(os.listdir(root), [])
+        for directory in self.directories.values():
+            self.assertEqual(os.listdir(directory), [])
 
     def test_describe(self) -> None:
         """
         A local store describes itself by its label.
         """
         self.assertEqual(self.store.describe(), "local")
-        single = LocalStore.single(A, self.roots[A], sync_run_in_thread)
-        self.assertEqual(single.describe(), f"local:{self.roots[A]}")
+        single = LocalStore.single(A, self.directories[A], sync_run_in_thread)
+        self.assertEqual(single.describe(), f"local:{self.directories[A]}")
 
 
 class MemoryStoreContractTests(StoreContractMixin, SynchronousTestCase):

@@ -22,7 +22,7 @@ from realize.errors import InvalidPath, IOFailure, NotFound, RealizeError
 from realize.hashing import LEAF_SIZE, hash_fd_range, merkle_root
 from realize.model import ArenaName, FileInfo, FileState, SmallFile
 from realize.storage import fs
-from realize.storage.arena import ArenaRoot
+from realize.storage.arena import ArenaDir
 from realize.storage.commit import CommitItem, Committer, commit_group
 from realize.storage.local import LocalStore
 from tests.helpers import failure_of, result_of, sync_run_in_thread
@@ -113,7 +113,7 @@ class _LocalCase(SynchronousTestCase):
         os.makedirs(self.root)
         self.secret = os.path.join(self.outside, "secret")
         write_file(self.secret, b"secret", MTIME)
-        self.arena_root = ArenaRoot("a", self.root, self.exclude)
+        self.arena_root = ArenaDir("a", self.root, self.exclude)
         self.store = LocalStore({A: self.arena_root}, sync_run_in_thread)
 
     def at(self, *parts: str) -> str:
@@ -344,7 +344,7 @@ class ExcludeTests(_LocalCase):
 
 class ListFilesTests(_LocalCase):
     """
-    L{ArenaRoot.list_files} lists regular files only.
+    L{ArenaDir.list_files} lists regular files only.
     """
 
     def test_skips(self) -> None:
@@ -579,7 +579,7 @@ class CommitterTests(_LocalCase):
         self.assertEqual(self.runner.calls, [])
 
 
-class ArenaRootCommitTests(_LocalCase):
+class ArenaDirCommitTests(_LocalCase):
     """
     L{commit_group} renames partial files to final ones, durably.
     """

@@ -500,7 +500,14 @@ class RunnerTests(_Case):
         io = Recorder()
         view = self.store.with_runners(io)
         self.assertIs(view.run_cpu, io)
-        for name in ("roots", "committer", "listener", "writers", "book", "counts"):
+        for name in (
+            "arena_dirs",
+            "committer",
+            "listener",
+            "writers",
+            "book",
+            "counts",
+        ):
             self.assertIs(getattr(view, name), getattr(self.store, name), name)
         self.assertIsNot(view.owner, self.store.owner)
         self.put("f", b"x")

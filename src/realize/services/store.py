@@ -22,8 +22,8 @@ from realize.config import Config
 from realize.errors import NotFound, Unauthorized
 from realize.interfaces import RunInThread, StoreListener
 from realize.model import ArenaName, PeerId
-from realize.storage.arena import ArenaRoot
-from realize.storage.local import LocalStore, roots_from_config
+from realize.storage.arena import ArenaDir
+from realize.storage.local import LocalStore, arena_dirs_from_config
 
 __all__ = ["PeerView", "StoreService"]
 
@@ -68,7 +68,7 @@ class StoreService(Service):
         """
         self.config, self.store = (
             config,
-            self.store.with_roots(roots_from_config(config)),
+            self.store.with_arena_dirs(arena_dirs_from_config(config)),
         )
 
     def view(
@@ -94,7 +94,7 @@ class StoreService(Service):
 class PeerView(LocalStore):
     """
     The L{realize.interfaces.Store} of one authenticated peer: the daemon's
-    local store whose arena resolver (L{root}) checks that the peer is
+    local store whose arena resolver (L{arena_dir}) checks that the peer is
     still in the config, that the arena exists here, admits the peer and
     has a datadir.
 
@@ -135,7 +135,7 @@ class PeerView(LocalStore):
             raise Unauthorized(f"peer {self.peer!r} is no longer in the config")
         return config
 
-    def root(self, arena: ArenaName) -> ArenaRoot:
+    def arena_dir(self, arena: ArenaName) -> ArenaDir:
         """
         @return: the directory of an arena the peer may use.
         @raise Unauthorized: if the peer is no longer in the config or the
@@ -148,16 +148,16 @@ class PeerView(LocalStore):
             raise NotFound(f"no arena {arena!r} on this peer")
         if not config.allows(self.peer):
             raise Unauthorized(f"peer {self.peer!r} may not use arena {arena!r}")
-        root = self.service.store.roots.get(arena)
-        if root is None:
+        arena_dir = self.service.store.arena_dirs.get(arena)
+        if arena_dir is None:
             raise NotFound(f"arena {arena!r} has no datadir on this peer")
-        return root
+        return arena_dir
 
     async def arenas(self) -> list[ArenaName]:
         config = self._check_peer()
-        roots = self.service.store.roots
+        arena_dirs = self.service.store.arena_dirs
         return sorted(
             name
             for name, arena in config.arenas.items()
-            if arena.allows(self.peer) and name in roots
+            if arena.allows(self.peer) and name in arena_dirs
         )

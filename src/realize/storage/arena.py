@@ -1,7 +1,7 @@
 """
 One arena directory on disk: the Real of DESIGN.md section 1.
 
-L{ArenaRoot} does the blocking work of the store commands on one arena
+L{ArenaDir} does the blocking work of the store commands on one arena
 directory; every method blocks and must run in a thread
 (L{realize.storage.local.LocalStore} does that).
 
@@ -51,7 +51,7 @@ from realize.storage.listing import list_tree
 from realize.storage.partials import Partials
 from realize.storage.paths import DirCache, not_found, os_error, where
 
-__all__ = ["ArenaRoot", "ReadHandle", "WriteHandle", "Written"]
+__all__ = ["ArenaDir", "ReadHandle", "WriteHandle", "Written"]
 
 
 @define(eq=False)
@@ -123,7 +123,7 @@ def _leaf_count(start: int, end: int) -> int:
 
 
 @define(eq=False)
-class ArenaRoot:
+class ArenaDir:
     """
     Blocking operations on one arena directory.  Call from threads.
 

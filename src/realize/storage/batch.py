@@ -17,7 +17,7 @@ import stat
 from realize.errors import BadRequest, Conflict, RealizeError
 from realize.hashing import LeafHasher, merkle_root
 from realize.model import SmallFile, SmallRead, clamp_mtime, partial_name
-from realize.storage.arena import ArenaRoot
+from realize.storage.arena import ArenaDir
 from realize.storage.fs import Filesystems, pwrite_all, read_whole
 from realize.storage.paths import DirCache, not_regular, where
 
@@ -31,7 +31,7 @@ def _root(data: bytes) -> bytes:
 
 
 def read_files(
-    root: ArenaRoot, files: list[tuple[str, int]]
+    arena_dir: ArenaDir, files: list[tuple[str, int]]
 ) -> list[SmallRead | RealizeError]:
     """
     Read whole small files (final, else partial) in one call.
@@ -41,12 +41,12 @@ def read_files(
     @return: per file, what was read or its error.
     """
     results: list[SmallRead | RealizeError] = []
-    with root.dirs() as dirs:
+    with arena_dir.dirs() as dirs:
         for path, limit in files:
             try:
-                segments = root.segments(path)
+                segments = arena_dir.segments(path)
                 dir_fd = dirs.open(segments[:-1], path, create=False)
-                fd, _, st = root.open_either(dir_fd, segments[-1], path, False)
+                fd, _, st = arena_dir.open_either(dir_fd, segments[-1], path, False)
                 try:
                     data = b""
                     if st.st_size <= limit:
@@ -62,12 +62,12 @@ def read_files(
             except RealizeError as e:
                 results.append(e)
             except OSError as e:
-                results.append(root.error(e, path))
+                results.append(arena_dir.error(e, path))
     return results
 
 
 def write_partials(
-    root: ArenaRoot, files: list[SmallFile], data: list[bytes]
+    arena_dir: ArenaDir, files: list[SmallFile], data: list[bytes]
 ) -> list[RealizeError | None]:
     """
     Write and verify whole small files as new partial files, with their
@@ -81,28 +81,29 @@ def write_partials(
     """
     results: list[RealizeError | None] = [None] * len(files)
     seen: set[str] = set()
-    with root.dirs() as dirs:
+    with arena_dir.dirs() as dirs:
         for index, (file, content) in enumerate(zip(files, data, strict=True)):
             path = file.path
             try:
-                segments = root.segments(path)
+                segments = arena_dir.segments(path)
                 if path in seen:
                     raise BadRequest(
-                        f"{where(root.name, path)}: named twice in one batch"
+                        f"{where(arena_dir.name, path)}: named twice in one batch"
                     )
                 seen.add(path)
                 if len(content) != file.size:
                     raise Conflict(
-                        f"{where(root.name, path)}: {len(content)} bytes "
+                        f"{where(arena_dir.name, path)}: {len(content)} bytes "
                         f"sent for a {file.size}-byte file"
                     )
                 dir_fd = dirs.open(segments[:-1], path, create=True)
-                fd = root.partials.fresh(dir_fd, segments[-1], path)
+                fd = arena_dir.partials.fresh(dir_fd, segments[-1], path)
                 try:
                     pwrite_all(fd, content, 0)
                     if _root(content) != file.root:
                         raise Conflict(
-                            f"{where(root.name, path)}: hash differs from the source's"
+                            f"{where(arena_dir.name, path)}: hash differs from "
+                            "the source's"
                         )
                     os.utime(fd, ns=(file.mtime_ns, file.mtime_ns))
                     if len(files) == 1:
@@ -112,12 +113,12 @@ def write_partials(
             except RealizeError as e:
                 results[index] = e
             except OSError as e:
-                results[index] = root.error(e, path)
+                results[index] = arena_dir.error(e, path)
     return results
 
 
 def delete_files(
-    root: ArenaRoot,
+    arena_dir: ArenaDir,
     files: list[tuple[str, int | None, int | None]],
     durable: bool = False,
 ) -> list[RealizeError | bool]:
@@ -135,11 +136,12 @@ def delete_files(
     @raise IOFailure: if C{durable} and the flush failed.
     """
     results: list[RealizeError | bool] = []
-    with root.dirs() as dirs, Filesystems() as filesystems:
+    emptied: dict[tuple[str, ...], None] = {}  # directories that lost a file
+    with arena_dir.dirs() as dirs, Filesystems() as filesystems:
         dirs.open([], "", create=False)
         for path, size, mtime_ns in files:
             try:
-                segments = root.segments(path)
+                segments = arena_dir.segments(path)
                 try:
                     dir_fd = dirs.resolve(segments[:-1], create=False)
                 except FileNotFoundError:
@@ -148,23 +150,25 @@ def delete_files(
                 if durable:
                     filesystems.add(dir_fd)
                 results.append(
-                    _delete_in(root, dir_fd, segments[-1], path, size, mtime_ns)
+                    _delete_in(arena_dir, dir_fd, segments[-1], path, size, mtime_ns)
                 )
-                _remove_empty(dirs, segments)
+                emptied[tuple(segments[:-1])] = None
             except RealizeError as e:
                 results.append(e)
             except OSError as e:
-                results.append(root.error(e, path))
+                results.append(arena_dir.error(e, path))
+        for directory in sorted(emptied, key=len, reverse=True):
+            _remove_empty(dirs, directory)
         if durable:
             try:
                 filesystems.sync()
             except OSError as e:
-                raise root.error(e, "") from None
+                raise arena_dir.error(e, "") from None
     return results
 
 
 def _delete_in(
-    root: ArenaRoot,
+    arena_dir: ArenaDir,
     dir_fd: int,
     name: str,
     path: str,
@@ -183,13 +187,13 @@ def _delete_in(
         st = None
     if st is not None:
         if not stat.S_ISREG(st.st_mode):
-            raise not_regular(root.name, path)
+            raise not_regular(arena_dir.name, path)
         if size is not None and (
             st.st_size != size
             or (mtime_ns is not None and clamp_mtime(st.st_mtime_ns) != mtime_ns)
         ):
             raise Conflict(
-                f"{where(root.name, path)}: changed since it was listed "
+                f"{where(arena_dir.name, path)}: changed since it was listed "
                 f"(size {size} -> {st.st_size}), not deleted"
             )
         os.unlink(name, dir_fd=dir_fd)
@@ -198,16 +202,15 @@ def _delete_in(
     return st is not None
 
 
-def _remove_empty(dirs: DirCache, segments: list[str]) -> None:
+def _remove_empty(dirs: DirCache, directory: tuple[str, ...]) -> None:
     """
-    Remove the directories holding a file that are empty, from its own up
-    to (not including) the arena directory, stopping at the first that is
-    not.
+    Remove a directory if it is empty, then its parent if that is empty
+    then, and so on up to (not including) the arena directory.
     """
-    for depth in range(len(segments) - 1, 0, -1):
+    for depth in range(len(directory), 0, -1):
         try:
-            parent = dirs.resolve(segments[: depth - 1], create=False)
-            os.rmdir(segments[depth - 1], dir_fd=parent)
+            parent = dirs.resolve(directory[: depth - 1], create=False)
+            os.rmdir(directory[depth - 1], dir_fd=parent)
         except (OSError, RealizeError):
             return
-        dirs.discard(segments[:depth])
+        dirs.discard(directory[:depth])

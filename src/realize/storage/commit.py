@@ -26,7 +26,7 @@ from realize.storage.fs import O_READ, Filesystems, Stamp, open_regular
 from realize.storage.paths import DirCache, not_found, not_regular
 
 if TYPE_CHECKING:
-    from realize.storage.arena import ArenaRoot
+    from realize.storage.arena import ArenaDir
 
 __all__ = ["CommitItem", "Committer", "commit_group"]
 
@@ -36,7 +36,7 @@ class CommitItem:
     """
     A partial file to make final.
 
-    @ivar root: its arena.
+    @ivar arena_dir: its arena.
     @ivar path: its (final) path.
     @ivar mtime_ns: mtime to set, or C{None}.
     @ivar prepared: the partial was just written whole with its mtime
@@ -46,7 +46,7 @@ class CommitItem:
         setting its mtime), or C{None} if it was already final.
     """
 
-    root: ArenaRoot
+    arena_dir: ArenaDir
     path: str
     mtime_ns: int | None = None
     prepared: bool = False
@@ -73,16 +73,16 @@ def commit_group(items: list[CommitItem]) -> list[BaseException | None]:
     caches: dict[int, DirCache] = {}
 
     def dirs(item: CommitItem) -> DirCache:
-        cache = caches.get(id(item.root))
+        cache = caches.get(id(item.arena_dir))
         if cache is None:
-            cache = caches[id(item.root)] = item.root.dirs()
+            cache = caches[id(item.arena_dir)] = item.arena_dir.dirs()
         return cache
 
     with Filesystems() as filesystems:
         try:
             for index, item in enumerate(items):
                 try:
-                    segments = item.root.segments(item.path)
+                    segments = item.arena_dir.segments(item.path)
                     dir_fd = dirs(item).open(segments[:-1], item.path, create=False)
                     if _prepare(item, dir_fd, segments[-1], alone):
                         filesystems.add(dir_fd)
@@ -90,7 +90,7 @@ def commit_group(items: list[CommitItem]) -> list[BaseException | None]:
                 except (RealizeError, OverflowError, ValueError) as e:
                     results[index] = _error(item, e)
                 except OSError as e:
-                    results[index] = item.root.error(e, item.path)
+                    results[index] = item.arena_dir.error(e, item.path)
             if not ready:
                 return results
             if not alone:
@@ -108,13 +108,13 @@ def commit_group(items: list[CommitItem]) -> list[BaseException | None]:
                 except RealizeError as e:
                     results[index] = e
                 except OSError as e:
-                    results[index] = item.root.error(e, item.path)
+                    results[index] = item.arena_dir.error(e, item.path)
             if not alone:
                 filesystems.sync()
         except OSError as e:
             for index, _ in ready:
                 if results[index] is None:
-                    results[index] = items[index].root.error(e, items[index].path)
+                    results[index] = items[index].arena_dir.error(e, items[index].path)
         finally:
             for cache in caches.values():
                 cache.close()
@@ -167,9 +167,9 @@ def _finish_final(item: CommitItem, dir_fd: int, name: str) -> None:
     try:
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
-        raise not_found(item.root.name, item.path) from None
+        raise not_found(item.arena_dir.name, item.path) from None
     if not stat.S_ISREG(st.st_mode):
-        raise not_regular(item.root.name, item.path)
+        raise not_regular(item.arena_dir.name, item.path)
     if item.mtime_ns is not None and clamp_mtime(st.st_mtime_ns) != item.mtime_ns:
         os.utime(
             name,

@@ -1,6 +1,6 @@
 """
 The store of the arenas on this machine: L{LocalStore} serves arena
-directories (L{realize.storage.arena.ArenaRoot}) through the
+directories (L{realize.storage.arena.ArenaDir}) through the
 L{realize.interfaces.Store} interface, running their blocking work in
 thread pools; it backs both C{realized} and the C{local}/C{local:/path}
 sides of C{realize-move}.
@@ -50,7 +50,7 @@ from realize.model import (
     clamp_mtime,
 )
 from realize.storage import batch, repair
-from realize.storage.arena import ArenaRoot, Written
+from realize.storage.arena import ArenaDir, Written
 from realize.storage.commit import CommitItem, Committer
 from realize.storage.paths import where
 from realize.storage.streams import LocalReadStream
@@ -92,12 +92,12 @@ async def _next_chunk(iterator: AsyncIterator[bytes]) -> bytes | None:
         return None
 
 
-def roots_from_config(config: Config) -> dict[ArenaName, ArenaRoot]:
+def arena_dirs_from_config(config: Config) -> dict[ArenaName, ArenaDir]:
     """
     @return: the arena directories of every arena of a config that has a
         datadir (a workdir inside it is excluded).
     """
-    roots = {}
+    arena_dirs = {}
     for arena in config.arenas.values():
         if arena.datadir is None:
             continue
@@ -108,8 +108,8 @@ def roots_from_config(config: Config) -> dict[ArenaName, ArenaRoot]:
             pass
         else:
             exclude = relative.parts[0] if relative.parts else None
-        roots[arena.name] = ArenaRoot(arena.name, str(arena.datadir), exclude)
-    return roots
+        arena_dirs[arena.name] = ArenaDir(arena.name, str(arena.datadir), exclude)
+    return arena_dirs
 
 
 @define(eq=False)
@@ -118,7 +118,7 @@ class LocalStore:
     The L{realize.interfaces.Store} of arenas on this machine, doing the
     blocking work in threads.
 
-    @ivar roots: the arenas served.
+    @ivar arena_dirs: the arenas served.
     @ivar run_in_thread: runs blocking file I/O in a thread pool.
     @ivar label: how this store is named in messages (C{"local"},
         C{"local:/path"}).
@@ -133,7 +133,7 @@ class LocalStore:
 
     log: ClassVar[Logger] = Logger()
 
-    roots: dict[ArenaName, ArenaRoot]
+    arena_dirs: dict[ArenaName, ArenaDir]
     run_in_thread: RunInThread
     label: str = "local"
     run_cpu: RunInThread = field(default=None, kw_only=True)
@@ -170,7 +170,7 @@ class LocalStore:
         @param listener: told of files finished and deleted.
         """
         return cls(
-            roots_from_config(config),
+            arena_dirs_from_config(config),
             run_in_thread,
             label,
             run_cpu=run_cpu,  # type: ignore[arg-type]
@@ -194,7 +194,7 @@ class LocalStore:
         @param path: the directory.
         """
         return cls(
-            {arena: ArenaRoot(arena, path)},
+            {arena: ArenaDir(arena, path)},
             run_in_thread,
             f"local:{path}",
             run_cpu=run_cpu,  # type: ignore[arg-type]
@@ -224,23 +224,23 @@ class LocalStore:
             owner=object() if owner is None else owner,
         )
 
-    def with_roots(self, roots: dict[ArenaName, ArenaRoot]) -> LocalStore:
+    def with_arena_dirs(self, arena_dirs: dict[ArenaName, ArenaDir]) -> LocalStore:
         """
         This store serving other arenas (a reloaded config), sharing all
         the rest.
         """
-        return attrs.evolve(self, roots=roots)
+        return attrs.evolve(self, arena_dirs=arena_dirs)
 
     def describe(self) -> str:
         return self.label
 
-    def root(self, arena: ArenaName) -> ArenaRoot:
+    def arena_dir(self, arena: ArenaName) -> ArenaDir:
         """
         @return: the arena's directory.
         @raise NotFound: if this store has no such arena.
         """
         try:
-            return self.roots[arena]
+            return self.arena_dirs[arena]
         except KeyError:
             raise NotFound(f"{self.label} has no arena {arena!r}") from None
 
@@ -253,10 +253,10 @@ class LocalStore:
             self.writers.leave(key)
 
     async def arenas(self) -> list[ArenaName]:
-        return sorted(self.roots)
+        return sorted(self.arena_dirs)
 
     async def list_files(self, arena: ArenaName) -> list[FileInfo]:
-        return await self.run_in_thread(self.root(arena).list_files)
+        return await self.run_in_thread(self.arena_dir(arena).list_files)
 
     def read(
         self,
@@ -267,7 +267,7 @@ class LocalStore:
         *,
         hash_from: int | None = None,
     ) -> LocalReadStream:
-        root = self.root(arena)
+        arena_dir = self.arena_dir(arena)
         check_path(path)
         check_range(start, end)
         if hash_from is not None and (
@@ -276,7 +276,9 @@ class LocalStore:
             raise BadRequest(
                 f"hash start {hash_from} is not a leaf boundary at or before {start}"
             )
-        return LocalReadStream(self.run_in_thread, root, path, start, end, hash_from)
+        return LocalReadStream(
+            self.run_in_thread, arena_dir, path, start, end, hash_from
+        )
 
     async def write(
         self,
@@ -291,17 +293,17 @@ class LocalStore:
         finish_root: bytes | None = None,
         mtime_ns: int | None = None,
     ) -> WriteResult:
-        root = self.root(arena)
+        arena_dir = self.arena_dir(arena)
         check_path(path)
         check_range(start, end, file_size)
         check_mtime(mtime_ns)
         verify = finish_root is not None and end == file_size
-        key = root.key(path)
+        key = arena_dir.key(path)
         to = None if end == file_size else end
         with self._writing(key, arena):
             with self.book.tracking(key, start, to, modifies=True) as learn:
                 written = await self._write(
-                    root, path, start, end, file_size, data, hash or verify, verify
+                    arena_dir, path, start, end, file_size, data, hash or verify, verify
                 )
                 learn(
                     written.stamp,
@@ -311,12 +313,12 @@ class LocalStore:
                 )
             finished = verify and written.root == finish_root
             if finished:
-                await self._finish(arena, root, path, mtime_ns, written.root)
+                await self._finish(arena, arena_dir, path, mtime_ns, written.root)
         return WriteResult(written.leaves if hash else (), finished)
 
     async def _write(
         self,
-        root: ArenaRoot,
+        arena_dir: ArenaDir,
         path: str,
         start: int,
         end: int,
@@ -326,7 +328,7 @@ class LocalStore:
         verify: bool,
     ) -> Written:
         run = self.run_in_thread
-        where_ = where(root.name, path)
+        where_ = where(arena_dir.name, path)
         iterator = aiter(data)
         chunk = await _next_chunk(iterator)
         if chunk is None or len(chunk) == end - start:
@@ -336,14 +338,21 @@ class LocalStore:
                     f"{where_}: write stream ended at {start}, expected {end}"
                 )
             written: Written = await run(
-                root.write_all, path, start, chunk or b"", end, file_size, hash, verify
+                arena_dir.write_all,
+                path,
+                start,
+                chunk or b"",
+                end,
+                file_size,
+                hash,
+                verify,
             )
             if chunk is not None and await _next_chunk(iterator) is not None:
                 raise Conflict(
                     f"{where_}: more data than the announced {end - start} bytes"
                 )
             return written
-        handle = await run(root.open_write, path, start, end, file_size, hash)
+        handle = await run(arena_dir.open_write, path, start, end, file_size, hash)
         try:
             offset = start
             while chunk is not None:
@@ -351,7 +360,7 @@ class LocalStore:
                     raise Conflict(
                         f"{where_}: more data than the announced {end - start} bytes"
                     )
-                await run(root.write_chunk, handle, chunk, offset)
+                await run(arena_dir.write_chunk, handle, chunk, offset)
                 offset += len(chunk)
                 chunk = await _next_chunk(iterator)
             if offset != end:
@@ -361,30 +370,30 @@ class LocalStore:
         except BaseException:
             await run(handle.close)
             raise
-        return await run(root.end_write, handle, end, file_size, verify)
+        return await run(arena_dir.end_write, handle, end, file_size, verify)
 
     async def truncate(self, arena: ArenaName, path: str, size: int) -> None:
         check_range(0, size)
-        root = self.root(arena)
-        key = root.key(path)
+        arena_dir = self.arena_dir(arena)
+        key = arena_dir.key(path)
         with (
             self._writing(key, arena),
             self.book.tracking(key, size, None, modifies=True) as learn,
         ):
-            learn(await self.run_in_thread(root.truncate, path, size))
+            learn(await self.run_in_thread(arena_dir.truncate, path, size))
 
     async def finish(
         self, arena: ArenaName, path: str, mtime_ns: int | None = None
     ) -> None:
-        root = self.root(arena)
+        arena_dir = self.arena_dir(arena)
         check_path(path)
         check_mtime(mtime_ns)
-        await self._finish(arena, root, path, mtime_ns, None)
+        await self._finish(arena, arena_dir, path, mtime_ns, None)
 
     async def _finish(
         self,
         arena: ArenaName,
-        root: ArenaRoot,
+        arena_dir: ArenaDir,
         path: str,
         mtime_ns: int | None,
         known: bytes | None,
@@ -393,9 +402,9 @@ class LocalStore:
         Commit a partial file, then tell the listener with its root: the
         one given, else the one the leaves known give, else hashed again.
         """
-        item = CommitItem(root, path, mtime_ns)
+        item = CommitItem(arena_dir, path, mtime_ns)
         await self.committer.commit(item)
-        key = root.key(path)
+        key = arena_dir.key(path)
         seen = item.seen
         if seen is not None and known is None:
             known = self.book.root(key, seen)
@@ -412,7 +421,7 @@ class LocalStore:
                 path=path,
             )
             try:
-                known, size, mtime = await self.run_cpu(root.hash_final, path)
+                known, size, mtime = await self.run_cpu(arena_dir.hash_final, path)
             except RealizeError as e:
                 self.log.warn(
                     "arena {arena}: {path} finished, but not hashed: {error}",
@@ -444,16 +453,18 @@ class LocalStore:
     async def _delete(
         self, arena: ArenaName, files: list[tuple[str, int | None, int | None]]
     ) -> list[RealizeError | None]:
-        root = self.root(arena)
+        arena_dir = self.arena_dir(arena)
         durable = self.listener is not None
-        results = await self.run_in_thread(batch.delete_files, root, files, durable)
+        results = await self.run_in_thread(
+            batch.delete_files, arena_dir, files, durable
+        )
         outcomes: list[RealizeError | None] = []
         for (path, _, _), result in zip(files, results, strict=True):
             if isinstance(result, RealizeError):
                 outcomes.append(result)
                 continue
             outcomes.append(None)
-            self.book.forget(root.key(path))
+            self.book.forget(arena_dir.key(path))
             if result and self.listener is not None:
                 self._tell(self.listener.file_deleted, arena, path)
         return outcomes
@@ -464,9 +475,11 @@ class LocalStore:
         check_range(start, end)
         if start % LEAF_SIZE:
             raise BadRequest(f"hash start {start} is not a leaf boundary")
-        root = self.root(arena)
-        with self.book.tracking(root.key(path), start, end, modifies=False) as learn:
-            state, stamp = await self.run_cpu(root.hash, path, start, end)
+        arena_dir = self.arena_dir(arena)
+        with self.book.tracking(
+            arena_dir.key(path), start, end, modifies=False
+        ) as learn:
+            state, stamp = await self.run_cpu(arena_dir.hash, path, start, end)
             learn(stamp, start, min(end, state.size), state.leaves)
         return state
 
@@ -474,15 +487,15 @@ class LocalStore:
         self, arena: ArenaName, path: str, start: int, end: int
     ) -> bytes | None:
         _check_delta_range(start, end)
-        root = self.root(arena)
-        return await self.run_cpu(repair.signature, root, path, start, end)
+        arena_dir = self.arena_dir(arena)
+        return await self.run_cpu(repair.signature, arena_dir, path, start, end)
 
     async def diff(
         self, arena: ArenaName, path: str, start: int, end: int, signature: bytes
     ) -> bytes:
         _check_delta_range(start, end)
-        root = self.root(arena)
-        return await self.run_cpu(repair.diff, root, path, start, end, signature)
+        arena_dir = self.arena_dir(arena)
+        return await self.run_cpu(repair.diff, arena_dir, path, start, end, signature)
 
     async def apply_delta(
         self,
@@ -494,15 +507,15 @@ class LocalStore:
         change: bytes,
     ) -> tuple[bytes, ...]:
         _check_delta_range(start, end, file_size)
-        root = self.root(arena)
-        key = root.key(path)
+        arena_dir = self.arena_dir(arena)
+        key = arena_dir.key(path)
         to = None if end == file_size else end
         with (
             self._writing(key, arena),
             self.book.tracking(key, start, to, modifies=True) as learn,
         ):
             leaves, stamp = await self.run_cpu(
-                repair.apply_delta, root, path, start, end, file_size, change
+                repair.apply_delta, arena_dir, path, start, end, file_size, change
             )
             learn(stamp, start, end, leaves)
         return leaves
@@ -510,26 +523,26 @@ class LocalStore:
     async def read_files(
         self, arena: ArenaName, files: Sequence[tuple[str, int]]
     ) -> list[SmallRead | RealizeError]:
-        root = self.root(arena)
-        return await self.run_in_thread(batch.read_files, root, list(files))
+        arena_dir = self.arena_dir(arena)
+        return await self.run_in_thread(batch.read_files, arena_dir, list(files))
 
     async def write_files(
         self, arena: ArenaName, files: Sequence[SmallFile], data: Sequence[bytes]
     ) -> list[RealizeError | None]:
-        root = self.root(arena)
+        arena_dir = self.arena_dir(arena)
         results: list[RealizeError | None] = [None] * len(files)
         todo: list[int] = []
         try:
             for index, file in enumerate(files):
                 try:
-                    self.writers.enter(root.key(file.path), self.owner, arena)
+                    self.writers.enter(arena_dir.key(file.path), self.owner, arena)
                 except Conflict as e:
                     results[index] = e
                 else:
                     todo.append(index)
             written = await self.run_in_thread(
                 batch.write_partials,
-                root,
+                arena_dir,
                 [files[i] for i in todo],
                 [data[i] for i in todo],
             )
@@ -539,7 +552,7 @@ class LocalStore:
                     results[index] = outcome
                     continue
                 item = CommitItem(
-                    root, files[index].path, prepared=True, synced=len(todo) == 1
+                    arena_dir, files[index].path, prepared=True, synced=len(todo) == 1
                 )
                 commits.append((index, self.committer.commit(item)))
             for index, d in commits:
@@ -551,7 +564,7 @@ class LocalStore:
                         e if isinstance(e, RealizeError) else IOFailure(str(e))
                     )
                     continue
-                self.book.forget(root.key(file.path))
+                self.book.forget(arena_dir.key(file.path))
                 if self.listener is not None:
                     self._tell(
                         self.listener.file_finished,
@@ -563,7 +576,7 @@ class LocalStore:
                     )
         finally:
             for index in todo:
-                self.writers.leave(root.key(files[index].path))
+                self.writers.leave(arena_dir.key(files[index].path))
         return results
 
     async def delete_files(

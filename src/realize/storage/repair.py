@@ -15,14 +15,14 @@ import os
 from realize.errors import BadDelta, Conflict
 from realize.hashing import LeafHasher
 from realize.model import MAX_DELTA_RANGE
-from realize.storage.arena import ArenaRoot
+from realize.storage.arena import ArenaDir
 from realize.storage.fs import Stamp, pwrite_all, read_into, thread_buffer
 from realize.storage.paths import where
 
 __all__ = ["apply_delta", "diff", "signature"]
 
 
-def signature(root: ArenaRoot, path: str, start: int, end: int) -> bytes | None:
+def signature(arena_dir: ArenaDir, path: str, start: int, end: int) -> bytes | None:
     """
     rsync signature of C{[start, min(end, size))} of the file being
     received (partial, else final).
@@ -32,19 +32,21 @@ def signature(root: ArenaRoot, path: str, start: int, end: int) -> bytes | None:
     """
     from realize import delta
 
-    fd, _, st = root.open_for_reading(path, prefer_partial=True)
+    fd, _, st = arena_dir.open_for_reading(path, prefer_partial=True)
     try:
         if st.st_size <= start:
             return None
         basis = read_into(fd, start, min(end, st.st_size), "basis")
     except OSError as e:
-        raise root.error(e, path) from None
+        raise arena_dir.error(e, path) from None
     finally:
         os.close(fd)
     return delta.signature(basis)
 
 
-def diff(root: ArenaRoot, path: str, start: int, end: int, signature: bytes) -> bytes:
+def diff(
+    arena_dir: ArenaDir, path: str, start: int, end: int, signature: bytes
+) -> bytes:
     """
     Delta that turns the basis described by C{signature} into C{[start,
     end)} of the file (final, else partial).
@@ -57,21 +59,21 @@ def diff(root: ArenaRoot, path: str, start: int, end: int, signature: bytes) -> 
     try:
         parsed = delta.parse_signature(signature, max_basis_length=end - start)
     except delta.DeltaFormatError as e:
-        raise BadDelta(f"{where(root.name, path)}: {e}") from None
-    fd, _, _ = root.open_for_reading(path, prefer_partial=False)
+        raise BadDelta(f"{where(arena_dir.name, path)}: {e}") from None
+    fd, _, _ = arena_dir.open_for_reading(path, prefer_partial=False)
     try:
         target = read_into(fd, start, end, "target")
     except OSError as e:
-        raise root.error(e, path) from None
+        raise arena_dir.error(e, path) from None
     finally:
         os.close(fd)
     if len(target) != end - start:
-        raise Conflict(f"{where(root.name, path)}: shorter than {end} bytes")
+        raise Conflict(f"{where(arena_dir.name, path)}: shorter than {end} bytes")
     return delta.diff(target, parsed)
 
 
 def apply_delta(
-    root: ArenaRoot, path: str, start: int, end: int, file_size: int, change: bytes
+    arena_dir: ArenaDir, path: str, start: int, end: int, file_size: int, change: bytes
 ) -> tuple[tuple[bytes, ...], Stamp]:
     """
     Apply a delta to C{[start, end)} of the partial file, the basis being
@@ -88,13 +90,13 @@ def apply_delta(
     """
     from realize import delta
 
-    dir_fd, name = root.parent(path, create=False)
+    dir_fd, name = arena_dir.parent(path, create=False)
     try:
-        fd, _, st = root.open_either(dir_fd, name, path, True)
+        fd, _, st = arena_dir.open_either(dir_fd, name, path, True)
         try:
             basis = read_into(fd, start, max(start, min(end, st.st_size)), "basis")
         except OSError as e:
-            raise root.error(e, path) from None
+            raise arena_dir.error(e, path) from None
         finally:
             os.close(fd)
         try:
@@ -106,10 +108,10 @@ def apply_delta(
                 out=thread_buffer("output", end - start),
             )
         except delta.DeltaFormatError as e:
-            raise BadDelta(f"{where(root.name, path)}: {e}") from None
+            raise BadDelta(f"{where(arena_dir.name, path)}: {e}") from None
         # The partial holds the basis there (or will: it is made from the
         # file just read), so only the blocks that differ are written.
-        with root.partials.changing(
+        with arena_dir.partials.changing(
             dir_fd, name, path, keep=None, create=False, reserve=0
         ) as fd:
             _write_changed(fd, start, basis, output)

@@ -13,7 +13,7 @@ from twisted.internet.defer import Deferred
 from realize.errors import Conflict
 from realize.interfaces import RunInThread
 from realize.model import CHUNK_SIZE, FileState
-from realize.storage.arena import ArenaRoot, ReadHandle
+from realize.storage.arena import ArenaDir, ReadHandle
 
 __all__ = ["LocalReadStream"]
 
@@ -27,14 +27,14 @@ class LocalReadStream:
     def __init__(
         self,
         run: RunInThread,
-        root: ArenaRoot,
+        arena_dir: ArenaDir,
         path: str,
         start: int,
         end: int,
         hash_from: int | None,
     ) -> None:
         self._run = run
-        self._root = root
+        self._arena_dir = arena_dir
         self._path = path
         self._offset = start
         self._start = start
@@ -55,7 +55,7 @@ class LocalReadStream:
             if self._handle is None:
                 if self._end - self._start <= CHUNK_SIZE:
                     data, self._state = await self._run(
-                        self._root.read_all,
+                        self._arena_dir.read_all,
                         self._path,
                         self._start,
                         self._end,
@@ -66,7 +66,7 @@ class LocalReadStream:
                         raise StopAsyncIteration
                     return data
                 handle = await self._run(
-                    self._root.open_read,
+                    self._arena_dir.open_read,
                     self._path,
                     self._start,
                     self._end,
@@ -91,7 +91,7 @@ class LocalReadStream:
             else:
                 handle, self._handle = self._handle, None
                 self._done = True
-                self._state = await self._run(self._root.end_read, handle)
+                self._state = await self._run(self._arena_dir.end_read, handle)
             if not chunk:
                 raise StopAsyncIteration
             return chunk
@@ -104,7 +104,7 @@ class LocalReadStream:
     def _prefetch(self) -> None:
         length = min(CHUNK_SIZE, self._end - self._offset)
         self._pending = self._run(
-            self._root.read_chunk, self._handle, self._path, self._offset, length
+            self._arena_dir.read_chunk, self._handle, self._path, self._offset, length
         )
 
     async def result(self) -> FileState:
