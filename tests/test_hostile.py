@@ -1414,7 +1414,7 @@ class ManualThreads:
 class GroupCommitTests(HostileCase):
     """
     Finish requests that arrive while a commit runs are committed together
-    (L{realize.storage.real.Committer}): one peer's bad request must not
+    (L{realize.storage.commit.Committer}): one peer's bad request must not
     fail the others'.
     """
 
@@ -1570,8 +1570,8 @@ ARENAS = often(
 
 #: Interesting integers that every filesystem refuses or handles quickly:
 #: none of them makes a file of more than a few MiB that a command then
-#: hashes (a peer may make a sparse file of 1 TiB and have it hashed: a
-#: denial of service by an authorized peer, out of scope here).
+#: hashes (a larger claimed size is refused for want of space, and the
+#: holes of a sparse file are not read: StorageLimitTests).
 SMALL = often(
     st.one_of(st.integers(0, 20), st.sampled_from([0, MiB, 2 * MiB])),
     st.one_of(
@@ -1810,4 +1810,59 @@ class BatchTests(HostileCase):
         )
         self.assertEqual(len(outcome.codes()), 2)
         self.assertEqual((self.docs / "twice").read_bytes(), data)
+        self.assert_serving()
+
+
+class StorageLimitTests(HostileCase):
+    """
+    What a peer can make the store do to files (issue 14, items 2, 8, 9):
+    never write through a hard link, never claim more than the disk has,
+    never leave a failed command's changes.
+    """
+
+    def test_hard_link(self) -> None:
+        """
+        A final file of the arena that is a hard link to a file outside is
+        truncated, written and finished without the outside file changing
+        (the repro of issue 14: C{ln outside/f arena/h}, Truncate C{h} to
+        3).
+        """
+        os.link(self.outside / "secret", self.docs / "h")
+        self.before = snapshot(self.base)
+        truncate = self.call("Truncate", {"arena": "docs", "path": "h", "size": 3})
+        self.assertIsNone(truncate.error)
+        _, arguments, data = every_call("docs", "h")[1]
+        write = self.call("Write", arguments, data)
+        self.assertIsNone(write.error)
+        self.assertTrue(write.answer and write.answer["finished"])
+        self.assert_outside_untouched()
+        self.assertEqual((self.docs / "h").read_bytes(), EVIL)
+        self.assertEqual((self.outside / "secret").stat().st_nlink, 1)
+        self.assert_serving()
+
+    def test_sparse_claims(self) -> None:
+        """
+        A one-byte Write at the end of an 8 TiB file answers NO_SPACE and
+        makes nothing; a Truncate of a final file to 2**63-1 bytes is
+        refused and leaves the final file alone, without a partial.
+        """
+        size = 8 << 40
+        outcome = self.call(
+            "Write",
+            {
+                "arena": "docs",
+                "path": "giant",
+                "start": size - 1,
+                "end": size,
+                "file_size": size,
+                "hash": False,
+            },
+            b"x",
+        )
+        self.assert_refused(outcome, b"NO_SPACE", "Write")
+        outcome = self.call(
+            "Truncate", {"arena": "docs", "path": "f", "size": 2**63 - 1}
+        )
+        self.assertIsNotNone(outcome.error)
+        self.assert_untouched()
         self.assert_serving()

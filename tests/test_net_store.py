@@ -408,11 +408,13 @@ class ServiceTests(RemoteTestCase):
     def test_write_into_range(self) -> None:
         """
         A write of a range in the middle of an existing file changes only
-        that range (of the partial file the final one became) and answers
-        the leaves from the range's leaf-aligned start.
+        that range (of the partial file made from the final one, which
+        stays as it was) and answers the leaves from the range's
+        leaf-aligned start.
         """
         data = bytearray(content(2 * MiB + 10, seed=7))
         self.put("docs", "f", bytes(data))
+        original = bytes(data)
         start, end = LEAF_SIZE + 5, LEAF_SIZE + 5 + 1000
         result = self.call(
             self.remote.write(
@@ -420,7 +422,7 @@ class ServiceTests(RemoteTestCase):
             )
         )
         data[start:end] = b"z" * 1000
-        self.assertEqual(self.on_disk("docs"), {".f.part": bytes(data)})
+        self.assertEqual(self.on_disk("docs"), {".f.part": bytes(data), "f": original})
         self.assertEqual(result.leaves, leaves_of(bytes(data[:end]), LEAF_SIZE))
 
     def test_write_finish_root(self) -> None:
@@ -482,13 +484,15 @@ class ServiceTests(RemoteTestCase):
 
     def test_truncate(self) -> None:
         """
-        Truncating shortens or extends the file, which becomes partial.
+        Truncating shortens or extends the file in its partial file (made
+        from the final one, which stays as it was).
         """
         self.put("docs", "t.bin", b"0123456789")
         self.call(self.remote.truncate(DOCS, "t.bin", 4))
-        self.assertEqual(self.on_disk("docs"), {".t.bin.part": b"0123"})
+        final = {"t.bin": b"0123456789"}
+        self.assertEqual(self.on_disk("docs"), {".t.bin.part": b"0123", **final})
         self.call(self.remote.truncate(DOCS, "t.bin", 6))
-        self.assertEqual(self.on_disk("docs"), {".t.bin.part": b"0123\0\0"})
+        self.assertEqual(self.on_disk("docs"), {".t.bin.part": b"0123\0\0", **final})
 
     def test_truncate_missing(self) -> None:
         """

@@ -26,7 +26,7 @@ class StartupTests(SynchronousTestCase):
         code = (
             "import sys\n"
             "import realize.tap.move, realize.services.mover, "
-            "realize.storage.real\n"
+            "realize.storage.local\n"
             "print('numpy' in sys.modules)\n"
             "import realize.delta\n"
             "print('numpy' in sys.modules)\n"

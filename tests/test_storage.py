@@ -1,6 +1,6 @@
 """
 Contract tests of L{realize.interfaces.Store}, run against both
-L{realize.storage.real.LocalStore} (on a temporary directory, with a
+L{realize.storage.local.LocalStore} (on a temporary directory, with a
 synchronous thread runner) and L{realize.storage.memory.MemoryStore}.
 
 The tests that only make sense on a real filesystem (symlinks, FIFOs,
@@ -27,8 +27,9 @@ from realize.model import (
     WriteResult,
     partial_name,
 )
+from realize.storage.arena import ArenaDir
+from realize.storage.local import LocalStore
 from realize.storage.memory import MemoryFile, MemoryStore
-from realize.storage.real import ArenaRoot, LocalStore
 from tests.helpers import failure_of, result_of, sync_run_in_thread
 
 A = ArenaName("a")
@@ -300,20 +301,46 @@ class StoreContractMixin(_Base):
         self.write("f", 2, 10, b"ab")
         self.assertEqual(self.stored("f", partial=True), b"01ab456789")
 
-    def test_write_final_becomes_partial(self) -> None:
+    def test_write_final_builds_partial(self) -> None:
         """
-        Writing to a final file turns it into the partial file: the final
-        file disappears from the listing and the partial, with the old
-        content around the written range, appears.
+        Writing to a final file builds the new version in the partial file,
+        from the final's bytes around the written range; the final file
+        stays as it was (issue 14, item 13) until the partial is finished.
         """
         self.put("d/f", b"hello world", mtime_ns=MTIME)
         self.write("d/f", 0, 11, b"HELLO")
-        self.assertIsNone(self.stored("d/f"))
+        self.assertEqual(self.stored("d/f"), b"hello world")
+        self.assertEqual(self.stored_mtime("d/f"), MTIME)
         self.assertEqual(self.stored("d/f", partial=True), b"HELLO world")
         self.assertEqual(
             [(f.path, f.size, f.partial) for f in self.listing()],
-            [("d/f", 11, True)],
+            [("d/f", 11, False), ("d/f", 11, True)],
         )
+        result_of(self, self.store.finish(A, "d/f", MTIME + 1))
+        self.assertEqual(self.stored("d/f"), b"HELLO world")
+        self.assertIsNone(self.stored("d/f", partial=True))
+
+    def test_write_final_whole(self) -> None:
+        """
+        A write of a whole new content over a final file starts an empty
+        partial file (nothing of the final is needed) and leaves the final
+        alone.
+        """
+        self.put("f", b"old content", mtime_ns=MTIME)
+        self.write("f", 0, 3, b"new")
+        self.assertEqual(self.stored("f"), b"old content")
+        self.assertEqual(self.stored("f", partial=True), b"new")
+
+    def test_write_final_resume(self) -> None:
+        """
+        A write of the end of a file over a final file keeps the final's
+        bytes before the range in the partial (the resume of a move whose
+        destination was final).
+        """
+        self.put("f", b"0123456789", mtime_ns=MTIME)
+        self.write("f", 4, 8, b"abcd")
+        self.assertEqual(self.stored("f"), b"0123456789")
+        self.assertEqual(self.stored("f", partial=True), b"0123abcd")
 
     def test_write_prefers_partial(self) -> None:
         """
@@ -602,13 +629,23 @@ class StoreContractMixin(_Base):
 
     def test_truncate_shrinks(self) -> None:
         """
-        Truncating a final file shrinks it and turns it into the partial
-        file.
+        Truncating a final file makes a partial file of its first bytes;
+        the final file stays as it was (issue 14, item 13).
         """
         self.put("f", b"0123456789")
         result_of(self, self.store.truncate(A, "f", 4))
-        self.assertIsNone(self.stored("f"))
+        self.assertEqual(self.stored("f"), b"0123456789")
         self.assertEqual(self.stored("f", partial=True), b"0123")
+
+    def test_truncate_final_extends(self) -> None:
+        """
+        Truncating a final file to a larger size makes a partial file of
+        all of it and zeros.
+        """
+        self.put("f", b"abc")
+        result_of(self, self.store.truncate(A, "f", 5))
+        self.assertEqual(self.stored("f"), b"abc")
+        self.assertEqual(self.stored("f", partial=True), b"abc\0\0")
 
     def test_truncate_extends(self) -> None:
         """
@@ -899,6 +936,34 @@ class StoreContractMixin(_Base):
         self.fails(self.store.apply_delta(A, "dst", 0, 8, 8, b"garbage"), BadDelta)
         self.assertEqual(self.stored("dst", partial=True), b"original")
 
+    def test_apply_bad_delta_final(self) -> None:
+        """
+        A bad delta for a path with only a final file makes no partial file
+        and leaves the final as it was (issue 14, item 9).
+        """
+        self.put("dst", b"original", mtime_ns=MTIME)
+        self.fails(self.store.apply_delta(A, "dst", 0, 8, 8, b"garbage"), BadDelta)
+        self.assertEqual(self.stored("dst"), b"original")
+        self.assertEqual(self.stored_mtime("dst"), MTIME)
+        self.assertIsNone(self.stored("dst", partial=True))
+
+    def test_apply_to_final(self) -> None:
+        """
+        A delta applied to a path with only a final file goes to a partial
+        made from the final (the basis); the final stays as it was.
+        """
+        source = random.Random(5).randbytes(3000)
+        basis = bytearray(source)
+        basis[100] ^= 0xFF
+        self.put("src", source)
+        self.put("dst", bytes(basis), mtime_ns=MTIME)
+        signature = result_of(self, self.store.signature(A, "dst", 0, 3000))
+        assert signature is not None
+        change = result_of(self, self.store.diff(A, "src", 0, 3000, signature))
+        result_of(self, self.store.apply_delta(A, "dst", 0, 3000, 3000, change))
+        self.assertEqual(self.stored("dst", partial=True), source)
+        self.assertEqual(self.stored("dst"), bytes(basis))
+
     def test_diff_bad_signature(self) -> None:
         """
         A malformed signature is refused with BadDelta.
@@ -1016,14 +1081,14 @@ class LocalStoreContractTests(StoreContractMixin, SynchronousTestCase):
 
     def setUp(self) -> None:
         self.base = self.mktemp()
-        self.roots = {
+        self.directories = {
             A: os.path.join(self.base, "a"),
             B: os.path.join(self.base, "b"),
         }
-        for root in self.roots.values():
-            os.makedirs(root)
+        for directory in self.directories.values():
+            os.makedirs(directory)
         self.store = LocalStore(
-            {name: ArenaRoot(name, root) for name, root in self.roots.items()},
+            {name: ArenaDir(name, path) for name, path in self.directories.items()},
             sync_run_in_thread,
         )
 
@@ -1031,7 +1096,7 @@ class LocalStoreContractTests(StoreContractMixin, SynchronousTestCase):
         directory, _, name = path.rpartition("/")
         if partial:
             name = partial_name(name)
-        return os.path.join(self.roots[A], directory, name)
+        return os.path.join(self.directories[A], directory, name)
 
     def put(
         self,
@@ -1059,16 +1124,16 @@ class LocalStoreContractTests(StoreContractMixin, SynchronousTestCase):
 
     def assert_empty(self) -> None:
         self.assertEqual(sorted(os.listdir(self.base)), ["a", "b"])
-        for root in self.roots.values():
-            self.assertEqual(os.listdir(root), [])
+        for directory in self.directories.values():
+            self.assertEqual(os.listdir(directory), [])
 
     def test_describe(self) -> None:
         """
         A local store describes itself by its label.
         """
         self.assertEqual(self.store.describe(), "local")
-        single = LocalStore.single(A, self.roots[A], sync_run_in_thread)
-        self.assertEqual(single.describe(), f"local:{self.roots[A]}")
+        single = LocalStore.single(A, self.directories[A], sync_run_in_thread)
+        self.assertEqual(single.describe(), f"local:{self.directories[A]}")
 
 
 class MemoryStoreContractTests(StoreContractMixin, SynchronousTestCase):

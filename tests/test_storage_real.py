@@ -1,5 +1,6 @@
 """
-Tests of L{realize.storage.real} that need a real filesystem: path safety
+Tests of the arena store (L{realize.storage.local} and the modules
+beneath it) that need a real filesystem: path safety
 against symlinks and special files, listing, directory cleanup, group
 commit and streamed I/O.  The behaviour shared with every store is in
 L{tests.test_storage}.
@@ -20,8 +21,10 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from realize.errors import InvalidPath, IOFailure, NotFound, RealizeError
 from realize.hashing import LEAF_SIZE, hash_fd_range, merkle_root
 from realize.model import ArenaName, FileInfo, FileState, SmallFile
-from realize.storage import real
-from realize.storage.real import ArenaRoot, CommitItem, Committer, LocalStore
+from realize.storage import fs
+from realize.storage.arena import ArenaDir
+from realize.storage.commit import CommitItem, Committer, commit_group
+from realize.storage.local import LocalStore
 from tests.helpers import failure_of, result_of, sync_run_in_thread
 from tests.test_storage import (
     BIG,
@@ -110,7 +113,7 @@ class _LocalCase(SynchronousTestCase):
         os.makedirs(self.root)
         self.secret = os.path.join(self.outside, "secret")
         write_file(self.secret, b"secret", MTIME)
-        self.arena_root = ArenaRoot("a", self.root, self.exclude)
+        self.arena_root = ArenaDir("a", self.root, self.exclude)
         self.store = LocalStore({A: self.arena_root}, sync_run_in_thread)
 
     def at(self, *parts: str) -> str:
@@ -341,7 +344,7 @@ class ExcludeTests(_LocalCase):
 
 class ListFilesTests(_LocalCase):
     """
-    L{ArenaRoot.list_files} lists regular files only.
+    L{ArenaDir.list_files} lists regular files only.
     """
 
     def test_skips(self) -> None:
@@ -415,7 +418,7 @@ class MissingRootTests(_LocalCase):
 
 class DeleteTests(_LocalCase):
     """
-    L{ArenaRoot.delete} removes the directories it leaves empty.
+    L{LocalStore.delete} removes the directories it leaves empty.
     """
 
     def test_removes_empty_directories(self) -> None:
@@ -576,9 +579,9 @@ class CommitterTests(_LocalCase):
         self.assertEqual(self.runner.calls, [])
 
 
-class ArenaRootCommitTests(_LocalCase):
+class ArenaDirCommitTests(_LocalCase):
     """
-    L{ArenaRoot.commit} renames partial files to final ones, durably.
+    L{commit_group} renames partial files to final ones, durably.
     """
 
     def test_one(self) -> None:
@@ -586,7 +589,7 @@ class ArenaRootCommitTests(_LocalCase):
         A group of one file is renamed and given its mtime.
         """
         write_file(self.at("d", ".f.part"), b"data")
-        results = ArenaRoot.commit([CommitItem(self.arena_root, "d/f", MTIME)])
+        results = commit_group([CommitItem(self.arena_root, "d/f", MTIME)])
         self.assertEqual(results, [None])
         self.assertEqual(tree(self.root), ["d", "d/f"])
         self.assertEqual(read_file(self.at("d", "f")), b"data")
@@ -610,7 +613,7 @@ class ArenaRootCommitTests(_LocalCase):
             CommitItem(self.arena_root, "final", MTIME + 4),
             CommitItem(self.arena_root, "nothing", MTIME + 5),
         ]
-        results = ArenaRoot.commit(items)
+        results = commit_group(items)
         self.assertEqual(results[:4], [None] * 4)
         self.assertIsInstance(results[4], NotFound)
         self.assertEqual(tree(self.root), ["d", "d/e", "d/e/f3", "d/f2", "f1", "final"])
@@ -629,7 +632,7 @@ class ArenaRootCommitTests(_LocalCase):
         """
         os.symlink(self.secret, self.at(".link.part"))
         write_file(self.at(".f.part"), b"f")
-        results = ArenaRoot.commit(
+        results = commit_group(
             [
                 CommitItem(self.arena_root, "link", MTIME + 1),
                 CommitItem(self.arena_root, "f", MTIME),
@@ -679,7 +682,7 @@ class StreamTests(_LocalCase):
         L{hash_fd_range} of the file on disk; with a small writeback step
         the write also asks the kernel for early writeback on the way.
         """
-        self.patch(real, "WRITEBACK_STEP", LEAF_SIZE + 1)
+        self.patch(fs, "WRITEBACK_STEP", LEAF_SIZE + 1)
         size = 5 * LEAF_SIZE + 123
         data = random_bytes(size, seed=22)
         leaves = expected_leaves(data)

@@ -31,12 +31,14 @@ __all__ = [
     "DIGEST_SIZE",
     "EMPTY_ROOT",
     "LEAF_SIZE",
+    "MAX_HASH_LEAVES",
     "LeafHasher",
     "format_hash",
     "hash_fd_range",
     "leaf_hash",
     "leaf_range",
     "merkle_root",
+    "zero_leaf_hash",
 ]
 
 #: Bytes per Merkle leaf.
@@ -51,6 +53,12 @@ _NODE_PREFIX = b"\x01"
 #: Root of the empty file.
 EMPTY_ROOT: bytes = blake3(b"").digest()
 
+#: Most leaves one hash computation (a Hash command) returns: 32 MiB of
+#: digests, for 1 TiB of file.  A Hash answer travels in one AMP box of at
+#: most 64 MiB, and the leaves are held in memory while it is built, so
+#: larger ranges are hashed in pieces.
+MAX_HASH_LEAVES = 1 << 20
+
 
 def leaf_hash(data: bytes | bytearray | memoryview) -> bytes:
     """
@@ -62,6 +70,24 @@ def leaf_hash(data: bytes | bytearray | memoryview) -> bytes:
     hasher = blake3(_LEAF_PREFIX)
     hasher.update(data)
     return hasher.digest()
+
+
+_ZERO_LEAF = bytes(LEAF_SIZE)
+_FULL_ZERO_LEAF_HASH = blake3(_LEAF_PREFIX + _ZERO_LEAF).digest()
+
+
+def zero_leaf_hash(length: int = LEAF_SIZE) -> bytes:
+    """
+    Hash of a leaf of zero bytes, as a hole of a sparse file reads: the
+    full leaf's digest is computed once, so that hashing a hole costs no
+    reading.
+
+    @param length: the leaf's length in bytes, 1 to L{LEAF_SIZE}.
+    @return: C{leaf_hash(bytes(length))}.
+    """
+    if length == LEAF_SIZE:
+        return _FULL_ZERO_LEAF_HASH
+    return leaf_hash(memoryview(_ZERO_LEAF)[:length])
 
 
 def merkle_root(leaves: Sequence[bytes]) -> bytes:

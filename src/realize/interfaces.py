@@ -2,7 +2,7 @@
 The seams between layers, as C{typing.Protocol}s.
 
 The mover (L{realize.services.mover}) talks to a L{Store}: a local arena
-store served in-process (L{realize.storage.real.LocalStore}), an in-memory
+store served in-process (L{realize.storage.local.LocalStore}), an in-memory
 fake (L{realize.storage.memory.MemoryStore}) or a remote daemon over AMP
 (L{realize.net.client.RemoteStore}).  All of them implement the same
 methods with the same errors (L{realize.errors}), so the mover does not
@@ -102,8 +102,9 @@ class Store(Protocol):
 
     L{read} acts on the final file of a path if there is one, else on the
     partial; L{hash}, L{write} and L{truncate} act on the partial if there
-    is one, else on the final (writing turns a final file into a partial
-    first).
+    is one, else on the final.  A final file is never changed: writing
+    builds the new version in the partial (made from the final's bytes
+    where they are needed) and L{finish} renames it over the final.
 
     Paths are final paths (L{realize.model.check_path}); the partial file
     of a path is an implementation detail of the store.  Methods raise the
@@ -168,7 +169,8 @@ class Store(Protocol):
         """
         Write C{[start, end)} of the partial file from C{data}.
 
-        A final file is turned back into a partial first; writing past the
+        A path with only a final file gets a partial made from the final's
+        bytes outside the range (the final stays as it is); writing past the
         end extends with zeros; when C{end == file_size} the file is
         truncated to C{file_size}.
 
@@ -184,7 +186,8 @@ class Store(Protocol):
 
     async def truncate(self, arena: ArenaName, path: str, size: int) -> None:
         """
-        Truncate or extend the partial file (a final file becomes partial).
+        Truncate or extend the partial file (made from the final's first
+        C{size} bytes if there is none; the final stays as it is).
         """
 
     async def finish(
@@ -234,7 +237,7 @@ class Store(Protocol):
         size))} of the file being received (partial, else final).
 
         @param start: a leaf boundary; C{end - start} at most
-            L{realize.storage.real.MAX_DELTA_RANGE}.
+            L{realize.model.MAX_DELTA_RANGE}.
         @return: the signature, or C{None} if the file has no byte at
             C{start}.
         """
@@ -284,9 +287,9 @@ class Store(Protocol):
         self, arena: ArenaName, files: Sequence[SmallFile], data: Sequence[bytes]
     ) -> list[RealizeError | None]:
         """
-        Write whole small files in one batch: each goes to its partial file
-        (a final file becomes partial), is hashed and, if its root is the
-        expected one, is finished durably with its mtime.
+        Write whole small files in one batch: each goes to a new partial
+        file, is hashed and, if its root is the expected one, is finished
+        durably with its mtime (replacing the final file, if any).
 
         @param data: the content of each file.
         @return: per file, C{None} if it is finished, else its error

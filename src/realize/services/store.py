@@ -4,32 +4,26 @@ arena's ACL (DESIGN.md section 4, "Authorization").
 
 L{StoreService} holds the current config and the L{LocalStore} of its
 arenas; L{StoreService.view} gives the L{PeerView} that one connection's
-commands go through.  A config reload (SIGHUP) swaps both at once; views
-look them up on every command, so new commands see the new config without
-dropping connections.
+commands go through: the same local store, whose one arena resolver
+checks the peer and the arena's ACL first.  A config reload (SIGHUP)
+swaps the config and the arenas at once; views look them up on every
+command, so new commands see the new config without dropping
+connections.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Sequence
-
+import attrs
 from attrs import define, field
 from twisted.application.service import Service
 from twisted.logger import Logger
 
 from realize.config import Config
-from realize.errors import NotFound, RealizeError, Unauthorized
-from realize.interfaces import ReadStream, RunInThread
-from realize.model import (
-    ArenaName,
-    FileInfo,
-    FileState,
-    PeerId,
-    SmallFile,
-    SmallRead,
-    WriteResult,
-)
-from realize.storage.real import ArenaRoot, LocalStore
+from realize.errors import NotFound, Unauthorized
+from realize.interfaces import RunInThread, StoreListener
+from realize.model import ArenaName, PeerId
+from realize.storage.arena import ArenaDir
+from realize.storage.local import LocalStore, arena_dirs_from_config
 
 __all__ = ["PeerView", "StoreService"]
 
@@ -40,6 +34,10 @@ class StoreService(Service):
     The daemon's arenas, served to authorized peers.
 
     @ivar config: the config in force.
+    @ivar run_in_thread: runs the store's file I/O.
+    @ivar run_cpu: runs its hashing and delta work (default:
+        C{run_in_thread}).
+    @ivar listener: told of every file finished or deleted.
     @ivar store: the local store of the arenas that have a datadir.
     """
 
@@ -47,170 +45,119 @@ class StoreService(Service):
 
     config: Config
     run_in_thread: RunInThread
+    run_cpu: RunInThread | None = None
+    listener: StoreListener | None = None
     store: LocalStore = field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self.store = LocalStore.from_config(self.config, self.run_in_thread, "daemon")
+        self.store = LocalStore.from_config(
+            self.config,
+            self.run_in_thread,
+            "daemon",
+            run_cpu=self.run_cpu,
+            listener=self.listener,
+        )
 
     def reconfigure(self, config: Config) -> None:
         """
-        Apply a new config to new commands.
+        Apply a new config to new commands; commands running finish with
+        the old one, and the store's group commit, writers and listener
+        carry on.
 
         @param config: the new config.
         """
-        new = LocalStore.from_config(config, self.run_in_thread, "daemon")
-        new.committer = self.store.committer
-        self.config, self.store = config, new
+        self.config, self.store = (
+            config,
+            self.store.with_arena_dirs(arena_dirs_from_config(config)),
+        )
 
-    def view(self, peer: PeerId) -> PeerView:
+    def view(
+        self,
+        peer: PeerId,
+        run_io: RunInThread | None = None,
+        run_cpu: RunInThread | None = None,
+    ) -> PeerView:
         """
         @param peer: an authenticated peer.
+        @param run_io: the file I/O runner of this peer's connection, or
+            C{None} for the daemon's.  A view with its own runners is its
+            own writer: a file it writes cannot be written by another
+            connection meanwhile (views without runners all count as one).
+        @param run_cpu: the CPU runner of this peer's connection (default
+            C{run_io}, or the daemon's).
         @return: the store as that peer may use it.
         """
-        return PeerView(self, peer)
+        return PeerView.of(self, peer, run_io, run_cpu)
 
 
 @define(eq=False)
-class PeerView:
+class PeerView(LocalStore):
     """
-    The L{realize.interfaces.Store} of one authenticated peer: every
-    command checks that the arena exists here, has a datadir, and admits
-    the peer.
+    The L{realize.interfaces.Store} of one authenticated peer: the daemon's
+    local store whose arena resolver (L{arena_dir}) checks that the peer is
+    still in the config, that the arena exists here, admits the peer and
+    has a datadir.
+
+    @ivar service: the daemon's store.
+    @ivar peer: the peer.
     """
 
-    service: StoreService
-    peer: PeerId
+    service: StoreService = field(default=None, kw_only=True)
+    peer: PeerId = field(default=PeerId(""), kw_only=True)
+
+    @classmethod
+    def of(
+        cls,
+        service: StoreService,
+        peer: PeerId,
+        run_io: RunInThread | None = None,
+        run_cpu: RunInThread | None = None,
+    ) -> PeerView:
+        """
+        @return: the view of a peer (see L{StoreService.view}).
+        """
+        store = service.store
+        if run_io is not None:
+            store = store.with_runners(run_io, run_cpu)
+        elif run_cpu is not None:
+            store = attrs.evolve(store, run_cpu=run_cpu)
+        shared = attrs.asdict(store, recurse=False)
+        return cls(**shared, service=service, peer=peer)
 
     def describe(self) -> str:
         return f"daemon (as seen by {self.peer})"
 
-    def _root(self, arena: ArenaName) -> tuple[LocalStore, ArenaRoot]:
-        if self.peer not in self.service.config.peers:
+    def _check_peer(self) -> Config:
+        config = self.service.config
+        if self.peer not in config.peers:
             # Removed by a reload while connected: the daemon closes such
             # connections, and refuses their commands until it has.
             raise Unauthorized(f"peer {self.peer!r} is no longer in the config")
-        config = self.service.config.arenas.get(arena)
+        return config
+
+    def arena_dir(self, arena: ArenaName) -> ArenaDir:
+        """
+        @return: the directory of an arena the peer may use.
+        @raise Unauthorized: if the peer is no longer in the config or the
+            arena's ACL does not admit it.
+        @raise NotFound: if there is no such arena here, or it has no
+            datadir.
+        """
+        config = self._check_peer().arenas.get(arena)
         if config is None:
             raise NotFound(f"no arena {arena!r} on this peer")
         if not config.allows(self.peer):
             raise Unauthorized(f"peer {self.peer!r} may not use arena {arena!r}")
-        store = self.service.store
-        if arena not in store.roots:
+        arena_dir = self.service.store.arena_dirs.get(arena)
+        if arena_dir is None:
             raise NotFound(f"arena {arena!r} has no datadir on this peer")
-        return store, store.roots[arena]
-
-    def _store(self, arena: ArenaName) -> LocalStore:
-        return self._root(arena)[0]
+        return arena_dir
 
     async def arenas(self) -> list[ArenaName]:
-        config = self.service.config
-        if self.peer not in config.peers:
-            raise Unauthorized(f"peer {self.peer!r} is no longer in the config")
+        config = self._check_peer()
+        arena_dirs = self.service.store.arena_dirs
         return sorted(
             name
             for name, arena in config.arenas.items()
-            if arena.allows(self.peer) and name in self.service.store.roots
+            if arena.allows(self.peer) and name in arena_dirs
         )
-
-    async def list_files(self, arena: ArenaName) -> list[FileInfo]:
-        return await self._store(arena).list_files(arena)
-
-    def read(
-        self,
-        arena: ArenaName,
-        path: str,
-        start: int,
-        end: int,
-        *,
-        hash_from: int | None = None,
-    ) -> ReadStream:
-        return self._store(arena).read(arena, path, start, end, hash_from=hash_from)
-
-    async def write(
-        self,
-        arena: ArenaName,
-        path: str,
-        start: int,
-        end: int,
-        file_size: int,
-        data: AsyncIterable[bytes],
-        *,
-        hash: bool = False,
-        finish_root: bytes | None = None,
-        mtime_ns: int | None = None,
-    ) -> WriteResult:
-        return await self._store(arena).write(
-            arena,
-            path,
-            start,
-            end,
-            file_size,
-            data,
-            hash=hash,
-            finish_root=finish_root,
-            mtime_ns=mtime_ns,
-        )
-
-    async def truncate(self, arena: ArenaName, path: str, size: int) -> None:
-        await self._store(arena).truncate(arena, path, size)
-
-    async def finish(
-        self, arena: ArenaName, path: str, mtime_ns: int | None = None
-    ) -> None:
-        await self._store(arena).finish(arena, path, mtime_ns)
-
-    async def delete(
-        self,
-        arena: ArenaName,
-        path: str,
-        *,
-        size: int | None = None,
-        mtime_ns: int | None = None,
-    ) -> None:
-        await self._store(arena).delete(arena, path, size=size, mtime_ns=mtime_ns)
-
-    async def hash(
-        self, arena: ArenaName, path: str, start: int, end: int
-    ) -> FileState:
-        return await self._store(arena).hash(arena, path, start, end)
-
-    async def signature(
-        self, arena: ArenaName, path: str, start: int, end: int
-    ) -> bytes | None:
-        return await self._store(arena).signature(arena, path, start, end)
-
-    async def diff(
-        self, arena: ArenaName, path: str, start: int, end: int, signature: bytes
-    ) -> bytes:
-        return await self._store(arena).diff(arena, path, start, end, signature)
-
-    async def apply_delta(
-        self,
-        arena: ArenaName,
-        path: str,
-        start: int,
-        end: int,
-        file_size: int,
-        change: bytes,
-    ) -> tuple[bytes, ...]:
-        return await self._store(arena).apply_delta(
-            arena, path, start, end, file_size, change
-        )
-
-    async def read_files(
-        self, arena: ArenaName, files: Sequence[tuple[str, int]]
-    ) -> list[SmallRead | RealizeError]:
-        return await self._store(arena).read_files(arena, files)
-
-    async def write_files(
-        self, arena: ArenaName, files: Sequence[SmallFile], data: Sequence[bytes]
-    ) -> list[RealizeError | None]:
-        return await self._store(arena).write_files(arena, files, data)
-
-    async def delete_files(
-        self, arena: ArenaName, files: Sequence[FileInfo]
-    ) -> list[RealizeError | None]:
-        return await self._store(arena).delete_files(arena, files)
-
-    async def close(self, abort: bool = False) -> None:
-        pass

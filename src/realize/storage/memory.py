@@ -1,8 +1,9 @@
 """
 An in-memory L{realize.interfaces.Store}, for tests.
 
-Same semantics as L{realize.storage.real.LocalStore} (final and partial
-files, which one each command acts on, conditional delete, errors), with
+Same semantics as L{realize.storage.local.LocalStore} (final and partial
+files, which one each command acts on, a final file never changed before
+its replacement is finished, conditional delete, errors), with
 no threads and no I/O: every call completes synchronously unless the data
 given to a write waits, so the mover can be tested with
 C{SynchronousTestCase}.
@@ -169,7 +170,9 @@ class MemoryStore:
         if path in partials:
             return partials[path]
         if path in finals:
-            partials[path] = finals.pop(path)
+            # The new version starts as a copy; the final stays as it is.
+            final = finals[path]
+            partials[path] = MemoryFile(bytearray(final.data), final.mtime_ns)
         elif create:
             partials[path] = MemoryFile(bytearray(), self.tick())
         else:
@@ -349,12 +352,12 @@ class MemoryStore:
     ) -> tuple[bytes, ...]:
         self.calls.append("apply_delta")
         check_range(start, end, file_size)
-        file = self._partial(arena, path, create=False)
-        basis = bytes(file.data[start:end])
+        basis = bytes(self._prefer(arena, path, partial_first=True).data[start:end])
         try:
             output = delta.apply(basis, change, expected_length=end - start)
         except delta.DeltaFormatError as e:
             raise BadDelta(str(e)) from None
+        file = self._partial(arena, path, create=False)
         if len(file.data) < start:
             file.data.extend(bytes(start - len(file.data)))
         file.data[start : start + len(output)] = output

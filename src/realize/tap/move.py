@@ -64,7 +64,7 @@ from realize.net.tls import ClientTLS, load_private_key
 from realize.services.job import MoveJob, Outcome
 from realize.services.lock import LOCK_WAIT, SourceLocks
 from realize.services.report import FileResult, MoveReport
-from realize.storage.real import LocalStore
+from realize.storage.local import LocalStore
 from realize.tap._common import (
     EXIT_CODES,
     EXIT_ERROR,

@@ -1,0 +1,216 @@
+"""
+The batch commands on one arena directory (ReadFiles, WriteFiles,
+DeleteFiles, and Delete as a batch of one): many small files in one
+thread call, their directories resolved once through one
+L{realize.storage.paths.DirCache}.  Blocking: call from threads.
+
+One file's failure is that file's result, never the batch's: a path too
+deep, a symlink, a changed file fail alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+
+from realize.errors import BadRequest, Conflict, RealizeError
+from realize.hashing import LeafHasher, merkle_root
+from realize.model import SmallFile, SmallRead, clamp_mtime, partial_name
+from realize.storage.arena import ArenaDir
+from realize.storage.fs import Filesystems, pwrite_all, read_whole
+from realize.storage.paths import DirCache, not_regular, where
+
+__all__ = ["delete_files", "read_files", "write_partials"]
+
+
+def _root(data: bytes) -> bytes:
+    hasher = LeafHasher()
+    hasher.update(data)
+    return merkle_root(hasher.finish())
+
+
+def read_files(
+    arena_dir: ArenaDir, files: list[tuple[str, int]]
+) -> list[SmallRead | RealizeError]:
+    """
+    Read whole small files (final, else partial) in one call.
+
+    @param files: C{(path, limit)}; a file larger than C{limit} is not
+        read, only its size and mtime are returned.
+    @return: per file, what was read or its error.
+    """
+    results: list[SmallRead | RealizeError] = []
+    with arena_dir.dirs() as dirs:
+        for path, limit in files:
+            try:
+                segments = arena_dir.segments(path)
+                dir_fd = dirs.open(segments[:-1], path, create=False)
+                fd, _, st = arena_dir.open_either(dir_fd, segments[-1], path, False)
+                try:
+                    data = b""
+                    if st.st_size <= limit:
+                        data = read_whole(fd, st.st_size)
+                        st = os.fstat(fd)
+                finally:
+                    os.close(fd)
+                results.append(
+                    SmallRead(
+                        data, st.st_size, clamp_mtime(st.st_mtime_ns), _root(data)
+                    )
+                )
+            except RealizeError as e:
+                results.append(e)
+            except OSError as e:
+                results.append(arena_dir.error(e, path))
+    return results
+
+
+def write_partials(
+    arena_dir: ArenaDir, files: list[SmallFile], data: list[bytes]
+) -> list[RealizeError | None]:
+    """
+    Write and verify whole small files as new partial files, with their
+    mtimes, to be made final by L{realize.storage.commit.commit_group}
+    (WriteFiles).  A lone file is also flushed to disk.
+
+    @param files: the files.
+    @param data: their contents.
+    @return: per file, C{None} if its partial holds it, else its error
+        (L{Conflict} if its hash differs: the partial stays).
+    """
+    results: list[RealizeError | None] = [None] * len(files)
+    seen: set[str] = set()
+    with arena_dir.dirs() as dirs:
+        for index, (file, content) in enumerate(zip(files, data, strict=True)):
+            path = file.path
+            try:
+                segments = arena_dir.segments(path)
+                if path in seen:
+                    raise BadRequest(
+                        f"{where(arena_dir.name, path)}: named twice in one batch"
+                    )
+                seen.add(path)
+                if len(content) != file.size:
+                    raise Conflict(
+                        f"{where(arena_dir.name, path)}: {len(content)} bytes "
+                        f"sent for a {file.size}-byte file"
+                    )
+                dir_fd = dirs.open(segments[:-1], path, create=True)
+                fd = arena_dir.partials.fresh(dir_fd, segments[-1], path)
+                try:
+                    pwrite_all(fd, content, 0)
+                    if _root(content) != file.root:
+                        raise Conflict(
+                            f"{where(arena_dir.name, path)}: hash differs from "
+                            "the source's"
+                        )
+                    os.utime(fd, ns=(file.mtime_ns, file.mtime_ns))
+                    if len(files) == 1:
+                        os.fdatasync(fd)
+                finally:
+                    os.close(fd)
+            except RealizeError as e:
+                results[index] = e
+            except OSError as e:
+                results[index] = arena_dir.error(e, path)
+    return results
+
+
+def delete_files(
+    arena_dir: ArenaDir,
+    files: list[tuple[str, int | None, int | None]],
+    durable: bool = False,
+) -> list[RealizeError | bool]:
+    """
+    Delete files in one call, and their partial files, each final file
+    only if it still has the given size and mtime; then remove the
+    directories this left empty, up to the arena directory.
+
+    @param files: C{(path, size, mtime_ns)}; C{None}s for no precondition.
+    @param durable: flush the deletions to disk before returning (one
+        C{syncfs} per filesystem).
+    @return: per file, whether a final file was deleted, or its error
+        (L{Conflict} if it changed).
+    @raise NotFound: if the arena directory is missing.
+    @raise IOFailure: if C{durable} and the flush failed.
+    """
+    results: list[RealizeError | bool] = []
+    emptied: dict[tuple[str, ...], None] = {}  # directories that lost a file
+    with arena_dir.dirs() as dirs, Filesystems() as filesystems:
+        dirs.open([], "", create=False)
+        for path, size, mtime_ns in files:
+            try:
+                segments = arena_dir.segments(path)
+                try:
+                    dir_fd = dirs.resolve(segments[:-1], create=False)
+                except FileNotFoundError:
+                    results.append(False)
+                    continue
+                if durable:
+                    filesystems.add(dir_fd)
+                results.append(
+                    _delete_in(arena_dir, dir_fd, segments[-1], path, size, mtime_ns)
+                )
+                emptied[tuple(segments[:-1])] = None
+            except RealizeError as e:
+                results.append(e)
+            except OSError as e:
+                results.append(arena_dir.error(e, path))
+        for directory in sorted(emptied, key=len, reverse=True):
+            _remove_empty(dirs, directory)
+        if durable:
+            try:
+                filesystems.sync()
+            except OSError as e:
+                raise arena_dir.error(e, "") from None
+    return results
+
+
+def _delete_in(
+    arena_dir: ArenaDir,
+    dir_fd: int,
+    name: str,
+    path: str,
+    size: int | None,
+    mtime_ns: int | None,
+) -> bool:
+    """
+    Delete the final and partial file of C{name} in an open directory,
+    the final one only if it still has C{size} and C{mtime_ns}.
+
+    @return: whether a final file was deleted.
+    """
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        st = None
+    if st is not None:
+        if not stat.S_ISREG(st.st_mode):
+            raise not_regular(arena_dir.name, path)
+        if size is not None and (
+            st.st_size != size
+            or (mtime_ns is not None and clamp_mtime(st.st_mtime_ns) != mtime_ns)
+        ):
+            raise Conflict(
+                f"{where(arena_dir.name, path)}: changed since it was listed "
+                f"(size {size} -> {st.st_size}), not deleted"
+            )
+        os.unlink(name, dir_fd=dir_fd)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(partial_name(name), dir_fd=dir_fd)
+    return st is not None
+
+
+def _remove_empty(dirs: DirCache, directory: tuple[str, ...]) -> None:
+    """
+    Remove a directory if it is empty, then its parent if that is empty
+    then, and so on up to (not including) the arena directory.
+    """
+    for depth in range(len(directory), 0, -1):
+        try:
+            parent = dirs.resolve(directory[: depth - 1], create=False)
+            os.rmdir(directory[depth - 1], dir_fd=parent)
+        except (OSError, RealizeError):
+            return
+        dirs.discard(directory[:depth])
