@@ -74,9 +74,13 @@ class PluginTests(SynchronousTestCase):
         self.assertEqual(
             names,
             [
+                "ArenaDbs",
                 "ThreadPoolService",
                 "ThreadPoolService",
                 "StoreService",
+                "HistoryService",
+                "WatcherService",
+                "UnrealService",
                 "ConnectionsService",
                 "_GateService",
                 "_ListenService",

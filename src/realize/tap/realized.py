@@ -456,8 +456,15 @@ def assemble(
 
         connection.lost.addBoth(closed)
 
+        views: dict[PeerId, Store] = {}
+
         def view(peer: PeerId) -> Store:
-            return store.view(peer, run_io, run_cpu)
+            # One view per connection: it is one writer (a mover repairs
+            # ranges of a file in parallel; another connection may not
+            # write that file meanwhile).
+            if peer not in views:
+                views[peer] = store.view(peer, run_io, run_cpu)
+            return views[peer]
 
         return CompositeLocator(
             [StoreResponders(connection, view, metrics), serve_history(connection)]
