@@ -76,6 +76,9 @@ class HistoryOptions(GnuOptions, LogOptions):
 
     synopsis = "--config FILE --peer ID|local [--privkey FILE] [--follow] ARENA"
 
+    #: stdout is the JSON lines; stderr says only what went wrong.
+    default_log_level = "warn"
+
     optFlags = [["follow", "f", "Keep printing live notifications until stopped."]]
     optParameters = [
         ["config", "c", None, "Config file (TOML)."],
