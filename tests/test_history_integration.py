@@ -258,3 +258,49 @@ def local_history(peer: Any, start: str | None = None) -> bytes:
         check=True,
         timeout=30,
     ).stdout
+
+
+class ArenaIdentityIntegrationTests(TestCase):
+    """
+    realize-move refuses to move an arena onto itself under two names.
+    """
+
+    timeout = 60
+
+    def test_same_store_refused(self) -> None:
+        """
+        Moving b's arena, read locally from its datadir, into the daemon
+        serving that same datadir is refused with exit 1 and a message
+        naming the uuid; nothing is deleted.
+        """
+
+        async def go() -> None:
+            peers = Peers(self)
+            peers.add("a", listens=False, datadir=False)
+            b = peers.add("b")
+            b.write("precious.txt", b"only copy")
+            await b.start()
+            await b.wait_log(b"scanned . (start)")
+            run = await run_command(
+                [
+                    *REALIZE_MOVE,
+                    "--src",
+                    "local",
+                    "--dst",
+                    "b",
+                    "--config",
+                    b.config(),
+                    "--privkey",
+                    os.path.join(peers.keys, "a.key"),
+                    "--output",
+                    "log",
+                    peers.arena,
+                ]
+            )
+            self.assertEqual(run.code, 1, run)
+            self.assertIn("same arena store", run.err)
+            assert b.datadir is not None
+            with open(os.path.join(b.datadir, "precious.txt"), "rb") as f:
+                self.assertEqual(f.read(), b"only copy")
+
+        return Deferred.fromCoroutine(go())

@@ -76,6 +76,7 @@ from realize.tap._common import (
     print_version,
     tune_malloc,
 )
+from realize.tap.identity import arena_uuid
 from realize.tap.output import Output, make_output
 from realize.web import (
     DEFAULT_JOB,
@@ -472,6 +473,31 @@ async def _open_store(
     return store
 
 
+async def _check_identities(
+    source: Store,
+    destination: Store,
+    src: str,
+    dst: str,
+    arenas: Sequence[ArenaName],
+    config: Config | None,
+) -> None:
+    """
+    Refuse to move an arena onto itself under two names: both sides' store
+    uuids of an arena are equal (L{realize.tap.identity}).
+
+    @raise ConfigError: naming the arena, both sides and the uuid.
+    """
+    for arena in arenas:
+        ours = await arena_uuid(source, src, arena, config)
+        theirs = await arena_uuid(destination, dst, arena, config)
+        if ours is not None and ours == theirs:
+            raise ConfigError(
+                f"arena {arena!r}: source {source.describe()} and destination "
+                f"{destination.describe()} are the same arena store (uuid {ours}); "
+                "nothing moved"
+            )
+
+
 def moves_logged(settings: LogSettings, exclude: Sequence[str] = ()) -> bool:
     """
     Tell whether the log would show the mover's info event of each moved
@@ -561,6 +587,12 @@ async def run(
             destination = await open_side("destination", dst)
         except BaseException:
             await source.close()
+            raise
+        try:
+            await _check_identities(source, destination, src, dst, arenas, config)
+        except BaseException:
+            await source.close()
+            await destination.close()
             raise
         return source, destination
 
