@@ -5,8 +5,12 @@ In a temporary directory: generates keys for two peers, C{a} (this side)
 and C{b} (a daemon), writes their configs, starts C{realized} for C{b} on
 127.0.0.1, generates a tree of real files in C{a}'s arena, runs
 C{realize-move --src local --dst b} with progress shown, checks that every
-file arrived identical and the source was emptied, stops the daemon, and
-removes the directory (unless C{--keep}).
+file arrived identical and the source was emptied.  Then it shows the
+Unreal: a second, pure-Unreal C{realized} for peer C{c} (no datadir, a FUSE
+mount) connects to C{b}, lists the moved tree through its mount, reads a
+few files back through it (downloaded from C{b} on demand, verified) and
+checks their hashes.  Finally it unmounts, stops both daemons and removes
+the directory (unless C{--keep}).
 """
 
 from __future__ import annotations
@@ -124,10 +128,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         keys = os.path.join(root, "keys")
         os.makedirs(keys)
         _say(f"keys for peers a (this side) and b (the daemon) in {keys}")
-        for name in ("a", "b"):
+        for name in ("a", "b", "c"):
             write_key_pair(keys, name)
         pub = {}
-        for name in ("a", "b"):
+        for name in ("a", "b", "c"):
             with open(os.path.join(keys, f"{name}.pub")) as f:
                 pub[name] = f.read()
         source = os.path.join(root, "a", "demo")
@@ -139,6 +143,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             f.write(
                 f'[peers.a]\npubkey = """{pub["a"]}"""\n\n'
                 f'[peers.b]\npubkey = """{pub["b"]}"""\n\n'
+                f'[peers.c]\npubkey = """{pub["c"]}"""\n\n'
                 f'[[arena]]\nname = "demo"\ndatadir = "{destination}"\n'
             )
         log_path = os.path.join(root, "realized.log")
@@ -193,6 +198,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = subprocess.run(command).returncode
         _say(f"realize-move exited {code}")
         arrived = tree_digests(destination)
+        viewer = None
         left = tree_digests(source)
         if arrived == expected and not left:
             _say(
@@ -207,7 +213,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                 f"{len(left)} left at the source"
             )
             code = code or 1
+        if code == 0:
+            viewer = _start_unreal(root, keys, pub, port)
+            if viewer is not None:
+                code = _show_unreal(root, expected)
     finally:
+        if viewer is not None:
+            _stop(viewer, "the Unreal's realized stopped, its mount unmounted")
         if daemon is not None:
             daemon.send_signal(signal.SIGTERM)
             try:
@@ -221,6 +233,103 @@ def main(argv: Sequence[str] | None = None) -> None:
         else:
             shutil.rmtree(root, ignore_errors=True)
     sys.exit(code)
+
+
+def _stop(process: subprocess.Popen[bytes], message: str) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    _say(message)
+
+
+def _start_unreal(
+    root: str, keys: str, pub: dict[str, str], port: int
+) -> subprocess.Popen[bytes] | None:
+    """
+    Start peer c: a pure-Unreal realized (workdir only) that dials b and
+    mounts the view at C{root}/c/view.
+
+    @return: the process, or C{None} if this machine cannot mount FUSE.
+    """
+    if not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None:
+        _say("no FUSE here (/dev/fuse or fusermount3 missing): the Unreal is skipped")
+        return None
+    mountpoint = os.path.join(root, "c", "view")
+    workdir = os.path.join(root, "c", "work")
+    os.makedirs(mountpoint)
+    c_config = os.path.join(root, "c.toml")
+    with open(c_config, "w") as f:
+        f.write(
+            f'[peers.a]\npubkey = """{pub["a"]}"""\n\n'
+            f'[peers.b]\naddress = "127.0.0.1:{port}"\n'
+            f'pubkey = """{pub["b"]}"""\n\n'
+            f'[peers.c]\npubkey = """{pub["c"]}"""\n\n'
+            f'[[arena]]\nname = "demo"\nworkdir = "{workdir}"\n'
+        )
+    log_path = os.path.join(root, "realized-c.log")
+    _say(f"starting a pure-Unreal realized for c, its FUSE view at {mountpoint}")
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "realize.tap.realized",
+                "--config",
+                c_config,
+                "--privkey",
+                os.path.join(keys, "c.key"),
+                "--listen",
+                "tcp:0:interface=127.0.0.1",
+                "--statedir",
+                os.path.join(root, "c"),
+                "--fuse",
+                mountpoint,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    _wait_listening(log_path, process)
+    return process
+
+
+def _show_unreal(root: str, expected: dict[str, str]) -> int:
+    """
+    List the moved tree through c's mount, read some files back, check.
+
+    @return: 0 if the view showed every file and the files read matched.
+    """
+    view = os.path.join(root, "c", "view", "demo")
+    deadline = time.monotonic() + 30
+    listed: set[str] = set()
+    while time.monotonic() < deadline:
+        listed = set()
+        for directory, _, files in os.walk(view):
+            listed.update(
+                os.path.relpath(os.path.join(directory, n), view) for n in files
+            )
+        if listed == set(expected):
+            break
+        time.sleep(0.2)
+    _say(f"the Unreal lists {len(listed)} of {len(expected)} files under {view}:")
+    subprocess.run(["ls", "-l", view, os.path.join(view, "photos", "2026")])
+    if listed != set(expected):
+        _say("MISMATCH: the view does not list the moved tree")
+        return 1
+    sample = ["README.txt", "photos/2026/beach: sunset.jpg", "notes/01/note 077.txt"]
+    for path in sample:
+        digest = hashlib.sha256()
+        with open(os.path.join(view, path), "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        status = os.getxattr(os.path.join(view, path), "user.realize.status").decode()
+        if digest.hexdigest() != expected[path]:
+            _say(f"MISMATCH: {path} read through the view differs")
+            return 1
+        _say(f"read {path!r} through the view: identical ({status})")
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
