@@ -12,10 +12,12 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from realize.config import parse_config
 from realize.errors import BadDelta, BadRequest, Conflict, InvalidPath, NotFound
 from realize.hashing import EMPTY_ROOT, LEAF_SIZE, leaf_hash, merkle_root
 from realize.interfaces import Store
@@ -23,14 +25,17 @@ from realize.model import (
     ArenaName,
     FileInfo,
     FileState,
+    PeerId,
     SmallFile,
     WriteResult,
     partial_name,
 )
+from realize.services.store import StoreService
 from realize.storage.arena import ArenaDir
 from realize.storage.local import LocalStore
 from realize.storage.memory import MemoryFile, MemoryStore
-from tests.helpers import failure_of, result_of, sync_run_in_thread
+from tests.faults import FaultyStore
+from tests.helpers import failure_of, make_key, result_of, sync_run_in_thread
 
 A = ArenaName("a")
 B = ArenaName("b")
@@ -1134,6 +1139,52 @@ class LocalStoreContractTests(StoreContractMixin, SynchronousTestCase):
         self.assertEqual(self.store.describe(), "local")
         single = LocalStore.single(A, self.directories[A], sync_run_in_thread)
         self.assertEqual(single.describe(), f"local:{self.directories[A]}")
+
+
+class PeerViewContractTests(LocalStoreContractTests):
+    """
+    The L{Store} contract for the L{realize.services.store.PeerView} of a
+    peer that may use both arenas: the local store behind its ACL-checked
+    arena resolver.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        config = parse_config(
+            {
+                "peers": {"p": {"pubkey": make_key()[1]}},
+                "arena": [
+                    {"name": name, "datadir": path}
+                    for name, path in self.directories.items()
+                ],
+            },
+            "realize.toml",
+            Path.cwd(),
+        )
+        self.store = StoreService(config, sync_run_in_thread).view(PeerId("p"))
+
+    def test_describe(self) -> None:
+        """
+        A view describes itself as the daemon seen by its peer.
+        """
+        self.assertEqual(self.store.describe(), "daemon (as seen by p)")
+
+
+class FaultyStoreContractTests(LocalStoreContractTests):
+    """
+    The L{Store} contract for a L{tests.faults.FaultyStore} without faults
+    around a L{LocalStore}: the double changes nothing by itself.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.store = FaultyStore(self.store)
+
+    def test_describe(self) -> None:
+        """
+        It describes itself as the store it wraps.
+        """
+        self.assertEqual(self.store.describe(), "local")
 
 
 class MemoryStoreContractTests(StoreContractMixin, SynchronousTestCase):

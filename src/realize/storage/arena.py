@@ -25,6 +25,7 @@ it leaves the path as it was.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 from attrs import define, field, frozen
 
@@ -49,7 +50,7 @@ from realize.storage.fs import (
 )
 from realize.storage.listing import list_tree
 from realize.storage.partials import Partials
-from realize.storage.paths import DirCache, not_found, os_error, where
+from realize.storage.paths import DIR_CACHE_SIZE, DirCache, not_found, os_error, where
 
 __all__ = ["ArenaDir", "ReadHandle", "WriteHandle", "Written"]
 
@@ -166,11 +167,31 @@ class ArenaDir:
             raise InvalidPath(f"{where(self.name, path)}: inside the arena's workdir")
         return segments
 
-    def dirs(self) -> DirCache:
+    def by_directory(
+        self, paths: Sequence[str]
+    ) -> list[tuple[int, list[str] | RealizeError]]:
         """
+        Check the paths of a batch and order them by directory (keeping
+        their order within one), so that the batch opens each directory
+        once however few a L{DirCache} keeps.
+
+        @return: each path's index and segments, or its error.
+        """
+        checked: list[tuple[int, list[str] | RealizeError]] = []
+        for index, path in enumerate(paths):
+            try:
+                checked.append((index, self.segments(path)))
+            except RealizeError as e:
+                checked.append((index, e))
+        checked.sort(key=_directory_of)
+        return checked
+
+    def dirs(self, limit: int = DIR_CACHE_SIZE) -> DirCache:
+        """
+        @param limit: directories it keeps open at most (L{DirCache}).
         @return: a cache of this arena's directories for one piece of work.
         """
-        return DirCache(self.name, self.directory)
+        return DirCache(self.name, self.directory, limit)
 
     def parent(self, path: str, create: bool) -> tuple[int, str]:
         """
@@ -452,3 +473,8 @@ class ArenaDir:
                 return Stamp.of(os.fstat(fd))
         finally:
             os.close(dir_fd)
+
+
+def _directory_of(item: tuple[int, list[str] | RealizeError]) -> tuple[str, ...]:
+    segments = item[1]
+    return () if isinstance(segments, RealizeError) else tuple(segments[:-1])

@@ -13,15 +13,20 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+from typing import Any
 
-from realize.errors import BadRequest, Conflict, RealizeError
+from realize.errors import BadRequest, Conflict, IOFailure, RealizeError
 from realize.hashing import LeafHasher, merkle_root
 from realize.model import SmallFile, SmallRead, clamp_mtime, partial_name
 from realize.storage.arena import ArenaDir
+from realize.storage.commit import CommitItem, commit_group
 from realize.storage.fs import Filesystems, pwrite_all, read_whole
 from realize.storage.paths import DirCache, not_regular, where
 
-__all__ = ["delete_files", "read_files", "write_partials"]
+__all__ = ["delete_files", "read_files", "write_files"]
+
+#: A placeholder in a list of results, each filled in before it returns.
+_UNSET: Any = None
 
 
 def _root(data: bytes) -> bytes:
@@ -40,11 +45,13 @@ def read_files(
         read, only its size and mtime are returned.
     @return: per file, what was read or its error.
     """
-    results: list[SmallRead | RealizeError] = []
+    results: list[SmallRead | RealizeError] = [_UNSET] * len(files)
     with arena_dir.dirs() as dirs:
-        for path, limit in files:
+        for index, segments in arena_dir.by_directory([p for p, _ in files]):
+            path, limit = files[index]
             try:
-                segments = arena_dir.segments(path)
+                if isinstance(segments, RealizeError):
+                    raise segments
                 dir_fd = dirs.open(segments[:-1], path, create=False)
                 fd, _, st = arena_dir.open_either(dir_fd, segments[-1], path, False)
                 try:
@@ -54,38 +61,41 @@ def read_files(
                         st = os.fstat(fd)
                 finally:
                     os.close(fd)
-                results.append(
-                    SmallRead(
-                        data, st.st_size, clamp_mtime(st.st_mtime_ns), _root(data)
-                    )
+                results[index] = SmallRead(
+                    data, st.st_size, clamp_mtime(st.st_mtime_ns), _root(data)
                 )
             except RealizeError as e:
-                results.append(e)
+                results[index] = e
             except OSError as e:
-                results.append(arena_dir.error(e, path))
+                results[index] = arena_dir.error(e, path)
     return results
 
 
-def write_partials(
+def write_files(
     arena_dir: ArenaDir, files: list[SmallFile], data: list[bytes]
 ) -> list[RealizeError | None]:
     """
-    Write and verify whole small files as new partial files, with their
-    mtimes, to be made final by L{realize.storage.commit.commit_group}
-    (WriteFiles).  A lone file is also flushed to disk.
+    Write, verify and finish whole small files in one call (WriteFiles):
+    each is written to a new partial file and hashed; those with the
+    expected root get their mtime and are made final durably by
+    L{realize.storage.commit.commit_group}, with the directories already
+    open.
 
     @param files: the files.
     @param data: their contents.
-    @return: per file, C{None} if its partial holds it, else its error
-        (L{Conflict} if its hash differs: the partial stays).
+    @return: per file, C{None} if it is final, else its error (L{Conflict}
+        if its hash differs: the partial stays).
     """
-    results: list[RealizeError | None] = [None] * len(files)
+    results: list[BaseException | None] = [None] * len(files)
     seen: set[str] = set()
+    ordered = arena_dir.by_directory([file.path for file in files])
     with arena_dir.dirs() as dirs:
-        for index, (file, content) in enumerate(zip(files, data, strict=True)):
+        for index, segments in ordered:
+            file, content = files[index], data[index]
             path = file.path
             try:
-                segments = arena_dir.segments(path)
+                if isinstance(segments, RealizeError):
+                    raise segments
                 if path in seen:
                     raise BadRequest(
                         f"{where(arena_dir.name, path)}: named twice in one batch"
@@ -114,7 +124,17 @@ def write_partials(
                 results[index] = e
             except OSError as e:
                 results[index] = arena_dir.error(e, path)
-    return results
+        ready = [i for i, _ in ordered if results[i] is None]
+        items = [
+            CommitItem(arena_dir, files[i].path, prepared=True, synced=len(files) == 1)
+            for i in ready
+        ]
+        for index, error in zip(ready, commit_group(items, dirs), strict=True):
+            results[index] = error
+    return [
+        e if e is None or isinstance(e, RealizeError) else IOFailure(str(e))
+        for e in results
+    ]
 
 
 def delete_files(
@@ -135,28 +155,29 @@ def delete_files(
     @raise NotFound: if the arena directory is missing.
     @raise IOFailure: if C{durable} and the flush failed.
     """
-    results: list[RealizeError | bool] = []
+    results: list[RealizeError | bool] = [False] * len(files)
     emptied: dict[tuple[str, ...], None] = {}  # directories that lost a file
     with arena_dir.dirs() as dirs, Filesystems() as filesystems:
         dirs.open([], "", create=False)
-        for path, size, mtime_ns in files:
+        for index, segments in arena_dir.by_directory([f[0] for f in files]):
+            path, size, mtime_ns = files[index]
             try:
-                segments = arena_dir.segments(path)
+                if isinstance(segments, RealizeError):
+                    raise segments
                 try:
                     dir_fd = dirs.resolve(segments[:-1], create=False)
                 except FileNotFoundError:
-                    results.append(False)
                     continue
                 if durable:
                     filesystems.add(dir_fd)
-                results.append(
-                    _delete_in(arena_dir, dir_fd, segments[-1], path, size, mtime_ns)
+                results[index] = _delete_in(
+                    arena_dir, dir_fd, segments[-1], path, size, mtime_ns
                 )
                 emptied[tuple(segments[:-1])] = None
             except RealizeError as e:
-                results.append(e)
+                results[index] = e
             except OSError as e:
-                results.append(arena_dir.error(e, path))
+                results[index] = arena_dir.error(e, path)
         for directory in sorted(emptied, key=len, reverse=True):
             _remove_empty(dirs, directory)
         if durable:

@@ -33,7 +33,7 @@ from attrs import define, field
 from twisted.logger import Logger
 
 from realize.config import Config
-from realize.errors import BadRequest, Conflict, IOFailure, NotFound, RealizeError
+from realize.errors import BadRequest, Conflict, NotFound, RealizeError
 from realize.hashing import LEAF_SIZE
 from realize.interfaces import RunInThread, StoreListener
 from realize.model import (
@@ -531,43 +531,33 @@ class LocalStore:
     ) -> list[RealizeError | None]:
         arena_dir = self.arena_dir(arena)
         results: list[RealizeError | None] = [None] * len(files)
+        keys = [arena_dir.key(file.path) for file in files]
         todo: list[int] = []
         try:
-            for index, file in enumerate(files):
+            for index, key in enumerate(keys):
                 try:
-                    self.writers.enter(arena_dir.key(file.path), self.owner, arena)
+                    self.writers.enter(key, self.owner, arena)
                 except Conflict as e:
                     results[index] = e
                 else:
                     todo.append(index)
             written = await self.run_in_thread(
-                batch.write_partials,
+                batch.write_files,
                 arena_dir,
                 [files[i] for i in todo],
                 [data[i] for i in todo],
             )
-            commits = []
+            listener, book = self.listener, self.book
             for index, outcome in zip(todo, written, strict=True):
+                results[index] = outcome
                 if outcome is not None:
-                    results[index] = outcome
                     continue
-                item = CommitItem(
-                    arena_dir, files[index].path, prepared=True, synced=len(todo) == 1
-                )
-                commits.append((index, self.committer.commit(item)))
-            for index, d in commits:
-                file = files[index]
-                try:
-                    await d
-                except Exception as e:
-                    results[index] = (
-                        e if isinstance(e, RealizeError) else IOFailure(str(e))
-                    )
-                    continue
-                self.book.forget(arena_dir.key(file.path))
-                if self.listener is not None:
+                if len(book):
+                    book.forget(keys[index])
+                if listener is not None:
+                    file = files[index]
                     self._tell(
-                        self.listener.file_finished,
+                        listener.file_finished,
                         arena,
                         file.path,
                         file.size,
@@ -576,7 +566,7 @@ class LocalStore:
                     )
         finally:
             for index in todo:
-                self.writers.leave(arena_dir.key(files[index].path))
+                self.writers.leave(keys[index])
         return results
 
     async def delete_files(
