@@ -555,7 +555,7 @@ class PeerViewTests(SynchronousTestCase):
             result_of(self, view.list_files(ArenaName("docs")))[0].path, "f"
         )
         error = failure_of(self, view.list_files(ArenaName("photos")), Unauthorized)
-        self.assertEqual(str(error), "peer 'a' may not use arena 'photos'")
+        self.assertEqual(str(error), "arena 'photos' is not available to peer 'a' here")
         error = failure_of(self, view.list_files(ArenaName("nope")), NotFound)
         self.assertEqual(str(error), "no arena 'nope' on this peer")
         error = failure_of(self, view.list_files(ArenaName("ghost")), NotFound)
