@@ -88,6 +88,10 @@ class Peer:
         self.workdir = os.path.join(base, "work")
         self.statedir = os.path.join(base, "state")
         self.mountpoint: str | None = None
+        #: More lines of this peer's [[arena]] table (e.g. a mountpoint).
+        self.arena_lines: list[str] = []
+        #: More lines at the end of its config (e.g. an [overlay] table).
+        self.config_lines: list[str] = []
         for path in (self.datadir, self.workdir, self.statedir):
             if path is not None:
                 os.makedirs(path, exist_ok=True)
@@ -115,6 +119,8 @@ class Peer:
         lines.append(f'workdir = "{self.workdir}"')
         if self.datadir is not None:
             lines.append(f'datadir = "{self.datadir}"')
+        lines += self.arena_lines
+        lines += self.config_lines
         path = os.path.join(self.peers.root, f"{self.name}.toml")
         with open(path, "w") as f:
             f.write("\n".join(lines) + "\n")

@@ -47,6 +47,7 @@ __all__ = [
     "Config",
     "HistoryConfig",
     "LimitsConfig",
+    "OverlayConfig",
     "PeerConfig",
     "load_config",
     "parse_address",
@@ -132,6 +133,24 @@ class CacheConfig:
     size_percent: float | None = None
 
 
+#: Values of C{[overlay] xattrs}: pick by privilege, or force one mode.
+OVERLAY_XATTRS = ("auto", "trusted", "user")
+
+
+@frozen
+class OverlayConfig:
+    """
+    C{[overlay]}: how C{realized mountall} mounts the overlays (milestone
+    3, docs/real.md).
+
+    @ivar xattrs: C{auto} (privileged mode when root, else userxattr),
+        C{trusted} (C{redirect_dir=on,metacopy=on}, trusted.* xattrs) or
+        C{user} (C{userxattr,redirect_dir=nofollow}).
+    """
+
+    xattrs: str = "auto"
+
+
 @frozen
 class LimitsConfig:
     """
@@ -180,6 +199,7 @@ class Config:
     cache: CacheConfig = CacheConfig()
     limits: LimitsConfig = LimitsConfig()
     history: HistoryConfig = HistoryConfig()
+    overlay: OverlayConfig = OverlayConfig()
 
     def peer(self, peer_id: str) -> PeerConfig:
         """
@@ -558,6 +578,19 @@ def parse_config(data: Mapping[str, Any], source: str, base: Path) -> Config:
         table.done()
         history = HistoryConfig(max_entries=max_entries, max_age=max_age)
 
+    overlay = OverlayConfig()
+    overlay_value = top.take("overlay", dict)
+    if overlay_value is not None:
+        table = _Table(source, "overlay", overlay_value)
+        xattrs = table.take("xattrs", str)
+        if xattrs is not None:
+            if xattrs not in OVERLAY_XATTRS:
+                table.fail(
+                    table.key("xattrs"), f"must be one of {', '.join(OVERLAY_XATTRS)}"
+                )
+            overlay = OverlayConfig(xattrs)
+        table.done()
+
     top.done()
     return Config(
         source=source,
@@ -566,6 +599,7 @@ def parse_config(data: Mapping[str, Any], source: str, base: Path) -> Config:
         cache=cache,
         limits=limits,
         history=history,
+        overlay=overlay,
     )
 
 
