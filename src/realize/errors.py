@@ -40,6 +40,7 @@ __all__ = [
     "Unauthorized",
     "describe",
     "is_retryable",
+    "where",
 ]
 
 
@@ -235,6 +236,14 @@ class SideError(RealizeError):
         self.side = side
         self.peer = peer
         self.cause = cause
+
+
+def where(arena: str, path: str) -> str:
+    """
+    @return: C{"arena 'a', path 'd/f'"}, the start of every message about
+        a file.
+    """
+    return f"arena {arena!r}, path {path!r}"
 
 
 def is_retryable(error: BaseException) -> bool:

@@ -26,9 +26,11 @@ from realize.config import PeerConfig
 from realize.errors import (
     WIRE_ERRORS,
     AuthenticationError,
+    Conflict,
     IOFailure,
     NetworkError,
     RealizeError,
+    where,
 )
 from realize.interfaces import ChunkList, RunInThread
 from realize.model import (
@@ -351,12 +353,22 @@ class RemoteStore:
     async def write_files(
         self, arena: ArenaName, files: Sequence[SmallFile], data: Sequence[bytes]
     ) -> list[RealizeError | None]:
-        results: list[RealizeError | None] = []
-        pairs = list(zip(files, data, strict=True))
-        for part in batches(pairs, lambda pair: entry_cost(pair[0].path)):
+        results: list[RealizeError | None] = [None] * len(files)
+        pairs = []
+        for index, (file, content) in enumerate(zip(files, data, strict=True)):
+            if len(content) != file.size:
+                # As the store would answer it, for this file alone: the
+                # batch on the wire carries sizes and data end to end.
+                results[index] = Conflict(
+                    f"{where(arena, file.path)}: {len(content)} bytes sent for a "
+                    f"{file.size}-byte file"
+                )
+            else:
+                pairs.append((index, file, content))
+        for part in batches(pairs, lambda entry: entry_cost(entry[1].path)):
             answer = await self._call_sending(
                 commands.WriteFiles,
-                ChunkList(join_frames([content for _, content in part])),
+                ChunkList(join_frames([content for _, _, content in part])),
                 arena=arena,
                 files=[
                     {
@@ -365,10 +377,12 @@ class RemoteStore:
                         "mtime_ns": file.mtime_ns,
                         "root": file.root,
                     }
-                    for file, _ in part
+                    for _, file, _ in part
                 ],
             )
-            results.extend(_decode_outcomes(answer["results"], len(part), self.label))
+            outcomes = _decode_outcomes(answer["results"], len(part), self.label)
+            for (index, _, _), outcome in zip(part, outcomes, strict=True):
+                results[index] = outcome
         return results
 
     async def delete_files(

@@ -24,6 +24,7 @@ from realize.errors import (
     NotFound,
     PermissionDenied,
     RealizeError,
+    where,
 )
 from realize.storage.fs import O_DIR, NotRegularFile
 
@@ -39,14 +40,6 @@ __all__ = [
 
 #: Directories a L{DirCache} keeps open at most.
 DIR_CACHE_SIZE = 64
-
-
-def where(arena: str, path: str) -> str:
-    """
-    @return: C{"arena 'a', path 'd/f'"}, the start of every message about
-        a file.
-    """
-    return f"arena {arena!r}, path {path!r}"
 
 
 def not_found(arena: str, path: str) -> NotFound:
