@@ -408,9 +408,9 @@ class DaemonMetrics:
 
         @param handshake: fires with the peer id once authenticated, or
             fails with why the connection was lost before
-            (L{realize.net.protocol.Connection.handshake}).
+            (L{realize.net.framing.Connection.handshake}).
         @param lost: fires when the connection is lost
-            (L{realize.net.protocol.Connection.lost}).
+            (L{realize.net.framing.Connection.lost}).
         """
 
         def closed(result: object, peer: str) -> object:

@@ -279,7 +279,7 @@ class Arenas(_StoreCommand):
 class List(_StoreCommand):
     """
     The files of an arena.  The entries arrive as data frames on C{stream}
-    before the answer, encoded by L{realize.net.protocol.encode_entries}.
+    before the answer, encoded by L{realize.net.codec.encode_entries}.
     """
 
     arguments = [(b"arena", Text()), (b"stream", Integer())]

@@ -16,10 +16,8 @@ from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from realize.errors import (
-    WIRE_ERRORS,
     BadDelta,
     BadRequest,
     Conflict,
@@ -38,7 +36,7 @@ from realize.net.codec import (
 )
 from realize.net.commands import MAX_BATCH_BYTES, MAX_BATCH_FILES
 from realize.net.framing import READ_DATA, Connection
-from realize.net.locator import LocatorFactory, Responders
+from realize.net.locator import LocatorFactory, Responders, respond
 from realize.net.streams import send_reading
 from realize.net.throttle import find_throttle
 
@@ -52,23 +50,6 @@ T = TypeVar("T")
 #: Read streams served at once per connection: each holds an open file and
 #: a chunk read ahead; more wait (in order) for one to end.
 MAX_OPEN_READS = 32
-
-
-def _respond(
-    command: str, coro: Coroutine[Any, Any, T], metrics: DaemonMetrics | None = None
-) -> Deferred[T]:
-    def unexpected(failure: Failure) -> Failure:
-        if isinstance(failure.value, tuple(WIRE_ERRORS)):
-            return failure
-        if isinstance(failure.value, NetworkError):
-            # The connection was lost under the command: not a bug, and
-            # nobody will read the answer.
-            return Failure(IOFailure(f"{command} failed: {failure.value}"))
-        log.failure("unexpected error in {command}", failure, command=command)
-        return Failure(IOFailure(f"{command} failed on the daemon: internal error"))
-
-    work = metrics.observe(command, coro) if metrics is not None else coro
-    return Deferred.fromCoroutine(work).addErrback(unexpected)
 
 
 class StoreResponders(Responders):
@@ -94,7 +75,7 @@ class StoreResponders(Responders):
         self._reads = DeferredSemaphore(MAX_OPEN_READS)
 
     def _respond(self, command: str, coro: Coroutine[Any, Any, T]) -> Deferred[T]:
-        return _respond(command, coro, self.metrics)
+        return respond(command, coro, self.metrics)
 
     def _transferred(self, arena: str, method: str, direction: str, size: int) -> None:
         if self.metrics is not None and size:
