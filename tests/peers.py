@@ -93,6 +93,8 @@ class Peer:
                 os.makedirs(path, exist_ok=True)
         self.daemon: _Collector | None = None
         self.transport: Any = None
+        #: More lines of this peer's C{[[arena]]} table, e.g. C{'mark = "own"'}.
+        self.arena_options: list[str] = []
 
     @property
     def key(self) -> str:
@@ -115,6 +117,7 @@ class Peer:
         lines.append(f'workdir = "{self.workdir}"')
         if self.datadir is not None:
             lines.append(f'datadir = "{self.datadir}"')
+        lines.extend(self.arena_options)
         path = os.path.join(self.peers.root, f"{self.name}.toml")
         with open(path, "w") as f:
             f.write("\n".join(lines) + "\n")

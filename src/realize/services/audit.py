@@ -57,6 +57,10 @@ DISCONNECT: Final = "disconnect"
 #: The job events, in the order a job may go through them.
 EVENTS: Final = (QUEUED, DOWNLOAD, VERIFY, REALIZE, UNREALIZE, REMOVE, EVICT, FAILED)
 
+#: Module level: a L{Logger} class attribute takes its class's name as its
+#: namespace, whatever it was given.
+log = Logger(namespace="realize.audit")
+
 _TEXT = {
     QUEUED: "queued {action} of {arena}/{path}: {reason}",
     DOWNLOAD: "downloading {arena}/{path} ({size} bytes) for {action}",
@@ -78,8 +82,6 @@ class Audit:
         or C{None}.
     """
 
-    log = Logger(namespace="realize.audit")
-
     metrics: ConsensusMetrics | None = None
     config: Config | None = None
 
@@ -95,7 +97,7 @@ class Audit:
         fields.setdefault("reason", "")
         fields.setdefault("size", None)
         fields.setdefault("hash", None)
-        self.log.info(
+        log.info(
             _TEXT.get(event, "{event} {arena}/{path}"),
             event=event,
             arena=arena,
@@ -112,7 +114,7 @@ class Audit:
         """
         Log a failed job (C{warn}: it is retried) and count it.
         """
-        self.log.warn(
+        log.warn(
             "{action} of {arena}/{path} failed: {reason}; retry in {retry_in:.0f} s",
             event=FAILED,
             arena=arena,

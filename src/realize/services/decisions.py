@@ -157,7 +157,7 @@ def decide(
             )
         return Decision(
             UNREALIZE,
-            f"{s.mark.mark}: {', '.join(holders)} hold this version",
+            f"{s.mark.mark}, and this version is held by {', '.join(holders)}",
         )
     if s.mark.mark == MARK_KEEP and default is not None and default.hash is not None:
         cached = s.cached
