@@ -31,7 +31,7 @@ from realize.storage.consensus import (
     queue_row,
 )
 from realize.storage.index import _txn_lookup
-from tests.consensus_world import ARENA, ME, P, Q, World, root_of
+from tests.consensus_world import ARENA, P, Q, World, root_of
 
 
 def bare_db(case: SynchronousTestCase) -> sqlite3.Connection:

@@ -77,8 +77,10 @@ class OwnIntegrationTests(TestCase):
         await self.c.start()
         await self.b.start(fuse=True)
         await eventually(
-            lambda: os.path.exists(self.b.mounted("docs/sub/big.bin"))
-            and os.path.exists(self.b.mounted("docs/c.txt")),
+            lambda: (
+                os.path.exists(self.b.mounted("docs/sub/big.bin"))
+                and os.path.exists(self.b.mounted("docs/c.txt"))
+            ),
             30,
             "the files of a and c in b's view",
         )
@@ -145,9 +147,7 @@ class OwnIntegrationTests(TestCase):
                 )
             self.assertEqual(missing.exception.errno, errno.ENOENT)
             with self.assertRaises(OSError) as bad:
-                await deferToThread(
-                    os.setxattr, self.b.mounted("docs"), MARK, b"mine"
-                )
+                await deferToThread(os.setxattr, self.b.mounted("docs"), MARK, b"mine")
             self.assertEqual(bad.exception.errno, errno.EINVAL)
             await self.b.wait_log(b"refused user.realize.mark")
             self.assertEqual(real_files(self.b), {})
@@ -186,9 +186,7 @@ class OwnIntegrationTests(TestCase):
                 if path.startswith("docs/")
             }
             expected["docs/c.txt"] = b"from c\n"
-            await eventually(
-                lambda: has(self.b, expected), 120, "every file realized"
-            )
+            await eventually(lambda: has(self.b, expected), 120, "every file realized")
             # a owns the whole arena: it has c's files too, and its own.
             now_a = real_files(self.a)
             for path, data in before_a.items():
@@ -250,10 +248,9 @@ class UnrealizeIntegrationTests(TestCase):
         )
         await deferToThread(os.setxattr, self.a.mounted("docs"), MARK, b"own")
         await eventually(
-            lambda: {
-                path: data for path, data in real_files(self.a).items()
-            }
-            == self.files,
+            lambda: (
+                {path: data for path, data in real_files(self.a).items()} == self.files
+            ),
             60,
             "docs realized on a",
         )
