@@ -719,7 +719,7 @@ class ConfigErrorTests(_ConfigFileMixin):
         self.assert_error(
             self.arena("copies = '2'\n"),
             "arena[0] (docs).copies",
-            "must be an integer",
+            "must be an integer, not a string",
         )
 
     def test_wrong_types(self) -> None:
