@@ -6,7 +6,8 @@ A path whose mark, default version or local copy changes is queued (in the
 arena db, L{realize.storage.consensus}, in the same transaction as the
 change).  L{ConsensusService} works through the queue, at most
 L{MAX_JOBS} jobs at once over all arenas; each job reads the path's
-situation, L{decide}s, and acts:
+situation, decides (the table of L{realize.services.decisions}), and
+acts:
 
     - B{realize} (C{own}, no local copy) and B{update} (C{own}, a local
       copy that a peer replaced, or that this peer realized, now
@@ -31,13 +32,15 @@ situation, L{decide}s, and acts:
       the cache, and handed to L{ConsensusService.protect} (the protected
       queue of the block cache).
 
-A job that fails is retried after L{backoff} (15 s, doubling, at most
-L{BACKOFF_MAX}); a change of the path makes it due at once.  The queue is
+A job that fails is retried after
+L{realize.services.decisions.backoff} (15 s, doubling, at most an hour);
+a change of the path makes it due at once.  The queue is
 in the db: after a restart the jobs go on where they were (an unrealize
 interrupted after its rename is finished from its journal, the C{blob} of
 its queue row).
 
-Every step is an audit event (L{realize.services.audit}).
+Every step is an audit event (L{realize.services.audit}).  Marks are
+set through L{ConsensusService.marks} (L{realize.services.marks}).
 """
 
 from __future__ import annotations
@@ -206,6 +209,7 @@ class ConsensusService(Service):
     _again: bool = field(default=False, init=False)
     _timer: IDelayedCall | None = field(default=None, init=False)
     _idle: list[Deferred[None]] = field(factory=list, init=False)
+    _counted: float = field(default=float("-inf"), init=False)
     marks: MarkKeeper = field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -310,6 +314,10 @@ class ConsensusService(Service):
     async def _take(self) -> None:
         now = self.clock.seconds()
         earliest: float | None = None
+        # The queue gauges: at most once a second (counting is a scan).
+        counted = now - self._counted >= 1.0 or not self._jobs
+        if counted:
+            self._counted = now
         for name in sorted(self.arenas):
             arena = self.arenas[name]
             busy = [path for (a, path) in self._jobs if a == name]
@@ -324,7 +332,7 @@ class ConsensusService(Service):
             nxt = await arena.run_interaction(_txn_next_due, busy)
             if nxt is not None:
                 earliest = nxt if earliest is None else min(earliest, nxt)
-            if self.audit.metrics is not None:
+            if self.audit.metrics is not None and counted:
                 queued, waiting = await arena.run_interaction(
                     _txn_queue_counts, self.clock.seconds()
                 )

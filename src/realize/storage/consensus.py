@@ -45,6 +45,7 @@ from realize.errors import InvalidPath
 from realize.model import (
     ADD,
     CATCHUP,
+    CATCHUP_COMPLETE,
     DROP,
     KIND_DIR,
     KIND_FILE,
@@ -505,7 +506,10 @@ def _txn_apply_tracked(
                 _txn_set_event(cursor, path, EVENT_SUPERSEDED, entry[2], None)
                 events.add(path)
     dirty = set(paths)
-    for inode in result.inodes:
+    # A CatchupComplete removes rows of files it does not name: their
+    # defaults may have moved.
+    swept = any(n.kind == CATCHUP_COMPLETE for n in notifications)
+    for inode in result.inodes if swept else ():
         row = cursor.execute(
             "SELECT kind FROM directory WHERE inode = ?", (inode,)
         ).fetchone()
