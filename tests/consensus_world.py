@@ -25,7 +25,7 @@ from realize.services.audit import Audit
 from realize.services.consensus import ArenaConsensus, ConsensusService
 from realize.storage.arena import ArenaDir
 from realize.storage.blobs import BlobStore
-from realize.storage.consensus import _txn_apply_tracked
+from realize.storage.consensus import _txn_apply_tracked, resolve
 from realize.storage.globaldb import GlobalDb
 from realize.storage.index import ArenaIndex, Version, _txn_store_uuid
 from realize.storage.unreal import ArenaTree
@@ -277,6 +277,14 @@ class World:
 
     def peer_drops(self, peer: PeerId, path: str, old: bytes) -> None:
         self.apply(peer, [self.note("drop", path, old_hash=old)])
+
+    def inode(self, path: str) -> int:
+        """
+        @return: a file's inode in the Unreal.
+        """
+        found = resolve(self.pool.connection, self.root, path)
+        assert found is not None
+        return found[0]
 
     def real(self, path: str) -> str:
         return os.path.join(self.datadir, path)

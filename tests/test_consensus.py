@@ -26,6 +26,7 @@ from realize.storage.consensus import (
     _txn_failed,
     _txn_mark_dirty,
     _txn_next_due,
+    _txn_step,
     _txn_sweep,
     create_consensus_tables,
     queue_row,
@@ -518,3 +519,28 @@ class UnrealizeTests(SynchronousTestCase):
         world.clock.advance(SETTLE_DELAY)
         self.assertEqual(len(world.protected), 2)
         self.assertFalse(os.path.exists(world.real("f")))
+
+    def test_finish_after_crash(self) -> None:
+        """
+        A crash after an unrealize moved the file into its blob, before the
+        blob's ranges were recorded: at the next start the journal (the
+        queue row's blob) finishes it: the blob is verified and recorded,
+        and reads come from the cache.
+        """
+        world = World(self)
+        digest = self.held(world)
+        blob = self.successResultOf(
+            Deferred.fromCoroutine(world.blobs.open(world.inode("f"), digest))
+        )
+        self.successResultOf(Deferred.fromCoroutine(world.index.record_drops(["f"])))
+        os.rename(world.real("f"), world.arena.blob_file(blob))
+        world.run(_txn_step, "f", "unrealize", "unrealize", blob.id)
+        world.start()
+        self.assertEqual(
+            read_cached(
+                world.pool.connection, world.blobs_dir, world.inode("f"), digest, 0, 4
+            ),
+            b"held",
+        )
+        self.assertFalse(os.path.exists(world.real("f")))
+        self.assertEqual(world.queue(), [])

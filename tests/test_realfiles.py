@@ -87,14 +87,16 @@ class RealizeBlobTests(SynchronousTestCase):
     def test_replace(self) -> None:
         """
         With the size and mtime of the file replaced, the blob takes its
-        place and the old file goes.
+        place (and its permissions) and the old file goes.
         """
         d = Dirs(self)
         blob = d.blob("1", b"new!")
         d.real("f", b"old", mtime=5)
+        os.chmod(d.real("f"), 0o751)
         realize_blob(d.arena, "f", blob, 4, 9, (3, 5))
         self.assertEqual(d.read("f"), b"new!")
         self.assertEqual(os.listdir(d.blobs), [])
+        self.assertEqual(os.stat(d.real("f")).st_mode & 0o7777, 0o751)
 
     def test_replace_changed(self) -> None:
         """

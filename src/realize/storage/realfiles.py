@@ -214,8 +214,8 @@ def realize_blob(
     """
     Make a complete, verified blob the real file of a path.
 
-    The blob gets the version's mtime, the usual permissions (C{0666} less
-    the umask) and, if given, the path's own mark as C{user.realize.mark};
+    The blob gets the version's mtime, the permissions of the file it
+    replaces (or C{0666} less the umask) and, if given, the path's own mark as C{user.realize.mark};
     it is synced, then renamed into place: with nothing at the path
     (C{RENAME_NOREPLACE}), or swapped with the real file it replaces
     (C{RENAME_EXCHANGE}) whose size and mtime are checked once it is out
@@ -247,7 +247,7 @@ def realize_blob(
                 st = os.fstat(fd)
                 if st.st_size != size:
                     raise IOFailure(f"{where}: the blob has {st.st_size} bytes")
-                os.fchmod(fd, 0o666 & ~_umask())
+                os.fchmod(fd, _mode(dir_fd, name, replacing))
                 if mark is not None:
                     try:
                         os.setxattr(fd, XATTR_MARK, mark.encode())
@@ -275,6 +275,19 @@ def realize_blob(
     finally:
         os.close(blob_dir)
         os.close(dir_fd)
+
+
+def _mode(dir_fd: int, name: str, replacing: tuple[int, int] | None) -> int:
+    """
+    @return: the permissions of a realized file: those of the file it
+        replaces, else C{0666} less the umask.
+    """
+    if replacing is not None:
+        try:
+            return os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode & 0o7777
+        except OSError:
+            pass
+    return 0o666 & ~_umask()
 
 
 def _copy_beside(blob: str, dir_fd: int, name: str, mtime_ns: int) -> None:
