@@ -215,13 +215,13 @@ def realize_blob(
     Make a complete, verified blob the real file of a path.
 
     The blob gets the version's mtime, the permissions of the file it
-    replaces (or C{0666} less the umask) and, if given, the path's own mark as C{user.realize.mark};
-    it is synced, then renamed into place: with nothing at the path
-    (C{RENAME_NOREPLACE}), or swapped with the real file it replaces
-    (C{RENAME_EXCHANGE}) whose size and mtime are checked once it is out
-    of the way (and swapped back if it changed).  Across filesystems, the
-    blob is first copied next to the path as its partial file
-    (C{.name.part}, which the watcher ignores).  The directories are
+    replaces (or C{0666} less the umask) and, if given, the path's own mark
+    as C{user.realize.mark}; it is synced, then renamed into place: with
+    nothing at the path (C{RENAME_NOREPLACE}), or swapped with the real
+    file it replaces (C{RENAME_EXCHANGE}) whose size and mtime are checked
+    once it is out of the way (and swapped back if it changed).  Across
+    filesystems, the blob is first copied next to the path as its partial
+    file (C{.name.part}, which the watcher ignores).  The directories are
     created as needed and synced.
 
     @param arena: the datadir.
