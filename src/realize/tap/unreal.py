@@ -31,7 +31,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from realize.config import ArenaConfig, Config
+from realize.config import Config
 from realize.errors import RealizeError
 from realize.interfaces import History, RunInThread, Store, StoreListener
 from realize.metrics import ConsensusMetrics
@@ -46,10 +46,10 @@ from realize.services.downloader import Downloader
 from realize.services.household import HouseholdService
 from realize.services.lifecycle import OrderedServices
 from realize.services.unreal import ArenaCache, UnrealBackend
-from realize.storage.arena import ArenaDir
 from realize.storage.blobs import BlobStore
 from realize.storage.globaldb import GlobalDb
 from realize.storage.index import ArenaIndex
+from realize.storage.local import arena_dirs_from_config
 from realize.storage.unreal import ArenaTree
 from realize.storage.unrealview import ArenaFiles, SqliteUnrealView
 
@@ -285,6 +285,7 @@ class UnrealService(Service):
             listener=listener,
             protect=self.protect,
         )
+        datadirs = arena_dirs_from_config(self.config)
         for name, cache in caches.items():
             arena = self.config.arenas[name]
             assert cache.blobs is not None
@@ -296,7 +297,7 @@ class UnrealService(Service):
                 self.downloaders.get(name),
                 arena.mark,
                 arena.copies,
-                _arena_dir(arena),
+                datadirs.get(name),
                 index=functools.partial(self._index, name),
             )
         self.consensus = consensus
@@ -393,23 +394,6 @@ def _open_global(path: str) -> GlobalDb:
 
 def _make_dirs(path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
-
-
-def _arena_dir(arena: ArenaConfig) -> ArenaDir | None:
-    """
-    @return: an arena's datadir, without its workdir if that is inside
-        it, or C{None}.
-    """
-    if arena.datadir is None:
-        return None
-    exclude = None
-    try:
-        relative = arena.workdir.relative_to(arena.datadir)
-    except ValueError:
-        pass
-    else:
-        exclude = relative.parts[0] if relative.parts else None
-    return ArenaDir(arena.name, str(arena.datadir), exclude)
 
 
 def _alloc(global_db: GlobalDb, arena: ArenaName) -> Callable[[int], Any]:
