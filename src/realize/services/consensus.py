@@ -131,8 +131,10 @@ MAX_JOBS: Final = 4
 #: are counted again.
 SETTLE_DELAY: Final = 5.0
 
-#: Bytes asked of the downloader at once by a job.
-DOWNLOAD_CHUNK: Final = 4 * PIECE_SIZE
+#: Bytes asked of the downloader at once by a job (16 MiB: measured on
+#: loopback, a 256 MiB realize ran at 82-102 MB/s with it, 59-73 MB/s with
+#: 4 MiB).
+DOWNLOAD_CHUNK: Final = 16 * PIECE_SIZE
 
 #: Hands a file's kept version to the protected queue of the block cache
 #: (issue 11): C{protect(arena, inode)}; may return a Deferred.
