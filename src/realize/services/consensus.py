@@ -210,7 +210,6 @@ class ConsensusService(Service):
     _filling: bool = field(default=False, init=False)
     _again: bool = field(default=False, init=False)
     _timer: IDelayedCall | None = field(default=None, init=False)
-    _idle: list[Deferred[None]] = field(factory=list, init=False)
     _counted: float = field(default=float("-inf"), init=False)
     marks: MarkKeeper = field(init=False)
 
@@ -272,19 +271,7 @@ class ConsensusService(Service):
         jobs = list(self._jobs.values())
         for job in jobs:
             job.cancel()
-        idle, self._idle = self._idle, []
-        for d in idle:
-            d.callback(None)
         return DeferredList(jobs, consumeErrors=True).addCallback(lambda _: None)
-
-    def wait_idle(self) -> Deferred[None]:
-        """
-        @return: fires once no job runs and nothing is due now (for tests).
-        """
-        d: Deferred[None] = Deferred()
-        self._idle.append(d)
-        self.poke()
-        return d
 
     # -- the queue -----------------------------------------------------------
 
@@ -349,10 +336,6 @@ class ConsensusService(Service):
         if earliest is not None and len(self._jobs) < self.max_jobs:
             delay = max(0.0, earliest - self.clock.seconds())
             self._timer = self.clock.callLater(delay, self._due)
-        if not self._jobs and (earliest is None or earliest > self.clock.seconds()):
-            idle, self._idle = self._idle, []
-            for d in idle:
-                d.callback(None)
 
     def _due(self) -> None:
         self._timer = None
