@@ -67,6 +67,10 @@ class FakeDownloader:
         self.block = False
         self.waiting: list[Deferred[None]] = []
         self.reads: list[tuple[int, int, int]] = []
+        self.forgotten: list[int] = []
+
+    def forget(self, inode: int) -> None:
+        self.forgotten.append(inode)
 
     async def read(
         self, inode: int, offset: int, size: int, digest: bytes | None = None

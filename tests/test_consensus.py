@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from realize.errors import IOFailure
+from realize.hashing import LEAF_SIZE, leaf_hash
+from realize.model import FileState
 from realize.services.consensus import MAX_JOBS, SETTLE_DELAY
+from realize.services.downloader import Downloader
 from realize.storage.blobs import read_cached
 from realize.storage.consensus import (
     EVENT_REMOVED_LOCAL,
@@ -544,3 +548,76 @@ class UnrealizeTests(SynchronousTestCase):
         )
         self.assertFalse(os.path.exists(world.real("f")))
         self.assertEqual(world.queue(), [])
+
+
+class _Stream:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __aiter__(self) -> Any:
+        return self._chunks()
+
+    async def _chunks(self) -> Any:
+        yield self.data
+
+    async def result(self) -> FileState:
+        return FileState((), len(self.data), 0)
+
+    def cancel(self) -> None:
+        pass
+
+
+class _Store:
+    """
+    A peer's store serving one version (for the real downloader).
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.reads = 0
+
+    def describe(self) -> str:
+        return "p"
+
+    def read(self, arena: str, path: str, start: int, end: int) -> _Stream:
+        self.reads += 1
+        return _Stream(self.data[start:end])
+
+    async def hash(self, arena: str, path: str, start: int, end: int) -> FileState:
+        data = self.data[start:end]
+        leaves = tuple(
+            leaf_hash(data[i : i + LEAF_SIZE]) for i in range(0, len(data), LEAF_SIZE)
+        )
+        return FileState(leaves, len(self.data), 0)
+
+
+class DownloaderTests(SynchronousTestCase):
+    """
+    The jobs with the real downloader.
+    """
+
+    def test_read_after_realize(self) -> None:
+        """
+        A file realized through the downloader still reads through it
+        (and so through the view) once its blob became the real file.
+        """
+        world = World(self, default_mark="own")
+        data = os.urandom(3 * LEAF_SIZE + 5)
+        store = _Store(data)
+
+        async def versions(inode: int) -> Any:
+            return world.view.version(inode)
+
+        downloader = Downloader(
+            ARENA, world.blobs, versions, {P: store}.get, world.clock
+        )
+        world.arena.downloader = downloader
+        world.start()
+        world.peer_adds(P, "f", data)
+        self.assertEqual(world.read_real("f"), data)
+        reads = store.reads
+        got = self.successResultOf(
+            Deferred.fromCoroutine(downloader.read(world.inode("f"), 0, len(data)))
+        )
+        self.assertEqual(got, data)
+        self.assertGreater(store.reads, reads)

@@ -127,6 +127,10 @@ class OwnIntegrationTests(TestCase):
                 20,
                 "x.txt local on b",
             )
+            # Realized files still read through the view (from the real
+            # copy, no longer from the cache).
+            for path, data in expected.items():
+                self.assertEqual(read(self.b.mounted(path)), data, path)
             self.a.write("docs/x.txt", b"changed on a\n")
             expected["docs/x.txt"] = b"changed on a\n"
             await eventually(lambda: has(self.b, expected), 60, "the change followed")

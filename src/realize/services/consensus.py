@@ -528,6 +528,8 @@ class ConsensusService(Service):
                 arena.name, s.path, size, mtime_ns, version.hash
             )
         await arena.run_interaction(_txn_realized, blob.id, s.path, version.hash)
+        if arena.downloader is not None:
+            arena.downloader.forget(version.inode)
         self.audit.step(
             events.REALIZE,
             arena.name,
