@@ -696,6 +696,32 @@ class ConfigErrorTests(_ConfigFileMixin):
                 "must be one of own, keep, watch",
             )
 
+    def test_copies(self) -> None:
+        """
+        C{copies} defaults to 1 and is read when given.
+        """
+        config = self.load(self.arena("copies = 3\n"))
+        self.assertEqual(config.arenas[ArenaName("docs")].copies, 3)
+        config = self.load(self.arena(""))
+        self.assertEqual(config.arenas[ArenaName("docs")].copies, 1)
+
+    def test_bad_copies(self) -> None:
+        """
+        C{copies} is an integer from 1 (the last copy is never dropped).
+        """
+        for copies in ["0", "-1", "1001"]:
+            self.assert_error(
+                self.arena(f"copies = {copies}\n"),
+                "arena[0] (docs).copies",
+                "must be between 1 and 1000 (other peers holding a version before "
+                "the local copy may go)",
+            )
+        self.assert_error(
+            self.arena("copies = '2'\n"),
+            "arena[0] (docs).copies",
+            "must be an integer, not a string",
+        )
+
     def test_wrong_types(self) -> None:
         """
         A value of the wrong TOML type is named with the expected and the

@@ -21,7 +21,12 @@ from prometheus_client import CollectorRegistry
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from realize.config import load_config
-from realize.metrics import DaemonMetrics, MoveMetrics, make_registry
+from realize.metrics import (
+    ConsensusMetrics,
+    DaemonMetrics,
+    MoveMetrics,
+    make_registry,
+)
 
 ROOT = Path(__file__).parent.parent
 PACKAGING = ROOT / "packaging"
@@ -42,6 +47,7 @@ def both_registries() -> CollectorRegistry:
     registry = make_registry()
     DaemonMetrics(registry)
     MoveMetrics(registry)
+    ConsensusMetrics(registry)
     return registry
 
 
@@ -67,6 +73,12 @@ def sample_names() -> set[str]:
     registry = make_registry()
     daemon = DaemonMetrics(registry)
     move = MoveMetrics(registry)
+    consensus = ConsensusMetrics(registry)
+    consensus.job("x", "realize", "done")
+    consensus.event("x", "queued")
+    consensus.connection("a", "connect")
+    consensus.moved("x", 1, 1)
+    consensus.downloaded("x", 1)
     daemon.connection_opened("a")
     daemon.command_done("Read", 0.1, None)
     daemon.transferred("x", "copy", "read", 1)
@@ -395,6 +407,24 @@ class OperationsDocsTests(SynchronousTestCase):
             labels,
             {"peer", "reason", "command", "status", "arena", "method", "direction"},
         )
+        for label in labels:
+            self.assertRegex(self.text, rf"\| `{label}`( \([a-z]+\))? \|")
+
+    def test_every_consensus_label(self) -> None:
+        """
+        Every label of the consensus and audit metrics is described.
+        """
+        consensus = ConsensusMetrics(make_registry())
+        labels: set[str] = set()
+        for metric in (
+            consensus.jobs,
+            consensus.events,
+            consensus.connections,
+            consensus.realized_bytes,
+            consensus.queue,
+        ):
+            labels.update(metric._labelnames)
+        self.assertEqual(labels, {"arena", "action", "outcome", "event", "peer"})
         for label in labels:
             self.assertRegex(self.text, rf"\| `{label}`( \([a-z]+\))? \|")
 

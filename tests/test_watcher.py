@@ -710,6 +710,19 @@ class EventTests(_WatcherCase):
         self.assertEqual(seen, ["d/old", "d"])
         self.settle()
 
+    def test_attributes_of_the_datadir(self) -> None:
+        """
+        C{IN_ATTRIB} on the datadir itself calls the hook with C{""} (the
+        arena root); on another watched directory itself, nothing (its
+        parent's event names it).
+        """
+        seen: list[str] = []
+        self.watcher.on_attributes = seen.append
+        self.fake.emit(self.root, IN_ATTRIB | IN_ISDIR)
+        self.fake.emit(os.path.join(self.root, "d"), IN_ATTRIB | IN_ISDIR)
+        self.assertEqual(seen, [""])
+        self.settle()
+
     def test_ignored_watch(self) -> None:
         """
         C{IN_IGNORED} (the kernel dropped a watch) forgets it; later events
@@ -885,6 +898,19 @@ class WatcherServiceTests(_WatcherCase):
         self.clock.advance(0)
         self.assertEqual(self.kinds()[1:], [(REMOVE, "f"), (ADD, "g")])
         self.assertEqual(self.indexed()["g"][2], b"G" * 32)
+
+    def test_attributes(self) -> None:
+        """
+        Attribute changes reach the service's C{attributes} hook with the
+        arena, whenever it is set.
+        """
+        self.write("f", b"1")
+        service = self.make()
+        seen: list[tuple[str, str]] = []
+        service.attributes = lambda arena, path: seen.append((arena, path))
+        self.notifiers[0].emit(self.root, IN_ATTRIB, "f")
+        self.assertEqual(seen, [(A, "f")])
+        self.clock.advance(STABILITY_DELAY)
 
     def test_reconfigure(self) -> None:
         """

@@ -62,6 +62,12 @@ DEFAULT_PORT = 9771
 
 MARKS = ("own", "keep", "watch")
 
+#: Default of C{[[arena]] copies}.
+DEFAULT_COPIES = 1
+
+#: Largest C{[[arena]] copies} (a household is a few peers).
+MAX_COPIES = 1000
+
 _PEER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
@@ -103,6 +109,9 @@ class ArenaConfig:
     @ivar mark: C{own}, C{keep} or C{watch}.
     @ivar peers: the ACL: ids of the peers that may use this arena, or
         C{None} for all peers.
+    @ivar copies: how many other peers must hold a version of a file
+        before this peer unrealizes its real copy (moves it into the
+        cache), at least 1.
     """
 
     name: ArenaName
@@ -111,6 +120,7 @@ class ArenaConfig:
     mountpoint: Path | None = None
     mark: str = "watch"
     peers: frozenset[PeerId] | None = None
+    copies: int = DEFAULT_COPIES
 
     def allows(self, peer: PeerId) -> bool:
         """
@@ -488,6 +498,15 @@ def parse_config(data: Mapping[str, Any], source: str, base: Path) -> Config:
             mark = "watch"
         if mark not in MARKS:
             table.fail(table.key("mark"), f"must be one of {', '.join(MARKS)}")
+        copies = table.take("copies", int)
+        if copies is None:
+            copies = DEFAULT_COPIES
+        elif not 1 <= copies <= MAX_COPIES:
+            table.fail(
+                table.key("copies"),
+                f"must be between 1 and {MAX_COPIES} (other peers holding a "
+                "version before the local copy may go)",
+            )
         acl_list = table.take("peers", list)
         acl = None
         if acl_list is not None:
@@ -503,6 +522,7 @@ def parse_config(data: Mapping[str, Any], source: str, base: Path) -> Config:
             mountpoint=mountpoint,
             mark=mark,
             peers=acl,
+            copies=copies,
         )
     # Check every leading run of segments: adjacent names in sorted order
     # are not enough ("a" < "a b" < "a/b" hides "a" from "a/b").

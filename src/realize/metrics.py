@@ -156,6 +156,7 @@ __all__ = [
     "REJECT_UNKNOWN_KEY",
     "STATUS_OK",
     "WRITTEN",
+    "ConsensusMetrics",
     "DaemonMetrics",
     "HistoryMetrics",
     "MoveMetrics",
@@ -938,3 +939,158 @@ class HistoryMetrics:
         @param reason: C{start}, C{overflow}, C{unwatched} or C{directory}.
         """
         self.rescans.labels(arena, reason).inc()
+
+
+#: C{outcome} label values of C{realize_consensus_jobs_total}.
+OUTCOME_DONE = "done"
+OUTCOME_FAILED = "failed"
+
+
+@define(eq=False)
+class ConsensusMetrics:
+    """
+    The metrics of the consensus jobs and the audit events of C{realized}
+    (DESIGN.md section 11, #nochurten), on a given registry:
+
+        - C{realize_consensus_jobs_total} (counter; C{arena}, C{action},
+          C{outcome}): jobs that ran; C{action} is C{realize}, C{update},
+          C{remove}, C{unrealize} or C{keep}; C{outcome} is C{done} or
+          C{failed} (it is retried).
+        - C{realize_audit_events_total} (counter; C{arena}, C{event}): the
+          job steps logged in C{realize.audit}: C{queued}, C{download},
+          C{verify}, C{realize}, C{unrealize}, C{remove}, C{evict},
+          C{failed}.
+        - C{realize_audit_connections_total} (counter; C{peer}, C{event}):
+          connections to peers that feed the Unreal, C{connect} or
+          C{disconnect}.
+        - C{realize_consensus_realized_bytes_total} (counter; C{arena}):
+          bytes of files realized (made real files from the cache).
+        - C{realize_consensus_unrealized_bytes_total} (counter; C{arena}):
+          bytes of real files moved into the cache.
+        - C{realize_consensus_downloaded_bytes_total} (counter; C{arena}):
+          bytes the jobs fetched from peers into the cache.
+        - C{realize_consensus_queue_paths} (gauge; C{arena}): dirty paths
+          waiting for a job (or running one).
+        - C{realize_consensus_retrying_paths} (gauge; C{arena}): of those,
+          the paths waiting for a retry after a failure.
+        - C{realize_consensus_running_jobs} (gauge): jobs running now.
+
+    @ivar registry: where the metrics are registered.
+    """
+
+    registry: CollectorRegistry
+
+    jobs: Counter = field(init=False)
+    events: Counter = field(init=False)
+    connections: Counter = field(init=False)
+    realized_bytes: Counter = field(init=False)
+    unrealized_bytes: Counter = field(init=False)
+    downloaded_bytes: Counter = field(init=False)
+    queue: Gauge = field(init=False)
+    retrying: Gauge = field(init=False)
+    running: Gauge = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        r = self.registry
+        self.jobs = Counter(
+            "realize_consensus_jobs",
+            "Consensus jobs that ran, by action and outcome.",
+            ["arena", "action", "outcome"],
+            registry=r,
+        )
+        self.events = Counter(
+            "realize_audit_events",
+            "Job steps logged in realize.audit, by event.",
+            ["arena", "event"],
+            registry=r,
+        )
+        self.connections = Counter(
+            "realize_audit_connections",
+            "Connections of peers feeding the Unreal, connect or disconnect.",
+            ["peer", "event"],
+            registry=r,
+        )
+        self.realized_bytes = Counter(
+            "realize_consensus_realized_bytes",
+            "Bytes of files realized from the cache into the datadir.",
+            ["arena"],
+            registry=r,
+        )
+        self.unrealized_bytes = Counter(
+            "realize_consensus_unrealized_bytes",
+            "Bytes of real files moved into the cache.",
+            ["arena"],
+            registry=r,
+        )
+        self.downloaded_bytes = Counter(
+            "realize_consensus_downloaded_bytes",
+            "Bytes the consensus jobs fetched from peers.",
+            ["arena"],
+            registry=r,
+        )
+        self.queue = Gauge(
+            "realize_consensus_queue_paths",
+            "Dirty paths waiting for a consensus job.",
+            ["arena"],
+            registry=r,
+        )
+        self.retrying = Gauge(
+            "realize_consensus_retrying_paths",
+            "Dirty paths waiting for a retry after a failure.",
+            ["arena"],
+            registry=r,
+        )
+        self.running = Gauge(
+            "realize_consensus_running_jobs",
+            "Consensus jobs running now.",
+            registry=r,
+        )
+
+    def event(self, arena: str, event: str) -> None:
+        """
+        @param event: a job step (C{queued}, C{download}, ...).
+        """
+        self.events.labels(arena, event).inc()
+
+    def job(self, arena: str, action: str, outcome: str) -> None:
+        """
+        @param action: what the job did.
+        @param outcome: L{OUTCOME_DONE} or L{OUTCOME_FAILED}.
+        """
+        self.jobs.labels(arena, action, outcome).inc()
+
+    def connection(self, peer: str, event: str) -> None:
+        """
+        @param event: C{connect} or C{disconnect}.
+        """
+        self.connections.labels(peer, event).inc()
+
+    def moved(self, arena: str, realized: int = 0, unrealized: int = 0) -> None:
+        """
+        @param realized: bytes realized.
+        @param unrealized: bytes unrealized.
+        """
+        if realized:
+            self.realized_bytes.labels(arena).inc(realized)
+        if unrealized:
+            self.unrealized_bytes.labels(arena).inc(unrealized)
+
+    def downloaded(self, arena: str, size: int) -> None:
+        """
+        @param size: bytes fetched.
+        """
+        self.downloaded_bytes.labels(arena).inc(max(0, size))
+
+    def queue_state(self, arena: str, queued: int, retrying: int) -> None:
+        """
+        @param queued: dirty paths queued.
+        @param retrying: of those, waiting for a retry.
+        """
+        self.queue.labels(arena).set(queued)
+        self.retrying.labels(arena).set(retrying)
+
+    def jobs_running(self, count: int) -> None:
+        """
+        @param count: jobs running now.
+        """
+        self.running.set(count)

@@ -306,6 +306,15 @@ class Downloader:
                 if not waiter.called:
                     waiter.callback(None)
 
+    def forget(self, inode: int) -> None:
+        """
+        Forget what is known of a file's transfers (its blob, the ranges in
+        it): its blob was taken away whole (realized into the datadir), so
+        the next read opens the blob anew, or reads from the peers.
+        """
+        for key in [key for key in self._transfers if key[0] == inode]:
+            del self._transfers[key]
+
     def close(self) -> None:
         """
         Stop: reads in flight and later ones fail with L{IOFailure};

@@ -9,7 +9,18 @@ deadline) when it is not.
 What a notification batch changed reaches the rest (L{ArenaCache.apply}
 returns it; L{UnrealBackend.applied} acts on it): outdated blobs are
 deleted, reads waiting for a version look again, and the kernel's caches
-of the entries concerned are dropped.
+of the entries concerned are dropped.  With marks (issue 12), a batch also
+queues, in its own transaction, the paths the consensus jobs must look at
+(L{realize.storage.consensus._txn_apply_tracked}).
+
+Marks on the view (DESIGN.md section 11): C{user.realize.mark} reads the
+mark set on the entry's path (in the arena db, L{realize.storage.marks}),
+C{user.realize.mark.effective} the one that applies; setting one calls
+the consensus service's L{realize.services.marks.MarkKeeper.set_mark} in
+the reactor (through the bridge), which also writes it onto the real file
+or directory of that path if there is one.  C{user.realize.status} adds
+what a consensus job does or did about the file (C{remote; realize:
+download}, C{local; unrealize failed: ...; retry in 30 s}).
 """
 
 from __future__ import annotations
@@ -17,8 +28,9 @@ from __future__ import annotations
 import itertools
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from attrs import define, field
 from twisted.internet.defer import Deferred
@@ -38,7 +50,9 @@ from realize.model import KIND_DIR, ArenaName, Entry, Notification, PeerId
 from realize.services.downloader import Downloader
 from realize.storage import unreal
 from realize.storage.blobs import BlobStore
+from realize.storage.consensus import QueueRow, _txn_apply_tracked, queue_row
 from realize.storage.globaldb import ROOT_INODE
+from realize.storage.marks import SOURCE_VIEW, effective_mark, mark_at
 from realize.storage.unreal import ArenaTree, BatchResult
 from realize.storage.unrealview import SqliteUnrealView
 
@@ -57,11 +71,17 @@ class ArenaCache:
     @ivar run_interaction: the arena db's writer.
     @ivar blobs: the arena's blob store (outdated blobs are deleted after
         each batch).
+    @ivar default_mark: the arena's default mark: with one, each batch
+        also queues the paths the consensus jobs must look at; C{None}
+        for none.
+    @ivar me: this peer's id (its own history is fed as this peer).
     """
 
     tree: ArenaTree
     run_interaction: Callable[..., Deferred[Any]]
     blobs: BlobStore | None = None
+    default_mark: str | None = None
+    me: PeerId | None = None
 
     async def progress(self, peer: PeerId) -> tuple[str, int] | None:
         result: tuple[str, int] | None = await self.run_interaction(
@@ -72,9 +92,20 @@ class ArenaCache:
     async def apply(
         self, peer: PeerId, notifications: Sequence[Notification]
     ) -> BatchResult:
-        result: BatchResult = await self.run_interaction(
-            unreal._txn_apply_batch, self.tree, peer, list(notifications)
-        )
+        result: BatchResult
+        if self.default_mark is None:
+            result = await self.run_interaction(
+                unreal._txn_apply_batch, self.tree, peer, list(notifications)
+            )
+        else:
+            result = await self.run_interaction(
+                _txn_apply_tracked,
+                self.tree,
+                self.me,
+                self.default_mark,
+                peer,
+                list(notifications),
+            )
         if self.blobs is not None:
             await self.blobs.delete_outdated()
         return result
@@ -99,6 +130,9 @@ class UnrealBackend:
     @ivar me: this peer's id: files it has itself show as C{local}.
     @ivar space_path: a directory on the filesystem of the cache, for
         C{df}.
+    @ivar marks: sets marks (in the reactor), or C{None}: marks cannot be
+        set.
+    @ivar default_mark: an arena's default mark.
     """
 
     view: SqliteUnrealView
@@ -106,6 +140,8 @@ class UnrealBackend:
     downloaders: Mapping[ArenaName, Downloader]
     me: PeerId | None = None
     space_path: str = "/"
+    marks: MarkSetter | None = None
+    default_mark: Callable[[ArenaName], str] = lambda arena: "watch"
     _handles: dict[int, _Handle] = field(factory=dict, init=False)
     _numbers: Any = field(factory=lambda: itertools.count(1), init=False)
     _lock: threading.Lock = field(factory=threading.Lock, init=False)
@@ -181,13 +217,42 @@ class UnrealBackend:
         with self._lock:
             self._handles.pop(handle, None)
 
-    def mark(self, inode: int) -> str | None:
+    def _arena_path(self, inode: int) -> tuple[ArenaName, str] | None:
         self._entry(inode)
-        return None
+        return self.view.locate(inode)
+
+    def mark(self, inode: int) -> str | None:
+        located = self._arena_path(inode)
+        if located is None:
+            return None
+        return self.view.query(located[0], mark_at, located[1])
+
+    def effective_mark(self, inode: int) -> str | None:
+        located = self._arena_path(inode)
+        if located is None:
+            return None
+        arena, path = located
+        found = self.view.query(arena, effective_mark, path, self.default_mark(arena))
+        return None if found is None else found.describe()
 
     def set_mark(self, inode: int, mark: str | None) -> None:
-        self._entry(inode)
-        raise BadRequest("marks are not supported by this version of realized")
+        located = self._arena_path(inode)
+        if located is None:
+            raise BadRequest(
+                f"inode {inode}: marks are set on arenas and what they hold"
+            )
+        marks = self.marks
+        if marks is None:
+            raise BadRequest("marks cannot be set: no consensus service")
+        arena, path = located
+
+        def set_it() -> Deferred[None]:
+            assert marks is not None
+            return Deferred.fromCoroutine(
+                marks.set_mark(arena, path, mark, SOURCE_VIEW)
+            )
+
+        self.bridge.call(cast(Callable[[], Any], set_it))
 
     def version(self, inode: int) -> str | None:
         entry = self._entry(inode)
@@ -196,6 +261,18 @@ class UnrealBackend:
         return "none" if entry.hash is None else format_hash(entry.hash)
 
     def status(self, inode: int) -> str | None:
+        base = self._where(inode)
+        if base is None:
+            return None
+        located = self.view.locate(inode)
+        row = (
+            None
+            if located is None
+            else self.view.query(located[0], queue_row, located[1])
+        )
+        return base if row is None else f"{base}; {_job_status(row)}"
+
+    def _where(self, inode: int) -> str | None:
         entry = self._entry(inode)
         if entry.kind == KIND_DIR:
             return None
@@ -254,3 +331,27 @@ class UnrealBackend:
             return None
         arena, path = located
         return f"{arena}/{path}" if path else arena
+
+
+class MarkSetter(Protocol):
+    """
+    Sets marks (L{realize.services.marks.MarkKeeper}), in the reactor.
+    """
+
+    async def set_mark(
+        self, arena: ArenaName, path: str, mark: str | None, source: str = ...
+    ) -> None: ...
+
+
+def _job_status(row: QueueRow) -> str:
+    """
+    @return: what a queue row says of the job of a file, for
+        C{user.realize.status}: C{pending}, C{realize: download},
+        C{realize failed: why; retry in 30 s}.
+    """
+    if row.step == "failed":
+        wait = max(0.0, row.not_before - time.time())
+        return f"{row.action or 'job'} failed: {row.error}; retry in {wait:.0f} s"
+    if row.action is None:
+        return "pending"
+    return f"{row.action}: {row.step}"

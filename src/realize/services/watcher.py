@@ -392,6 +392,8 @@ class ArenaWatcher:
                 self._forget(directory, remove=False)
             return
         if not name:
+            if directory == "" and mask & inotify.IN_ATTRIB and self.on_attributes:
+                self.on_attributes("")
             if directory == "" and mask & _ROOT_GONE:
                 self.log.error(
                     "arena {arena}: the datadir {root} was moved, deleted or "
@@ -770,6 +772,10 @@ class WatcherService(Service):
     @ivar notifier_factory: makes an inotify descriptor (C{lambda:
         KernelNotifier(reactor)}).
     @ivar metrics: where to count, or C{None}.
+    @ivar attributes: told C{(arena, path)} when the attributes of a real
+        file or directory changed (C{IN_ATTRIB}; the datadir itself is
+        C{""}): the marks (L{realize.services.marks.MarkKeeper}); set
+        after the watchers are made, read at each event.
     @ivar watchers: the running watchers by arena.
     @ivar started: fires once every watcher did its catch-up scan.
     """
@@ -783,6 +789,7 @@ class WatcherService(Service):
     run_in_thread: RunInThread
     notifier_factory: Callable[[], Notifier]
     metrics: HistoryMetrics | None = None
+    attributes: Callable[[ArenaName, str], None] | None = None
     watchers: dict[ArenaName, ArenaWatcher] = field(factory=dict, init=False)
     started: Deferred[None] = field(factory=Deferred, init=False)
     _workdirs: dict[ArenaName, Path] = field(factory=dict, init=False)
@@ -873,7 +880,12 @@ class WatcherService(Service):
             self.run_in_thread,
             self.notifier_factory,
             self.metrics,
+            on_attributes=lambda path: self._attributes(name, path),
         )
+
+    def _attributes(self, arena: ArenaName, path: str) -> None:
+        if self.attributes is not None:
+            self.attributes(arena, path)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]

@@ -273,6 +273,16 @@ def _txn_forget(cursor: Cursor, ids: Iterable[int]) -> None:
     )
 
 
+def _txn_forget_blob(cursor: Cursor, blob_id: int) -> None:
+    """
+    Delete the row of a blob whose file was taken away whole (realized:
+    renamed into the datadir by L{realize.storage.realfiles.realize_blob}).
+    The file went first: a crash between the two leaves a row whose file
+    is missing, which L{BlobStore.open} resets.
+    """
+    cursor.execute("DELETE FROM blob WHERE id = ?", (blob_id,))
+
+
 def _txn_blob(cursor: Cursor, blob_id: int) -> Blob | None:
     row = cursor.execute(
         f"SELECT {_COLUMNS} FROM blob WHERE id = ?", (blob_id,)

@@ -435,6 +435,18 @@ class SqliteUnrealView:
         with self._connections.borrow(files.db) as connection:
             return None if connection is None else f(connection, *args)
 
+    def query(self, arena: ArenaName, f: Callable[..., T], *args: Any) -> T | None:
+        """
+        Run a read function on an arena's db (blocking; any thread), e.g.
+        one of L{realize.storage.marks}.
+
+        @param f: called as C{f(connection, *args)}.
+        @return: its result, or C{None} if the arena is not configured or
+            has no db yet.
+        @raise IOFailure: if the db cannot be read.
+        """
+        return self._in_arena(arena, f, *args)
+
     def _node_entry(self, node: TreeNode) -> Entry:
         if node.arena is None:
             children = len(self._global(tree_children, node.inode))

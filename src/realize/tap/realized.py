@@ -36,7 +36,12 @@ from realize.config import Config, PeerConfig, load_config, public_key_spki
 from realize.errors import RealizeError
 from realize.interfaces import RunInThread, Store
 from realize.logs import ApplicationLogging, LogOptions
-from realize.metrics import DaemonMetrics, HistoryMetrics, make_registry
+from realize.metrics import (
+    ConsensusMetrics,
+    DaemonMetrics,
+    HistoryMetrics,
+    make_registry,
+)
 from realize.model import PeerId
 from realize.net.client import authenticate
 from realize.net.factory import IDLE_TIMEOUT, client_factory, server_factory
@@ -421,8 +426,8 @@ def assemble(
     Assemble the daemon: its services in the order they start (and, in
     reverse, stop: L{realize.services.lifecycle}): the arena dbs, the thread
     pools, the store, the histories and their watchers, the Unreal (the
-    household and the FUSE mount), the connections, the listening ports,
-    the reload.
+    household, the consensus jobs and the FUSE mount), the connections,
+    the listening ports, the reload.
 
     @param reactor: the reactor.
     @param config: the config.
@@ -539,6 +544,10 @@ def assemble(
         dial=dial,
         mountpoint=fuse,
         exit_on_error=exit_on_error,
+        run_cpu=cpu.run_in_thread,
+        indexes=history.indexes,
+        watchers=watchers,
+        consensus_metrics=ConsensusMetrics(registry_),
     )
     top.add(unreal)
     factory = server_factory(
