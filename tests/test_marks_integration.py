@@ -274,10 +274,17 @@ class UnrealizeIntegrationTests(TestCase):
             )
             for path, data in self.files.items():
                 self.assertEqual(read(self.b.mounted(path)), data)
-                self.assertEqual(
-                    os.getxattr(self.b.mounted(path), "user.realize.status"),
-                    b"cached verified",
-                )
+            # The unrealize's own Remove queues one more check of each
+            # file: it settles as nothing to do.
+            await eventually(
+                lambda: all(
+                    os.getxattr(self.b.mounted(path), "user.realize.status")
+                    == b"cached verified"
+                    for path in self.files
+                ),
+                30,
+                "docs cached verified on b, no job left",
+            )
             await self.b.wait_log(b"unrealized docs/docs/one.txt")
 
         return Deferred.fromCoroutine(go())
