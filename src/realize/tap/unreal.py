@@ -303,6 +303,7 @@ class UnrealService(Service):
                 arena.copies,
                 datadirs.get(name),
                 index=functools.partial(self._index, name),
+                mountpoint=None if arena.mountpoint is None else str(arena.mountpoint),
             )
         self.consensus = consensus
         if self.watchers is not None:
