@@ -22,7 +22,7 @@ from realize.storage import overlaymeta, scan
 from realize.storage.globaldb import InodeRange
 from realize.storage.unreal import ArenaTree, _txn_apply_batch
 from realize.storage.unrealpaths import set_unreal_root
-from tests.test_watcher import A, _WatcherCase, root_of
+from tests.test_watcher import A, HeldRunner, _WatcherCase, root_of
 
 ROOT = 5
 PEER = "b"
@@ -516,3 +516,21 @@ class RedirectTests(_OverlayCase):
                 for e in self.events
             )
         )
+
+    def test_whiteout_waits_for_copy_up(self) -> None:
+        """
+        The Remove of a renamed directory's files (its whiteout) is
+        recorded only once the copy-up of the new place has read them:
+        the owner would otherwise delete them first.
+        """
+        old = self.peer_has("old/a", b"a")
+        os.makedirs(self.full("new"))
+        os.setxattr(self.full("new"), self.prefix + "redirect", b"old")
+        _whiteout(self.full("old"))
+        self.runner = runner = HeldRunner(scan.copy_up_redirected)
+        self.start(mountpoint="/nonexistent-overlay")
+        self.assertEqual(self.entries(), [])
+        self.assertEqual(len(runner.held), 1)
+        runner.release()
+        self.clock.advance(0)
+        self.assertEqual(self.entries(), [(REMOVE, "old/a", old)])

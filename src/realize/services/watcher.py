@@ -175,6 +175,8 @@ class ArenaWatcher:
     _scanning: bool = field(default=False, init=False)
     _work: set[Deferred[Any]] = field(factory=set, init=False)
     _idle: list[Deferred[None]] = field(factory=list, init=False)
+    _copying: list[str] = field(factory=list, init=False)
+    _after_copy_up: list[tuple[str, int]] = field(factory=list, init=False)
 
     # -- life ----------------------------------------------------------------
 
@@ -427,6 +429,12 @@ class ArenaWatcher:
             if mask & (inotify.IN_DELETE | inotify.IN_MOVED_FROM):
                 self._forget(path)
                 self._queue_scan(path, "directory")
+                # An overlay renaming or deleting a peer's directory puts a
+                # whiteout in its place without an event of its own; it is
+                # looked at after the delay, once the scan of a renamed
+                # directory's new place found its redirect (whose copy-up
+                # must read the files before their Remove).
+                self.touch(path, self.delay)
             elif mask & (inotify.IN_CREATE | inotify.IN_MOVED_TO):
                 self._queue_scan(path, "directory")
             return
@@ -625,8 +633,17 @@ class ArenaWatcher:
     ) -> None:
         """
         Record the Removes of the peers' files that overlay whiteouts and
-        opaque directories hide (L{realize.storage.whiteouts}).
+        opaque directories hide (L{realize.storage.whiteouts}).  The
+        whiteout of a directory renamed with C{redirect_dir=on} waits
+        until its files are copied up: its Remove would have the owner
+        delete the files whose bytes the copy-up reads from it.
         """
+        waiting = [w for w in whiteouts if self._copying_from(w[0])]
+        if waiting:
+            self._after_copy_up.extend(waiting)
+            whiteouts = [w for w in whiteouts if w not in waiting]
+            if not (whiteouts or opaques or cleared or scope is not None):
+                return
         notes = await self.index.record_with(
             _txn_record_hidden, whiteouts, opaques, present, cleared, scope
         )
@@ -656,6 +673,24 @@ class ArenaWatcher:
                 paths=", ".join(d for d, _ in redirects),
             )
             return
+        targets = [target for _, target in redirects]
+        self._copying.extend(targets)
+
+        def done(result: object) -> object:
+            for target in targets:
+                self._copying.remove(target)
+            waiting = [w for w in self._after_copy_up if not self._copying_from(w[0])]
+            if waiting and self._running:
+                self._after_copy_up = [
+                    w for w in self._after_copy_up if w not in waiting
+                ]
+                self._track(
+                    Deferred.fromCoroutine(
+                        self._record_hidden(waiting, [], [], [], None)
+                    )
+                ).addErrback(self._failed, "recording whiteouts")
+            return result
+
         self._track(
             self.run_in_thread(
                 scan.copy_up_redirected,
@@ -664,7 +699,19 @@ class ArenaWatcher:
                 self.index.path,
                 redirects,
             )
-        ).addCallbacks(self._copied_up, self._failed, errbackArgs=("copying up",))
+        ).addBoth(done).addCallbacks(
+            self._copied_up, self._failed, errbackArgs=("copying up",)
+        )
+
+    def _copying_from(self, path: str) -> bool:
+        """
+        Whether a copy-up under way reads from a lower path at, above or
+        beneath C{path}.
+        """
+        return any(
+            t == path or t.startswith(path + "/") or path.startswith(t + "/")
+            for t in self._copying
+        )
 
     def _copied_up(self, result: list[tuple[str, str]]) -> None:
         for path, error in result:
@@ -796,6 +843,8 @@ class ArenaWatcher:
                     self._queue_scan(directory, "directory")
         for path in result.missing:
             self.touch(path, 0)
+        if result.redirects:
+            self._redirected(result.redirects)
         if result.whiteouts or result.opaques or not prefix:
             await self._record_hidden(
                 result.whiteouts,
@@ -806,8 +855,6 @@ class ArenaWatcher:
             )
             if not self._running:
                 return
-        if result.redirects:
-            self._redirected(result.redirects)
         # The scan saw these files' size and mtime: they go straight to
         # hashing (which checks them again), unless something else is
         # under way for them.
