@@ -28,13 +28,14 @@ class OverlayOptionsTests(SynchronousTestCase):
 
     def test_options(self) -> None:
         """
-        trusted: redirect_dir=on and metacopy=on; user: userxattr and
+        trusted: redirect_dir=on and metacopy=off (a metacopy file in the
+        datadir would hold no data); user: userxattr and
         redirect_dir=nofollow, no metacopy (the kernel refuses the other
         combinations).
         """
         self.assertEqual(
             overlay_options(self.plan, "trusted"),
-            "lowerdir=/v/docs,upperdir=/d,workdir=/w/work,redirect_dir=on,metacopy=on",
+            "lowerdir=/v/docs,upperdir=/d,workdir=/w/work,redirect_dir=on,metacopy=off",
         )
         user = overlay_options(self.plan, "user")
         self.assertTrue(user.endswith(",userxattr,redirect_dir=nofollow"))

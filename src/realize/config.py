@@ -154,7 +154,7 @@ class OverlayConfig:
     3, docs/real.md).
 
     @ivar xattrs: C{auto} (privileged mode when root, else userxattr),
-        C{trusted} (C{redirect_dir=on,metacopy=on}, trusted.* xattrs) or
+        C{trusted} (C{redirect_dir=on,metacopy=off}, trusted.* xattrs) or
         C{user} (C{userxattr,redirect_dir=nofollow}).
     """
 

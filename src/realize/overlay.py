@@ -8,9 +8,14 @@ edits land in the datadir.
 Two option sets, as this kernel accepts them (measured on Linux 6.18,
 DESIGN.md section 11):
 
-    - I{trusted} (privileged): C{redirect_dir=on,metacopy=on}; overlay
+    - I{trusted} (privileged): C{redirect_dir=on,metacopy=off}; overlay
       keeps its metadata in C{trusted.overlay.*} xattrs, which only root
-      may read or write;
+      may read or write.  The kernel would accept C{metacopy=on} too, but
+      a metacopy file in the datadir has no data (a chmod or a rename of a
+      peer's file copies up its metadata only): the store would serve it,
+      the watcher index it and an unrealize move it as if it were the
+      file, so metacopy is off, explicitly (whatever the module's
+      default): every file in the datadir holds its bytes (docs/real.md);
     - I{user} (C{userxattr}, Linux >= 5.11, unprivileged mounts):
       C{redirect_dir=nofollow} and no metacopy (the kernel refuses
       C{redirect_dir=on} and C{metacopy=on} with C{userxattr}:
@@ -56,7 +61,7 @@ OVERLAY_WORK = "work"
 Mode = Literal["trusted", "user"]
 
 _OPTIONS: dict[str, tuple[str, ...]] = {
-    "trusted": ("redirect_dir=on", "metacopy=on"),
+    "trusted": ("redirect_dir=on", "metacopy=off"),
     "user": ("userxattr", "redirect_dir=nofollow"),
 }
 

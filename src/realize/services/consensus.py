@@ -63,6 +63,7 @@ from realize.errors import describe as describe_error
 from realize.hashing import format_hash
 from realize.interfaces import RunInThread, StoreListener
 from realize.model import ArenaName, ByteRanges, PeerId
+from realize.overlay import mounted
 from realize.services import audit as events
 from realize.services.audit import Audit
 from realize.services.decisions import (
@@ -105,6 +106,8 @@ from realize.storage.marks import (
     marks_of,
 )
 from realize.storage.realfiles import (
+    DROP_CACHES,
+    LiveOverlay,
     realize_blob,
     remove_file,
     unrealize_file,
@@ -155,6 +158,10 @@ class ArenaConsensus:
     @ivar copies: C{[[arena]] copies}.
     @ivar datadir: its datadir (the Real), or C{None}.
     @ivar index: its index, once open (C{None} before, or without datadir).
+    @ivar mountpoint: its overlay's mountpoint (C{[[arena]] mountpoint}),
+        or C{None}: while an overlay is mounted there, the jobs change the
+        datadir under it the safe way (L{realize.storage.realfiles},
+        docs/real.md).
     """
 
     name: ArenaName
@@ -166,6 +173,7 @@ class ArenaConsensus:
     copies: int
     datadir: ArenaDir | None = None
     index: Callable[[], ArenaIndex | None] = lambda: None
+    mountpoint: str | None = None
 
     def blob_file(self, blob: Blob | int) -> str:
         return blob_path(
@@ -426,12 +434,15 @@ class ConsensusService(Service):
         await arena.run_interaction(_txn_step, path, action, step, blob)
 
     async def _act(self, arena: ArenaConsensus, s: Situation, action: str) -> None:
+        overlay = None
+        if action in (REALIZE, UPDATE, REMOVE, UNREALIZE):
+            overlay = await self.run_io(live_overlay, arena.mountpoint)
         if action in (REALIZE, UPDATE):
-            await self._realize(arena, s, action)
+            await self._realize(arena, s, action, overlay)
         elif action == REMOVE:
-            await self._remove(arena, s)
+            await self._remove(arena, s, overlay)
         elif action == UNREALIZE:
-            await self._unrealize(arena, s)
+            await self._unrealize(arena, s, overlay)
         elif action == KEEP:
             await self._keep(arena, s)
         else:
@@ -491,7 +502,13 @@ class ConsensusService(Service):
             )
         return blob
 
-    async def _realize(self, arena: ArenaConsensus, s: Situation, action: str) -> None:
+    async def _realize(
+        self,
+        arena: ArenaConsensus,
+        s: Situation,
+        action: str,
+        overlay: LiveOverlay | None = None,
+    ) -> None:
         version = s.default
         assert version is not None and version.hash is not None
         assert arena.datadir is not None
@@ -522,6 +539,7 @@ class ConsensusService(Service):
             version.mtime_ns,
             replacing,
             own,
+            overlay,
         )
         if self.listener is not None:
             self.listener.file_finished(
@@ -563,14 +581,22 @@ class ConsensusService(Service):
                     error=describe_error(e),
                 )
 
-    async def _remove(self, arena: ArenaConsensus, s: Situation) -> None:
+    async def _remove(
+        self, arena: ArenaConsensus, s: Situation, overlay: LiveOverlay | None = None
+    ) -> None:
         local = s.local
         assert local is not None and arena.datadir is not None
         await self._step(arena, s.path, REMOVE, events.REMOVE)
         aside = os.path.join(arena.blobs.directory, f"removing-{time.time_ns()}")
         with contextlib.suppress(NotFound):
             await self.run_io(
-                remove_file, arena.datadir, s.path, local.size, local.mtime_ns, aside
+                remove_file,
+                arena.datadir,
+                s.path,
+                local.size,
+                local.mtime_ns,
+                aside,
+                overlay,
             )
         if self.listener is not None:
             self.listener.file_deleted(arena.name, s.path)
@@ -591,7 +617,9 @@ class ConsensusService(Service):
         if self.protect is not None:
             await _maybe_deferred(self.protect(arena.name, version.inode))
 
-    async def _unrealize(self, arena: ArenaConsensus, s: Situation) -> None:
+    async def _unrealize(
+        self, arena: ArenaConsensus, s: Situation, overlay: LiveOverlay | None = None
+    ) -> None:
         local, version = s.local, s.default
         assert local is not None and local.hash is not None and version is not None
         assert arena.datadir is not None
@@ -627,6 +655,7 @@ class ConsensusService(Service):
                 arena.blob_file(blob),
                 local.size,
                 local.mtime_ns,
+                overlay,
             )
         except BaseException:
             await self._undrop(arena, index, s)
@@ -710,6 +739,18 @@ class ConsensusService(Service):
         d: Deferred[None] = Deferred(lambda d: call.cancel() if call.active() else None)
         call = self.clock.callLater(seconds, d.callback, None)
         return d
+
+
+def live_overlay(mountpoint: str | None) -> LiveOverlay | None:
+    """
+    The overlay mounted over an arena's datadir now, if any (blocking: it
+    reads C{/proc/self/mounts}).
+
+    @param mountpoint: the arena's C{mountpoint}, or C{None}.
+    """
+    if mountpoint is None or mounted(mountpoint) != "overlay":
+        return None
+    return LiveOverlay(mountpoint, os.access(DROP_CACHES, os.W_OK))
 
 
 def _txn_realized(cursor: Any, blob_id: int, path: str, digest: bytes) -> None:

@@ -41,19 +41,16 @@ from typing import Final
 
 from attrs import frozen
 
-from realize.errors import InvalidPath
 from realize.model import (
     ADD,
     CATCHUP,
     CATCHUP_COMPLETE,
     DROP,
-    KIND_DIR,
     KIND_FILE,
     REMOVE,
     REPLACE,
     Notification,
     PeerId,
-    check_path,
 )
 from realize.storage.blobs import QUEUE_DELETING, decode_ranges
 from realize.storage.index import prefix_range
@@ -67,6 +64,7 @@ from realize.storage.marks import (
     effective_in,
 )
 from realize.storage.unreal import DEFAULT, ArenaTree, BatchResult, _txn_apply_batch
+from realize.storage.unrealpaths import files_beneath, resolve
 from realize.storage.unrealview import file_path
 
 __all__ = [
@@ -80,6 +78,7 @@ __all__ = [
     "Situation",
     "Version",
     "create_consensus_tables",
+    "files_beneath",
     "queue_row",
     "resolve",
 ]
@@ -128,59 +127,6 @@ def create_consensus_tables(cursor: Cursor) -> None:
 
 
 # -- the Unreal's tree by path -----------------------------------------------
-
-
-def resolve(connection: Connection, root: int, path: str) -> tuple[int, str] | None:
-    """
-    Find a path in the Unreal's tree.
-
-    @param root: the arena root's inode.
-    @param path: a path, or C{""} for the root.
-    @return: C{(inode, kind)}, or C{None} if the tree has no such entry.
-    """
-    if not path:
-        return root, KIND_DIR
-    try:
-        segments = check_path(path)
-    except InvalidPath:
-        return None
-    inode, kind = root, KIND_DIR
-    for segment in segments:
-        if kind != KIND_DIR:
-            return None
-        row = connection.execute(
-            "SELECT inode, kind FROM directory WHERE parent = ? AND name = ?",
-            (inode, segment),
-        ).fetchone()
-        if row is None:
-            return None
-        inode, kind = int(row[0]), str(row[1])
-    return inode, kind
-
-
-def files_beneath(connection: Connection, root: int, path: str) -> list[str]:
-    """
-    @return: the files of the Unreal's tree at or beneath a path (the path
-        itself if it is a file), with their paths.
-    """
-    found = resolve(connection, root, path)
-    if found is None:
-        return []
-    inode, kind = found
-    if kind == KIND_FILE:
-        return [path]
-    prefix = f"{path}/" if path else ""
-    rows = connection.execute(
-        "WITH RECURSIVE walk(inode, path, kind) AS ("
-        " SELECT inode, ? || name, kind FROM directory WHERE parent = ?"
-        " UNION ALL"
-        " SELECT d.inode, walk.path || '/' || d.name, d.kind"
-        " FROM directory d JOIN walk ON d.parent = walk.inode"
-        " WHERE walk.kind = 'dir')"
-        " SELECT path FROM walk WHERE kind = 'file'",
-        (prefix, inode),
-    )
-    return [str(row[0]) for row in rows]
 
 
 def _local_beneath(connection: Connection, path: str) -> list[str]:

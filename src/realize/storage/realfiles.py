@@ -27,6 +27,16 @@ otherwise), and a file written through a shared writable C{mmap} without
 a descriptor open is not seen; the size and mtime checks before and after
 remain.
 
+Under a live overlay (the datadir is the upper layer of an arena's
+mounted overlay, docs/real.md), the kernel keeps the overlay's dentries
+of the files changed underneath: an edit through the overlay after a
+file was moved away lands in the moved inode (an unrealized file's blob,
+a replaced file unlinked).  Given a L{LiveOverlay}, the functions here
+also refuse a file open for writing through the overlay, and once the
+file is out of the way drop the kernel's unused dentries
+(L{drop_dentries}, root only), then check the old file again: an edit
+made meanwhile through a stale dentry is seen, and the file put back.
+
 Renames that must not replace a file, or must swap two files, use Linux's
 C{renameat2} (C{RENAME_NOREPLACE}, C{RENAME_EXCHANGE}); where the
 filesystem refuses them, a link and an unlink, or a check and a plain
@@ -43,6 +53,8 @@ import stat
 from collections.abc import Iterator
 from typing import Final
 
+from attrs import frozen
+
 from realize.errors import BadRequest, Conflict, IOFailure, NotFound, RealizeError
 from realize.hashing import hash_fd_range, merkle_root
 from realize.model import is_partial_name, partial_name
@@ -52,6 +64,8 @@ from realize.storage.marks import parse_mark
 
 __all__ = [
     "XATTR_MARK",
+    "LiveOverlay",
+    "drop_dentries",
     "open_for_writing",
     "read_real_mark",
     "realize_blob",
@@ -118,16 +132,75 @@ def _stamp(st: os.stat_result) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
+@frozen
+class LiveOverlay:
+    """
+    The overlay mounted over a datadir now.
+
+    @ivar mountpoint: where it is mounted.
+    @ivar can_drop: whether this process may drop the kernel's dentries
+        (L{drop_dentries}: root); without it, only a realize (a file made
+        where there was none: an edit through a stale dentry then fails
+        with C{EEXIST}, nothing is lost) is done under it.
+    """
+
+    mountpoint: str
+    can_drop: bool
+
+    def path_of(self, path: str) -> str:
+        """
+        @return: a datadir path as seen through the overlay.
+        """
+        return os.path.join(self.mountpoint, path)
+
+
+#: Where the kernel's caches are dropped (C{2}: dentries and inodes).
+DROP_CACHES: Final = "/proc/sys/vm/drop_caches"
+
+
+def drop_dentries(path: str = DROP_CACHES) -> bool:
+    """
+    Drop the kernel's unused dentries and inodes (all filesystems), so
+    that an overlay looks its upper layer up again: measured on Linux
+    6.18, a file realized, replaced or moved away underneath a live
+    overlay then shows as it is at its next lookup (docs/real.md).
+    Dentries in use (open files, working directories) stay.
+
+    @return: whether it was done (root only).
+    """
+    try:
+        with open(path, "w") as f:
+            f.write("2\n")
+    except OSError:
+        return False
+    return True
+
+
 def open_for_writing() -> set[tuple[int, int]]:
     """
     @return: C{(st_dev, st_ino)} of every regular file some process this
         one can inspect has open for writing (see the module docstring).
     """
+    return _writers()[0]
+
+
+def paths_open_for_writing(prefix: str) -> set[str]:
+    """
+    @param prefix: a directory (an overlay's mountpoint).
+    @return: the paths beneath it of the regular files some process this
+        one can inspect has open for writing (as C{/proc/PID/fd} links
+        show them: through an overlay, the overlay's path).
+    """
+    return {p for p in _writers()[1] if p.startswith(prefix.rstrip("/") + "/")}
+
+
+def _writers() -> tuple[set[tuple[int, int]], set[str]]:
     found: set[tuple[int, int]] = set()
+    paths: set[str] = set()
     try:
         pids = [name for name in os.listdir("/proc") if name.isdigit()]
     except OSError:
-        return found
+        return found, paths
     for pid in pids:
         base = f"/proc/{pid}"
         try:
@@ -155,18 +228,52 @@ def open_for_writing() -> set[tuple[int, int]]:
                 continue
             if flags & os.O_ACCMODE != os.O_RDONLY:
                 found.add((st.st_dev, st.st_ino))
-    return found
+                with contextlib.suppress(OSError):
+                    paths.add(os.readlink(f"{base}/fd/{fd}"))
+    return found, paths
 
 
 def _check_still(
-    st: os.stat_result, expected: tuple[int, int], where: str, what: str
+    st: os.stat_result,
+    expected: tuple[int, int],
+    where: str,
+    what: str,
+    through: str | None = None,
 ) -> None:
+    """
+    @param through: the file's path through a live overlay, or C{None}.
+    """
     if not stat.S_ISREG(st.st_mode):
         raise Conflict(f"{where}: not a regular file any more; not {what}")
     if _stamp(st) != expected:
         raise Conflict(f"{where}: changed (size or mtime); not {what}")
-    if (st.st_dev, st.st_ino) in open_for_writing():
+    inodes, paths = _writers()
+    if (st.st_dev, st.st_ino) in inodes:
         raise Conflict(f"{where}: open for writing; not {what}")
+    if through is not None and through in paths:
+        raise Conflict(f"{where}: open for writing through the overlay; not {what}")
+
+
+def _through(overlay: LiveOverlay | None, path: str) -> str | None:
+    return None if overlay is None else overlay.path_of(path)
+
+
+def _refresh(overlay: LiveOverlay | None) -> None:
+    """
+    After a file of the upper layer moved: drop the stale dentries of a
+    live overlay.
+    """
+    if overlay is not None and overlay.can_drop:
+        drop_dentries()
+
+
+def _need_drop(overlay: LiveOverlay | None, where: str, what: str) -> None:
+    if overlay is not None and not overlay.can_drop:
+        raise Conflict(
+            f"{where}: not {what} while the arena's overlay is mounted (an edit "
+            "through it could land in the file moved away); done once it is "
+            "unmounted, or by a daemon running as root"
+        )
 
 
 def _fsync_dir(fd: int) -> None:
@@ -210,6 +317,7 @@ def realize_blob(
     mtime_ns: int,
     replacing: tuple[int, int] | None,
     mark: str | None = None,
+    overlay: LiveOverlay | None = None,
 ) -> tuple[int, int]:
     """
     Make a complete, verified blob the real file of a path.
@@ -232,12 +340,18 @@ def realize_blob(
     @param replacing: C{(size, mtime_ns)} of the real file replaced, as the
         index holds it, or C{None} if there must be none.
     @param mark: the mark set on this very path, or C{None}.
+    @param overlay: the arena's overlay if it is mounted: a file replaced
+        must not be open for writing through it either, and the kernel's
+        dentries are dropped once the new file is in place (before the
+        old one is checked again).
     @return: C{(size, mtime_ns)} of the real file now.
     @raise Conflict: if a file appeared at the path, or the file replaced
         changed or is open for writing (nothing changed).
     @raise IOFailure: on an I/O error (the blob is kept).
     """
     where = f"{arena.name}/{path}"
+    if replacing is not None:
+        _need_drop(overlay, where, "replaced")
     dir_fd, name = arena.parent(path, create=True)
     blob_dir = os.open(os.path.dirname(blob) or ".", _O_DIR)
     try:
@@ -264,7 +378,9 @@ def realize_blob(
                 source_dir, source = dir_fd, partial_name(name)
                 _copy_beside(blob, dir_fd, source, mtime_ns)
                 st = os.stat(source, dir_fd=dir_fd, follow_symlinks=False)
-            _into_place(source_dir, source, dir_fd, name, replacing, where)
+            _into_place(
+                source_dir, source, dir_fd, name, replacing, where, overlay, path
+            )
             if source_dir != blob_dir:
                 os.unlink(blob)
             _fsync_dir(dir_fd)
@@ -326,35 +442,43 @@ def _into_place(
     name: str,
     replacing: tuple[int, int] | None,
     where: str,
+    overlay: LiveOverlay | None = None,
+    path: str = "",
 ) -> None:
     """
     Rename C{source} to C{name}, not replacing anything (C{replacing} is
     C{None}) or swapping with the file replaced, checked once out of the
-    way.
+    way (after the stale dentries of a live overlay are dropped).
     """
     if replacing is None:
         try:
             _rename_noreplace(source_dir, source, dir_fd, name)
         except FileExistsError:
             raise Conflict(f"{where}: a file appeared there; not replaced") from None
+        _refresh(overlay)
         return
+    through = _through(overlay, path)
     _check_still(
         os.stat(name, dir_fd=dir_fd, follow_symlinks=False),
         replacing,
         where,
         "replaced",
+        through,
     )
     try:
         _rename2(source_dir, source, dir_fd, name, RENAME_EXCHANGE)
     except OSError as e:
         if e.errno not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
             raise
+        if overlay is not None:
+            raise
         # No exchange here: the check above is the last one.
         os.rename(source, name, src_dir_fd=source_dir, dst_dir_fd=dir_fd)
         return
+    _refresh(overlay)
     old = os.stat(source, dir_fd=source_dir, follow_symlinks=False)
     try:
-        _check_still(old, replacing, where, "replaced")
+        _check_still(old, replacing, where, "replaced", through)
     except Conflict:
         _rename2(source_dir, source, dir_fd, name, RENAME_EXCHANGE)
         raise
@@ -362,13 +486,21 @@ def _into_place(
 
 
 def unrealize_file(
-    arena: ArenaDir, path: str, blob: str, size: int, mtime_ns: int
+    arena: ArenaDir,
+    path: str,
+    blob: str,
+    size: int,
+    mtime_ns: int,
+    overlay: LiveOverlay | None = None,
 ) -> int:
     """
     Move a real file into its blob (replacing the blob's file).
 
     @param size: the size the file must have (the index's).
     @param mtime_ns: the mtime it must have.
+    @param overlay: the arena's overlay if it is mounted (see
+        L{realize_blob}; without the right to drop dentries, nothing is
+        done under it).
     @return: the blob's disk usage, bytes (C{st_blocks * 512}).
     @raise Conflict: if the file changed, is not a regular file, or is
         open for writing, before or during the move (then it is back at
@@ -378,20 +510,28 @@ def unrealize_file(
     @raise IOFailure: on another error.
     """
     where = f"{arena.name}/{path}"
+    _need_drop(overlay, where, "unrealized")
+    through = _through(overlay, path)
     dir_fd, name = arena.parent(path, create=False)
     blob_dir = os.open(os.path.dirname(blob) or ".", _O_DIR)
     base = os.path.basename(blob)
     try:
         try:
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-            _check_still(st, (size, mtime_ns), where, "unrealized")
+            _check_still(st, (size, mtime_ns), where, "unrealized", through)
             if st.st_dev != os.fstat(blob_dir).st_dev:
-                return _unrealize_by_copy(dir_fd, name, blob, st, where)
+                return _unrealize_by_copy(dir_fd, name, blob, st, where, overlay)
             os.rename(name, base, src_dir_fd=dir_fd, dst_dir_fd=blob_dir)
+            _refresh(overlay)
             after = os.stat(base, dir_fd=blob_dir, follow_symlinks=False)
-            if after.st_ino != st.st_ino or _stamp(after) != (size, mtime_ns):
+            try:
+                if after.st_ino != st.st_ino or _stamp(after) != (size, mtime_ns):
+                    raise Conflict(f"{where}: changed while unrealized; put back")
+                if overlay is not None:
+                    _check_still(after, (size, mtime_ns), where, "unrealized", through)
+            except Conflict:
                 _put_back(blob_dir, base, dir_fd, name, after.st_ino)
-                raise Conflict(f"{where}: changed while unrealized; put back")
+                raise
             _fsync_dir(blob_dir)
             _fsync_dir(dir_fd)
             return int(after.st_blocks) * 512
@@ -411,7 +551,12 @@ def _put_back(src_dir: int, src: str, dir_fd: int, name: str, ino: int) -> None:
 
 
 def _unrealize_by_copy(
-    dir_fd: int, name: str, blob: str, st: os.stat_result, where: str
+    dir_fd: int,
+    name: str,
+    blob: str,
+    st: os.stat_result,
+    where: str,
+    overlay: LiveOverlay | None = None,
 ) -> int:
     source = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
@@ -435,12 +580,18 @@ def _unrealize_by_copy(
     ):
         raise Conflict(f"{where}: changed while copied into the cache; kept")
     os.unlink(name, dir_fd=dir_fd)
+    _refresh(overlay)
     _fsync_dir(dir_fd)
     return usage
 
 
 def remove_file(
-    arena: ArenaDir, path: str, size: int, mtime_ns: int, aside: str
+    arena: ArenaDir,
+    path: str,
+    size: int,
+    mtime_ns: int,
+    aside: str,
+    overlay: LiveOverlay | None = None,
 ) -> None:
     """
     Remove a real file that a peer deleted, if it is still the version
@@ -448,26 +599,41 @@ def remove_file(
     checked again, then unlinked; if it changed, it is put back.
 
     @param aside: a free path beside the blobs.
+    @param overlay: the arena's overlay if it is mounted (see
+        L{realize_blob}).
     @raise Conflict: if the file changed or is open for writing (kept).
     @raise NotFound: if it is gone already.
     @raise IOFailure: on another error.
     """
     where = f"{arena.name}/{path}"
+    _need_drop(overlay, where, "removed")
+    through = _through(overlay, path)
     dir_fd, name = arena.parent(path, create=False)
     aside_dir = os.open(os.path.dirname(aside) or ".", _O_DIR)
     base = os.path.basename(aside)
     try:
         try:
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-            _check_still(st, (size, mtime_ns), where, "removed")
+            _check_still(st, (size, mtime_ns), where, "removed", through)
             if st.st_dev != os.fstat(aside_dir).st_dev:
+                if overlay is not None:
+                    raise Conflict(
+                        f"{where}: not removed under a live overlay across "
+                        "filesystems (it could not be checked once moved)"
+                    )
                 os.unlink(name, dir_fd=dir_fd)
             else:
                 _rename_noreplace(dir_fd, name, aside_dir, base)
+                _refresh(overlay)
                 after = os.stat(base, dir_fd=aside_dir, follow_symlinks=False)
-                if after.st_ino != st.st_ino or _stamp(after) != _stamp(st):
+                try:
+                    if after.st_ino != st.st_ino or _stamp(after) != _stamp(st):
+                        raise Conflict(f"{where}: changed while removed; put back")
+                    if overlay is not None:
+                        _check_still(after, _stamp(st), where, "removed", through)
+                except Conflict:
                     _put_back(aside_dir, base, dir_fd, name, after.st_ino)
-                    raise Conflict(f"{where}: changed while removed; put back")
+                    raise
                 os.unlink(base, dir_fd=aside_dir)
             _fsync_dir(dir_fd)
         except OSError as e:

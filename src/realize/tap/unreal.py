@@ -51,6 +51,7 @@ from realize.storage.globaldb import GlobalDb
 from realize.storage.index import ArenaIndex
 from realize.storage.local import arena_dirs_from_config
 from realize.storage.unreal import ArenaTree
+from realize.storage.unrealpaths import set_unreal_root
 from realize.storage.unrealview import ArenaFiles, SqliteUnrealView
 
 __all__ = ["ArenaDbs", "UnrealService"]
@@ -219,6 +220,9 @@ class UnrealService(Service):
             )
             # Opens the db (and creates its schema) before FUSE reads it.
             await caches[name].progress(PeerId("-"))
+            # The watcher's transactions find the peers' versions by path
+            # (edits through the overlay, realize.storage.unrealpaths).
+            await pool.runInteraction(set_unreal_root, roots[name])
             files[name] = ArenaFiles(db, str(blobs_dir))
         view = SqliteUnrealView(global_path, files)
         self.view = view
@@ -299,6 +303,7 @@ class UnrealService(Service):
                 arena.copies,
                 datadirs.get(name),
                 index=functools.partial(self._index, name),
+                mountpoint=None if arena.mountpoint is None else str(arena.mountpoint),
             )
         self.consensus = consensus
         if self.watchers is not None:
