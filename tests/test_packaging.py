@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from realize.config import load_config
-from realize.metrics import DaemonMetrics, MoveMetrics, make_registry
+from realize.metrics import CacheMetrics, DaemonMetrics, MoveMetrics, make_registry
 
 ROOT = Path(__file__).parent.parent
 PACKAGING = ROOT / "packaging"
@@ -42,6 +42,7 @@ def both_registries() -> CollectorRegistry:
     registry = make_registry()
     DaemonMetrics(registry)
     MoveMetrics(registry)
+    CacheMetrics(registry)
     return registry
 
 
@@ -76,6 +77,16 @@ def sample_names() -> set[str]:
     daemon.hashed("x", 0.1, 1)
     move.listed("x", 1, 1)
     move.file_done("x", "moved")
+    cache = CacheMetrics(registry)
+    cache.state("x", {"working": 1}, {"working": 1}, 10, 10)
+    cache.read("x", True, 1)
+    cache.fetched("x", 1)
+    cache.not_kept("x", 1)
+    cache.released("x", 1)
+    cache.evicted("x", "working", "quota")
+    cache.evicted("x", "pending_removal", "pending")
+    cache.admitted("x", "mark")
+    cache.fixed("x", missing=1)
     return {sample.name for family in registry.collect() for sample in family.samples}
 
 
@@ -395,6 +406,24 @@ class OperationsDocsTests(SynchronousTestCase):
             labels,
             {"peer", "reason", "command", "status", "arena", "method", "direction"},
         )
+        for label in labels:
+            self.assertRegex(self.text, rf"\| `{label}`( \([a-z]+\))? \|")
+
+    def test_every_cache_label(self) -> None:
+        """
+        Every label of the block cache's metrics is described.
+        """
+        cache = CacheMetrics(make_registry())
+        labels: set[str] = set()
+        for metric in (
+            cache.bytes,
+            cache.reads,
+            cache.evictions,
+            cache.admissions,
+            cache.fixes,
+        ):
+            labels.update(metric._labelnames)
+        self.assertEqual(labels, {"arena", "queue", "result", "reason", "kind"})
         for label in labels:
             self.assertRegex(self.text, rf"\| `{label}`( \([a-z]+\))? \|")
 

@@ -7,9 +7,13 @@ there, from the downloader (in the reactor, through the bridge, with its
 deadline) when it is not.
 
 What a notification batch changed reaches the rest (L{ArenaCache.apply}
-returns it; L{UnrealBackend.applied} acts on it): outdated blobs are
-deleted, reads waiting for a version look again, and the kernel's caches
-of the entries concerned are dropped.
+returns it): outdated blobs join the block cache's pending removal queue,
+reads waiting for a version look again, and the kernel's caches of the
+entries concerned are dropped.
+
+The block cache (L{realize.services.cache.BlobCache}) learns from the
+backend which files are open (their blobs are not evicted), which cached
+bytes are read (LRU, frequency) and the hits and misses.
 """
 
 from __future__ import annotations
@@ -35,9 +39,10 @@ from realize.fuse.backend import Opened, SpaceInfo
 from realize.fuse.bridge import Bridge
 from realize.hashing import format_hash
 from realize.model import KIND_DIR, ArenaName, Entry, Notification, PeerId
+from realize.services.cache import BlobCache
 from realize.services.downloader import Downloader
 from realize.storage import unreal
-from realize.storage.blobs import BlobStore
+from realize.storage.blobs import QUEUE_PROTECTED, BlobStore
 from realize.storage.globaldb import ROOT_INODE
 from realize.storage.unreal import ArenaTree, BatchResult
 from realize.storage.unrealview import SqliteUnrealView
@@ -55,13 +60,16 @@ class ArenaCache:
 
     @ivar tree: what the rules need of the arena (root, inode ranges).
     @ivar run_interaction: the arena db's writer.
-    @ivar blobs: the arena's blob store (outdated blobs are deleted after
-        each batch).
+    @ivar blobs: the arena's blob store, without a block cache: outdated
+        blobs are deleted after each batch.
+    @ivar cache: the arena's block cache: outdated blobs join its pending
+        removal queue after each batch.
     """
 
     tree: ArenaTree
     run_interaction: Callable[..., Deferred[Any]]
     blobs: BlobStore | None = None
+    cache: BlobCache | None = None
 
     async def progress(self, peer: PeerId) -> tuple[str, int] | None:
         result: tuple[str, int] | None = await self.run_interaction(
@@ -75,7 +83,9 @@ class ArenaCache:
         result: BatchResult = await self.run_interaction(
             unreal._txn_apply_batch, self.tree, peer, list(notifications)
         )
-        if self.blobs is not None:
+        if self.cache is not None:
+            await self.cache.outdated()
+        elif self.blobs is not None:
             await self.blobs.delete_outdated()
         return result
 
@@ -99,6 +109,8 @@ class UnrealBackend:
     @ivar me: this peer's id: files it has itself show as C{local}.
     @ivar space_path: a directory on the filesystem of the cache, for
         C{df}.
+    @ivar caches: each arena's block cache (told of opens, releases, hits
+        and misses; its thread-safe methods only).
     """
 
     view: SqliteUnrealView
@@ -106,6 +118,7 @@ class UnrealBackend:
     downloaders: Mapping[ArenaName, Downloader]
     me: PeerId | None = None
     space_path: str = "/"
+    caches: Mapping[ArenaName, BlobCache] = field(factory=dict)
     _handles: dict[int, _Handle] = field(factory=dict, init=False)
     _numbers: Any = field(factory=lambda: itertools.count(1), init=False)
     _lock: threading.Lock = field(factory=threading.Lock, init=False)
@@ -146,25 +159,39 @@ class UnrealBackend:
         if entry.hash is None:
             return False
         state = self.view.cached(arena, entry.inode, entry.hash)
-        return state is not None and state[0] >= state[1]
+        return state is not None and state.present >= state.size
 
     def open(self, inode: int) -> Opened:
         entry, arena = self._file(inode)
+        cache = self.caches.get(arena)
+        if cache is not None:
+            cache.opened(inode, entry.hash)
+        try:
+            complete = self._complete(arena, entry)
+        except BaseException:
+            if cache is not None:
+                cache.closed(inode)
+            raise
         with self._lock:
             number = next(self._numbers)
             self._handles[number] = _Handle(arena, inode, entry.hash)
-        return Opened(number, self._complete(arena, entry))
+        return Opened(number, complete)
 
     def read(self, inode: int, handle: int, offset: int, size: int) -> bytes:
         opened = self._handles.get(handle)
         if opened is None:
             raise BadRequest(f"no open file {handle}")
+        cache = self.caches.get(opened.arena)
         if opened.digest is not None:
             data = self.view.read_cached(
                 opened.arena, inode, opened.digest, offset, offset + size
             )
             if data is not None:
+                if cache is not None:
+                    cache.read_hit(inode, opened.digest, len(data))
                 return data
+        if cache is not None:
+            cache.read_miss(size)
         downloader = self.downloaders.get(opened.arena)
         if downloader is None:
             raise IOFailure(f"arena {opened.arena}: no downloader")
@@ -179,7 +206,11 @@ class UnrealBackend:
 
     def release(self, inode: int, handle: int) -> None:
         with self._lock:
-            self._handles.pop(handle, None)
+            opened = self._handles.pop(handle, None)
+        if opened is not None:
+            cache = self.caches.get(opened.arena)
+            if cache is not None:
+                cache.closed(opened.inode)
 
     def mark(self, inode: int) -> str | None:
         self._entry(inode)
@@ -208,12 +239,11 @@ class UnrealBackend:
         state = (
             None if located is None else self.view.cached(located[0], inode, entry.hash)
         )
-        if state is None or state[0] == 0:
+        if state is None or state.present == 0:
             return "remote"
-        present, total = state
-        if present >= total:
-            return "cached verified"
-        return f"cached {present * 100 // max(total, 1)}%"
+        if state.present >= state.size:
+            return "protected" if state.queue == QUEUE_PROTECTED else "cached verified"
+        return f"cached {state.present * 100 // max(state.size, 1)}%"
 
     def statfs(self) -> SpaceInfo:
         try:

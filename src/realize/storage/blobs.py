@@ -28,6 +28,8 @@ connection.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
 import os
 import sqlite3
@@ -301,6 +303,33 @@ def _txn_blob(cursor: Cursor, blob_id: int) -> Blob | None:
     return None if row is None else _blob(row)
 
 
+def _txn_release(
+    cursor: Cursor, blob_id: int, released: ByteRanges
+) -> ByteRanges | None:
+    """
+    Take ranges out of a blob's row, before their bytes leave the file
+    (L{punch_hole}): the row never claims bytes the file does not hold.
+
+    @return: the ranges left, or C{None} if the blob is gone or being
+        deleted.
+    """
+    row = cursor.execute(
+        "SELECT ranges FROM blob WHERE id = ? AND queue != ?",
+        (blob_id, QUEUE_DELETING),
+    ).fetchone()
+    if row is None:
+        return None
+    ranges = decode_ranges(bytes(row[0])) - released
+    cursor.execute(
+        "UPDATE blob SET ranges = ? WHERE id = ?", (encode_ranges(ranges), blob_id)
+    )
+    return ranges
+
+
+def _txn_set_disk_usage(cursor: Cursor, blob_id: int, usage: int) -> None:
+    cursor.execute("UPDATE blob SET disk_usage = ? WHERE id = ?", (usage, blob_id))
+
+
 def blob_path(directory: str, blob_id: int) -> str:
     """
     @param directory: the arena's C{workdir/blobs}.
@@ -402,6 +431,59 @@ def _pread(fd: int, start: int, end: int) -> bytes:
         parts.append(data)
         offset += len(data)
     return b"".join(parts)
+
+
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+
+
+def _load_fallocate() -> Any:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        fallocate = libc.fallocate
+    except (OSError, AttributeError):  # pragma: no cover (not Linux)
+        return None
+    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    fallocate.restype = ctypes.c_int
+    return fallocate
+
+
+_fallocate = _load_fallocate()
+
+
+def punch_hole(directory: str, blob_id: int, ranges: ByteRanges) -> int | None:
+    """
+    Give the bytes of ranges back to the filesystem (blocking;
+    C{fallocate(FALLOC_FL_PUNCH_HOLE)}: the file keeps its length).  The
+    ranges must have left the row first (L{_txn_release}).
+
+    @return: the file's C{st_blocks * 512} afterwards, or C{None} if the
+        file is gone.
+    @raise IOFailure: if the filesystem cannot punch holes, or on another
+        error.
+    """
+    path = blob_path(directory, blob_id)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise _os_error(e, f"blob {path}") from e
+    try:
+        for start, end in ranges:
+            if _fallocate is None:  # pragma: no cover (not Linux)
+                raise IOFailure(f"blob {path}: cannot punch holes here")
+            flags = _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE
+            if _fallocate(fd, flags, start, end - start) != 0:
+                code = ctypes.get_errno()
+                raise IOFailure(
+                    f"blob {path}: cannot release bytes: {os.strerror(code)}"
+                )
+        return os.fstat(fd).st_blocks * 512
+    except OSError as e:
+        raise _os_error(e, f"blob {path}") from e
+    finally:
+        os.close(fd)
 
 
 def delete_blob_files(directory: str, ids: Iterable[int]) -> None:
@@ -620,6 +702,46 @@ class BlobStore:
         return await self.run_in_thread(
             read_blob_range, self.directory, blob.id, start, end
         )
+
+    async def release(self, blob: Blob, ranges: ByteRanges) -> ByteRanges | None:
+        """
+        Give back the disk space of ranges of a blob (a large file read
+        through a window, #largedl): out of the row first, then out of the
+        file.
+
+        @return: the ranges left, or C{None} if the blob is gone.
+        @raise IOFailure: if the bytes cannot be released (they are out of
+            the row all the same: never served).
+        """
+        released = await self.release_measured(blob, ranges)
+        return None if released is None else released[0]
+
+    async def release_measured(
+        self, blob: Blob, ranges: ByteRanges
+    ) -> tuple[ByteRanges, int] | None:
+        """
+        L{release}, also giving the file's disk usage afterwards.
+
+        @return: C{(ranges left, st_blocks * 512 of the file)}, or C{None}
+            if the blob is gone.
+        @raise IOFailure: if the bytes cannot be released (they are out of
+            the row all the same: never served).
+        """
+        left = await self.run_interaction(_txn_release, blob.id, ranges)
+        if left is None:
+            return None
+        usage = await self.run_in_thread(punch_hole, self.directory, blob.id, ranges)
+        if usage is None:
+            return None
+        await self.run_interaction(_txn_set_disk_usage, blob.id, usage)
+        return left, usage
+
+    def working_area(self) -> int | None:
+        """
+        @return: C{None}: without a block cache there is no limit (see
+            L{realize.services.cache.BlobCache.working_area}).
+        """
+        return None
 
     async def delete_outdated(self) -> int:
         """

@@ -36,7 +36,7 @@ from realize.config import Config, PeerConfig, load_config, public_key_spki
 from realize.errors import RealizeError
 from realize.interfaces import RunInThread, Store
 from realize.logs import ApplicationLogging, LogOptions
-from realize.metrics import DaemonMetrics, HistoryMetrics, make_registry
+from realize.metrics import CacheMetrics, DaemonMetrics, HistoryMetrics, make_registry
 from realize.model import PeerId
 from realize.net.client import authenticate
 from realize.net.factory import IDLE_TIMEOUT, client_factory, server_factory
@@ -510,6 +510,7 @@ def assemble(
         dial=dial,
         mountpoint=fuse,
         exit_on_error=exit_on_error,
+        cache_metrics=CacheMetrics(registry_),
     )
     top.add(unreal)
     factory = server_factory(
