@@ -329,6 +329,72 @@ class BlobStoreTests(SynchronousTestCase):
         self.assertIsNone(read_cached(self.db, self.directory, small, h(3), 0, 3))
 
 
+class ReleaseTests(SynchronousTestCase):
+    """
+    Releasing ranges of a blob (#largedl), and the fast path meanwhile.
+    """
+
+    def setUp(self) -> None:
+        self.db = arena_db(self)
+        self.tree = make_tree()
+        self.directory = os.path.join(self.mktemp(), "blobs")
+        self.store = BlobStore(
+            self.directory, sync_run_in_thread, sync_interaction(self.db), lambda: 7
+        )
+        run(self.db, _txn_add, self.tree, P, add("f", 3 << 20, 10, h(1)))
+        self.inode = inode_of(self.db, "f")
+        self.blob = result_of(self, self.store.open(self.inode, h(1)))
+        result_of(self, self.store.write(self.blob, 0, b"z" * (3 << 20)))
+
+    def test_release(self) -> None:
+        """
+        A release takes the ranges out of the row, then gives their blocks
+        back, and records the usage; a blob gone is C{None}.
+        """
+        before = os.stat(blob_path(self.directory, self.blob.id)).st_blocks * 512
+        left = result_of(
+            self, self.store.release(self.blob, ByteRanges.of((0, 1 << 20)))
+        )
+        self.assertEqual(left, ByteRanges.of((1 << 20, 3 << 20)))
+        usage = self.db.execute("SELECT disk_usage FROM blob").fetchone()[0]
+        self.assertLessEqual(usage, before - (1 << 20))
+        self.assertIsNone(read_cached(self.db, self.directory, self.inode, h(1), 0, 10))
+        result_of(self, self.store.delete([]))
+        os.unlink(blob_path(self.directory, self.blob.id))
+        self.assertIsNone(
+            result_of(self, self.store.release(self.blob, ByteRanges.of((0, 1))))
+        )
+
+    def test_read_cached_during_release(self) -> None:
+        """
+        A release that commits while the fast path reads those bytes (after
+        it checked the ranges, before its read ended): the read answers
+        C{None} rather than bytes that may have been zeroed.
+        """
+        db = self.db
+        store = self.store
+        blob = self.blob
+        case = self
+
+        class Racing:
+            calls = 0
+
+            def execute(self, *args: Any) -> Any:
+                Racing.calls += 1
+                if Racing.calls == 2:
+                    result_of(case, store.release(blob, ByteRanges.of((0, 1 << 20))))
+                return db.execute(*args)
+
+        racing: Any = Racing()
+        self.assertIsNone(
+            read_cached(racing, self.directory, self.inode, h(1), 0, 4096)
+        )
+        self.assertEqual(
+            read_cached(db, self.directory, self.inode, h(1), 2 << 20, (2 << 20) + 3),
+            b"zzz",
+        )
+
+
 class FileFunctionTests(SynchronousTestCase):
     """
     The blocking file functions.

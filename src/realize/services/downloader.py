@@ -31,9 +31,10 @@ blob evicted under a read is opened again and the read tried again.
 
 A file larger than the cache's working area (#largedl) does not evict the
 rest of the cache: its blob keeps at most L{STREAM_WINDOW} bytes while it
-is read sequentially (the read-ahead, and a few pieces behind the reader;
-older pieces are released), and at most half the working area under
-random reads (the pieces read least recently are released).
+is read sequentially (the read-ahead is kept, the pieces behind the reader
+are released), and under random reads the pieces read least recently are
+released; either way at most half the working area (the read-ahead is
+shortened to fit).
 """
 
 from __future__ import annotations
@@ -570,7 +571,11 @@ class Downloader:
         Start fetching the pieces of the window after the last one read,
         while requests are free: read-ahead never queues before reads.
         """
-        for index in range(last + 1, min(last + 1 + transfer.window, transfer.count)):
+        window = transfer.window
+        budget = self._budget(transfer)
+        if budget is not None:
+            window = min(window, max(1, budget // PIECE_SIZE // 2))
+        for index in range(last + 1, min(last + 1 + window, transfer.count)):
             if transfer.semaphore.tokens <= 0:
                 break
             if not transfer.has(index):
@@ -587,16 +592,17 @@ class Downloader:
         """
         if blob is None or not transfer.kept:
             return
-        area = self.blobs.working_area()
-        if area is None or transfer.version.size <= area:
+        budget = self._budget(transfer)
+        if budget is None:
             return
-        budget = STREAM_WINDOW if transfer.window > 0 else area // 2
-        excess = len(transfer.kept) - min(budget, area) // PIECE_SIZE
+        excess = len(transfer.kept) - budget // PIECE_SIZE
+        # Never the pieces being read, nor the read-ahead.
+        ahead = last + transfer.window
         victims: list[int] = []
         for index in transfer.kept:
             if len(victims) >= excess:
                 break
-            if first <= index <= last or transfer.reading.get(index):
+            if first <= index <= ahead or transfer.reading.get(index):
                 continue
             victims.append(index)
         if not victims:
@@ -606,6 +612,20 @@ class Downloader:
         ranges = ByteRanges.of(*(transfer.bounds(index) for index in victims))
         transfer.present = transfer.present - ranges
         Deferred.fromCoroutine(self._release(transfer, blob, ranges))
+
+    def _budget(self, transfer: _Transfer) -> int | None:
+        """
+        @return: the bytes the blob of a file larger than the working area
+            may keep (#largedl): L{STREAM_WINDOW} read sequentially, at
+            most half the working area either way; C{None} for a file that
+            fits.
+        """
+        area = self.blobs.working_area()
+        if area is None or transfer.version.size <= area:
+            return None
+        if transfer.window > 0:
+            return min(STREAM_WINDOW, area // 2)
+        return area // 2
 
     async def _release(
         self, transfer: _Transfer, blob: Blob, ranges: ByteRanges

@@ -187,7 +187,7 @@ class FrequencySketch:
     depth: int = 4
     max_count: int = 15
     sample_size: int = 640
-    _table: bytearray = field(init=False)
+    _table: bytearray = field(init=False, repr=False)
     _additions: int = field(default=0, init=False)
     _halved_at: float | None = field(default=None, init=False)
 
