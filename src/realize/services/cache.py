@@ -661,10 +661,20 @@ class BlobCache:
             )
         finally:
             self.policy.forgotten(ids)
-        if self.metrics is not None:
-            for eviction in evictions:
+        for eviction in evictions:
+            log.debug(
+                "{arena}: evicted blob {blob} of inode {inode} from {queue} "
+                "({reason}, {usage} bytes)",
+                arena=self.arena,
+                blob=eviction.id,
+                inode=eviction.inode,
+                queue=eviction.queue,
+                reason=eviction.reason,
+                usage=eviction.usage,
+            )
+            if self.metrics is not None:
                 self.metrics.evicted(self.arena, eviction.queue, eviction.reason)
-            self._count_admissions()
+        self._count_admissions()
 
     def _count_admissions(self) -> None:
         admissions, self.policy.admissions = self.policy.admissions, {}

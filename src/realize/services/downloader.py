@@ -244,6 +244,7 @@ class _Transfer:
     ahead_end: int = 0
     window: int = 0
     kept: OrderedDict[int, None] = field(factory=OrderedDict)
+    releasing: int = 0
     reading: dict[int, int] = field(factory=dict)
 
     @property
@@ -407,7 +408,12 @@ class Downloader:
             if index in transfer.kept:
                 transfer.kept.move_to_end(index)
         try:
-            self._read_ahead(transfer, last, blob)
+            budget = self._budget(transfer)
+            if budget is not None:
+                # Room first (behind the reader), then the read-ahead: the
+                # blob and the pieces in flight stay within the budget.
+                await self._trim(transfer, blob, first, last, budget)
+            self._read_ahead(transfer, last, blob, budget)
             # The pieces are all in flight: waiting for them in turn costs no
             # time.
             fetched = {
@@ -420,7 +426,6 @@ class Downloader:
                 count = transfer.reading.pop(index, 1) - 1
                 if count > 0:
                     transfer.reading[index] = count
-        self._trim(transfer, blob, first, last)
         return data
 
     async def _assemble(
@@ -566,52 +571,89 @@ class Downloader:
             transfer.window = 0
             transfer.next_offset = end
 
-    def _read_ahead(self, transfer: _Transfer, last: int, blob: Blob | None) -> None:
+    def _read_ahead(
+        self, transfer: _Transfer, last: int, blob: Blob | None, budget: int | None
+    ) -> None:
         """
         Start fetching the pieces of the window after the last one read,
-        while requests are free: read-ahead never queues before reads.
+        while requests are free (read-ahead never queues before reads), and
+        within the budget of a large file.
         """
         window = transfer.window
-        budget = self._budget(transfer)
         if budget is not None:
-            window = min(window, max(1, budget // PIECE_SIZE // 2))
-        for index in range(last + 1, min(last + 1 + window, transfer.count)):
+            window = min(window, self._ahead(budget))
+        # The window is ahead of the furthest sequential read: reads in
+        # parallel do not stack theirs.
+        furthest = max(last, (transfer.next_offset - 1) // PIECE_SIZE)
+        for index in range(last + 1, min(furthest + 1 + window, transfer.count)):
             if transfer.semaphore.tokens <= 0:
+                break
+            if budget is not None and self._holding(transfer) >= budget // PIECE_SIZE:
                 break
             if not transfer.has(index):
                 self._piece(transfer, index, blob)
             transfer.ahead_end = max(transfer.ahead_end, transfer.bounds(index)[1])
 
-    def _trim(
-        self, transfer: _Transfer, blob: Blob | None, first: int, last: int
+    def _holding(self, transfer: _Transfer) -> int:
+        """
+        @return: the pieces a transfer's blob holds or will: kept, and in
+            flight.
+        """
+        flying = sum(
+            1
+            for index, piece in transfer.pieces.items()
+            if not piece.done and index not in transfer.kept
+        )
+        return len(transfer.kept) + flying + transfer.releasing
+
+    async def _trim(
+        self,
+        transfer: _Transfer,
+        blob: Blob | None,
+        first: int,
+        last: int,
+        budget: int,
     ) -> None:
         """
         Keep the blob of a file larger than the working area within its
-        window (#largedl): release the pieces least recently read or
-        written, never those being read.
+        budget (#largedl), with room for the read-ahead: release the pieces
+        behind a sequential reader, or those least recently read or
+        written; never those being read.
         """
         if blob is None or not transfer.kept:
             return
-        budget = self._budget(transfer)
-        if budget is None:
+        window = min(transfer.window, self._ahead(budget))
+        excess = self._holding(transfer) - max(0, budget // PIECE_SIZE - window)
+        if excess <= 0:
             return
-        excess = len(transfer.kept) - budget // PIECE_SIZE
-        # Never the pieces being read, nor the read-ahead.
-        ahead = last + transfer.window
-        victims: list[int] = []
-        for index in transfer.kept:
-            if len(victims) >= excess:
-                break
-            if first <= index <= ahead or transfer.reading.get(index):
-                continue
-            victims.append(index)
+        candidates = [
+            index
+            for index in transfer.kept
+            if not first <= index <= last and not transfer.reading.get(index)
+        ]
+        if transfer.window > 0:
+            # Behind the reader first; ahead of it only if still too much.
+            candidates.sort(key=lambda index: index > last)
+        victims = candidates[:excess]
         if not victims:
             return
         for index in victims:
             del transfer.kept[index]
         ranges = ByteRanges.of(*(transfer.bounds(index) for index in victims))
         transfer.present = transfer.present - ranges
-        Deferred.fromCoroutine(self._release(transfer, blob, ranges))
+        # Still on disk until released: counted meanwhile.
+        transfer.releasing += len(victims)
+        try:
+            await self._release(transfer, blob, ranges)
+        finally:
+            transfer.releasing -= len(victims)
+
+    def _ahead(self, budget: int) -> int:
+        """
+        @return: the read-ahead, in pieces, of a file kept within a budget:
+            half of it.
+        """
+        return max(1, budget // PIECE_SIZE // 2)
 
     def _budget(self, transfer: _Transfer) -> int | None:
         """
