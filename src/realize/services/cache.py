@@ -213,7 +213,19 @@ class BlobCache:
         self.policy = CachePolicy(self._mark, self._pinned)
 
     def _mark(self, inode: int) -> str | None:
-        return None if self.mark_of is None else self.mark_of(inode)
+        if self.mark_of is None:
+            return None
+        try:
+            return self.mark_of(inode)
+        except Exception as e:
+            log.error(
+                "{arena}: the mark of inode {inode} is unknown ({error}): "
+                "taken as none",
+                arena=self.arena,
+                inode=inode,
+                error=repr(e),
+            )
+            return None
 
     def _pinned(self, inode: int) -> bool:
         return self.pins.held(inode) or self._writing.held(inode)
