@@ -376,13 +376,17 @@ class QuotaTests(CacheTestCase):
             ),
             3,
         )
+        # The space freed counts as free until the next measure: new data
+        # takes the room of one blob, not of all of them.
+        self.fill("g")
+        self.assertEqual(self.cached_paths(), {"f4", "f5", "g"})
         self.free = 0
         self.clock.advance(TICK_INTERVAL)
         self.assertEqual(self.cached_paths(), set())
-        inode, digest = self.add_file("g", MIB)
+        inode, digest = self.add_file("h", MIB)
         blob = result_of(self, self.cache.open(inode, digest))
         self.assertEqual(
-            result_of(self, self.cache.write(blob, 0, self.peer.files["g"])),
+            result_of(self, self.cache.write(blob, 0, self.peer.files["h"])),
             ByteRanges(),
         )
         self.assertEqual(du(self.directory), 0)

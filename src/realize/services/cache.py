@@ -59,6 +59,7 @@ from realize.storage.blobs import (
     RunInteraction,
 )
 from realize.storage.cache import (
+    FILE_OVERHEAD,
     QUEUES,
     REASON_FREE_SPACE,
     REASON_QUOTA,
@@ -663,6 +664,11 @@ class BlobCache:
                 _txn_apply_plan, self.policy.take_moves(), ids
             )
             await self.store.delete(found)
+            # The filesystem has that much more free space (until the next
+            # measure): the limit does not shrink again for it.
+            self._free += sum(
+                max(0, eviction.usage - FILE_OVERHEAD) for eviction in evictions
+            )
         except Exception as e:
             log.error(
                 "{arena}: could not delete {count} evicted blobs ({error}); "
