@@ -439,7 +439,8 @@ class QueueTests(CacheTestCase):
         """
         self.start()
         blob = self.fill("keep")
-        self.assertTrue(result_of(self, self.cache.protect(blob.inode)))
+        self.assertFalse(result_of(self, self.cache.protect(blob.inode, h(9))))
+        self.assertTrue(result_of(self, self.cache.protect(blob.inode, blob.hash)))
         self.assertFalse(result_of(self, self.cache.protect(blob.inode)))
         self.assertEqual(self.rows()[blob.inode], QUEUE_PROTECTED)
         for i in range(12):

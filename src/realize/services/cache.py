@@ -483,24 +483,35 @@ class BlobCache:
 
     # For the marks (issue 12).
 
-    async def protect(self, inode: int) -> bool:
+    async def protect(self, inode: int, digest: bytes | None = None) -> bool:
         """
-        Put the blob of a file's default version in the protected queue
-        now (a file marked keep, downloaded by the consensus jobs); the
-        queue is written to the db.
+        Put the blob of a file's version in the protected queue now (a
+        file marked keep, downloaded by the consensus jobs); the queue is
+        written to the db.
 
-        @return: whether a live blob of the file was moved.
+        @param digest: the version (found at once), or C{None} for any
+            live blob of the file outside pending removal (looked for).
+        @return: whether a blob was moved.
         """
         moved = False
         now = self.clock.seconds()
-        for queue in (QUEUE_WORKING, QUEUE_PROTECTED):
-            for entry in self.policy.entries(queue):
-                if entry.inode == inode and self.policy.protect(entry.id, now):
-                    await self.run_interaction(
-                        _txn_set_queue, entry.id, QUEUE_PROTECTED
-                    )
-                    self.policy.take_moves()
-                    moved = True
+        if digest is not None:
+            found = self.policy.find(inode, digest)
+            entries = [] if found is None else [found]
+        else:
+            entries = [
+                entry
+                for queue in (QUEUE_WORKING, QUEUE_PROTECTED)
+                for entry in self.policy.entries(queue)
+                if entry.inode == inode
+            ]
+        for entry in entries:
+            if entry.queue != QUEUE_PENDING_REMOVAL and self.policy.protect(
+                entry.id, now
+            ):
+                await self.run_interaction(_txn_set_queue, entry.id, QUEUE_PROTECTED)
+                self.policy.take_moves()
+                moved = True
         if moved and self.metrics is not None:
             self._count_admissions()
             self._gauges()

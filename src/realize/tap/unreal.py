@@ -263,18 +263,21 @@ class UnrealService(Service):
         if self.cache_metrics is not None:
             self.cache_metrics.fetched(arena, size)
 
-    def protect(self, arena: ArenaName, inode: int) -> Deferred[bool]:
+    def protect(
+        self, arena: ArenaName, inode: int, digest: bytes | None = None
+    ) -> Deferred[bool]:
         """
-        Put the blob of a file's default version in its arena's protected
-        queue now (for the marks' consensus jobs, issue 12: a file marked
-        keep, downloaded).
+        Put the blob of a file's version in its arena's protected queue now
+        (for the marks' consensus jobs, issue 12: a file marked keep,
+        downloaded).
 
-        @return: whether a live blob of that file was moved.
+        @param digest: the version, or C{None} for the file's live blobs.
+        @return: whether a blob of that file was moved.
         """
         cache = self.caches.get(arena)
         if cache is None:
             return succeed(False)
-        return Deferred.fromCoroutine(cache.protect(inode))
+        return Deferred.fromCoroutine(cache.protect(inode, digest))
 
     def _versions(self, inode: int) -> Deferred[Any]:
         assert self.view is not None
