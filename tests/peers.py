@@ -97,6 +97,10 @@ class Peer:
                 os.makedirs(path, exist_ok=True)
         self.daemon: _Collector | None = None
         self.transport: Any = None
+        #: C{[cache]} keys of this peer's config (e.g. C{{"size": "8M"}}).
+        self.cache: dict[str, str] = {}
+        #: The command that runs the daemon.
+        self.command: list[str] = list(REALIZED)
 
     @property
     def key(self) -> str:
@@ -121,6 +125,9 @@ class Peer:
             lines.append(f'datadir = "{self.datadir}"')
         lines += self.arena_lines
         lines += self.config_lines
+        if self.cache:
+            lines.append("[cache]")
+            lines.extend(f'{key} = "{value}"' for key, value in self.cache.items())
         path = os.path.join(self.peers.root, f"{self.name}.toml")
         with open(path, "w") as f:
             f.write("\n".join(lines) + "\n")
@@ -132,7 +139,7 @@ class Peer:
         with C{fuse}).
         """
         args = [
-            *REALIZED,
+            *self.command,
             "--config",
             self.config(),
             "--privkey",

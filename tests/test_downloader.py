@@ -181,6 +181,12 @@ class FailingBlobs:
     async def read(self, blob: Blob, start: int, end: int) -> bytes:
         return await self.inner.read(blob, start, end)
 
+    async def release(self, blob: Blob, ranges: ByteRanges) -> ByteRanges | None:
+        return await self.inner.release(blob, ranges)
+
+    def working_area(self) -> int | None:
+        return None
+
 
 class DownloaderTests(SynchronousTestCase):
     """
@@ -391,6 +397,22 @@ class DownloaderTests(SynchronousTestCase):
             [(i * LEAF_SIZE, (i + 1) * LEAF_SIZE) for i in range(40)],
         )
         self.a.release()
+
+    def test_sequential_through_fast_path(self) -> None:
+        """
+        A reader that consumed the read-ahead elsewhere (from the blob, in
+        the FUSE thread) and comes back at its end is still sequential: the
+        window keeps growing.
+        """
+        self.bigger(40 * LEAF_SIZE)
+        self.stores[A] = self.a
+        self.successResultOf(self.read(0, 128 << 10))
+        self.assertEqual(len(self.a.reads), 2)
+        # Pieces 0 and 1 were read from the blob meanwhile.
+        self.successResultOf(self.read(2 * LEAF_SIZE, 128 << 10))
+        self.assertEqual(
+            sorted(start // LEAF_SIZE for start, _ in self.a.reads), [0, 1, 2, 3, 4]
+        )
 
     def test_random_reads_no_read_ahead(self) -> None:
         """

@@ -22,6 +22,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from realize.config import load_config
 from realize.metrics import (
+    CacheMetrics,
     ConsensusMetrics,
     DaemonMetrics,
     MoveMetrics,
@@ -48,6 +49,7 @@ def both_registries() -> CollectorRegistry:
     DaemonMetrics(registry)
     MoveMetrics(registry)
     ConsensusMetrics(registry)
+    CacheMetrics(registry)
     return registry
 
 
@@ -88,6 +90,16 @@ def sample_names() -> set[str]:
     daemon.hashed("x", 0.1, 1)
     move.listed("x", 1, 1)
     move.file_done("x", "moved")
+    cache = CacheMetrics(registry)
+    cache.state("x", {"working": 1}, {"working": 1}, 10, 10)
+    cache.read("x", True, 1)
+    cache.fetched("x", 1)
+    cache.not_kept("x", 1)
+    cache.released("x", 1)
+    cache.evicted("x", "working", "quota")
+    cache.evicted("x", "pending_removal", "pending")
+    cache.admitted("x", "mark")
+    cache.fixed("x", missing=1)
     return {sample.name for family in registry.collect() for sample in family.samples}
 
 
@@ -425,6 +437,22 @@ class OperationsDocsTests(SynchronousTestCase):
         ):
             labels.update(metric._labelnames)
         self.assertEqual(labels, {"arena", "action", "outcome", "event", "peer"})
+
+    def test_every_cache_label(self) -> None:
+        """
+        Every label of the block cache's metrics is described.
+        """
+        cache = CacheMetrics(make_registry())
+        labels: set[str] = set()
+        for metric in (
+            cache.bytes,
+            cache.reads,
+            cache.evictions,
+            cache.admissions,
+            cache.fixes,
+        ):
+            labels.update(metric._labelnames)
+        self.assertEqual(labels, {"arena", "queue", "result", "reason", "kind"})
         for label in labels:
             self.assertRegex(self.text, rf"\| `{label}`( \([a-z]+\))? \|")
 

@@ -122,6 +122,45 @@ Metrics of the history and the watcher in C{realized} (L{HistoryMetrics}):
       C{overflow} (the inotify queue overflowed), C{unwatched} (periodic
       rescan of unwatched directories) or C{directory} (a directory
       appeared, moved or went).
+
+Metrics of the block cache in C{realized} (L{CacheMetrics}; issue 11):
+
+    - C{realize_cache_bytes} (gauge; C{arena}, C{queue}): bytes the
+      cache's blobs use (C{st_blocks * 512} plus a per-file overhead, and
+      writes reserved); C{queue} is C{working}, C{protected},
+      C{pending_removal} or C{deleting} (evicted, files being removed).
+    - C{realize_cache_blobs} (gauge; C{arena}, C{queue}): blobs per queue.
+    - C{realize_cache_quota_bytes} (gauge; C{arena}): the configured quota
+      (C{[cache] size}); absent without one.
+    - C{realize_cache_limit_bytes} (gauge; C{arena}): the bytes the cache
+      may use now: the quota, less when the filesystem's free space is
+      below C{[cache] min_free}.
+    - C{realize_cache_reads_total} (counter; C{arena}, C{result}): FUSE
+      reads; C{result} is C{hit} (served from the blob) or C{miss} (the
+      downloader fetched some of it).
+    - C{realize_cache_read_bytes_total} (counter; C{arena}, C{result}):
+      bytes of those reads.
+    - C{realize_cache_fetched_bytes_total} (counter; C{arena}): bytes
+      downloaded from peers (verified).
+    - C{realize_cache_not_kept_bytes_total} (counter; C{arena}): bytes
+      downloaded and served but not kept, for lack of room.
+    - C{realize_cache_released_bytes_total} (counter; C{arena}): bytes
+      given back behind readers of files larger than the working area.
+    - C{realize_cache_evictions_total} (counter; C{arena}, C{queue},
+      C{reason}): blobs evicted; C{reason} is C{quota} (room for new
+      data), C{free_space} (the filesystem's free space fell below the
+      reserve) or C{admission} (a protected blob displaced by a more
+      frequent one).
+    - C{realize_cache_admissions_total} (counter; C{arena}, C{reason}):
+      blobs that entered the protected queue; C{reason} is C{mark} (marked
+      keep or own) or C{frequency} (TinyLFU).
+    - C{realize_cache_pending_deleted_total} (counter; C{arena}): outdated
+      blobs deleted by the pending removal batches.
+    - C{realize_cache_consistency_fixes_total} (counter; C{arena},
+      C{kind}): what the consistency job fixed; C{kind} is C{missing} (a
+      row whose file was missing, dropped), C{orphan} (a file without a
+      row, deleted) or C{trimmed} (ranges claimed that the file did not
+      hold).
 """
 
 from __future__ import annotations
@@ -156,6 +195,7 @@ __all__ = [
     "REJECT_UNKNOWN_KEY",
     "STATUS_OK",
     "WRITTEN",
+    "CacheMetrics",
     "ConsensusMetrics",
     "DaemonMetrics",
     "HistoryMetrics",
@@ -1094,3 +1134,196 @@ class ConsensusMetrics:
         @param count: jobs running now.
         """
         self.running.set(count)
+
+
+#: C{result} label values of C{realize_cache_reads_total}.
+HIT = "hit"
+MISS = "miss"
+
+
+@define(eq=False)
+class CacheMetrics:
+    """
+    The metrics of the block cache of C{realized}, on a given registry
+    (the series are listed in this module's docstring).  Thread-safe (FUSE
+    threads count reads).
+
+    @ivar registry: where the metrics are registered.
+    """
+
+    registry: CollectorRegistry
+
+    bytes: Gauge = field(init=False)
+    blobs: Gauge = field(init=False)
+    quota: Gauge = field(init=False)
+    limit: Gauge = field(init=False)
+    reads: Counter = field(init=False)
+    read_bytes: Counter = field(init=False)
+    fetched_bytes: Counter = field(init=False)
+    not_kept_bytes: Counter = field(init=False)
+    released_bytes: Counter = field(init=False)
+    evictions: Counter = field(init=False)
+    admissions: Counter = field(init=False)
+    pending_deleted: Counter = field(init=False)
+    fixes: Counter = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        r = self.registry
+        self.bytes = Gauge(
+            "realize_cache_bytes",
+            "Bytes the cache's blobs use, by queue.",
+            ["arena", "queue"],
+            registry=r,
+        )
+        self.blobs = Gauge(
+            "realize_cache_blobs", "Blobs, by queue.", ["arena", "queue"], registry=r
+        )
+        self.quota = Gauge(
+            "realize_cache_quota_bytes",
+            "The configured quota of the cache.",
+            ["arena"],
+            registry=r,
+        )
+        self.limit = Gauge(
+            "realize_cache_limit_bytes",
+            "Bytes the cache may use now (the quota, less on low free space).",
+            ["arena"],
+            registry=r,
+        )
+        self.reads = Counter(
+            "realize_cache_reads",
+            "FUSE reads, served from the cache (hit) or not (miss).",
+            ["arena", "result"],
+            registry=r,
+        )
+        self.read_bytes = Counter(
+            "realize_cache_read_bytes",
+            "Bytes of FUSE reads, by result.",
+            ["arena", "result"],
+            registry=r,
+        )
+        self.fetched_bytes = Counter(
+            "realize_cache_fetched_bytes",
+            "Bytes downloaded from peers and verified.",
+            ["arena"],
+            registry=r,
+        )
+        self.not_kept_bytes = Counter(
+            "realize_cache_not_kept_bytes",
+            "Bytes downloaded and served but not kept, for lack of room.",
+            ["arena"],
+            registry=r,
+        )
+        self.released_bytes = Counter(
+            "realize_cache_released_bytes",
+            "Bytes released behind readers of files larger than the working area.",
+            ["arena"],
+            registry=r,
+        )
+        self.evictions = Counter(
+            "realize_cache_evictions",
+            "Blobs evicted, by queue and reason.",
+            ["arena", "queue", "reason"],
+            registry=r,
+        )
+        self.admissions = Counter(
+            "realize_cache_admissions",
+            "Blobs admitted to the protected queue, by reason.",
+            ["arena", "reason"],
+            registry=r,
+        )
+        self.pending_deleted = Counter(
+            "realize_cache_pending_deleted",
+            "Outdated blobs deleted by the pending removal batches.",
+            ["arena"],
+            registry=r,
+        )
+        self.fixes = Counter(
+            "realize_cache_consistency_fixes",
+            "Inconsistencies between blob files and rows fixed, by kind.",
+            ["arena", "kind"],
+            registry=r,
+        )
+
+    def state(
+        self,
+        arena: str,
+        usage: dict[str, int],
+        counts: dict[str, int],
+        quota: int | None,
+        limit: int,
+    ) -> None:
+        """
+        @param arena: the arena.
+        @param usage: bytes by queue.
+        @param counts: blobs by queue.
+        @param quota: the configured quota, or C{None}.
+        @param limit: the limit now.
+        """
+        for queue, value in usage.items():
+            self.bytes.labels(arena, queue).set(value)
+        for queue, value in counts.items():
+            self.blobs.labels(arena, queue).set(value)
+        if quota is not None:
+            self.quota.labels(arena).set(quota)
+        self.limit.labels(arena).set(limit)
+
+    def read(self, arena: str, hit: bool, size: int) -> None:
+        """
+        @param arena: the arena.
+        @param hit: whether the read was served from the cache.
+        @param size: bytes asked.
+        """
+        result = HIT if hit else MISS
+        self.reads.labels(arena, result).inc()
+        self.read_bytes.labels(arena, result).inc(max(0, size))
+
+    def fetched(self, arena: str, size: int) -> None:
+        """
+        @param arena: the arena.
+        @param size: bytes downloaded and verified.
+        """
+        self.fetched_bytes.labels(arena).inc(max(0, size))
+
+    def not_kept(self, arena: str, size: int) -> None:
+        """
+        @param arena: the arena.
+        @param size: bytes served without being kept.
+        """
+        self.not_kept_bytes.labels(arena).inc(max(0, size))
+
+    def released(self, arena: str, size: int) -> None:
+        """
+        @param arena: the arena.
+        @param size: bytes released behind a reader.
+        """
+        self.released_bytes.labels(arena).inc(max(0, size))
+
+    def evicted(self, arena: str, queue: str, reason: str) -> None:
+        """
+        @param arena: the arena.
+        @param queue: the queue the blob left.
+        @param reason: C{quota}, C{free_space}, C{admission}, or C{pending}
+            for a pending removal batch (counted apart).
+        """
+        if reason == "pending":
+            self.pending_deleted.labels(arena).inc()
+        else:
+            self.evictions.labels(arena, queue, reason).inc()
+
+    def admitted(self, arena: str, reason: str, count: int = 1) -> None:
+        """
+        @param arena: the arena.
+        @param reason: C{mark} or C{frequency}.
+        @param count: blobs admitted.
+        """
+        self.admissions.labels(arena, reason).inc(count)
+
+    def fixed(self, arena: str, **kinds: int) -> None:
+        """
+        @param arena: the arena.
+        @param kinds: fixes by kind (C{missing}, C{orphan}, C{trimmed}).
+        """
+        for kind, count in kinds.items():
+            if count:
+                self.fixes.labels(arena, kind).inc(count)

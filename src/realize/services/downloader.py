@@ -24,8 +24,17 @@ recorded.
       in flight with L{IOFailure}.
 
 Verified bytes are written to the blob (data, fsync, then ranges:
-L{realize.storage.blobs.BlobStore}); if the blob cannot be made or written
-(full disk) they are still returned, just not kept.
+L{realize.storage.blobs.BlobStore}, within the quota of the block cache,
+L{realize.services.cache.BlobCache}); if the blob cannot be made or
+written (full disk, no room) they are still returned, just not kept.  A
+blob evicted under a read is opened again and the read tried again.
+
+A file larger than the cache's working area (#largedl) does not evict the
+rest of the cache: its blob keeps at most L{STREAM_WINDOW} bytes while it
+is read sequentially (the read-ahead is kept, the pieces behind the reader
+are released), and under random reads the pieces read least recently are
+released; either way at most half the working area (the read-ahead is
+shortened to fit).
 """
 
 from __future__ import annotations
@@ -51,6 +60,7 @@ from realize.hashing import LEAF_SIZE, format_hash, leaf_hash, merkle_root
 from realize.interfaces import ReadStream
 from realize.model import ArenaName, ByteRanges, FileState, PeerId
 from realize.storage.blobs import Blob
+from realize.storage.cache import Pins
 from realize.storage.unrealview import FileVersion
 
 __all__ = [
@@ -59,6 +69,7 @@ __all__ = [
     "MAX_READAHEAD",
     "PIECE_SIZE",
     "REQUEST_TIMEOUT",
+    "STREAM_WINDOW",
     "VERSION_POLL",
     "BlobAccess",
     "Downloader",
@@ -91,6 +102,15 @@ VERSION_POLL: Final = 0.5
 
 #: Versions whose transfer state (leaves, read-ahead, bad peers) is kept.
 MAX_TRANSFERS: Final = 64
+
+#: Bytes the blob of a file larger than the working area keeps while it is
+#: read sequentially: the read-ahead, the pieces being read, and as many
+#: behind the reader (the kernel's reads come a little out of order).
+STREAM_WINDOW: Final = 2 * MAX_READAHEAD * PIECE_SIZE
+
+#: Times a read starts again when the cached bytes it counted on vanished
+#: (the blob was evicted or replaced).
+VANISHED_RETRIES: Final = 2
 
 
 class RemoteData(Protocol):
@@ -137,6 +157,18 @@ class BlobAccess(Protocol):
     async def read(self, blob: Blob, start: int, end: int) -> bytes:
         """
         Read present bytes of a blob.
+        """
+
+    async def release(self, blob: Blob, ranges: ByteRanges) -> ByteRanges | None:
+        """
+        Give back the disk space of ranges of a blob (out of the row, then
+        out of the file); the ranges left, or C{None} if the blob is gone.
+        """
+
+    def working_area(self) -> int | None:
+        """
+        The bytes a blob may hold before it is read through a window, or
+        C{None} for no limit.
         """
 
 
@@ -203,12 +235,17 @@ class _Transfer:
         factory=lambda: DeferredSemaphore(MAX_IN_FLIGHT)
     )
     blob: _Shared[Blob | None] | None = None
+    opened: Blob | None = None
     present: ByteRanges = field(factory=ByteRanges)
     leaves: _Shared[tuple[bytes, ...]] | None = None
     pieces: dict[int, _Shared[bytes]] = field(factory=dict)
     bad: set[PeerId] = field(factory=set)
     next_offset: int = 0
+    ahead_end: int = 0
     window: int = 0
+    kept: OrderedDict[int, None] = field(factory=OrderedDict)
+    releasing: int = 0
+    reading: dict[int, int] = field(factory=dict)
 
     @property
     def count(self) -> int:
@@ -249,6 +286,10 @@ class Downloader:
     @ivar stores: the live store of a connected peer, or C{None} if the
         peer is not connected now.
     @ivar clock: for deadlines and timeouts.
+    @ivar pins: where a file being read or downloaded is pinned (its blob
+        is not evicted meanwhile), or C{None}.
+    @ivar fetched: told the size of every piece downloaded and verified
+        (metrics), or C{None}.
     """
 
     arena: ArenaName
@@ -256,6 +297,8 @@ class Downloader:
     versions: Callable[[int], Awaitable[FileVersion | None]]
     stores: Callable[[PeerId], RemoteData | None]
     clock: IReactorTime
+    pins: Pins | None = None
+    fetched: Callable[[int], None] | None = None
     _transfers: OrderedDict[tuple[int, bytes], _Transfer] = field(factory=OrderedDict)
     _waiting: dict[int, list[Deferred[None]]] = field(factory=dict)
     _closed: bool = False
@@ -287,13 +330,24 @@ class Downloader:
         if offset < 0 or size < 0:
             raise IOFailure(f"bad read of {size} bytes at {offset}")
         deadline = self.clock.seconds() + DEADLINE
+        if self.pins is not None:
+            self.pins.hold(inode)
         try:
-            return await self._read(inode, offset, size, digest, deadline)
+            for attempt in range(VANISHED_RETRIES + 1):
+                try:
+                    return await self._read(inode, offset, size, digest, deadline)
+                except _Vanished:
+                    if attempt == VANISHED_RETRIES:
+                        raise
+            raise AssertionError("not reached")  # pragma: no cover
         except CancelledError:
             raise IOFailure(
                 f"{self.arena}: read of inode {inode} stopped: the downloader "
                 "is stopping"
             ) from None
+        finally:
+            if self.pins is not None:
+                self.pins.drop(inode)
 
     def version_changed(self, inodes: Iterable[int]) -> None:
         """
@@ -356,14 +410,32 @@ class Downloader:
             for index in range(first, last + 1)
             if not transfer.has(index)
         }
-        self._read_ahead(transfer, last, blob)
-        # The pieces are all in flight: waiting for them in turn costs no
-        # time.
-        fetched = {
-            index: await self._until(shared.observe(), deadline, version)
-            for index, shared in wanted.items()
-        }
-        return await self._assemble(transfer, blob, fetched, offset, end)
+        # The pieces read from the blob are not released meanwhile.
+        cached = [index for index in range(first, last + 1) if index not in wanted]
+        for index in cached:
+            transfer.reading[index] = transfer.reading.get(index, 0) + 1
+            if index in transfer.kept:
+                transfer.kept.move_to_end(index)
+        try:
+            budget = self._budget(transfer)
+            if budget is not None:
+                # Room first (behind the reader), then the read-ahead: the
+                # blob and the pieces in flight stay within the budget.
+                await self._trim(transfer, blob, first, last, budget)
+            self._read_ahead(transfer, last, blob, budget)
+            # The pieces are all in flight: waiting for them in turn costs no
+            # time.
+            fetched = {
+                index: await self._until(shared.observe(), deadline, version)
+                for index, shared in wanted.items()
+            }
+            data = await self._assemble(transfer, blob, fetched, offset, end)
+        finally:
+            for index in cached:
+                count = transfer.reading.pop(index, 1) - 1
+                if count > 0:
+                    transfer.reading[index] = count
+        return data
 
     async def _assemble(
         self,
@@ -408,9 +480,10 @@ class Downloader:
         except NotFound:
             data = b""
         if len(data) != end - start:
-            # The blob went (its version was replaced): forget it.
+            # The blob went (evicted, or its version replaced): forget it;
+            # the read starts again.
             self._transfers.pop((transfer.version.inode, transfer.digest), None)
-            raise IOFailure(
+            raise _Vanished(
                 f"{self._where(transfer.version)}: the cached bytes "
                 f"[{start}, {end}) vanished"
             )
@@ -495,25 +568,130 @@ class Downloader:
         """
         Track sequential access: a read that starts near where the last one
         ended (within a piece either way: the kernel's parallel reads come
-        out of order) doubles the read-ahead window; another resets it.
+        out of order), or within the read-ahead (whose pieces were read
+        from the blob, without asking here), doubles the read-ahead window;
+        another resets it.
         """
-        if abs(offset - transfer.next_offset) <= PIECE_SIZE:
+        ahead = max(transfer.next_offset, transfer.ahead_end)
+        if transfer.next_offset - PIECE_SIZE <= offset <= ahead + PIECE_SIZE:
             transfer.window = min(max(1, 2 * transfer.window), MAX_READAHEAD)
             transfer.next_offset = max(transfer.next_offset, end)
         else:
             transfer.window = 0
             transfer.next_offset = end
 
-    def _read_ahead(self, transfer: _Transfer, last: int, blob: Blob | None) -> None:
+    def _read_ahead(
+        self, transfer: _Transfer, last: int, blob: Blob | None, budget: int | None
+    ) -> None:
         """
         Start fetching the pieces of the window after the last one read,
-        while requests are free: read-ahead never queues before reads.
+        while requests are free (read-ahead never queues before reads), and
+        within the budget of a large file.
         """
-        for index in range(last + 1, min(last + 1 + transfer.window, transfer.count)):
+        window = transfer.window
+        if budget is not None:
+            window = min(window, self._ahead(budget))
+        # The window is ahead of the furthest sequential read: reads in
+        # parallel do not stack theirs.
+        furthest = max(last, (transfer.next_offset - 1) // PIECE_SIZE)
+        for index in range(last + 1, min(furthest + 1 + window, transfer.count)):
             if transfer.semaphore.tokens <= 0:
+                break
+            if budget is not None and self._holding(transfer) >= budget // PIECE_SIZE:
                 break
             if not transfer.has(index):
                 self._piece(transfer, index, blob)
+            transfer.ahead_end = max(transfer.ahead_end, transfer.bounds(index)[1])
+
+    def _holding(self, transfer: _Transfer) -> int:
+        """
+        @return: the pieces a transfer's blob holds or will: kept, and in
+            flight.
+        """
+        flying = sum(
+            1
+            for index, piece in transfer.pieces.items()
+            if not piece.done and index not in transfer.kept
+        )
+        return len(transfer.kept) + flying + transfer.releasing
+
+    async def _trim(
+        self,
+        transfer: _Transfer,
+        blob: Blob | None,
+        first: int,
+        last: int,
+        budget: int,
+    ) -> None:
+        """
+        Keep the blob of a file larger than the working area within its
+        budget (#largedl), with room for the read-ahead: release the pieces
+        behind a sequential reader, or those least recently read or
+        written; never those being read.
+        """
+        if blob is None or not transfer.kept:
+            return
+        window = min(transfer.window, self._ahead(budget))
+        excess = self._holding(transfer) - max(0, budget // PIECE_SIZE - window)
+        if excess <= 0:
+            return
+        candidates = [
+            index
+            for index in transfer.kept
+            if not first <= index <= last and not transfer.reading.get(index)
+        ]
+        if transfer.window > 0:
+            # Behind the reader first; ahead of it only if still too much.
+            candidates.sort(key=lambda index: index > last)
+        victims = candidates[:excess]
+        if not victims:
+            return
+        for index in victims:
+            del transfer.kept[index]
+        ranges = ByteRanges.of(*(transfer.bounds(index) for index in victims))
+        transfer.present = transfer.present - ranges
+        # Still on disk until released: counted meanwhile.
+        transfer.releasing += len(victims)
+        try:
+            await self._release(transfer, blob, ranges)
+        finally:
+            transfer.releasing -= len(victims)
+
+    def _ahead(self, budget: int) -> int:
+        """
+        @return: the read-ahead, in pieces, of a file kept within a budget:
+            half of it.
+        """
+        return max(1, budget // PIECE_SIZE // 2)
+
+    def _budget(self, transfer: _Transfer) -> int | None:
+        """
+        @return: the bytes the blob of a file larger than the working area
+            may keep (#largedl): L{STREAM_WINDOW} read sequentially, at
+            most half the working area either way; C{None} for a file that
+            fits.
+        """
+        area = self.blobs.working_area()
+        if area is None or transfer.version.size <= area:
+            return None
+        if transfer.window > 0:
+            return min(STREAM_WINDOW, area // 2)
+        return area // 2
+
+    async def _release(
+        self, transfer: _Transfer, blob: Blob, ranges: ByteRanges
+    ) -> None:
+        try:
+            await self.blobs.release(blob, ranges)
+        except Exception as e:
+            log.warn(
+                "{arena}/{path}: could not release {size} bytes behind the "
+                "reader: {error}",
+                arena=self.arena,
+                path=transfer.version.path,
+                size=ranges.total(),
+                error=describe(e) if isinstance(e, RealizeError) else repr(e),
+            )
 
     def _piece(
         self, transfer: _Transfer, index: int, blob: Blob | None
@@ -538,12 +716,19 @@ class Downloader:
                 error=describe(e),
             )
             return None
-        transfer.present = transfer.present | blob.ranges
+        transfer.opened = blob
+        transfer.present = blob.ranges
+        transfer.kept = OrderedDict(
+            (index, None) for index in range(transfer.count) if transfer.has(index)
+        )
         return blob
 
     async def _fetch_piece(
         self, transfer: _Transfer, index: int, blob: Blob | None
     ) -> bytes:
+        inode = transfer.version.inode
+        if self.pins is not None:
+            self.pins.hold(inode)
         await transfer.semaphore.acquire()
         try:
             try:
@@ -554,21 +739,27 @@ class Downloader:
                 data = await self._fetch_verified(transfer, leaves[index], start, end)
             finally:
                 transfer.semaphore.release()
+            if self.fetched is not None:
+                self.fetched(len(data))
             if blob is not None:
-                await self._keep(transfer, blob, start, data)
+                await self._keep(transfer, blob, index, data)
             return data
         finally:
             # Only now: until the bytes are recorded, another read of this
             # piece waits for this fetch rather than starting its own.
             transfer.pieces.pop(index, None)
+            if self.pins is not None:
+                self.pins.drop(inode)
 
     async def _keep(
-        self, transfer: _Transfer, blob: Blob, start: int, data: bytes
+        self, transfer: _Transfer, blob: Blob, index: int, data: bytes
     ) -> None:
         """
         Write verified bytes into the blob; a failure (full disk) is logged
-        and the bytes are served all the same.
+        and the bytes are served all the same.  A blob gone meanwhile
+        (evicted, outdated) is let go: the next read opens a new one.
         """
+        start = transfer.bounds(index)[0]
         try:
             ranges = await self.blobs.write(blob, start, data)
         except RealizeError as e:
@@ -581,8 +772,21 @@ class Downloader:
                 error=describe(e),
             )
         else:
-            if ranges is not None:
-                transfer.present = ranges
+            if ranges is None:
+                if transfer.opened is blob:
+                    transfer.blob = None
+                    transfer.opened = None
+                    transfer.present = ByteRanges()
+                    transfer.kept.clear()
+                return
+            # What the db says, but never a range released meanwhile (the
+            # answer may predate the release): only this piece is added.
+            piece = ByteRanges.of((start, start + len(data)))
+            transfer.present = transfer.present & ranges
+            if ranges.contains(start, start + len(data)):
+                transfer.present = transfer.present | piece
+                transfer.kept[index] = None
+                transfer.kept.move_to_end(index)
 
     def _peers(
         self, transfer: _Transfer, tried: set[PeerId]
@@ -696,6 +900,12 @@ class Downloader:
 
     def _where(self, version: FileVersion) -> str:
         return f"{self.arena}/{version.path}"
+
+
+class _Vanished(IOFailure):
+    """
+    Cached bytes a read counted on were gone when it read them.
+    """
 
 
 if TYPE_CHECKING:

@@ -7,9 +7,10 @@ there, from the downloader (in the reactor, through the bridge, with its
 deadline) when it is not.
 
 What a notification batch changed reaches the rest (L{ArenaCache.apply}
-returns it; L{UnrealBackend.applied} acts on it): outdated blobs are
-deleted, reads waiting for a version look again, and the kernel's caches
-of the entries concerned are dropped.  With marks (issue 12), a batch also
+returns it; L{UnrealBackend.applied} acts on it): outdated blobs join
+the block cache's pending removal queue, reads waiting for a version
+look again, and the kernel's caches of the entries concerned are
+dropped.  With marks (issue 12), a batch also
 queues, in its own transaction, the paths the consensus jobs must look at
 (L{realize.storage.consensus._txn_apply_tracked}).
 
@@ -21,6 +22,10 @@ the reactor (through the bridge), which also writes it onto the real file
 or directory of that path if there is one.  C{user.realize.status} adds
 what a consensus job does or did about the file (C{remote; realize:
 download}, C{local; unrealize failed: ...; retry in 30 s}).
+
+The block cache (L{realize.services.cache.BlobCache}) learns from the
+backend which files are open (their blobs are not evicted), which cached
+bytes are read (LRU, frequency) and the hits and misses.
 """
 
 from __future__ import annotations
@@ -47,9 +52,10 @@ from realize.fuse.backend import Opened, SpaceInfo
 from realize.fuse.bridge import Bridge
 from realize.hashing import format_hash
 from realize.model import KIND_DIR, ArenaName, Entry, Notification, PeerId
+from realize.services.cache import BlobCache
 from realize.services.downloader import Downloader
 from realize.storage import unreal
-from realize.storage.blobs import BlobStore
+from realize.storage.blobs import QUEUE_PROTECTED, BlobStore
 from realize.storage.consensus import QueueRow, _txn_apply_tracked, queue_row
 from realize.storage.globaldb import ROOT_INODE
 from realize.storage.marks import SOURCE_VIEW, effective_mark, mark_at
@@ -69,8 +75,10 @@ class ArenaCache:
 
     @ivar tree: what the rules need of the arena (root, inode ranges).
     @ivar run_interaction: the arena db's writer.
-    @ivar blobs: the arena's blob store (outdated blobs are deleted after
-        each batch).
+    @ivar blobs: the arena's blob store, without a block cache: outdated
+        blobs are deleted after each batch.
+    @ivar cache: the arena's block cache: outdated blobs join its pending
+        removal queue after each batch.
     @ivar default_mark: the arena's default mark: with one, each batch
         also queues the paths the consensus jobs must look at; C{None}
         for none.
@@ -82,6 +90,7 @@ class ArenaCache:
     blobs: BlobStore | None = None
     default_mark: str | None = None
     me: PeerId | None = None
+    cache: BlobCache | None = None
 
     async def progress(self, peer: PeerId) -> tuple[str, int] | None:
         result: tuple[str, int] | None = await self.run_interaction(
@@ -106,7 +115,9 @@ class ArenaCache:
                 peer,
                 list(notifications),
             )
-        if self.blobs is not None:
+        if self.cache is not None:
+            await self.cache.outdated()
+        elif self.blobs is not None:
             await self.blobs.delete_outdated()
         return result
 
@@ -133,6 +144,8 @@ class UnrealBackend:
     @ivar marks: sets marks (in the reactor), or C{None}: marks cannot be
         set.
     @ivar default_mark: an arena's default mark.
+    @ivar caches: each arena's block cache (told of opens, releases, hits
+        and misses; its thread-safe methods only).
     """
 
     view: SqliteUnrealView
@@ -142,6 +155,7 @@ class UnrealBackend:
     space_path: str = "/"
     marks: MarkSetter | None = None
     default_mark: Callable[[ArenaName], str] = lambda arena: "watch"
+    caches: Mapping[ArenaName, BlobCache] = field(factory=dict)
     _handles: dict[int, _Handle] = field(factory=dict, init=False)
     _numbers: Any = field(factory=lambda: itertools.count(1), init=False)
     _lock: threading.Lock = field(factory=threading.Lock, init=False)
@@ -182,25 +196,39 @@ class UnrealBackend:
         if entry.hash is None:
             return False
         state = self.view.cached(arena, entry.inode, entry.hash)
-        return state is not None and state[0] >= state[1]
+        return state is not None and state.present >= state.size
 
     def open(self, inode: int) -> Opened:
         entry, arena = self._file(inode)
+        cache = self.caches.get(arena)
+        if cache is not None:
+            cache.opened(inode, entry.hash)
+        try:
+            complete = self._complete(arena, entry)
+        except BaseException:
+            if cache is not None:
+                cache.closed(inode)
+            raise
         with self._lock:
             number = next(self._numbers)
             self._handles[number] = _Handle(arena, inode, entry.hash)
-        return Opened(number, self._complete(arena, entry))
+        return Opened(number, complete)
 
     def read(self, inode: int, handle: int, offset: int, size: int) -> bytes:
         opened = self._handles.get(handle)
         if opened is None:
             raise BadRequest(f"no open file {handle}")
+        cache = self.caches.get(opened.arena)
         if opened.digest is not None:
             data = self.view.read_cached(
                 opened.arena, inode, opened.digest, offset, offset + size
             )
             if data is not None:
+                if cache is not None:
+                    cache.read_hit(inode, opened.digest, len(data))
                 return data
+        if cache is not None:
+            cache.read_miss(size)
         downloader = self.downloaders.get(opened.arena)
         if downloader is None:
             raise IOFailure(f"arena {opened.arena}: no downloader")
@@ -215,7 +243,11 @@ class UnrealBackend:
 
     def release(self, inode: int, handle: int) -> None:
         with self._lock:
-            self._handles.pop(handle, None)
+            opened = self._handles.pop(handle, None)
+        if opened is not None:
+            cache = self.caches.get(opened.arena)
+            if cache is not None:
+                cache.closed(opened.inode)
 
     def _arena_path(self, inode: int) -> tuple[ArenaName, str] | None:
         self._entry(inode)
@@ -285,12 +317,11 @@ class UnrealBackend:
         state = (
             None if located is None else self.view.cached(located[0], inode, entry.hash)
         )
-        if state is None or state[0] == 0:
+        if state is None or state.present == 0:
             return "remote"
-        present, total = state
-        if present >= total:
-            return "cached verified"
-        return f"cached {present * 100 // max(total, 1)}%"
+        if state.present >= state.size:
+            return "protected" if state.queue == QUEUE_PROTECTED else "cached verified"
+        return f"cached {state.present * 100 // max(state.size, 1)}%"
 
     def statfs(self) -> SpaceInfo:
         try:

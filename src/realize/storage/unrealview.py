@@ -546,12 +546,13 @@ class SqliteUnrealView:
 
     def cached(
         self, arena: ArenaName, inode: int, digest: bytes
-    ) -> tuple[int, int] | None:
+    ) -> blobs.CachedState | None:
         """
         How much of a version its blob holds
         (L{realize.storage.blobs.cached_state}).
 
-        @return: C{(bytes present, size)}, or C{None} if it has no blob.
+        @return: C{(bytes present, size, queue)}, or C{None} if it has no
+            blob.
         """
         files = self.arenas.get(arena)
         if files is None:

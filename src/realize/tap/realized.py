@@ -37,6 +37,7 @@ from realize.errors import RealizeError
 from realize.interfaces import RunInThread, Store
 from realize.logs import ApplicationLogging, LogOptions
 from realize.metrics import (
+    CacheMetrics,
     ConsensusMetrics,
     DaemonMetrics,
     HistoryMetrics,
@@ -548,6 +549,7 @@ def assemble(
         indexes=history.indexes,
         watchers=watchers,
         consensus_metrics=ConsensusMetrics(registry_),
+        cache_metrics=CacheMetrics(registry_),
     )
     top.add(unreal)
     factory = server_factory(

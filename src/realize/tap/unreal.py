@@ -4,9 +4,11 @@ each arena's cache tables and blob store, the downloaders, the household
 that feeds the tables, and, with C{--fuse}, the mount that shows them.
 
 L{UnrealService} opens the databases off the reactor thread when it
-starts, then starts its children in order (household, the consensus jobs,
-then the mount); stopping unmounts first (no FUSE thread may wait on
-storage that is closing), then stops the consensus jobs, then the
+starts, checks and loads each arena's block cache (L{BlobCache}: its
+consistency job runs before anything reads the blobs), then starts its
+children in order (household, the consensus jobs, then the mount);
+stopping unmounts first (no FUSE thread may wait on storage that is
+closing), then stops the consensus jobs, then the
 household, then closes the global db.  The arena dbs belong to
 L{ArenaDbs}, which the daemon stops last.
 
@@ -28,20 +30,21 @@ from typing import Any
 
 from attrs import define, field
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from realize.config import Config
 from realize.errors import RealizeError
 from realize.interfaces import History, RunInThread, Store, StoreListener
-from realize.metrics import ConsensusMetrics
+from realize.metrics import CacheMetrics, ConsensusMetrics
 from realize.model import ArenaName, PeerId
 from realize.net.client import RemoteStore
 from realize.net.framing import Connection
 from realize.net.history import RemoteHistory
 from realize.net.registry import ConnectionRegistry
 from realize.services.audit import Audit
-from realize.services.consensus import ArenaConsensus, ConsensusService, Protect
+from realize.services.cache import BlobCache
+from realize.services.consensus import ArenaConsensus, ConsensusService
 from realize.services.downloader import Downloader
 from realize.services.household import HouseholdService
 from realize.services.lifecycle import OrderedServices
@@ -139,8 +142,10 @@ class UnrealService(Service):
     @ivar watchers: told of files realized and removed (a L{StoreListener}
         with an C{attributes} hook: the watcher service), or C{None}.
     @ivar consensus_metrics: where the consensus jobs count, or C{None}.
-    @ivar protect: hands kept versions to the protected cache queue
-        (issue 11), or C{None}.
+    @ivar cache_metrics: where the block caches count, or C{None}.
+    @ivar mark_of: a file's effective mark, by arena and inode, answered
+        from memory (the marks, issue 12): C{keep} and C{own} put its blob
+        in the protected queue; C{None}: no marks.
     """
 
     config: Config
@@ -159,7 +164,9 @@ class UnrealService(Service):
     indexes: Mapping[ArenaName, ArenaIndex] | None = None
     watchers: Any = None
     consensus_metrics: ConsensusMetrics | None = None
-    protect: Protect | None = None
+    cache_metrics: CacheMetrics | None = None
+    mark_of: Callable[[ArenaName, int], str | None] | None = None
+    blob_caches: dict[ArenaName, BlobCache] = field(factory=dict, init=False)
     children: OrderedServices = field(factory=OrderedServices, init=False)
     household: HouseholdService | None = field(default=None, init=False)
     consensus: ConsensusService | None = field(default=None, init=False)
@@ -215,24 +222,38 @@ class UnrealService(Service):
                 _alloc(global_db, name),
                 self._now_ns,
             )
+            cache = BlobCache(
+                name,
+                blobs,
+                config.cache,
+                self.reactor,
+                self.run_io,
+                pool.runInteraction,
+                self.cache_metrics,
+                functools.partial(self._mark_of, name),
+            )
             caches[name] = ArenaCache(
-                tree, pool.runInteraction, blobs, arena.mark, self.me
+                tree, pool.runInteraction, blobs, arena.mark, self.me, cache
             )
             # Opens the db (and creates its schema) before FUSE reads it.
             await caches[name].progress(PeerId("-"))
             # The watcher's transactions find the peers' versions by path
             # (edits through the overlay, realize.storage.unrealpaths).
             await pool.runInteraction(set_unreal_root, roots[name])
+            await cache.start()
+            self.blob_caches[name] = cache
             files[name] = ArenaFiles(db, str(blobs_dir))
         view = SqliteUnrealView(global_path, files)
         self.view = view
         for name in arenas:
             self.downloaders[name] = Downloader(
                 name,
-                caches[name].blobs,  # type: ignore[arg-type]
+                self.blob_caches[name],
                 self._versions,
                 self._store_of,
                 self.reactor,
+                self.blob_caches[name].pins,
+                functools.partial(self._fetched, name),
             )
         self.caches = caches
         consensus = self._consensus(caches, roots)
@@ -262,6 +283,7 @@ class UnrealService(Service):
                 str(self.statedir),
                 marks=consensus.marks,
                 default_mark=self._default_mark,
+                caches=self.blob_caches,
             )
             self.fuse = FuseService(
                 self.backend, os.path.abspath(self.mountpoint), self.reactor, bridge
@@ -318,6 +340,29 @@ class UnrealService(Service):
         found = self.config.arenas.get(arena)
         return "watch" if found is None else found.mark
 
+    def _mark_of(self, arena: ArenaName, inode: int) -> str | None:
+        return None if self.mark_of is None else self.mark_of(arena, inode)
+
+    def _fetched(self, arena: ArenaName, size: int) -> None:
+        if self.cache_metrics is not None:
+            self.cache_metrics.fetched(arena, size)
+
+    def protect(
+        self, arena: ArenaName, inode: int, digest: bytes | None = None
+    ) -> Deferred[bool]:
+        """
+        Put the blob of a file's version in its arena's protected queue now
+        (for the marks' consensus jobs, issue 12: a file marked keep,
+        downloaded).
+
+        @param digest: the version, or C{None} for the file's live blobs.
+        @return: whether a blob of that file was moved.
+        """
+        cache = self.blob_caches.get(arena)
+        if cache is None:
+            return succeed(False)
+        return Deferred.fromCoroutine(cache.protect(inode, digest))
+
     def _versions(self, inode: int) -> Deferred[Any]:
         assert self.view is not None
         return self.run_io(self.view.version, inode)
@@ -371,6 +416,9 @@ class UnrealService(Service):
             cache.default_mark = arena.mark
             if self.consensus is not None:
                 self.consensus.reconfigure(name, arena.mark, arena.copies)
+        # A new quota applies at once (the caches evict down to it).
+        for blob_cache in self.blob_caches.values():
+            blob_cache.reconfigure(config.cache)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]
@@ -381,6 +429,8 @@ class UnrealService(Service):
                 self._unobserve = None
             if self.children.running:
                 await self.children.stopService()
+            for blob_cache in self.blob_caches.values():
+                blob_cache.stop()
             for downloader in self.downloaders.values():
                 downloader.close()
             if self.view is not None:
