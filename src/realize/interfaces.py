@@ -15,7 +15,13 @@ back-pressure is the consumer not asking for more.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Collection,
+    Sequence,
+)
 from typing import Any, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred
@@ -297,13 +303,19 @@ class Store(Protocol):
         """
 
     async def delete_files(
-        self, arena: ArenaName, files: Sequence[FileInfo]
+        self,
+        arena: ArenaName,
+        files: Sequence[FileInfo],
+        partials: Collection[str] | None = None,
     ) -> list[RealizeError | None]:
         """
         Delete files in one batch, each only if it still has the size and
         mtime given (as L{delete} with both); directories left empty are
         removed.
 
+        @param partials: the paths whose partial file the caller listed:
+            only their partials are deleted (a partial made since the
+            listing stays); C{None} for every path's.
         @return: per file, C{None} or its error.
         """
 

@@ -11,7 +11,13 @@ key, L{AuthenticationError} with the peer, its address and the reason.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Collection,
+    Sequence,
+)
 from typing import Any, TypeVar
 
 from attrs import define
@@ -43,6 +49,7 @@ from realize.net import commands
 from realize.net.codec import (
     batches,
     decode_entries,
+    encode_flags,
     entry_cost,
     join_frames,
     split_leaves,
@@ -372,7 +379,10 @@ class RemoteStore:
         return results
 
     async def delete_files(
-        self, arena: ArenaName, files: Sequence[FileInfo]
+        self,
+        arena: ArenaName,
+        files: Sequence[FileInfo],
+        partials: Collection[str] | None = None,
     ) -> list[RealizeError | None]:
         results: list[RealizeError | None] = []
         for part in batches(files, lambda info: entry_cost(info.path)):
@@ -383,6 +393,9 @@ class RemoteStore:
                     {"path": f.path, "size": f.size, "mtime_ns": f.mtime_ns}
                     for f in part
                 ],
+                partials=None
+                if partials is None
+                else encode_flags([f.path in partials for f in part]),
             )
             results.extend(_decode_outcomes(answer["results"], len(part), self.label))
         return results

@@ -41,9 +41,11 @@ __all__ = [
     "batches",
     "compress",
     "decode_entries",
+    "decode_flags",
     "decode_notifications",
     "decompress",
     "encode_entries",
+    "encode_flags",
     "encode_notifications",
     "entry_cost",
     "join_frames",
@@ -215,6 +217,29 @@ def batches(items: Sequence[T], cost: Callable[[T], int]) -> list[Sequence[T]]:
     if start < len(items):
         parts.append(items[start:])
     return parts
+
+
+def encode_flags(flags: Sequence[bool]) -> bytes:
+    """
+    Pack one bit per item of a batch (bit C{i % 8} of byte C{i // 8} for
+    item C{i}), e.g. which files of a DeleteFiles have a partial file.
+    """
+    packed = bytearray(-(-len(flags) // 8))
+    for index, flag in enumerate(flags):
+        if flag:
+            packed[index >> 3] |= 1 << (index & 7)
+    return bytes(packed)
+
+
+def decode_flags(data: bytes, count: int) -> list[bool]:
+    """
+    Unpack what L{encode_flags} packed for C{count} items.
+
+    @raise BadRequest: if C{data} does not have the length C{count} needs.
+    """
+    if len(data) != -(-count // 8):
+        raise BadRequest(f"{len(data)} bytes of flags for {count} items")
+    return [bool(data[index >> 3] & (1 << (index & 7))) for index in range(count)]
 
 
 def join_frames(contents: Sequence[bytes]) -> list[bytes]:

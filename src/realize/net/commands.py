@@ -448,7 +448,9 @@ class WriteFiles(_StoreCommand):
 class DeleteFiles(_StoreCommand):
     """
     Delete files in one batch, each only if it still has its size and
-    mtime.
+    mtime.  With C{partials} (one bit per file,
+    L{realize.net.codec.encode_flags}), only the partial files of the
+    files whose bit is set are deleted too; without it, every file's.
     """
 
     arguments = [
@@ -460,6 +462,7 @@ class DeleteFiles(_StoreCommand):
                 MAX_BATCH_FILES,
             ),
         ),
+        (b"partials", String(optional=True)),
     ]
     response = [(b"results", Records(_OUTCOME, MAX_BATCH_FILES))]
 

@@ -34,6 +34,7 @@ from realize.net import commands
 from realize.net.codec import (
     MAX_DATA_FRAME,
     MAX_PEER_COMPRESSION_LEVEL,
+    decode_flags,
     encode_entries,
 )
 from realize.net.commands import MAX_BATCH_BYTES, MAX_BATCH_FILES
@@ -368,13 +369,20 @@ class StoreResponders(Responders):
 
     @commands.DeleteFiles.responder
     def delete_files(
-        self, arena: str, files: list[dict[str, Any]]
+        self, arena: str, files: list[dict[str, Any]], partials: bytes | None = None
     ) -> Deferred[dict[str, Any]]:
         async def go() -> dict[str, Any]:
             _check_batch(len(files), 0)
+            listed = None
+            if partials is not None:
+                flags = decode_flags(partials, len(files))
+                listed = {
+                    f["path"] for f, flag in zip(files, flags, strict=True) if flag
+                }
             outcomes = await self._store().delete_files(
                 ArenaName(arena),
                 [FileInfo(f["path"], f["size"], f["mtime_ns"]) for f in files],
+                listed,
             )
             if self.metrics is not None:
                 self.metrics.file_deleted(arena, outcomes.count(None))

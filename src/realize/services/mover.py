@@ -204,7 +204,11 @@ class Mover:
         partials: dict[str, FileInfo] = {}
         for info in destination_files:
             (partials if info.partial else finals)[info.path] = info
+        # The source's own partial files do not move; deleting a file
+        # deletes its partial too, which a batch looks for only where the
+        # listing showed one.
         files = sorted((f for f in source_files if not f.partial), key=lambda f: f.path)
+        source_partials = {f.path for f in source_files if f.partial}
         self.observer.listed(arena, len(files), sum(f.size for f in files))
         running: list[Deferred[None]] = []
         batch: list[FileInfo] = []
@@ -216,7 +220,9 @@ class Mover:
                 batch.append(info)
                 batch_bytes += info.size
                 if len(batch) >= BATCH_FILES or batch_bytes >= BATCH_BYTES:
-                    await self._start_batch(running, arena, batch, report)
+                    await self._start_batch(
+                        running, arena, batch, report, source_partials
+                    )
                     batch, batch_bytes = [], 0
                 continue
             target = partials.get(info.path) or finals.get(info.path)
@@ -224,7 +230,7 @@ class Mover:
                 running, info.size, self._run_file(arena, info, target, report)
             )
         if batch and self._broken is None:
-            await self._start_batch(running, arena, batch, report)
+            await self._start_batch(running, arena, batch, report, source_partials)
         for ok, result in await DeferredList(running, consumeErrors=True):
             if not ok:
                 # Files report their own errors: what gets here is the move
@@ -260,13 +266,17 @@ class Mover:
         arena: ArenaName,
         batch: list[FileInfo],
         report: MoveReport,
+        partials: set[str],
     ) -> None:
         """
         Start a batch once one of the L{BATCHES_IN_FLIGHT} slots is free.
+
+        @param partials: the paths of the source's partial files.
         """
         await self.batches.acquire(1)
         size = sum(info.size for info in batch)
-        if not await self._start(running, size, self._run_batch(arena, batch, report)):
+        work = self._run_batch(arena, batch, report, partials)
+        if not await self._start(running, size, work):
             self.batches.release(1)
 
     def _released(self, result: object, weight: int) -> object:
@@ -341,25 +351,30 @@ class Mover:
         )
 
     async def _run_batch(
-        self, arena: ArenaName, infos: list[FileInfo], report: MoveReport
+        self,
+        arena: ArenaName,
+        infos: list[FileInfo],
+        report: MoveReport,
+        partials: set[str],
     ) -> None:
         try:
             for info in infos:
                 self.observer.file_started(arena, info.path, info.size)
-            for result in await self._move_batch(arena, infos):
+            for result in await self._move_batch(arena, infos, partials):
                 self._report(result, report)
         finally:
             self.batches.release(1)
 
     async def _move_batch(
-        self, arena: ArenaName, infos: list[FileInfo]
+        self, arena: ArenaName, infos: list[FileInfo], partials: set[str]
     ) -> list[FileResult]:
         """
         Move small files as a batch: one read at the source (each file read
         and hashed whole), one write at the destination (each written,
         verified and finished durably), one conditional delete at the
-        source.  A file whose destination hash differs is copied once more
-        on its own.
+        source (of the file, and of its partial where C{partials}, the
+        source's listed partial files, has one).  A file whose destination
+        hash differs is copied once more on its own.
         """
         results: dict[str, FileResult] = {}
         try:
@@ -414,7 +429,7 @@ class Mover:
                 deleted: Sequence[
                     BaseException | None
                 ] = await self.source.delete_files(
-                    arena, [info for info, _ in finished]
+                    arena, [info for info, _ in finished], partials
                 )
             except Exception as e:
                 deleted = [e] * len(finished)

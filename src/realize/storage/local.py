@@ -24,7 +24,13 @@ once more after it is final, and L{StoreCounts.rehashed} counts it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Iterator, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Collection,
+    Iterator,
+    Sequence,
+)
 from contextlib import contextmanager
 from typing import ClassVar
 
@@ -451,12 +457,15 @@ class LocalStore:
             raise result
 
     async def _delete(
-        self, arena: ArenaName, files: list[tuple[str, int | None, int | None]]
+        self,
+        arena: ArenaName,
+        files: list[tuple[str, int | None, int | None]],
+        partials: Collection[str] | None = None,
     ) -> list[RealizeError | None]:
         arena_dir = self.arena_dir(arena)
         durable = self.listener is not None
         results = await self.run_in_thread(
-            batch.delete_files, arena_dir, files, durable
+            batch.delete_files, arena_dir, files, durable, partials
         )
         outcomes: list[RealizeError | None] = []
         for (path, _, _), result in zip(files, results, strict=True):
@@ -570,10 +579,13 @@ class LocalStore:
         return results
 
     async def delete_files(
-        self, arena: ArenaName, files: Sequence[FileInfo]
+        self,
+        arena: ArenaName,
+        files: Sequence[FileInfo],
+        partials: Collection[str] | None = None,
     ) -> list[RealizeError | None]:
         return await self._delete(
-            arena, [(info.path, info.size, info.mtime_ns) for info in files]
+            arena, [(info.path, info.size, info.mtime_ns) for info in files], partials
         )
 
     async def close(self, abort: bool = False) -> None:
