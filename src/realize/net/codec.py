@@ -4,9 +4,10 @@ file entries of a listing, Merkle leaf lists, and the packing of small
 files into calls and frames.
 
 Pure functions; the compression ones run in threads (zstd releases the
-GIL).  Every decoder validates what it is given and raises L{BadRequest}
-(from a peer) or L{IOFailure} (an answer we cannot use) naming the
-problem.
+GIL) and import C{zstandard} when first called: a connection that does
+not compress (the default) does not pay for loading it.  Every decoder
+validates what it is given and raises L{BadRequest} (from a peer) or
+L{IOFailure} (an answer we cannot use) naming the problem.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ import struct
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar, cast
-
-import zstandard
 
 from realize.errors import BadRequest, IOFailure
 from realize.hashing import DIGEST_SIZE
@@ -80,6 +79,8 @@ def compress(data: bytes, level: int = 3) -> bytes:
     @param level: zstd level.
     @return: one zstd frame that declares its content size.
     """
+    import zstandard
+
     compressor = getattr(_compressors, "compressor", None)
     if compressor is None or getattr(_compressors, "level", None) != level:
         compressor = zstandard.ZstdCompressor(level=level, write_content_size=True)
@@ -95,6 +96,8 @@ def decompress(data: bytes) -> bytes:
     @raise BadRequest: if it is not one zstd frame of at most
         L{MAX_DATA_FRAME} bytes (a peer cannot make us allocate more).
     """
+    import zstandard
+
     try:
         size = zstandard.frame_content_size(data)
         if size < 0 or size > MAX_DATA_FRAME:
