@@ -56,12 +56,19 @@ from realize.errors import (
     is_retryable,
 )
 from realize.hashing import LEAF_SIZE, align_down, format_hash, merkle_root
-from realize.interfaces import ChunkList, Store
+from realize.interfaces import (
+    ChunkList,
+    ReadStream,
+    SparseReadStream,
+    SparseStore,
+    Store,
+)
 from realize.model import (
     CHUNK_SIZE,
     ArenaName,
     FileInfo,
     FileState,
+    Hole,
     SmallFile,
     SmallRead,
 )
@@ -76,7 +83,7 @@ from realize.services.report import (
     MoveStats,
     NullObserver,
 )
-from realize.services.sides import Sides, changed
+from realize.services.sides import CountedStream, Sides, changed
 
 __all__ = [
     "BATCHES_IN_FLIGHT",
@@ -162,6 +169,8 @@ class Mover:
     ledger: Ledger = field(init=False)
     sides: Sides = field(init=False)
     _broken: BaseException | None = field(default=None, init=False)
+    _sparse: tuple[SparseStore, SparseStore] | None = field(default=None, init=False)
+    _sparse_asked: bool = field(default=False, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.ledger = Ledger(self.stats, self.observer)
@@ -453,6 +462,26 @@ class Mover:
                 results[info.path] = self._failed(arena, info, e)
         return [results[info.path] for info in infos]
 
+    async def _sparse_sides(self) -> tuple[SparseStore, SparseStore] | None:
+        """
+        @return: the source and the destination if both move sparse files
+            hole by hole (L{SparseStore}), else C{None}; asked once.
+        """
+        if not self._sparse_asked:
+            self._sparse_asked = True
+            source, destination = self.source, self.destination
+            if isinstance(source, SparseStore) and isinstance(destination, SparseStore):
+                try:
+                    if await source.sparse() and await destination.sparse():
+                        self._sparse = (source, destination)
+                except Exception as e:
+                    log.warn(
+                        "cannot tell whether both sides move sparse files: "
+                        "{error}; holes are sent as zeros",
+                        error=describe(e),
+                    )
+        return self._sparse
+
     def _moved(self, arena: ArenaName, info: FileInfo, root: bytes) -> FileResult:
         """
         @return: the result of a file that moved, with what was sent for it.
@@ -482,11 +511,26 @@ class Mover:
         prefix: Deferred[FileState] | None = None
         if held:
             prefix = Deferred.fromCoroutine(destination.hash(arena, info.path, 0, held))
-        stream, counted = self.sides.read(arena, info, have, size, 0)
-        try:
-            written = await destination.write(
-                arena, info.path, have, size, size, counted, hash=True
+        stream: ReadStream | SparseReadStream
+        sides = await self._sparse_sides()
+        if sides is not None:
+            # Holes of a sparse file are found at the source, hashed from
+            # the digest of zeros, sent as their length and left
+            # unallocated at the destination.
+            reader, writer = sides
+            stream, sparse = self.sides.read_sparse(reader, arena, info, have, size, 0)
+            counted: CountedStream[bytes] | CountedStream[bytes | Hole] = sparse
+            writing = writer.write_sparse(
+                arena, info.path, have, size, size, sparse, hash=True
             )
+        else:
+            stream, dense = self.sides.read(arena, info, have, size, 0)
+            counted = dense
+            writing = destination.write(
+                arena, info.path, have, size, size, dense, hash=True
+            )
+        try:
+            written = await writing
         except Exception as e:
             stream.cancel()
             if prefix is not None:
