@@ -177,6 +177,29 @@ class LocalSparseTests(_Local):
         data = b"".join(bytes(i.length) if isinstance(i, Hole) else i for i in items)
         self.assertEqual(data, read_at(path, 2 * MiB + 7, 8 * MiB))
 
+    def test_dense_file_seeks_once(self) -> None:
+        """
+        A sparse read of a file without holes looks for holes once, not
+        for every chunk (on tmpfs each C{SEEK_HOLE} scans the pages up to
+        the hole: per chunk, that was quadratic in the file's size).
+        """
+        with open(os.path.join(self.src, "f"), "wb") as f:
+            f.write(os.urandom(16 * MiB))
+        seeks: list[int] = []
+        lseek = os.lseek
+
+        def counting(fd: int, offset: int, whence: int) -> int:
+            seeks.append(whence)
+            return lseek(fd, offset, whence)
+
+        self.patch(os, "lseek", counting)
+        items, state = result_of(
+            self, collect(self.source.read_sparse(A, "f", 0, 16 * MiB, hash_from=0))
+        )
+        self.assertEqual(len(items), 16)
+        self.assertEqual(state.size, 16 * MiB)
+        self.assertLessEqual(len(seeks), 2)
+
     def test_write_sparse(self) -> None:
         """
         A sparse write of data and holes makes a file with that content

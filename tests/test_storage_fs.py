@@ -273,8 +273,10 @@ class PieceTests(_FilesCase):
     def pieces(self, fd: int, end: int, limit: int = MiB) -> list[int]:
         offset, pieces = 0, []
         while offset < end:
-            piece = next_piece(fd, offset, end, limit, 64 << 10)
+            piece, known = next_piece(fd, offset, end, limit, 64 << 10)
             self.assertNotEqual(piece, 0)
+            if piece > 0:
+                self.assertGreaterEqual(known, offset + piece)
             pieces.append(piece)
             offset += abs(piece)
         self.assertEqual(offset, end)
@@ -334,6 +336,15 @@ class PieceTests(_FilesCase):
 
         self.patch(os, "lseek", unsupported)
         self.assertEqual(self.pieces(fd, 2 * MiB), [MiB, MiB])
+
+    def test_known_data(self) -> None:
+        """
+        The data of a dense file is known to reach its end after the first
+        piece: a stream need not look for holes again (tmpfs scans pages
+        up to the hole at each C{SEEK_HOLE}).
+        """
+        fd = self.sparse("f", 0, {0: os.urandom(3 * MiB)})
+        self.assertEqual(next_piece(fd, 0, 3 * MiB, MiB, 64 << 10), (MiB, 3 * MiB))
 
     def test_punch_hole(self) -> None:
         """

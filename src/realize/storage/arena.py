@@ -74,6 +74,8 @@ class ReadHandle:
 
     fd: int
     hasher: LeafHasher | None
+    #: Up to where the file is known to hold data (L{read_piece}).
+    data_until: int = 0
 
     def read(self, offset: int, length: int) -> bytes:
         data = os.pread(self.fd, length, offset)
@@ -88,7 +90,9 @@ class ReadHandle:
         read, its leaves hashed from the digest of zeros; else at most
         C{limit} bytes of data, up to the next such hole.
         """
-        length = next_piece(self.fd, offset, end, limit, MIN_HOLE)
+        if offset < self.data_until:
+            return self.read(offset, min(limit, self.data_until - offset, end - offset))
+        length, self.data_until = next_piece(self.fd, offset, end, limit, MIN_HOLE)
         if length < 0:
             if self.hasher is not None:
                 self.hasher.update_zeros(-length)

@@ -363,7 +363,9 @@ def data_ranges(fd: int, start: int, end: int) -> list[tuple[int, int]]:
     return list(_extents(fd, start, end))
 
 
-def next_piece(fd: int, offset: int, end: int, limit: int, min_hole: int) -> int:
+def next_piece(
+    fd: int, offset: int, end: int, limit: int, min_hole: int
+) -> tuple[int, int]:
     """
     What a file holds from C{offset} on, for a stream that sends data and
     describes holes: the length of the hole that starts there (at least
@@ -378,7 +380,11 @@ def next_piece(fd: int, offset: int, end: int, limit: int, min_hole: int) -> int
         is a hole.
     @param limit: most bytes of data to give, at least 1.
     @param min_hole: shortest hole to give.
-    @return: C{-length} of a hole, or C{length} of data; never 0.
+    @return: C{-length} of a hole, or C{length} of data (never 0); and
+        how far from C{offset} on the file is known to hold data (for the
+        next calls to skip: C{SEEK_HOLE} on tmpfs scans every page up to
+        the hole, so asking again for each chunk of a dense file would cost
+        the square of its size).
     @raise OSError: on an I/O error.
     """
     stop = min(offset + limit, end)
@@ -386,16 +392,18 @@ def next_piece(fd: int, offset: int, end: int, limit: int, min_hole: int) -> int
     while True:
         data = _seek(fd, position, os.SEEK_DATA, end)
         if data is None:
-            return stop - offset  # no hole information
+            return stop - offset, end  # no hole information
         if data > position and (data - position >= min_hole or data >= end):
             if position == offset:
-                return -(min(data, end) - offset)
-            return position - offset  # data up to that hole
+                return -(data - offset), offset
+            return position - offset, position  # data up to that hole
         if data >= stop:
-            return stop - offset
+            return stop - offset, stop
         hole = _seek(fd, data, os.SEEK_HOLE, end)
-        if hole is None or hole >= stop:
-            return stop - offset
+        if hole is None:
+            return stop - offset, end
+        if hole >= stop:
+            return stop - offset, hole
         position = hole
 
 
