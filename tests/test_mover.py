@@ -879,6 +879,27 @@ class ConcurrencyTests(SynchronousTestCase):
     Files move concurrently within the budget.
     """
 
+    def test_batches_beside_large_file(self) -> None:
+        """
+        Small files keep moving in batches while a large file holds the
+        whole byte budget: each kind has its own bound.
+        """
+        size = BATCH_FILE * 4
+        files = {"a-big": data(size), **{f"b/{i}": data(100, i) for i in range(5)}}
+        source = MemoryStore.with_files("a", files, label="src")
+        destination = WaitingStore.with_files("a", label="dst")
+        waiting = destination.waiting = []
+        mover = Mover(source, destination)
+        mover.budget = ByteBudget(size, 100)
+        done = Deferred.fromCoroutine(mover.move([A]))
+        self.assertEqual(len(waiting), 1)
+        for i in range(5):
+            self.assertEqual(destination.content("a", f"b/{i}"), files[f"b/{i}"])
+        self.assertNoResult(done)
+        waiting.pop().callback(None)
+        self.assertTrue(self.successResultOf(done).ok)
+        self.assertEqual(destination.content("a", "a-big"), files["a-big"])
+
     def test_in_flight(self) -> None:
         """
         With writes that wait, as many files are in flight as the budget

@@ -98,9 +98,11 @@ __all__ = [
 
 log = Logger(namespace="realize.move")
 
-#: Bytes of files in flight at once: many small files move together, large
-#: ones one or two at a time (#sizegate).
-BYTE_BUDGET = 32 << 20
+#: Bytes of large files (above L{BATCH_FILE}) in flight at once: many move
+#: together, the largest one at a time (#sizegate).  Batches of small files
+#: are bounded apart, by L{BATCHES_IN_FLIGHT} of at most L{BATCH_BYTES}
+#: (16 MiB): 32 MiB in flight in all.
+BYTE_BUDGET = 16 << 20
 
 #: Files in flight at once, whatever their size.
 MAX_FILES_IN_FLIGHT = 128
@@ -220,32 +222,79 @@ class Mover:
         source_partials = {f.path for f in source_files if f.partial}
         self.observer.listed(arena, len(files), sum(f.size for f in files))
         running: list[Deferred[None]] = []
-        batch: list[FileInfo] = []
-        batch_bytes = 0
-        for info in files:
-            if self._broken is not None:
-                break
-            if info.size <= BATCH_FILE:
-                batch.append(info)
-                batch_bytes += info.size
-                if len(batch) >= BATCH_FILES or batch_bytes >= BATCH_BYTES:
-                    await self._start_batch(
-                        running, arena, batch, report, source_partials
-                    )
-                    batch, batch_bytes = [], 0
-                continue
-            target = partials.get(info.path) or finals.get(info.path)
-            await self._start(
-                running, info.size, self._run_file(arena, info, target, report)
-            )
-        if batch and self._broken is None:
-            await self._start_batch(running, arena, batch, report, source_partials)
+        # Two queues, each in path order, that do not wait for each other: a
+        # large file that holds the whole byte budget does not hold up the
+        # batches of small files (#sizegate).
+        small = [info for info in files if info.size <= BATCH_FILE]
+        large = [info for info in files if info.size > BATCH_FILE]
+        scheduling = [
+            Deferred.fromCoroutine(
+                self._schedule_files(running, arena, large, finals, partials, report)
+            ),
+            Deferred.fromCoroutine(
+                self._schedule_batches(running, arena, small, report, source_partials)
+            ),
+        ]
+        for ok, result in await DeferredList(scheduling, consumeErrors=True):
+            if not ok:
+                cast(Failure, result).raiseException()
         for ok, result in await DeferredList(running, consumeErrors=True):
             if not ok:
                 # Files report their own errors: what gets here is the move
                 # being cancelled (a DeferredList that is cancelled fires
                 # with its children's failures, it does not fail).
                 cast(Failure, result).raiseException()
+
+    async def _schedule_batches(
+        self,
+        running: list[Deferred[None]],
+        arena: ArenaName,
+        files: list[FileInfo],
+        report: MoveReport,
+        partials: set[str],
+    ) -> None:
+        """
+        Start the batches of small files, in order, as batch slots free up.
+
+        @param files: the files of at most L{BATCH_FILE} bytes.
+        @param partials: the paths of the source's partial files.
+        """
+        batch: list[FileInfo] = []
+        batch_bytes = 0
+        for info in files:
+            if self._broken is not None:
+                return
+            batch.append(info)
+            batch_bytes += info.size
+            if len(batch) >= BATCH_FILES or batch_bytes >= BATCH_BYTES:
+                await self._start_batch(running, arena, batch, report, partials)
+                batch, batch_bytes = [], 0
+        if batch and self._broken is None:
+            await self._start_batch(running, arena, batch, report, partials)
+
+    async def _schedule_files(
+        self,
+        running: list[Deferred[None]],
+        arena: ArenaName,
+        files: list[FileInfo],
+        finals: dict[str, FileInfo],
+        partials: dict[str, FileInfo],
+        report: MoveReport,
+    ) -> None:
+        """
+        Start the moves of large files, in order, as the byte budget allows.
+
+        @param files: the files of more than L{BATCH_FILE} bytes.
+        @param finals: the destination's final files by path.
+        @param partials: the destination's partial files by path.
+        """
+        for info in files:
+            if self._broken is not None:
+                return
+            target = partials.get(info.path) or finals.get(info.path)
+            await self._start(
+                running, info.size, self._run_file(arena, info, target, report)
+            )
 
     async def _start(
         self,
@@ -278,15 +327,19 @@ class Mover:
         partials: set[str],
     ) -> None:
         """
-        Start a batch once one of the L{BATCHES_IN_FLIGHT} slots is free.
+        Start a batch once one of the L{BATCHES_IN_FLIGHT} slots is free (a
+        batch holds at most L{BATCH_BYTES}: the slots bound its memory, not
+        the byte budget of the large files).
 
         @param partials: the paths of the source's partial files.
         """
         await self.batches.acquire(1)
-        size = sum(info.size for info in batch)
-        work = self._run_batch(arena, batch, report, partials)
-        if not await self._start(running, size, work):
+        if self._broken is not None:
             self.batches.release(1)
+            return
+        running.append(
+            Deferred.fromCoroutine(self._run_batch(arena, batch, report, partials))
+        )
 
     def _released(self, result: object, weight: int) -> object:
         self.budget.release(weight)
