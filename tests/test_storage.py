@@ -1079,6 +1079,29 @@ class StoreContractMixin(_Base):
         self.assertIsNone(self.stored("d/go", partial=True))
         self.assertEqual(self.stored("d/keep"), b"changed")
 
+    def test_delete_files_listed_partials(self) -> None:
+        """
+        delete_files given the paths whose partial the caller listed
+        deletes those partials with their files and leaves the partial of
+        any other path (made after the listing) as it is.
+        """
+        for path in ("d/listed", "d/unlisted"):
+            self.put(path, b"final", mtime_ns=MTIME)
+            self.put(path, b"part", partial=True)
+        outcomes = result_of(
+            self,
+            self.store.delete_files(
+                A,
+                [FileInfo("d/listed", 5, MTIME), FileInfo("d/unlisted", 5, MTIME)],
+                {"d/listed"},
+            ),
+        )
+        self.assertEqual(outcomes, [None, None])
+        self.assertIsNone(self.stored("d/listed"))
+        self.assertIsNone(self.stored("d/listed", partial=True))
+        self.assertIsNone(self.stored("d/unlisted"))
+        self.assertEqual(self.stored("d/unlisted", partial=True), b"part")
+
 
 class LocalStoreContractTests(StoreContractMixin, SynchronousTestCase):
     """

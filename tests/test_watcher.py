@@ -33,7 +33,7 @@ from twisted.internet.inotify import (
 )
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.threads import deferToThread
-from twisted.logger import globalLogPublisher
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from realize.config import ArenaConfig, Config
@@ -659,6 +659,23 @@ class EventTests(_WatcherCase):
         self.assertIn(scan.hash_files, runner.calls)
         self.assertEqual(self.indexed()["other"][2], root_of(b"changed since"))
         self.settle()
+
+    def test_store_finished_logged_per_batch(self) -> None:
+        """
+        Files the store finished together are logged as one debug event
+        with their count, not an info event each (a move finishes
+        thousands a second; the daemon's log would format every one).
+        """
+        for name in ("a1", "a2", "a3"):
+            self.write(name, b"moved")
+            st = self.stat(name)
+            self.watcher.known(name, st.st_size, st.st_mtime_ns, root_of(b"moved"))
+        self.clock.advance(0)
+        self.assertEqual(len(self.new()), 3)
+        stored = [e for e in self.events if e.get("source") == "store"]
+        self.assertEqual(
+            [(e["log_level"], e["files"]) for e in stored], [(LogLevel.debug, 3)]
+        )
 
     def test_store_same_stat_new_content(self) -> None:
         """

@@ -25,14 +25,17 @@ from realize.errors import (
     NetworkError,
     RealizeError,
 )
-from realize.interfaces import Store
+from realize.interfaces import ReadStream, SparseReadStream, SparseStore, Store
 from realize.metrics import COPY, DELTA, READ, WRITTEN, DaemonMetrics
-from realize.model import MAX_INT64, ArenaName, FileInfo, PeerId, SmallFile
+from realize.model import MAX_INT64, ArenaName, FileInfo, Hole, PeerId, SmallFile
 from realize.net import commands
 from realize.net.codec import (
     MAX_DATA_FRAME,
     MAX_PEER_COMPRESSION_LEVEL,
+    SparseDecoder,
+    decode_flags,
     encode_entries,
+    encode_hole,
 )
 from realize.net.commands import MAX_BATCH_BYTES, MAX_BATCH_FILES
 from realize.net.framing import READ_DATA, Connection
@@ -91,6 +94,17 @@ class StoreResponders(Responders):
 
         return self._respond("Arenas", go())
 
+    @commands.Features.responder
+    def features(self) -> Deferred[dict[str, Any]]:
+        async def go() -> dict[str, Any]:
+            store = self._store()
+            features = []
+            if isinstance(store, SparseStore) and await store.sparse():
+                features.append(commands.FEATURE_SPARSE)
+            return {"features": features}
+
+        return self._respond("Features", go())
+
     @commands.List.responder
     def list_files(self, arena: str, stream: int) -> Deferred[dict[str, Any]]:
         connection = self.connection
@@ -120,6 +134,7 @@ class StoreResponders(Responders):
         end: int,
         stream: int,
         hash_from: int | None = None,
+        sparse: bool | None = None,
     ) -> Deferred[dict[str, Any]]:
         connection = self.connection
         connection.open_outgoing(stream)
@@ -132,15 +147,26 @@ class StoreResponders(Responders):
                 self._reads.release()
 
         async def stream_file() -> dict[str, Any]:
-            reading = self._store().read(
-                ArenaName(arena), path, start, end, hash_from=hash_from
-            )
+            store = self._store()
+            reading: ReadStream | SparseReadStream
+            if sparse and isinstance(store, SparseStore):
+                reading = store.read_sparse(
+                    ArenaName(arena), path, start, end, hash_from=hash_from
+                )
+            else:
+                reading = store.read(
+                    ArenaName(arena), path, start, end, hash_from=hash_from
+                )
             sent = 0
             try:
                 async for chunk in reading:
                     if connection.is_cancelled(stream):
                         reading.cancel()
                         break
+                    if isinstance(chunk, Hole):
+                        for part in encode_hole(chunk.length):
+                            await connection.send_chunk(READ_DATA, stream, part)
+                        continue
                     await connection.send_chunk(READ_DATA, stream, chunk)
                     sent += len(chunk)
                     if (wait := connection.writable()) is not None:
@@ -173,23 +199,41 @@ class StoreResponders(Responders):
         hash: bool,
         finish_root: bytes | None = None,
         mtime_ns: int | None = None,
+        sparse: bool | None = None,
     ) -> Deferred[dict[str, Any]]:
         connection = self.connection
         inbox = connection.open_incoming(stream)
 
         async def go() -> dict[str, Any]:
+            store = self._store()
             try:
-                result = await self._store().write(
-                    ArenaName(arena),
-                    path,
-                    start,
-                    end,
-                    file_size,
-                    inbox,
-                    hash=hash,
-                    finish_root=finish_root,
-                    mtime_ns=mtime_ns,
-                )
+                if sparse:
+                    if not isinstance(store, SparseStore) or finish_root is not None:
+                        raise BadRequest(
+                            "Write: sparse writes are not served here, and "
+                            "never with finish_root"
+                        )
+                    result = await store.write_sparse(
+                        ArenaName(arena),
+                        path,
+                        start,
+                        end,
+                        file_size,
+                        SparseDecoder(inbox),
+                        hash=hash,
+                    )
+                else:
+                    result = await store.write(
+                        ArenaName(arena),
+                        path,
+                        start,
+                        end,
+                        file_size,
+                        inbox,
+                        hash=hash,
+                        finish_root=finish_root,
+                        mtime_ns=mtime_ns,
+                    )
             finally:
                 connection.close_incoming(stream)
                 self._transferred(arena, COPY, WRITTEN, inbox.received)
@@ -349,13 +393,20 @@ class StoreResponders(Responders):
 
     @commands.DeleteFiles.responder
     def delete_files(
-        self, arena: str, files: list[dict[str, Any]]
+        self, arena: str, files: list[dict[str, Any]], partials: bytes | None = None
     ) -> Deferred[dict[str, Any]]:
         async def go() -> dict[str, Any]:
             _check_batch(len(files), 0)
+            listed = None
+            if partials is not None:
+                flags = decode_flags(partials, len(files))
+                listed = {
+                    f["path"] for f, flag in zip(files, flags, strict=True) if flag
+                }
             outcomes = await self._store().delete_files(
                 ArenaName(arena),
                 [FileInfo(f["path"], f["size"], f["mtime_ns"]) for f in files],
+                listed,
             )
             if self.metrics is not None:
                 self.metrics.file_deleted(arena, outcomes.count(None))

@@ -13,10 +13,11 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+from collections.abc import Collection
 from typing import Any
 
 from realize.errors import BadRequest, Conflict, IOFailure, RealizeError
-from realize.hashing import LeafHasher, merkle_root
+from realize.hashing import LEAF_SIZE, LeafHasher, leaf_hash, merkle_root
 from realize.model import SmallFile, SmallRead, clamp_mtime, partial_name
 from realize.storage.arena import ArenaDir
 from realize.storage.commit import CommitItem, commit_group
@@ -30,6 +31,10 @@ _UNSET: Any = None
 
 
 def _root(data: bytes) -> bytes:
+    if 0 < len(data) <= LEAF_SIZE:
+        # One leaf: the root is its digest (what nearly every file of a
+        # batch is, in a fraction of the incremental hasher's time).
+        return leaf_hash(data)
     hasher = LeafHasher()
     hasher.update(data)
     return merkle_root(hasher.finish())
@@ -141,6 +146,7 @@ def delete_files(
     arena_dir: ArenaDir,
     files: list[tuple[str, int | None, int | None]],
     durable: bool = False,
+    partials: Collection[str] | None = None,
 ) -> list[RealizeError | bool]:
     """
     Delete files in one call, and their partial files, each final file
@@ -150,6 +156,11 @@ def delete_files(
     @param files: C{(path, size, mtime_ns)}; C{None}s for no precondition.
     @param durable: flush the deletions to disk before returning (one
         C{syncfs} per filesystem).
+    @param partials: the paths whose partial file the caller saw (in a
+        listing): only those partials are deleted, the others are not
+        looked for (a move's source has the listing; an unlink that fails
+        with C{ENOENT} costs more than the deletion of the file itself).
+        C{None}: every path's partial is deleted, if there is one.
     @return: per file, whether a final file was deleted, or its error
         (L{Conflict} if it changed).
     @raise NotFound: if the arena directory is missing.
@@ -171,7 +182,13 @@ def delete_files(
                 if durable:
                     filesystems.add(dir_fd)
                 results[index] = _delete_in(
-                    arena_dir, dir_fd, segments[-1], path, size, mtime_ns
+                    arena_dir,
+                    dir_fd,
+                    segments[-1],
+                    path,
+                    size,
+                    mtime_ns,
+                    partials is None or path in partials,
                 )
                 emptied[tuple(segments[:-1])] = None
             except RealizeError as e:
@@ -195,11 +212,13 @@ def _delete_in(
     path: str,
     size: int | None,
     mtime_ns: int | None,
+    partial: bool = True,
 ) -> bool:
     """
     Delete the final and partial file of C{name} in an open directory,
     the final one only if it still has C{size} and C{mtime_ns}.
 
+    @param partial: also delete the partial file, if there is one.
     @return: whether a final file was deleted.
     """
     try:
@@ -218,8 +237,9 @@ def _delete_in(
                 f"(size {size} -> {st.st_size}), not deleted"
             )
         os.unlink(name, dir_fd=dir_fd)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(partial_name(name), dir_fd=dir_fd)
+    if partial:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(partial_name(name), dir_fd=dir_fd)
     return st is not None
 
 
