@@ -10,7 +10,6 @@ import contextlib
 import hashlib
 import os
 import sqlite3
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -21,9 +20,6 @@ from realize.storage.cache import tolerance
 from tests.peers import Peers, eventually, need_fuse
 
 MIB = 1 << 20
-
-#: realized with files marked keep by path.
-KEEP_DAEMON = os.path.join(os.path.dirname(os.path.abspath(__file__)), "keep_daemon.py")
 
 #: The status xattr of the FUSE view.
 STATUS = "user.realize.status"
@@ -82,14 +78,9 @@ class CacheIntegrationTests(TestCase):
         self.files[path] = data
         self.a.write(path, data)
 
-    async def start(self, quota: int, **env: str) -> None:
+    async def start(self, quota: int) -> None:
         self.quota = quota
         self.c.cache = {"size": str(quota), "min_free": "0"}
-        if env:
-            os.environ.update(env)
-            for key in env:
-                self.addCleanup(os.environ.pop, key, None)
-            self.c.command = [sys.executable, KEEP_DAEMON]
         await self.a.start()
         await self.c.start(fuse=True)
         expected = {path: len(data) for path, data in self.files.items()}
@@ -154,16 +145,24 @@ class CacheIntegrationTests(TestCase):
 
     async def test_keep_survives_scan(self) -> None:
         """
-        A file marked keep (here by a stand-in for the marks) survives a scan
-        of many watch files through a cache smaller than the scan: it is
-        protected, and still reads with its peer gone.
+        A file in a directory marked keep on c's view survives a scan of
+        many watch files through a cache smaller than the scan: it is
+        downloaded in the background, protected, and still reads with its
+        peer gone.
         """
         self.write("keep/k.bin", 2 * MIB)
         for i in range(30):
             self.write(f"scan/s{i:02}.bin", MIB)
-        await self.start(8 * MIB, REALIZE_TEST_KEEP="keep/k.bin")
+        await self.start(8 * MIB)
+        await deferToThread(
+            os.setxattr, self.c.mounted("keep"), "user.realize.mark", b"keep"
+        )
+        await eventually(
+            lambda: self.status("keep/k.bin") == "protected",
+            60,
+            "keep/k.bin downloaded into the protected queue",
+        )
         usages: list[int] = []
-        await deferToThread(self.read, ["keep/k.bin"], lambda: None)
         await deferToThread(
             self.read,
             sorted(p for p in self.files if p.startswith("scan/")),

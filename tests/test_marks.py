@@ -12,10 +12,14 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from realize.errors import BadRequest, NotFound
+from realize.model import ArenaName
+from realize.services.cache import MARKS_DELAY, MarkedFiles
 from realize.services.unreal import UnrealBackend
+from realize.storage.cache import PROTECTING_MARKS
 from realize.storage.consensus import _txn_done
 from realize.storage.globaldb import ROOT_INODE
 from realize.storage.marks import (
@@ -29,6 +33,7 @@ from realize.storage.marks import (
     effective_mark,
     mark_at,
     parse_mark,
+    protected_files,
 )
 from realize.storage.realfiles import XATTR_MARK
 from tests.consensus_world import ARENA, P, World
@@ -289,3 +294,126 @@ class BackendMarkTests(SynchronousTestCase):
             status.startswith("remote; realize failed: no peer; retry in "), status
         )
         self.assertIsNone(self.backend.status(self.d))
+
+
+class ProtectedFilesTests(SynchronousTestCase):
+    """
+    L{protected_files}: the files the block cache protects for their mark.
+    """
+
+    def setUp(self) -> None:
+        self.world = World(self)
+        for path in ("kept/a.txt", "kept/deep/b.txt", "other/c.txt", "d.txt"):
+            self.world.peer_adds(P, path, path.encode())
+
+    def found(self, default: str = "watch") -> dict[str, str]:
+        connection = self.world.pool.connection
+        marks = protected_files(connection, self.world.root, default, PROTECTING_MARKS)
+        paths = {}
+        for inode, mark in marks.items():
+            located = self.world.view.locate(inode)
+            assert located is not None
+            paths[located[1]] = mark
+        return paths
+
+    def set(self, path: str, mark: str) -> None:
+        self.world.pool.connection.execute(
+            "INSERT INTO mark (path, mark, source, time_ns) VALUES (?, ?, 'view', 1)",
+            (path, mark),
+        )
+
+    def test_none(self) -> None:
+        """
+        No mark set and a watch default: no file.
+        """
+        self.assertEqual(self.found(), {})
+
+    def test_inherited(self) -> None:
+        """
+        A directory marked keep protects the files under it, at any depth;
+        a nearer mark wins.
+        """
+        self.set("kept", "keep")
+        self.set("kept/deep/b.txt", "own")
+        self.set("other", "watch")
+        self.assertEqual(self.found(), {"kept/a.txt": "keep", "kept/deep/b.txt": "own"})
+
+    def test_default(self) -> None:
+        """
+        An arena whose default is keep protects every file but those under
+        a watch mark.
+        """
+        self.set("other", "watch")
+        self.assertEqual(
+            self.found("keep"),
+            {"kept/a.txt": "keep", "kept/deep/b.txt": "keep", "d.txt": "keep"},
+        )
+
+
+class MarkedFilesTests(SynchronousTestCase):
+    """
+    L{MarkedFiles}: the marked files held in memory, found again after a
+    delay.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.answers: list[Deferred[dict[int, str]]] = []
+        self.marked = MarkedFiles(self.clock, self.find)
+
+    def find(self, arena: ArenaName) -> Deferred[dict[int, str]]:
+        d: Deferred[dict[int, str]] = Deferred()
+        self.answers.append(d)
+        return d
+
+    def test_refresh(self) -> None:
+        """
+        C{refresh} finds them now; C{mark_of} answers from what it found.
+        """
+        done = Deferred.fromCoroutine(self.marked.refresh(ARENA))
+        self.assertIsNone(self.marked.mark_of(ARENA, 7))
+        self.answers.pop().callback({7: "keep"})
+        self.successResultOf(done)
+        self.assertEqual(self.marked.mark_of(ARENA, 7), "keep")
+        self.assertIsNone(self.marked.mark_of(ARENA, 8))
+
+    def test_changes_coalesce(self) -> None:
+        """
+        Changes within the delay cost one walk; a change while it runs,
+        one more after it.
+        """
+        self.marked.changed(ARENA)
+        self.marked.changed(ARENA)
+        self.assertEqual(self.answers, [])
+        self.clock.advance(MARKS_DELAY)
+        self.assertEqual(len(self.answers), 1)
+        self.marked.changed(ARENA)
+        self.clock.advance(MARKS_DELAY)
+        self.assertEqual(len(self.answers), 1)
+        self.answers.pop().callback({1: "own"})
+        self.assertEqual(self.marked.mark_of(ARENA, 1), "own")
+        self.clock.advance(MARKS_DELAY)
+        self.assertEqual(len(self.answers), 1)
+        self.answers.pop().callback({})
+        self.assertIsNone(self.marked.mark_of(ARENA, 1))
+
+    def test_failure_keeps(self) -> None:
+        """
+        A walk that fails is logged; the files found before stay.
+        """
+        Deferred.fromCoroutine(self.marked.refresh(ARENA))
+        self.answers.pop().callback({3: "keep"})
+        self.marked.changed(ARENA)
+        self.clock.advance(MARKS_DELAY)
+        self.answers.pop().errback(OSError("disk"))
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
+        self.assertEqual(self.marked.mark_of(ARENA, 3), "keep")
+
+    def test_stop(self) -> None:
+        """
+        C{stop} cancels a walk scheduled.
+        """
+        self.marked.changed(ARENA)
+        self.marked.stop()
+        self.clock.advance(MARKS_DELAY)
+        self.assertEqual(self.answers, [])

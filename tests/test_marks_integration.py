@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import urllib.request
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -15,7 +16,7 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from tests.peers import Peer, Peers, eventually, need_fuse
+from tests.peers import Peer, Peers, eventually, free_port, need_fuse
 
 MARK = "user.realize.mark"
 
@@ -75,7 +76,10 @@ class OwnIntegrationTests(TestCase):
     async def start_all(self) -> None:
         await self.a.start()
         await self.c.start()
-        await self.b.start(fuse=True)
+        self.metrics_port = free_port()
+        await self.b.start(
+            "--metrics-addr", f"127.0.0.1:{self.metrics_port}", fuse=True
+        )
         await eventually(
             lambda: (
                 os.path.exists(self.b.mounted("docs/sub/big.bin"))
@@ -84,6 +88,20 @@ class OwnIntegrationTests(TestCase):
             30,
             "the files of a and c in b's view",
         )
+
+    def recorded(self) -> dict[str, float]:
+        """
+        @return: b's C{realize_watcher_files_recorded_total} by source
+            (blocking, briefly: a loopback GET).
+        """
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+        found: dict[str, float] = {}
+        for line in text.splitlines():
+            if line.startswith("realize_watcher_files_recorded_total{"):
+                source = line.split('source="')[1].split('"')[0]
+                found[source] = found.get(source, 0.0) + float(line.rsplit(" ", 1)[1])
+        return found
 
     def test_own_realizes_and_follows(self) -> None:
         """
@@ -105,9 +123,14 @@ class OwnIntegrationTests(TestCase):
             }
             await eventually(lambda: has(self.b, expected), 60, "docs realized on b")
             # Recorded with the hash the job verified: not hashed again.
-            await self.b.wait_log(
-                b"docs/sub/big.bin finished by the store, recorded without hashing"
+            counts = await eventually(
+                lambda: (lambda c: c if c.get("store", 0) >= 3 else None)(
+                    self.recorded()
+                ),
+                10,
+                "the realized files recorded from the store by b's watcher",
             )
+            self.assertEqual(counts.get("hashed", 0), 0)
             assert self.b.datadir is not None
             self.assertEqual(
                 os.getxattr(os.path.join(self.b.datadir, "docs"), MARK), b"own"

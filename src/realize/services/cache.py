@@ -40,7 +40,7 @@ from typing import Any, Final
 
 from attrs import define, field
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -83,12 +83,14 @@ from realize.storage.cache import (
 
 __all__ = [
     "CONSISTENCY_INTERVAL",
+    "MARKS_DELAY",
     "PENDING_BATCH",
     "PENDING_RETENTION",
     "SWEEP_INTERVAL",
     "TICK_INTERVAL",
     "AccessLog",
     "BlobCache",
+    "MarkedFiles",
     "measure_space",
 ]
 
@@ -764,3 +766,92 @@ def stop_all(caches: Iterable[BlobCache]) -> None:
     """
     for cache in caches:
         cache.stop()
+
+
+#: Seconds between a change of marks or of the files of an arena and the
+#: walk that finds its marked files again (the changes of a burst of
+#: notification batches, one walk).
+MARKS_DELAY: Final = 5.0
+
+
+@define(eq=False)
+class MarkedFiles:
+    """
+    The files whose effective mark protects their blobs (C{keep}, C{own}:
+    L{realize.storage.cache.PROTECTING_MARKS}), by arena and inode, held
+    in memory so the cache policy can ask in the reactor without a query
+    (L{mark_of}, the C{mark_of} of L{BlobCache}).  Found again off the
+    reactor (C{find}, a walk of the arena's tree:
+    L{realize.storage.marks.protected_files}) at start
+    (L{refresh}), and L{MARKS_DELAY} seconds after a change
+    (L{changed}: a mark set, a batch of notifications, a new default);
+    until then a new file under a kept directory reads as unmarked.
+
+    @ivar clock: for the delay.
+    @ivar find: C{find(arena)} fires with the marks of its protected
+        files, by inode.
+    """
+
+    clock: IReactorTime
+    find: Callable[[ArenaName], Deferred[dict[int, str]]]
+    _marks: dict[ArenaName, dict[int, str]] = field(factory=dict, init=False)
+    _later: dict[ArenaName, IDelayedCall] = field(factory=dict, init=False)
+    _running: dict[ArenaName, Deferred[None]] = field(factory=dict, init=False)
+    _again: set[ArenaName] = field(factory=set, init=False)
+
+    def mark_of(self, arena: ArenaName, inode: int) -> str | None:
+        """
+        @return: C{keep} or C{own} for a file whose blob is protected by
+            its mark, else C{None} (as last found).
+        """
+        found = self._marks.get(arena)
+        return None if found is None else found.get(inode)
+
+    async def refresh(self, arena: ArenaName) -> None:
+        """
+        Find an arena's marked files now (and wait for it).  A failure is
+        logged; the files found before stay.
+        """
+        try:
+            self._marks[arena] = await self.find(arena)
+        except Exception as e:
+            log.error(
+                "{arena}: the files marked keep or own could not be found "
+                "({error}): their blobs are protected as before",
+                arena=arena,
+                error=describe(e) if isinstance(e, RealizeError) else repr(e),
+            )
+
+    def changed(self, arena: ArenaName) -> None:
+        """
+        The marks or the files of an arena changed: find them again in
+        L{MARKS_DELAY} seconds (once for any number of changes meanwhile).
+        """
+        if arena in self._later:
+            return
+        if arena in self._running:
+            self._again.add(arena)
+            return
+        self._later[arena] = self.clock.callLater(MARKS_DELAY, self._run, arena)
+
+    def _run(self, arena: ArenaName) -> None:
+        del self._later[arena]
+        running = Deferred.fromCoroutine(self.refresh(arena))
+        self._running[arena] = running
+
+        def done(_: object) -> None:
+            del self._running[arena]
+            if arena in self._again:
+                self._again.discard(arena)
+                self.changed(arena)
+
+        running.addBoth(done)
+
+    def stop(self) -> None:
+        """
+        Cancel the walks scheduled (one running ends on its own).
+        """
+        for call in self._later.values():
+            call.cancel()
+        self._later.clear()
+        self._again.clear()

@@ -49,6 +49,7 @@ __all__ = [
     "effective_mark",
     "mark_at",
     "parse_mark",
+    "protected_files",
 ]
 
 Connection = sqlite3.Connection | sqlite3.Cursor
@@ -203,6 +204,43 @@ def effective_mark(connection: Connection, path: str, default: str) -> Effective
     The effective mark of a path (L{effective_in}), read from the db.
     """
     return effective_in(marks_of(connection, ancestors(path)), path, default)
+
+
+def protected_files(
+    connection: Connection, root: int, default: str, wanted: frozenset[str]
+) -> dict[int, str]:
+    """
+    The files of an arena's Unreal tree whose effective mark is one of
+    C{wanted} (the block cache protects those marked C{keep} or C{own}):
+    one walk of the C{directory} table (a recursive query), the marks
+    applied in memory.  Nothing is walked when neither the default nor
+    any mark set is wanted.
+
+    @param connection: the arena db (any connection: this only reads).
+    @param root: the arena's root inode in the Unreal tree.
+    @param default: the arena's default mark.
+    @param wanted: the marks looked for.
+    @return: the effective mark of each such file, by inode.
+    """
+    marks = all_marks(connection)
+    if default not in wanted and not wanted.intersection(marks.values()):
+        return {}
+    rows = connection.execute(
+        "WITH RECURSIVE walk (inode, path, kind) AS ("
+        " SELECT inode, name, kind FROM directory WHERE parent = ?"
+        " UNION ALL"
+        " SELECT d.inode, walk.path || '/' || d.name, d.kind"
+        " FROM directory AS d JOIN walk ON d.parent = walk.inode"
+        " WHERE walk.kind = 'dir')"
+        " SELECT inode, path FROM walk WHERE kind = 'file'",
+        (root,),
+    )
+    found: dict[int, str] = {}
+    for inode, path in rows:
+        mark = effective_in(marks, str(path), default).mark
+        if mark in wanted:
+            found[int(inode)] = mark
+    return found
 
 
 def _txn_set_mark(

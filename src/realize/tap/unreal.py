@@ -43,16 +43,18 @@ from realize.net.framing import Connection
 from realize.net.history import RemoteHistory
 from realize.net.registry import ConnectionRegistry
 from realize.services.audit import Audit
-from realize.services.cache import BlobCache
+from realize.services.cache import BlobCache, MarkedFiles
 from realize.services.consensus import ArenaConsensus, ConsensusService
 from realize.services.downloader import Downloader
 from realize.services.household import HouseholdService
 from realize.services.lifecycle import OrderedServices
 from realize.services.unreal import ArenaCache, UnrealBackend
 from realize.storage.blobs import BlobStore
+from realize.storage.cache import PROTECTING_MARKS
 from realize.storage.globaldb import GlobalDb
 from realize.storage.index import ArenaIndex
 from realize.storage.local import arena_dirs_from_config
+from realize.storage.marks import protected_files
 from realize.storage.unreal import ArenaTree
 from realize.storage.unrealpaths import set_unreal_root
 from realize.storage.unrealview import ArenaFiles, SqliteUnrealView
@@ -144,8 +146,9 @@ class UnrealService(Service):
     @ivar consensus_metrics: where the consensus jobs count, or C{None}.
     @ivar cache_metrics: where the block caches count, or C{None}.
     @ivar mark_of: a file's effective mark, by arena and inode, answered
-        from memory (the marks, issue 12): C{keep} and C{own} put its blob
-        in the protected queue; C{None}: no marks.
+        from memory: C{keep} and C{own} put its blob in the protected
+        queue; C{None} (the default): the marks of the arena dbs, found
+        by L{MarkedFiles} (C{marked}).
     """
 
     config: Config
@@ -179,6 +182,10 @@ class UnrealService(Service):
     _global: GlobalDb | None = field(default=None, init=False)
     _remote_stores: dict[Connection, RemoteStore] = field(factory=dict, init=False)
     _unobserve: Callable[[], None] | None = field(default=None, init=False)
+    marked: MarkedFiles | None = field(default=None, init=False)
+    _finders: dict[ArenaName, Callable[[], Deferred[dict[int, str]]]] = field(
+        factory=dict, init=False
+    )
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
@@ -206,6 +213,7 @@ class UnrealService(Service):
         roots = await self.run_io(global_db.set_arenas, arenas, self._now_ns())
         caches: dict[ArenaName, ArenaCache] = {}
         files: dict[ArenaName, ArenaFiles] = {}
+        self.marked = MarkedFiles(self.reactor, self._find_marked)
         for name in arenas:
             arena = config.arenas[name]
             workdir = arena.workdir
@@ -240,6 +248,14 @@ class UnrealService(Service):
             # The watcher's transactions find the peers' versions by path
             # (edits through the overlay, realize.storage.unrealpaths).
             await pool.runInteraction(set_unreal_root, roots[name])
+            self._finders[name] = functools.partial(
+                pool.runInteraction,
+                self._protected_files,
+                roots[name],
+                name,
+            )
+            # The policy knows the kept files before it evicts anything.
+            await self.marked.refresh(name)
             await cache.start()
             self.blob_caches[name] = cache
             files[name] = ArenaFiles(db, str(blobs_dir))
@@ -331,6 +347,14 @@ class UnrealService(Service):
         if self.watchers is not None:
             self.watchers.attributes = consensus.marks.attributes_changed
         self._unobserve = self.registry.observe(consensus.audit)
+        poke = consensus.marks.changed
+
+        def changed() -> None:
+            poke()
+            self._marks_changed()
+
+        # A mark set: the cache's kept files are found again.
+        consensus.marks.changed = changed
         return consensus
 
     def _index(self, arena: ArenaName) -> ArenaIndex | None:
@@ -341,7 +365,23 @@ class UnrealService(Service):
         return "watch" if found is None else found.mark
 
     def _mark_of(self, arena: ArenaName, inode: int) -> str | None:
-        return None if self.mark_of is None else self.mark_of(arena, inode)
+        if self.mark_of is not None:
+            return self.mark_of(arena, inode)
+        return None if self.marked is None else self.marked.mark_of(arena, inode)
+
+    def _find_marked(self, arena: ArenaName) -> Deferred[dict[int, str]]:
+        return self._finders[arena]()
+
+    def _protected_files(self, cursor: Any, root: int, arena: ArenaName) -> Any:
+        # In the arena db's thread: the default is read there, as it is now.
+        return protected_files(
+            cursor, root, self._default_mark(arena), PROTECTING_MARKS
+        )
+
+    def _marks_changed(self) -> None:
+        if self.marked is not None:
+            for arena in self.blob_caches:
+                self.marked.changed(arena)
 
     def _fetched(self, arena: ArenaName, size: int) -> None:
         if self.cache_metrics is not None:
@@ -391,6 +431,8 @@ class UnrealService(Service):
             downloader.version_changed(result.inodes)
         if self.consensus is not None:
             self.consensus.poke()
+        if self.marked is not None:
+            self.marked.changed(arena)
         if self.backend is None or self.fuse is None:
             return
         fuse = self.fuse
@@ -413,6 +455,8 @@ class UnrealService(Service):
             arena = config.arenas.get(name)
             if arena is None:
                 continue
+            if cache.default_mark != arena.mark and self.marked is not None:
+                self.marked.changed(name)
             cache.default_mark = arena.mark
             if self.consensus is not None:
                 self.consensus.reconfigure(name, arena.mark, arena.copies)
@@ -429,6 +473,8 @@ class UnrealService(Service):
                 self._unobserve = None
             if self.children.running:
                 await self.children.stopService()
+            if self.marked is not None:
+                self.marked.stop()
             for blob_cache in self.blob_caches.values():
                 blob_cache.stop()
             for downloader in self.downloaders.values():
