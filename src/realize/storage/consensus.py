@@ -411,9 +411,12 @@ def _txn_apply_tracked(
     """
     paths = sorted({n.path for n in notifications if n.path is not None})
     local = _index_of(cursor, paths)
-    before = {path: _default_hash(cursor, tree.root, path) for path in local}
-    result = _txn_apply_batch(cursor, tree, peer, notifications)
     mine = me is not None and peer == me
+    # Only another peer's batch can supersede what the index holds.
+    before = (
+        {} if mine else {path: _default_hash(cursor, tree.root, path) for path in local}
+    )
+    result = _txn_apply_batch(cursor, tree, peer, notifications)
     events: set[str] = set()
     for n in notifications:
         if n.path is None:

@@ -244,6 +244,12 @@ def _validate(tree: ArenaTree, notification: Notification) -> None:
 class _Rules:
     """
     The notification rules for one peer, within one transaction.
+
+    The entries of the C{directory} table looked up are remembered for the
+    batch (a batch names the same directories again and again: a path's
+    every segment is looked up twice per notification), kept right by the
+    rules' own inserts and deletes, the only writers of the table during
+    the transaction.
     """
 
     cursor: Cursor
@@ -251,15 +257,23 @@ class _Rules:
     peer: PeerId
     inodes: set[int] = field(factory=set)
     entries: set[tuple[int, str]] = field(factory=set)
+    _children: dict[tuple[int, str], tuple[int, str] | None] = field(factory=dict)
 
     # Reading.
 
     def _child(self, parent: int, name: str) -> tuple[int, str] | None:
+        key = (parent, name)
+        try:
+            return self._children[key]
+        except KeyError:
+            pass
         row = self.cursor.execute(
             "SELECT inode, kind FROM directory WHERE parent = ? AND name = ?",
-            (parent, name),
+            key,
         ).fetchone()
-        return None if row is None else (int(row[0]), str(row[1]))
+        found = None if row is None else (int(row[0]), str(row[1]))
+        self._children[key] = found
+        return found
 
     def _row(self, inode: int, peer: str) -> _Row | None:
         row = self.cursor.execute(
@@ -330,6 +344,7 @@ class _Rules:
             "INSERT INTO directory (parent, name, inode, kind) VALUES (?, ?, ?, ?)",
             (parent, name, inode, kind),
         )
+        self._children[(parent, name)] = (inode, kind)
         if kind == KIND_DIR:
             self._touch_dir(inode)
         self._touch_dir(parent)
@@ -420,6 +435,7 @@ class _Rules:
 
     def _remove_entry(self, inode: int, parent: int, name: str) -> None:
         self.cursor.execute("DELETE FROM directory WHERE inode = ?", (inode,))
+        self._children[(int(parent), str(name))] = None
         self.entries.add((parent, name))
         self.inodes.add(inode)
         self._touch_dir(parent)
