@@ -280,3 +280,41 @@ class ReservedTests(SynchronousTestCase):
         self.assertEqual(
             db.execute("SELECT position FROM peer_progress").fetchone(), (6,)
         )
+
+
+class LocalSettleTests(SynchronousTestCase):
+    """
+    This peer's own edit of its version listed as a conflict settles it.
+    """
+
+    def test_own_fork(self) -> None:
+        """
+        B (this peer) replaced the version after A did: its version is a
+        fork here.  B's user writes the chosen content over B's version:
+        it becomes the default and the conflict goes.  The same Replace
+        from another peer is a plain fork chain.
+        """
+        for me, settled in ((B, True), (C, False)):
+            db = arena_db(self)
+            tree = make_tree()
+            run(db, _txn_add, tree, A, add("f", 1, 10, h(1)))
+            run(db, _txn_add, tree, B, add("f", 1, 10, h(1)))
+            inode = inode_of(db, "f")
+            run(db, _txn_replace, tree, A, replace("f", 2, 20, h(2), h(1)))
+            run(db, _txn_replace, tree, B, replace("f", 3, 21, h(3), h(1)))
+            result = run(
+                db,
+                _txn_apply_batch,
+                tree,
+                B,
+                [replace("f", 4, 30, h(4), h(3), pos=2)],
+                me,
+            )
+            if settled:
+                self.assertEqual(result.outcomes, (APPLIED,))
+                self.assertEqual(files(db)["f"][""], (4, 30, h(4)))
+                self.assertEqual(open_conflicts(db, inode), [])
+            else:
+                self.assertEqual(result.outcomes, (FORK,))
+                self.assertEqual(files(db)["f"][""], (2, 20, h(2)))
+                self.assertEqual(forks(db, inode), [(B, h(4))])

@@ -159,7 +159,11 @@ class ArenaCache:
         result: BatchResult
         if self.default_mark is None:
             result = await self.run_interaction(
-                unreal._txn_apply_batch, self.tree, peer, list(notifications)
+                unreal._txn_apply_batch,
+                self.tree,
+                peer,
+                list(notifications),
+                self.me,
             )
         else:
             result = await self.run_interaction(

@@ -412,7 +412,7 @@ def _txn_apply_tracked(
     paths = sorted({n.path for n in notifications if n.path is not None})
     local = _index_of(cursor, paths)
     before = {path: _default_hash(cursor, tree.root, path) for path in local}
-    result = _txn_apply_batch(cursor, tree, peer, notifications)
+    result = _txn_apply_batch(cursor, tree, peer, notifications, me)
     mine = me is not None and peer == me
     events: set[str] = set()
     for n in notifications:

@@ -108,6 +108,12 @@ RESERVED_NAME: Final = ".realize"
 #: Superseded versions kept per file (table C{superseded}).
 SUPERSEDED_KEPT: Final = 32
 
+#: The open forks: those whose version a peer still has.
+_OPEN_FORK: Final = (
+    "EXISTS (SELECT 1 FROM file f WHERE f.inode = fork.inode"
+    " AND f.peer != '' AND f.hash IS fork.hash)"
+)
+
 
 def create_unreal_tables(cursor: Cursor) -> None:
     """
@@ -294,6 +300,7 @@ class _Rules:
     cursor: Cursor
     tree: ArenaTree
     peer: PeerId
+    me: PeerId | None = None
     inodes: set[int] = field(factory=set)
     entries: set[tuple[int, str]] = field(factory=set)
     forked: set[int] = field(factory=set)
@@ -446,6 +453,15 @@ class _Rules:
             is not None
         )
 
+    def _is_open_fork(self, inode: int, digest: bytes | None) -> bool:
+        return (
+            self.cursor.execute(
+                f"SELECT 1 FROM fork WHERE inode = ? AND hash IS ? AND {_OPEN_FORK}",
+                (inode, digest),
+            ).fetchone()
+            is not None
+        )
+
     def _drop_dead_forks(self, inode: int) -> None:
         """
         Forget the forks no peer has any more (their version cannot be
@@ -583,9 +599,11 @@ class _Rules:
         the chain late: table C{superseded}).  A file not known yet is
         added.
 
-        Conflicts go (docs/real.md, Conflicts): a Replace along the chain
-        settles every fork of the file whose mtime is not newer than its
-        own (the writer saw them listed beside the version it replaced);
+        Conflicts go (docs/real.md, Conflicts): a Replace along the chain,
+        or one from this peer itself (C{me}) of its own version listed as
+        a conflict, makes its version the default and settles every fork
+        of the file whose mtime is not newer than its own (the writer saw
+        them listed beside the version it replaced);
         a fork goes as soon as no peer has its version (its peer replaced
         or removed it); a fork that becomes the default is no conflict.
         """
@@ -605,9 +623,13 @@ class _Rules:
             and value.mtime_ns <= row.mtime_ns
         ):
             return IGNORED
+        forked_before = self._is_open_fork(inode, value.old_hash)
         self._set_row(inode, self.peer, value)
         default = self._row(inode, DEFAULT)
-        if default is None or default.hash == value.old_hash:
+        # This peer's own edit of its version listed as a conflict: the
+        # user wrote over it with the default shown beside it.
+        mine = self.me is not None and self.peer == self.me and forked_before
+        if default is None or default.hash == value.old_hash or mine:
             if default is not None and default.hash != value.hash:
                 self._supersede(inode, default.hash)
             self._set_default(inode, value)
@@ -801,7 +823,11 @@ _RULES: dict[str, Callable[[_Rules, Notification], str]] = {
 
 
 def _txn_apply_batch(
-    cursor: Cursor, tree: ArenaTree, peer: str, notifications: Sequence[Notification]
+    cursor: Cursor,
+    tree: ArenaTree,
+    peer: str,
+    notifications: Sequence[Notification],
+    me: PeerId | None = None,
 ) -> BatchResult:
     """
     Apply notifications from one peer, in order, in the caller's
@@ -814,6 +840,8 @@ def _txn_apply_batch(
     @param tree: the arena.
     @param peer: the peer that sent them.
     @param notifications: in the order received.
+    @param me: this peer's id (its own history is fed as C{me}), or
+        C{None}.
     @return: what each did, and what the FUSE layer must invalidate.
     @raise BadRequest: a notification or the peer id is malformed (bad
         size, mtime, position, hash or uuid, missing field, another arena).
@@ -822,7 +850,7 @@ def _txn_apply_batch(
     checked = _check_peer(peer)
     for notification in notifications:
         _validate(tree, notification)
-    rules = _Rules(cursor, tree, checked)
+    rules = _Rules(cursor, tree, checked, me)
     outcomes = tuple(rules.apply(n) for n in notifications)
     return BatchResult(
         outcomes,
@@ -959,13 +987,6 @@ def forks(cursor: Cursor | sqlite3.Connection, inode: int) -> list[tuple[str, by
             "SELECT peer, hash FROM fork WHERE inode = ? ORDER BY hash", (inode,)
         )
     ]
-
-
-#: The open forks: those whose version a peer still has.
-_OPEN_FORK = (
-    "EXISTS (SELECT 1 FROM file f WHERE f.inode = fork.inode"
-    " AND f.peer != '' AND f.hash IS fork.hash)"
-)
 
 
 def count_conflicts(cursor: Cursor | sqlite3.Connection) -> int:
