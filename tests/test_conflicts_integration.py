@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import errno
 import os
-import threading
 
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 
 from tests.integration import REALIZED, run_command
-from tests.peers import Peer, eventually
+from tests.peers import Peer, eventually, free_port
 from tests.test_real_integration import _RealCase, read, write
 
 XATTR = "user.realize.conflicts"
+VERSION = "user.realize.version"
 
 
 def conflicts(path: str) -> list[str] | None:
@@ -41,45 +41,55 @@ class ConflictIntegrationTests(_RealCase):
 
     def setUp(self) -> None:
         super().setUp()
-        self.laptop2 = self.peers.add("laptop2")
+        # Dials out only: it can be cut off from the others by a restart
+        # with wrong addresses, and joined again by a SIGHUP.
+        self.laptop2 = self.peers.add("laptop2", listens=False)
         overlay = os.path.join(self.peers.root, "laptop2", "docs")
         os.makedirs(overlay)
         self.laptop2.arena_lines.append(f'mountpoint = "{overlay}"')
         self.overlays["laptop2"] = overlay
 
-    async def start_all(self, seen: str) -> None:
-        peers = (self.nas, self.laptop, self.laptop2)
-        for peer in peers:
+    async def mount(self, peer: Peer) -> None:
+        assert peer.mountpoint is not None
+        run = await run_command(
+            [
+                *REALIZED,
+                "mountall",
+                "--config",
+                peer.config(),
+                "--fuse",
+                peer.mountpoint,
+            ]
+        )
+        self.assertEqual(run.code, 0, run)
+        self.addCleanup(self.unmount, self.ov(peer))
+
+    async def start_isolated(self, peer: Peer) -> None:
+        """
+        Restart a peer with addresses that lead nowhere for the others.
+        """
+        self.unmount(self.ov(peer))
+        await peer.stop()
+        others = [p for p in self.peers.all if p is not peer and p.port is not None]
+        ports = [p.port for p in others]
+        try:
+            for other in others:
+                other.port = free_port()
             await peer.start(fuse=True)
-        for peer in peers[1:]:
-            await eventually(
-                lambda peer=peer: os.path.exists(peer.mounted(seen)),
-                30,
-                f"the NAS's files in the view of {peer.name}",
-            )
-        for peer in peers:
-            assert peer.mountpoint is not None
-            run = await run_command(
-                [
-                    *REALIZED,
-                    "mountall",
-                    "--config",
-                    peer.config(),
-                    "--fuse",
-                    peer.mountpoint,
-                ]
-            )
-            self.assertEqual(run.code, 0, run)
-            self.addCleanup(self.unmount, self.ov(peer))
+        finally:
+            for other, port in zip(others, ports, strict=True):
+                other.port = port
+        await self.mount(peer)
 
     def conflict_file(self, peer: Peer, name: str) -> str:
         return peer.mounted(f".realize/conflicts/notes.txt/{name}")
 
     def test_concurrent_edit(self) -> None:
         """
-        Both laptops edit the NAS's version within the watcher's stability
-        delay: each peer lists one conflict, its view and its conflict
-        file read the two contents.  One laptop writes the chosen content
+        Two laptops edit the NAS's version while they cannot see each
+        other's edit (one is cut off, then joins again): each of the
+        three peers lists one conflict, its view and its conflict file
+        read the two contents.  One laptop writes the chosen content
         through its overlay: its listing goes, and its view shows that
         content.
         """
@@ -88,23 +98,48 @@ class ConflictIntegrationTests(_RealCase):
         mine = {one.name: b"base\nfrom one\n", two.name: b"base\nfrom laptop two\n"}
 
         async def go() -> None:
-            await self.start_all("notes.txt")
+            peers = (self.nas, one, two)
+            for peer in peers:
+                await peer.start(fuse=True)
             for peer in (one, two):
-                # Each laptop has the base version in its cache (the
-                # copy-up below reads it from there).
-                self.assertEqual(
-                    await deferToThread(read, self.ov(peer, "notes.txt")), b"base\n"
+                await eventually(
+                    lambda peer=peer: os.path.exists(peer.mounted("notes.txt")),
+                    30,
+                    f"the NAS's files in the view of {peer.name}",
                 )
-            barrier = threading.Barrier(2)
+                # The base version in its cache: the copy-up reads it there.
+                self.assertEqual(
+                    await deferToThread(read, peer.mounted("notes.txt")), b"base\n"
+                )
+            # The others follow the history of the laptop cut off below
+            # (a first subscription is a catch-up, which lists no
+            # conflict: docs/real.md), so that its edit comes back as a
+            # Replace.
+            two.write("two.txt", b"two\n")
+            for peer in (self.nas, one):
+                await eventually(
+                    lambda peer=peer: os.path.exists(peer.mounted("two.txt")),
+                    30,
+                    f"two.txt in the view of {peer.name}",
+                )
+            await self.mount(self.nas)
+            await self.mount(one)
+            await self.start_isolated(two)
+            base = os.getxattr(self.nas.mounted("notes.txt"), VERSION)
 
-            def edit(peer: Peer) -> None:
-                barrier.wait()
-                write(self.ov(peer, "notes.txt"), mine[peer.name])
-
-            await Deferred.fromCoroutine(
-                _both(deferToThread(edit, one), deferToThread(edit, two))
+            await deferToThread(write, self.ov(two, "notes.txt"), mine[two.name])
+            await eventually(
+                lambda: os.getxattr(two.mounted("notes.txt"), VERSION) != base,
+                30,
+                "the cut-off laptop's edit in its own view",
             )
-            for peer in (self.nas, one, two):
+            await deferToThread(write, self.ov(one, "notes.txt"), mine[one.name])
+            await self.on_disk(self.nas, "notes.txt", mine[one.name])
+            # Joined again: each side learns of the other's edit.
+            two.config()
+            two.transport.signalProcess("HUP")
+
+            for peer in peers:
                 names = await eventually(
                     lambda peer=peer: conflicts(peer.mounted("notes.txt")),
                     40,
@@ -120,6 +155,8 @@ class ConflictIntegrationTests(_RealCase):
                 self.assertNotIn(
                     XATTR, await deferToThread(os.listxattr, peer.mounted("notes.txt"))
                 )
+            # The owner kept the first version it saw on its disk.
+            self.assertEqual(self.disk(self.nas, "notes.txt"), mine[one.name])
 
             # Resolving on the first laptop: the chosen content written
             # through its overlay.
@@ -140,15 +177,10 @@ class ConflictIntegrationTests(_RealCase):
                 [],
             )
             # Nothing of the view's own tree reached a datadir.
-            for peer in (self.nas, one, two):
+            for peer in peers:
                 assert peer.datadir is not None
                 self.assertFalse(
                     os.path.exists(os.path.join(peer.datadir, ".realize")), peer.name
                 )
 
         return Deferred.fromCoroutine(go())
-
-
-async def _both(a: Deferred[None], b: Deferred[None]) -> None:
-    await a
-    await b
