@@ -35,6 +35,7 @@ from realize.storage.unreal import (
     _txn_drop,
     _txn_remove,
     _txn_replace,
+    create_superseded_table,
     create_unreal_tables,
     forks,
     peer_progress,
@@ -137,6 +138,7 @@ def arena_db(case: SynchronousTestCase) -> sqlite3.Connection:
     """
     connection = sqlite3.connect(os.path.join(case.mktemp() + ".db"))
     create_unreal_tables(connection.cursor())
+    create_superseded_table(connection.cursor())
     connection.commit()
     case.addCleanup(connection.close)
     return connection
@@ -387,12 +389,14 @@ class ReplaceTests(SynchronousTestCase):
         )
         run(self.db, _txn_replace, self.tree, P, replace("f", 3, 30, h(3), h(2)))
         self.assertEqual(files(self.db)["f"][DEFAULT], (3, 30, h(3)))
-        # Q follows the chain late: the default is already past h(2).
+        # Q follows the chain late: the default is already past h(2), a
+        # version it superseded: no fork (no conflict listed).
         self.assertEqual(
             run(self.db, _txn_replace, self.tree, Q, replace("f", 2, 20, h(2), h(1))),
-            FORK,
+            APPLIED,
         )
         self.assertEqual(files(self.db)["f"][DEFAULT], (3, 30, h(3)))
+        self.assertEqual(forks(self.db, inode_of(self.db, "f")), [])
 
     def test_chain_reaches_default(self) -> None:
         """

@@ -17,7 +17,12 @@ from realize.errors import IOFailure
 from realize.interfaces import UnrealView
 from realize.model import KIND_DIR, KIND_FILE, ArenaName, Entry, Notification, PeerId
 from realize.storage.globaldb import ROOT_INODE, GlobalDb
-from realize.storage.unreal import ArenaTree, _txn_apply_batch, create_unreal_tables
+from realize.storage.unreal import (
+    ArenaTree,
+    _txn_apply_batch,
+    create_superseded_table,
+    create_unreal_tables,
+)
 from realize.storage.unrealview import ArenaFiles, FileVersion, SqliteUnrealView
 
 #: A file to show: path, size, mtime in ns, hash.
@@ -202,6 +207,7 @@ class SqliteViewMixin:
             writer = sqlite3.connect(db)
             writer.execute("PRAGMA journal_mode = WAL")
             create_unreal_tables(writer.cursor())
+            create_superseded_table(writer.cursor())
             tree = ArenaTree(
                 arena,
                 roots[arena],

@@ -1014,6 +1014,9 @@ class ConsensusMetrics:
         - C{realize_consensus_retrying_paths} (gauge; C{arena}): of those,
           the paths waiting for a retry after a failure.
         - C{realize_consensus_running_jobs} (gauge): jobs running now.
+        - C{realize_unreal_conflicts} (gauge; C{arena}): open conflicts in
+          the Unreal: versions beside a file's default, listed in
+          C{user.realize.conflicts} (docs/real.md, Conflicts).
 
     @ivar registry: where the metrics are registered.
     """
@@ -1029,9 +1032,16 @@ class ConsensusMetrics:
     queue: Gauge = field(init=False)
     retrying: Gauge = field(init=False)
     running: Gauge = field(init=False)
+    conflicts: Gauge = field(init=False)
 
     def __attrs_post_init__(self) -> None:
         r = self.registry
+        self.conflicts = Gauge(
+            "realize_unreal_conflicts",
+            "Open conflicts: versions kept beside a file's default.",
+            ["arena"],
+            registry=r,
+        )
         self.jobs = Counter(
             "realize_consensus_jobs",
             "Consensus jobs that ran, by action and outcome.",
@@ -1128,6 +1138,12 @@ class ConsensusMetrics:
         """
         self.queue.labels(arena).set(queued)
         self.retrying.labels(arena).set(retrying)
+
+    def conflicts_open(self, arena: str, count: int) -> None:
+        """
+        @param count: the arena's open conflicts now.
+        """
+        self.conflicts.labels(arena).set(count)
 
     def jobs_running(self, count: int) -> None:
         """

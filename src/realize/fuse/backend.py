@@ -231,6 +231,19 @@ class FuseBackend(Protocol):
         @raise NotFound: if the entry no longer exists.
         """
 
+    def conflicts(self, inode: int) -> str | None:
+        """
+        The other versions of a file (C{user.realize.conflicts}): its open
+        conflicts, one C{<peer>-<12 hex digits of the hash>} per line,
+        each also readable as C{.realize/conflicts/<path>/<name>} under the
+        arena's root (docs/real.md, Conflicts).
+
+        @param inode: any inode.
+        @return: the list, or C{None} if the file has none (and for a
+            directory).
+        @raise NotFound: if the entry no longer exists.
+        """
+
     def statfs(self) -> SpaceInfo:
         """
         The space of the view, for C{df}.

@@ -46,6 +46,7 @@ import mfusepy
 
 from realize.fuse.ops import (
     DIR_MODE,
+    XATTR_CONFLICTS,
     XATTR_MARK,
     XATTR_MARK_EFFECTIVE,
     XATTR_STATUS,
@@ -65,7 +66,13 @@ FUSE_FILL_DIR_PLUS: Final = 1 << 1
 #: The attributes the view has; C{ls -l} asks two others of every file.
 _XATTRS: Final = frozenset(
     name.encode()
-    for name in (XATTR_MARK, XATTR_MARK_EFFECTIVE, XATTR_VERSION, XATTR_STATUS)
+    for name in (
+        XATTR_MARK,
+        XATTR_MARK_EFFECTIVE,
+        XATTR_VERSION,
+        XATTR_STATUS,
+        XATTR_CONFLICTS,
+    )
 )
 
 #: The C API, with our own function objects (their restype is set here).

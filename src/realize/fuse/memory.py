@@ -273,6 +273,13 @@ class MemoryBackend:
                 return None
             return "cached verified" if node.content is not None else "remote"
 
+    def conflicts(self, inode: int) -> str | None:
+        with self._lock:
+            self.calls["conflicts"] += 1
+            if inode not in self._nodes:
+                raise NotFound(f"inode {inode} is gone")
+            return None
+
     def statfs(self) -> SpaceInfo:
         with self._lock:
             self.calls["statfs"] += 1

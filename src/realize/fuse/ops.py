@@ -28,13 +28,17 @@ What the adapter decides, and nothing else:
       C{keep} or C{watch}; removable; another value is refused with
       C{EINVAL} and logged), C{user.realize.mark.effective} (the mark that
       applies: C{own}, C{own (inherited)}, C{watch (default)}),
-      C{user.realize.version} and C{user.realize.status} (read-only).
+      C{user.realize.version}, C{user.realize.status} and
+      C{user.realize.conflicts} (read-only; the last one C{ENODATA} for a
+      file without conflicts).
       C{listxattr} lists C{user.realize.mark} only, and only where a mark
       is set on that very entry: overlayfs copy-up copies the attributes
       the lower layer I{lists} (DESIGN.md section 11), and a version or
       status copied into the datadir would be stale the moment it lands.
-      The effective mark, version and status are read by name (C{getfattr
-      -n user.realize.status FILE}).  Other names: C{getxattr} answers
+      The effective mark, version, status and conflicts are read by name
+      (C{getfattr -n user.realize.status FILE}); the conflicts are not
+      listed for the same reason: a resolving write through the overlay
+      would copy the settled list into the real file.  Other names: C{getxattr} answers
       C{ENODATA} (as for any absent attribute), C{setxattr} C{ENOTSUP}.
     - B{Errors}: L{ERRNOS} is the one table from the error hierarchy
       (L{realize.errors}) to errnos, most specific class first; an
@@ -82,6 +86,7 @@ __all__ = [
     "ENTRY_TIMEOUT",
     "ERRNOS",
     "FILE_MODE",
+    "XATTR_CONFLICTS",
     "XATTR_MARK",
     "XATTR_MARK_EFFECTIVE",
     "XATTR_STATUS",
@@ -120,9 +125,10 @@ XATTR_MARK: Final = "user.realize.mark"
 XATTR_MARK_EFFECTIVE: Final = "user.realize.mark.effective"
 XATTR_VERSION: Final = "user.realize.version"
 XATTR_STATUS: Final = "user.realize.status"
+XATTR_CONFLICTS: Final = "user.realize.conflicts"
 
 #: The attributes a getxattr answers, and those of them that cannot be set.
-_READ_ONLY: Final = (XATTR_MARK_EFFECTIVE, XATTR_VERSION, XATTR_STATUS)
+_READ_ONLY: Final = (XATTR_MARK_EFFECTIVE, XATTR_VERSION, XATTR_STATUS, XATTR_CONFLICTS)
 _READABLE: Final = (XATTR_MARK, *_READ_ONLY)
 
 #: Errno of each error class; L{errno_of} takes the most specific class of
@@ -473,8 +479,8 @@ class RealizeOperations:
     @_translated
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
         """
-        The value of C{user.realize.mark}, C{.mark.effective}, C{.version}
-        or C{.status}.
+        The value of C{user.realize.mark}, C{.mark.effective}, C{.version},
+        C{.status} or C{.conflicts}.
 
         @raise OSError: C{ENODATA} for an attribute not set or not known.
         """
@@ -490,6 +496,8 @@ class RealizeOperations:
             value = self.backend.effective_mark(inode)
         elif name == XATTR_VERSION:
             value = self.backend.version(inode)
+        elif name == XATTR_CONFLICTS:
+            value = self.backend.conflicts(inode)
         else:
             value = self.backend.status(inode)
         if value is None:

@@ -35,10 +35,10 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol, cast
+from typing import Any, Final, Protocol, cast
 
-from attrs import define, field
-from twisted.internet.defer import Deferred
+from attrs import define, field, frozen
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from realize.errors import (
@@ -51,7 +51,7 @@ from realize.errors import (
 from realize.fuse.backend import Opened, SpaceInfo
 from realize.fuse.bridge import Bridge
 from realize.hashing import format_hash
-from realize.model import KIND_DIR, ArenaName, Entry, Notification, PeerId
+from realize.model import KIND_DIR, KIND_FILE, ArenaName, Entry, Notification, PeerId
 from realize.services.cache import BlobCache
 from realize.services.downloader import Downloader
 from realize.storage import unreal
@@ -59,12 +59,56 @@ from realize.storage.blobs import QUEUE_PROTECTED, BlobStore
 from realize.storage.consensus import QueueRow, _txn_apply_tracked, queue_row
 from realize.storage.globaldb import ROOT_INODE
 from realize.storage.marks import SOURCE_VIEW, effective_mark, mark_at
-from realize.storage.unreal import ArenaTree, BatchResult
-from realize.storage.unrealview import SqliteUnrealView
+from realize.storage.unreal import (
+    RESERVED,
+    RESERVED_NAME,
+    ArenaTree,
+    BatchResult,
+    Conflict,
+    count_conflicts,
+)
+from realize.storage.unrealview import FileVersion, SqliteUnrealView
 
-__all__ = ["ArenaCache", "UnrealBackend"]
+__all__ = [
+    "CONFLICTS_DIR",
+    "SHORT_HASH",
+    "VIRTUAL_BASE",
+    "ArenaCache",
+    "ConflictMetrics",
+    "UnrealBackend",
+    "conflict_name",
+]
 
 log = Logger(namespace="realize.unreal")
+
+#: The directory of C{.realize} that lists each arena's conflicts.
+CONFLICTS_DIR: Final = "conflicts"
+
+#: Hex digits of a version's hash in a conflict's name.
+SHORT_HASH: Final = 12
+
+#: Inodes of the view's own entries (C{.realize/conflicts/...}) are given
+#: from here up, far above any range of the global db.
+VIRTUAL_BASE: Final = 1 << 62
+
+
+def conflict_name(conflict: Conflict) -> str:
+    """
+    @return: a conflict's name in C{.realize/conflicts/<path>/} and in
+        C{user.realize.conflicts}: C{<peer>-<first 12 hex digits of its
+        hash>} (a C{/} in the peer id shows as C{%2F}).
+    """
+    peer = conflict.peer.replace("%", "%25").replace("/", "%2F")
+    return f"{peer}-{conflict.hash.hex()[:SHORT_HASH]}"
+
+
+class ConflictMetrics(Protocol):
+    """
+    Where the open conflicts are counted
+    (L{realize.metrics.ConsensusMetrics.conflicts_open}).
+    """
+
+    def conflicts_open(self, arena: str, count: int) -> None: ...
 
 
 @define(eq=False)
@@ -91,6 +135,17 @@ class ArenaCache:
     default_mark: str | None = None
     me: PeerId | None = None
     cache: BlobCache | None = None
+    metrics: ConflictMetrics | None = None
+
+    async def count_conflicts(self) -> int:
+        """
+        Count the arena's open conflicts, into the metrics too (at start;
+        each batch counts them afterwards).
+        """
+        count: int = await self.run_interaction(count_conflicts)
+        if self.metrics is not None:
+            self.metrics.conflicts_open(self.tree.arena, count)
+        return count
 
     async def progress(self, peer: PeerId) -> tuple[str, int] | None:
         result: tuple[str, int] | None = await self.run_interaction(
@@ -104,7 +159,11 @@ class ArenaCache:
         result: BatchResult
         if self.default_mark is None:
             result = await self.run_interaction(
-                unreal._txn_apply_batch, self.tree, peer, list(notifications)
+                unreal._txn_apply_batch,
+                self.tree,
+                peer,
+                list(notifications),
+                self.me,
             )
         else:
             result = await self.run_interaction(
@@ -115,6 +174,19 @@ class ArenaCache:
                 peer,
                 list(notifications),
             )
+        for notification, outcome in zip(notifications, result.outcomes, strict=False):
+            if outcome == RESERVED:
+                log.warn(
+                    "ignored {kind} of {peer} for {arena}/{path}: {name} is the "
+                    "view's own name, no file of a peer is shown under it",
+                    kind=notification.kind,
+                    peer=peer,
+                    arena=self.tree.arena,
+                    path=notification.path,
+                    name=RESERVED_NAME,
+                )
+        if self.metrics is not None:
+            self.metrics.conflicts_open(self.tree.arena, result.conflicts)
         if self.cache is not None:
             await self.cache.outdated()
         elif self.blobs is not None:
@@ -127,6 +199,78 @@ class _Handle:
     arena: ArenaName
     inode: int
     digest: bytes | None
+    #: For a conflict's file: its inode in the view (the handle's C{inode}
+    #: is the real file's).
+    fork: int | None = None
+
+
+#: Kinds of the view's own entries.
+_REALIZE = "realize"
+_CONFLICTS = "conflicts"
+_DIR = "dir"
+_FORK = "fork"
+
+
+@frozen
+class _Node:
+    """
+    One of the view's own entries: C{.realize} or C{.realize/conflicts} of
+    an arena, a directory beneath it (the one of the real directory or
+    file C{inode}), or a conflict's file (C{inode}'s version C{digest}).
+    """
+
+    kind: str
+    arena: ArenaName
+    inode: int = 0
+    digest: bytes = b""
+
+
+@define(eq=False)
+class _VirtualInodes:
+    """
+    Inode numbers of the view's own entries, given on first sight from
+    L{VIRTUAL_BASE} up and kept while the daemon runs (thread-safe).
+    """
+
+    _numbers: dict[_Node, int] = field(factory=dict)
+    _nodes: dict[int, _Node] = field(factory=dict)
+    _lock: threading.Lock = field(factory=threading.Lock)
+
+    def number(self, node: _Node) -> int:
+        with self._lock:
+            found = self._numbers.get(node)
+            if found is None:
+                found = VIRTUAL_BASE + len(self._numbers)
+                self._numbers[node] = found
+                self._nodes[found] = node
+            return found
+
+    def node(self, inode: int) -> _Node | None:
+        return self._nodes.get(inode)
+
+
+@define(eq=False)
+class _ReadThrough:
+    """
+    The blob access of the conflicts' downloaders: a conflict's version is
+    read through from its peers, never kept in a blob (the blob store
+    keeps default versions only).
+    """
+
+    async def open(self, inode: int, digest: bytes) -> Any:
+        raise NotFound("a conflict's version is read through, not kept")
+
+    async def write(self, blob: Any, offset: int, data: bytes) -> Any:
+        raise NotFound("no blob")  # pragma: no cover
+
+    async def read(self, blob: Any, start: int, end: int) -> bytes:
+        raise NotFound("no blob")  # pragma: no cover
+
+    async def release(self, blob: Any, ranges: Any) -> Any:
+        raise NotFound("no blob")  # pragma: no cover
+
+    def working_area(self) -> int | None:
+        return None
 
 
 @define(eq=False)
@@ -159,28 +303,49 @@ class UnrealBackend:
     _handles: dict[int, _Handle] = field(factory=dict, init=False)
     _numbers: Any = field(factory=lambda: itertools.count(1), init=False)
     _lock: threading.Lock = field(factory=threading.Lock, init=False)
+    _virtual: _VirtualInodes = field(factory=_VirtualInodes, init=False)
+    _fork_downloaders: dict[ArenaName, Downloader] = field(factory=dict, init=False)
+    _fork_versions: dict[int, FileVersion] = field(factory=dict, init=False)
 
     @property
     def root_inode(self) -> int:
         return ROOT_INODE
 
     def lookup(self, parent: int, name: str) -> Entry | None:
+        if parent >= VIRTUAL_BASE:
+            return self._virtual_lookup(parent, name)
+        if name == RESERVED_NAME:
+            arena = self.view.root_arena(parent)
+            if arena is not None:
+                return self._virtual_entry(_Node(_REALIZE, arena))
         return self.view.lookup(parent, name)
 
     def getattr(self, inode: int) -> Entry | None:
+        if inode >= VIRTUAL_BASE:
+            node = self._virtual.node(inode)
+            return None if node is None else self._virtual_entry(node)
         return self.view.getattr(inode)
 
     def _entry(self, inode: int) -> Entry:
-        entry = self.view.getattr(inode)
+        entry = self.getattr(inode)
         if entry is None:
             raise NotFound(f"inode {inode} no longer exists")
         return entry
 
     def readdir(self, inode: int) -> Sequence[tuple[str, Entry]]:
+        if inode >= VIRTUAL_BASE:
+            return self._virtual_readdir(inode)
         listing = self.view.readdir(inode)
         if listing is None:
             self._entry(inode)
             raise NotADirectory(f"inode {inode} is not a directory")
+        arena = self.view.root_arena(inode)
+        if arena is not None and self.view.conflicted(arena):
+            # .realize is listed while the arena has conflicts (it is
+            # always there by name).
+            entry = self._virtual_entry(_Node(_REALIZE, arena))
+            if entry is not None:
+                listing = sorted([*listing, (RESERVED_NAME, entry)])
         return listing
 
     def _file(self, inode: int) -> tuple[Entry, ArenaName]:
@@ -199,6 +364,8 @@ class UnrealBackend:
         return state is not None and state.present >= state.size
 
     def open(self, inode: int) -> Opened:
+        if inode >= VIRTUAL_BASE:
+            return self._open_conflict(inode)
         entry, arena = self._file(inode)
         cache = self.caches.get(arena)
         if cache is not None:
@@ -218,6 +385,8 @@ class UnrealBackend:
         opened = self._handles.get(handle)
         if opened is None:
             raise BadRequest(f"no open file {handle}")
+        if opened.fork is not None:
+            return self._read_conflict(opened, offset, size)
         cache = self.caches.get(opened.arena)
         if opened.digest is not None:
             data = self.view.read_cached(
@@ -333,6 +502,172 @@ class UnrealBackend:
             st.f_bavail * st.f_frsize,
             st.f_files - st.f_ffree,
         )
+
+    # -- conflicts (DESIGN.md section 11) ---------------------------------------
+
+    def conflicts(self, inode: int) -> str | None:
+        """
+        C{user.realize.conflicts}: the open conflicts of a file, one
+        L{conflict_name} per line, sorted.
+
+        @return: C{None} if it has none (or is a directory, or one of the
+            view's own entries).
+        @raise NotFound: if the entry no longer exists.
+        """
+        entry = self._entry(inode)
+        if entry.kind == KIND_DIR or inode >= VIRTUAL_BASE:
+            return None
+        located = self.view.locate(inode)
+        if located is None:
+            return None
+        names = sorted(conflict_name(c) for c in self.view.conflicts(located[0], inode))
+        return "\n".join(names) if names else None
+
+    def _tree(
+        self, arena: ArenaName
+    ) -> tuple[dict[int | None, dict[str, int]], set[int]]:
+        """
+        The tree of C{.realize/conflicts}: the children of each real
+        directory that lead to conflicted files (the arena root's under
+        C{None}), and the conflicted files.
+        """
+        children: dict[int | None, dict[str, int]] = {}
+        files: set[int] = set()
+        for chain in self.view.conflicted(arena):
+            parent: int | None = None
+            for name, inode in chain:
+                children.setdefault(parent, {})[name] = inode
+                parent = inode
+            files.add(chain[-1][1])
+        return children, files
+
+    def _virtual_children(self, node: _Node) -> dict[str, _Node] | None:
+        """
+        @return: the entries of one of the view's own directories, or
+            C{None} if it is gone (or is a file).
+        """
+        if node.kind == _REALIZE:
+            return {CONFLICTS_DIR: _Node(_CONFLICTS, node.arena)}
+        if node.kind == _FORK:
+            return None
+        children, files = self._tree(node.arena)
+        if node.kind == _DIR and node.inode in files:
+            return {
+                conflict_name(c): _Node(_FORK, node.arena, node.inode, c.hash)
+                for c in self.view.conflicts(node.arena, node.inode)
+            }
+        below = children.get(None if node.kind == _CONFLICTS else node.inode)
+        if below is None:
+            return {} if node.kind == _CONFLICTS else None
+        return {name: _Node(_DIR, node.arena, inode) for name, inode in below.items()}
+
+    def _virtual_entry(self, node: _Node) -> Entry | None:
+        """
+        @return: the entry of one of the view's own nodes, or C{None} if
+            it is gone (a conflict settled).
+        """
+        number = self._virtual.number(node)
+        if node.kind == _FORK:
+            for c in self.view.conflicts(node.arena, node.inode):
+                if c.hash == node.digest:
+                    return Entry(number, KIND_FILE, c.size, c.mtime_ns, c.hash, 1)
+            return None
+        children = self._virtual_children(node)
+        if children is None:
+            return None
+        subdirs = sum(1 for child in children.values() if child.kind != _FORK)
+        return Entry(number, KIND_DIR, 0, self._mtime(node), None, 2 + subdirs)
+
+    def _mtime(self, node: _Node) -> int:
+        real = node.inode
+        if node.kind in (_REALIZE, _CONFLICTS):
+            root = self.view.root_inode_of(node.arena)
+            real = 0 if root is None else root
+        entry = self.view.getattr(real) if real else None
+        return 0 if entry is None else entry.mtime_ns
+
+    def _virtual_lookup(self, parent: int, name: str) -> Entry | None:
+        node = self._virtual.node(parent)
+        children = None if node is None else self._virtual_children(node)
+        child = None if children is None else children.get(name)
+        return None if child is None else self._virtual_entry(child)
+
+    def _virtual_readdir(self, inode: int) -> Sequence[tuple[str, Entry]]:
+        node = self._virtual.node(inode)
+        if node is None:
+            raise NotFound(f"inode {inode} no longer exists")
+        children = self._virtual_children(node)
+        if children is None:
+            if node.kind == _FORK:
+                raise NotADirectory(f"inode {inode} is not a directory")
+            raise NotFound(f"inode {inode} no longer exists")
+        listing = []
+        for name, child in sorted(children.items()):
+            entry = self._virtual_entry(child)
+            if entry is not None:
+                listing.append((name, entry))
+        return listing
+
+    def _open_conflict(self, inode: int) -> Opened:
+        """
+        Open a conflict's file: its version is read from the peers that
+        have it (L{_read_conflict}).
+        """
+        node = self._virtual.node(inode)
+        if node is None or self._virtual_entry(node) is None:
+            raise NotFound(f"inode {inode} no longer exists")
+        if node.kind != _FORK:
+            raise IsADirectory(f"inode {inode} is a directory")
+        cache = self.caches.get(node.arena)
+        if cache is not None:
+            cache.opened(node.inode, node.digest)
+        with self._lock:
+            number = next(self._numbers)
+            self._handles[number] = _Handle(node.arena, node.inode, node.digest, inode)
+        return Opened(number, False)
+
+    def _read_conflict(self, opened: _Handle, offset: int, size: int) -> bytes:
+        """
+        Read a conflict's version: fetched from a peer that has it and
+        verified against its hash (a downloader of the arena's that reads
+        this version rather than the default, through, never kept).
+        """
+        assert opened.digest is not None and opened.fork is not None
+        version = self.view.fork_version(opened.arena, opened.inode, opened.digest)
+        if version is None:
+            raise IOFailure(
+                f"arena {opened.arena}, inode {opened.inode}: the conflict "
+                "was settled; its version is no longer listed"
+            )
+        downloader = self._fork_downloader(opened.arena)
+        self._fork_versions[opened.fork] = version
+        fork = opened.fork
+
+        def fetch() -> Deferred[bytes]:
+            return Deferred.fromCoroutine(
+                downloader.read(fork, offset, size, version.hash)
+            )
+
+        return cast(bytes, self.bridge.call(cast(Callable[[], Any], fetch)))
+
+    def _fork_downloader(self, arena: ArenaName) -> Downloader:
+        with self._lock:
+            found = self._fork_downloaders.get(arena)
+            if found is not None:
+                return found
+            main = self.downloaders.get(arena)
+            if main is None:
+                raise IOFailure(f"arena {arena}: no downloader")
+            found = Downloader(
+                arena=arena,
+                blobs=_ReadThrough(),
+                versions=lambda inode: succeed(self._fork_versions.get(inode)),
+                stores=main.stores,
+                clock=main.clock,
+                fetched=main.fetched,
+            )
+            self._fork_downloaders[arena] = found
+            return found
 
     # -- what a batch changed ---------------------------------------------------
 

@@ -416,7 +416,7 @@ def _txn_apply_tracked(
     before = (
         {} if mine else {path: _default_hash(cursor, tree.root, path) for path in local}
     )
-    result = _txn_apply_batch(cursor, tree, peer, notifications)
+    result = _txn_apply_batch(cursor, tree, peer, notifications, me)
     events: set[str] = set()
     for n in notifications:
         if n.path is None:

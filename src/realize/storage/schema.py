@@ -44,7 +44,7 @@ from collections.abc import Callable
 
 from realize.errors import ConfigError
 from realize.storage.consensus import create_consensus_tables
-from realize.storage.unreal import create_unreal_tables
+from realize.storage.unreal import create_superseded_table, create_unreal_tables
 from realize.storage.whiteouts import create_whiteout_table
 
 __all__ = ["UPGRADES", "SchemaTooNew", "schema_version", "upgrade"]
@@ -113,13 +113,15 @@ def _upgrade_1_history(cursor: sqlite3.Cursor) -> None:
 #: The upgrades, in order: C{UPGRADES[i]} takes a db from version C{i} to
 #: C{i + 1}.  Other modules append theirs (the Unreal's cache tables are
 #: version 2, the marks and consensus queue version 3, the deletions
-#: made through an overlay version 4) at import time,
+#: made through an overlay version 4, the superseded versions version 5)
+#: at import time,
 #: before any db is opened.
 UPGRADES: list[Upgrade] = [
     _upgrade_1_history,
     create_unreal_tables,
     create_consensus_tables,
     create_whiteout_table,
+    create_superseded_table,
 ]
 
 

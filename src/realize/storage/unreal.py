@@ -13,7 +13,12 @@ Tables (created by L{create_unreal_tables}; docs/unreal-schema.md):
       has the file, plus the peer-less default row (C{peer = ""},
       L{DEFAULT}): the version shown.
     - C{fork(inode, hash) -> (peer, old_hash, mtime_ns)}: versions made by
-      a Replace of a version that was not the default (conflicts).
+      a Replace of a version that was not the default (conflicts, see
+      L{_Rules.replace} for when they go).
+    - C{superseded(inode, hash) -> time_ns}: versions that were the default
+      and were replaced along the chain (the last L{SUPERSEDED_KEPT} of a
+      file): a late Replace to one of them is no fork (schema upgrade 5,
+      L{create_superseded_table}).
     - C{peer_progress(peer) -> (uuid, position, catchup)}: where each
       peer's history was applied up to; C{catchup} is 1 between
       CatchupStart and CatchupComplete.
@@ -63,9 +68,16 @@ __all__ = [
     "DEFAULT",
     "FORK",
     "IGNORED",
+    "RESERVED",
+    "RESERVED_NAME",
+    "SUPERSEDED_KEPT",
     "ArenaTree",
     "BatchResult",
+    "Conflict",
+    "count_conflicts",
+    "create_superseded_table",
     "create_unreal_tables",
+    "open_conflicts",
 ]
 
 Cursor = sqlite3.Cursor
@@ -85,6 +97,22 @@ CONFLICT: Final = "conflict"
 #: A Replace of a version that is not the default: the peer's row took the
 #: new version, the default stayed, the fork was recorded.
 FORK: Final = "fork"
+#: Its path lies under L{RESERVED_NAME}: nothing changed (a warning is
+#: logged by the caller).
+RESERVED: Final = "reserved"
+
+#: The top-level name of each arena that the FUSE view keeps for itself
+#: (C{.realize/conflicts/}): no peer's file is shown there.
+RESERVED_NAME: Final = ".realize"
+
+#: Superseded versions kept per file (table C{superseded}).
+SUPERSEDED_KEPT: Final = 32
+
+#: The open forks: those whose version a peer still has.
+_OPEN_FORK: Final = (
+    "EXISTS (SELECT 1 FROM file f WHERE f.inode = fork.inode"
+    " AND f.peer != '' AND f.hash IS fork.hash)"
+)
 
 
 def create_unreal_tables(cursor: Cursor) -> None:
@@ -147,6 +175,24 @@ def create_unreal_tables(cursor: Cursor) -> None:
     create_blob_tables(cursor)
 
 
+def create_superseded_table(cursor: Cursor) -> None:
+    """
+    Create the table of superseded versions (schema upgrade 5 of
+    C{arena.db}): the versions each file's default moved away from along
+    the chain, so that a peer following the chain late (a Replace to a
+    version already replaced) is not taken for a fork.
+
+    @param cursor: a cursor on the arena db, in a transaction.
+    """
+    cursor.execute(
+        "CREATE TABLE superseded ("
+        " inode INTEGER NOT NULL,"
+        " hash BLOB NOT NULL,"
+        " time_ns INTEGER NOT NULL,"
+        " PRIMARY KEY (inode, hash)) WITHOUT ROWID"
+    )
+
+
 @frozen
 class ArenaTree:
     """
@@ -174,18 +220,23 @@ class BatchResult:
     """
     What a batch of notifications did.
 
-    @ivar outcomes: per notification, L{APPLIED}, L{IGNORED}, L{CONFLICT}
-        or L{FORK}.
+    @ivar outcomes: per notification, L{APPLIED}, L{IGNORED}, L{CONFLICT},
+        L{FORK} or L{RESERVED}.
     @ivar inodes: inodes whose attributes changed (a file whose default
         version changed, a directory whose listing or mtime changed): the
         FUSE layer invalidates their cached attributes.
     @ivar entries: C{(parent inode, name)} of the names added, removed or
         whose entry changed: the FUSE layer invalidates these entries.
+    @ivar conflicts: the arena's open conflicts after the batch (forks
+        that a peer still has, L{open_conflicts}).
+    @ivar forked: files whose conflicts changed (a fork recorded or gone).
     """
 
     outcomes: tuple[str, ...]
     inodes: frozenset[int]
     entries: frozenset[tuple[int, str]]
+    conflicts: int = 0
+    forked: frozenset[int] = frozenset()
 
 
 @frozen
@@ -255,9 +306,11 @@ class _Rules:
     cursor: Cursor
     tree: ArenaTree
     peer: PeerId
+    me: PeerId | None = None
     inodes: set[int] = field(factory=set)
     entries: set[tuple[int, str]] = field(factory=set)
     _children: dict[tuple[int, str], tuple[int, str] | None] = field(factory=dict)
+    forked: set[int] = field(factory=set)
 
     # Reading.
 
@@ -374,8 +427,65 @@ class _Rules:
             self.inodes.add(inode)
         if old is not None and old.hash != value.hash:
             _txn_mark_outdated(self.cursor, inode, value.hash)
+        self._delete_forks("hash IS ?", inode, value.hash)
         self.cursor.execute(
-            "DELETE FROM fork WHERE inode = ? AND hash IS ?", (inode, value.hash)
+            "DELETE FROM superseded WHERE inode = ? AND hash IS ?", (inode, value.hash)
+        )
+
+    # Conflicts.
+
+    def _delete_forks(self, where: str, inode: int, *args: object) -> None:
+        if self.cursor.execute(
+            f"DELETE FROM fork WHERE inode = ? AND {where}", (inode, *args)
+        ).rowcount:
+            self.forked.add(inode)
+
+    def _supersede(self, inode: int, digest: bytes | None) -> None:
+        """
+        Record that the default moved away from C{digest} along the chain;
+        only the newest L{SUPERSEDED_KEPT} of a file are kept.
+        """
+        if digest is None:
+            return
+        self.cursor.execute(
+            "INSERT INTO superseded (inode, hash, time_ns) VALUES (?, ?, ?)"
+            " ON CONFLICT (inode, hash) DO UPDATE SET time_ns = excluded.time_ns",
+            (inode, digest, self.tree.now_ns()),
+        )
+        self.cursor.execute(
+            "DELETE FROM superseded WHERE inode = ? AND hash NOT IN"
+            " (SELECT hash FROM superseded WHERE inode = ?"
+            " ORDER BY time_ns DESC, hash LIMIT ?)",
+            (inode, inode, SUPERSEDED_KEPT),
+        )
+
+    def _was_superseded(self, inode: int, digest: bytes | None) -> bool:
+        return (
+            self.cursor.execute(
+                "SELECT 1 FROM superseded WHERE inode = ? AND hash IS ?",
+                (inode, digest),
+            ).fetchone()
+            is not None
+        )
+
+    def _is_open_fork(self, inode: int, digest: bytes | None) -> bool:
+        return (
+            self.cursor.execute(
+                f"SELECT 1 FROM fork WHERE inode = ? AND hash IS ? AND {_OPEN_FORK}",
+                (inode, digest),
+            ).fetchone()
+            is not None
+        )
+
+    def _drop_dead_forks(self, inode: int) -> None:
+        """
+        Forget the forks no peer has any more (their version cannot be
+        read: the peer that made it replaced or removed it).
+        """
+        self._delete_forks(
+            "NOT EXISTS (SELECT 1 FROM file f WHERE f.inode = fork.inode"
+            " AND f.peer != '' AND f.hash IS fork.hash)",
+            inode,
         )
 
     def _others_have(self, inode: int, digest: bytes | None) -> bool:
@@ -411,7 +521,8 @@ class _Rules:
         where = self.cursor.execute(
             "SELECT parent, name FROM directory WHERE inode = ?", (inode,)
         ).fetchone()
-        for table in ("file", "pending_catchup", "fork"):
+        self._delete_forks("1", inode)
+        for table in ("file", "pending_catchup", "superseded"):
             self.cursor.execute(f"DELETE FROM {table} WHERE inode = ?", (inode,))
         _txn_mark_outdated(self.cursor, inode, None)
         self.inodes.add(inode)
@@ -458,6 +569,7 @@ class _Rules:
         default = self._row(inode, DEFAULT)
         if default is None or all(r.hash != default.hash for r in remaining):
             self._set_default(inode, remaining[0])
+        self._drop_dead_forks(inode)
 
     # The rules.
 
@@ -488,15 +600,28 @@ class _Rules:
             and default.hash == row.hash
             and not self._others_have(inode, default.hash)
         ):
+            if default is not None and default.hash != value.hash:
+                self._supersede(inode, default.hash)
             self._set_default(inode, value)
+        self._drop_dead_forks(inode)
         return APPLIED
 
     def replace(self, value: Notification) -> str:
         """
         Replace(old hash): the peer's row takes the new version; the default
         follows if its hash is the old hash (the chain); if the default is
-        a third version, it stays and the fork is recorded.  A file not
-        known yet is added.
+        a third version, it stays and the fork is recorded, unless the new
+        version is one the default already moved past (a peer following
+        the chain late: table C{superseded}).  A file not known yet is
+        added.
+
+        Conflicts go (docs/real.md, Conflicts): a Replace along the chain,
+        or one from this peer itself (C{me}) of its own version listed as
+        a conflict, makes its version the default and settles every fork
+        of the file whose mtime is not newer than its own (the writer saw
+        them listed beside the version it replaced);
+        a fork goes as soon as no peer has its version (its peer replaced
+        or removed it); a fork that becomes the default is no conflict.
         """
         assert value.path is not None and value.mtime_ns is not None
         if self._is_conflict(value.path):
@@ -514,18 +639,33 @@ class _Rules:
             and value.mtime_ns <= row.mtime_ns
         ):
             return IGNORED
+        forked_before = self._is_open_fork(inode, value.old_hash)
         self._set_row(inode, self.peer, value)
         default = self._row(inode, DEFAULT)
-        if default is None or default.hash == value.old_hash:
+        # This peer's own edit of its version listed as a conflict: the
+        # user wrote over it with the default shown beside it.
+        mine = self.me is not None and self.peer == self.me and forked_before
+        if default is None or default.hash == value.old_hash or mine:
+            if default is not None and default.hash != value.hash:
+                self._supersede(inode, default.hash)
             self._set_default(inode, value)
+            # Resolving: the writer replaced the version shown, with the
+            # conflicts listed beside it; those no newer than its write
+            # (by mtime) are settled.  A newer one it cannot have seen.
+            self._delete_forks("mtime_ns <= ?", inode, value.mtime_ns)
+            self._drop_dead_forks(inode)
             return APPLIED
-        if default.hash == value.hash:
+        if default.hash == value.hash or self._was_superseded(inode, value.hash):
+            # Following the chain (late): no conflict.
+            self._drop_dead_forks(inode)
             return APPLIED
-        self.cursor.execute(
+        if self.cursor.execute(
             "INSERT OR IGNORE INTO fork (inode, hash, peer, old_hash, mtime_ns)"
             " VALUES (?, ?, ?, ?, ?)",
             (inode, value.hash, self.peer, value.old_hash, value.mtime_ns),
-        )
+        ).rowcount:
+            self.forked.add(inode)
+        self._drop_dead_forks(inode)
         return FORK
 
     def remove(self, value: Notification) -> str:
@@ -566,6 +706,7 @@ class _Rules:
             "DELETE FROM file WHERE inode = ? AND peer = ?", (inode, self.peer)
         )
         self._unmark(inode)
+        self._drop_dead_forks(inode)
         return APPLIED
 
     def connected(self, value: Notification) -> str:
@@ -636,7 +777,10 @@ class _Rules:
         if default is None or (
             row is not None and default.hash == row.hash != value.hash
         ):
+            if default is not None:
+                self._supersede(inode, default.hash)
             self._set_default(inode, value)
+        self._drop_dead_forks(inode)
         return APPLIED
 
     def catchup_complete(self, value: Notification) -> str:
@@ -665,9 +809,13 @@ class _Rules:
         """
         Apply one validated notification; store the peer's progress after a
         history entry (not during a catch-up: only CatchupComplete stores
-        it then).
+        it then).  A path under L{RESERVED_NAME} changes nothing
+        (L{RESERVED}).
         """
-        outcome = _RULES[value.kind](self, value)
+        if value.path is not None and value.path.split("/")[0] == RESERVED_NAME:
+            outcome = RESERVED
+        else:
+            outcome = _RULES[value.kind](self, value)
         if value.kind in (ADD, REPLACE, REMOVE, DROP):
             self.cursor.execute(
                 "INSERT INTO peer_progress (peer, uuid, position, catchup)"
@@ -691,7 +839,11 @@ _RULES: dict[str, Callable[[_Rules, Notification], str]] = {
 
 
 def _txn_apply_batch(
-    cursor: Cursor, tree: ArenaTree, peer: str, notifications: Sequence[Notification]
+    cursor: Cursor,
+    tree: ArenaTree,
+    peer: str,
+    notifications: Sequence[Notification],
+    me: PeerId | None = None,
 ) -> BatchResult:
     """
     Apply notifications from one peer, in order, in the caller's
@@ -704,6 +856,8 @@ def _txn_apply_batch(
     @param tree: the arena.
     @param peer: the peer that sent them.
     @param notifications: in the order received.
+    @param me: this peer's id (its own history is fed as C{me}), or
+        C{None}.
     @return: what each did, and what the FUSE layer must invalidate.
     @raise BadRequest: a notification or the peer id is malformed (bad
         size, mtime, position, hash or uuid, missing field, another arena).
@@ -712,9 +866,15 @@ def _txn_apply_batch(
     checked = _check_peer(peer)
     for notification in notifications:
         _validate(tree, notification)
-    rules = _Rules(cursor, tree, checked)
+    rules = _Rules(cursor, tree, checked, me)
     outcomes = tuple(rules.apply(n) for n in notifications)
-    return BatchResult(outcomes, frozenset(rules.inodes), frozenset(rules.entries))
+    return BatchResult(
+        outcomes,
+        frozenset(rules.inodes),
+        frozenset(rules.entries),
+        count_conflicts(cursor),
+        frozenset(rules.forked),
+    )
 
 
 def _txn_apply(
@@ -843,3 +1003,71 @@ def forks(cursor: Cursor | sqlite3.Connection, inode: int) -> list[tuple[str, by
             "SELECT peer, hash FROM fork WHERE inode = ? ORDER BY hash", (inode,)
         )
     ]
+
+
+def count_conflicts(cursor: Cursor | sqlite3.Connection) -> int:
+    """
+    @return: the arena's open conflicts: forks whose version a peer still
+        has (what C{realize_unreal_conflicts} shows).
+    """
+    (count,) = cursor.execute(
+        f"SELECT count(*) FROM fork WHERE {_OPEN_FORK}"
+    ).fetchone()
+    return int(count)
+
+
+@frozen
+class Conflict:
+    """
+    One open conflict of a file: a version beside the default.
+
+    @ivar inode: the file.
+    @ivar peer: the peer whose Replace made the fork.
+    @ivar hash: the version's Merkle root.
+    @ivar size: its size in bytes.
+    @ivar mtime_ns: its mtime.
+    @ivar peers: the peers whose row has this version, sorted (where it is
+        read from).
+    """
+
+    inode: int
+    peer: PeerId
+    hash: bytes
+    size: int
+    mtime_ns: int
+    peers: tuple[PeerId, ...]
+
+
+def open_conflicts(
+    cursor: Cursor | sqlite3.Connection, inode: int | None = None
+) -> list[Conflict]:
+    """
+    The open conflicts of one file, or of the whole arena.
+
+    @param inode: the file, or C{None} for every file.
+    @return: sorted by inode, then peer, then hash.
+    """
+    where = f"WHERE {_OPEN_FORK}" + ("" if inode is None else " AND fork.inode = ?")
+    rows = cursor.execute(
+        f"SELECT inode, peer, hash, mtime_ns FROM fork {where}"
+        " ORDER BY inode, peer, hash",
+        () if inode is None else (inode,),
+    ).fetchall()
+    out = []
+    for file_inode, peer, digest, mtime_ns in rows:
+        holders = cursor.execute(
+            "SELECT peer, size FROM file WHERE inode = ? AND peer != ?"
+            " AND hash IS ? ORDER BY peer",
+            (file_inode, DEFAULT, digest),
+        ).fetchall()
+        out.append(
+            Conflict(
+                int(file_inode),
+                PeerId(str(peer)),
+                bytes(digest),
+                int(holders[0][1]),
+                int(mtime_ns),
+                tuple(PeerId(str(p)) for p, _ in holders),
+            )
+        )
+    return out

@@ -49,7 +49,7 @@ from realize.storage.globaldb import (
     tree_children,
     tree_node,
 )
-from realize.storage.unreal import DEFAULT
+from realize.storage.unreal import DEFAULT, Conflict, open_conflicts
 
 __all__ = [
     "ArenaFiles",
@@ -60,6 +60,7 @@ __all__ = [
     "arena_readdir",
     "arena_root",
     "arena_root_inode",
+    "conflicted_files",
     "file_path",
     "file_version",
 ]
@@ -251,6 +252,55 @@ def file_version(
         )
     )
     return FileVersion(arena, inode, path, int(row[0]), int(row[1]), digest, peers)
+
+
+def conflicted_files(connection: Connection, root: int) -> list[list[tuple[str, int]]]:
+    """
+    The files with open conflicts (L{realize.storage.unreal.open_conflicts}).
+
+    @param connection: a connection on an arena db.
+    @param root: the arena root's inode.
+    @return: for each file, the C{(name, inode)} of each segment of its
+        path from the root down to the file itself; sorted by path.
+    """
+    out = []
+    inodes = sorted({c.inode for c in open_conflicts(connection)})
+    for inode in inodes:
+        chain: list[tuple[str, int]] = []
+        current = inode
+        for _ in range(MAX_PATH_BYTES // 2 + 1):
+            if current == root:
+                out.append(list(reversed(chain)))
+                break
+            row = connection.execute(
+                "SELECT parent, name FROM directory WHERE inode = ?", (current,)
+            ).fetchone()
+            if row is None:
+                break
+            chain.append((str(row[1]), current))
+            current = int(row[0])
+    out.sort(key=lambda chain: [name for name, _ in chain])
+    return out
+
+
+def _fork_version(
+    connection: Connection, arena: ArenaName, root: int, inode: int, digest: bytes
+) -> FileVersion | None:
+    path = file_path(connection, root, inode)
+    if not path:
+        return None
+    for conflict in open_conflicts(connection, inode):
+        if conflict.hash == digest:
+            return FileVersion(
+                arena,
+                inode,
+                path,
+                conflict.size,
+                conflict.mtime_ns,
+                digest,
+                conflict.peers,
+            )
+    return None
 
 
 @frozen
@@ -523,6 +573,53 @@ class SqliteUnrealView:
         if arena is None or root is None:
             return None
         return self._in_arena(arena, file_version, arena, root, inode)
+
+    def root_inode_of(self, arena: ArenaName) -> int | None:
+        """
+        @return: an arena root's inode, or C{None} if it was never seen.
+        """
+        return self._root(arena)
+
+    def root_arena(self, inode: int) -> ArenaName | None:
+        """
+        @return: the arena whose root C{inode} is, or C{None} (cheap for
+            an arena's own inodes: no query).
+        """
+        node, _arena = self._owner(inode)
+        return None if node is None else node.arena
+
+    def conflicts(self, arena: ArenaName, inode: int) -> list[Conflict]:
+        """
+        A file's open conflicts (L{realize.storage.unreal.open_conflicts}).
+
+        @return: empty if none, or if the arena has no db.
+        """
+        found = self._in_arena(arena, open_conflicts, inode)
+        return [] if found is None else found
+
+    def conflicted(self, arena: ArenaName) -> list[list[tuple[str, int]]]:
+        """
+        An arena's files with open conflicts (L{conflicted_files}).
+        """
+        root = self._root(arena)
+        if root is None:
+            return []
+        found = self._in_arena(arena, conflicted_files, root)
+        return [] if found is None else found
+
+    def fork_version(
+        self, arena: ArenaName, inode: int, digest: bytes
+    ) -> FileVersion | None:
+        """
+        An open conflict's version of a file and the peers that have it,
+        for the downloader.
+
+        @return: C{None} if that version is no open conflict of the file.
+        """
+        root = self._root(arena)
+        if root is None:
+            return None
+        return self._in_arena(arena, _fork_version, arena, root, inode, digest)
 
     def read_cached(
         self, arena: ArenaName, inode: int, digest: bytes, start: int, end: int

@@ -241,10 +241,17 @@ class UnrealService(Service):
                 functools.partial(self._mark_of, name),
             )
             caches[name] = ArenaCache(
-                tree, pool.runInteraction, blobs, arena.mark, self.me, cache
+                tree,
+                pool.runInteraction,
+                blobs,
+                arena.mark,
+                self.me,
+                cache,
+                self.consensus_metrics,
             )
             # Opens the db (and creates its schema) before FUSE reads it.
             await caches[name].progress(PeerId("-"))
+            await caches[name].count_conflicts()
             # The watcher's transactions find the peers' versions by path
             # (edits through the overlay, realize.storage.unrealpaths).
             await pool.runInteraction(set_unreal_root, roots[name])
