@@ -30,6 +30,7 @@ from realize.storage.consensus import (
     _txn_failed,
     _txn_mark_dirty,
     _txn_next_due,
+    _txn_queue_counts,
     _txn_step,
     _txn_sweep,
     create_consensus_tables,
@@ -374,6 +375,34 @@ class RetryTests(SynchronousTestCase):
         world.downloader.block = False
         for d in list(world.downloader.waiting):
             d.callback(None)
+        self.assertEqual(sorted(os.listdir(world.datadir)), [f"f{n}" for n in range(6)])
+
+    def test_queue_gauge_once_a_second(self) -> None:
+        """
+        The queue is counted (a scan of it) for its gauge at most once a
+        second however often it is looked at, jobs running or not, and
+        once more a second after the last look, so that the gauge ends
+        right.
+        """
+        world = World(self, default_mark="own")
+        counts: list[float] = []
+        run = world.arena.run_interaction
+
+        def counting(f: Any, *args: Any) -> Any:
+            if f is _txn_queue_counts:
+                counts.append(world.clock.seconds())
+            return run(f, *args)
+
+        world.arena.run_interaction = counting
+        world.start()
+        world.clock.advance(1.0)
+        del counts[:]
+        for n in range(6):
+            world.peer_adds(P, f"f{n}", b"x" * n)
+        self.assertEqual(len(counts), 1)
+        world.clock.advance(1.0)
+        self.assertEqual(len(counts), 2)
+        self.assertEqual(world.metric("realize_consensus_queue_paths", arena=ARENA), 0)
         self.assertEqual(sorted(os.listdir(world.datadir)), [f"f{n}" for n in range(6)])
 
     def test_dirty_during_job(self) -> None:

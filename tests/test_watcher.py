@@ -617,6 +617,26 @@ class EventTests(_WatcherCase):
             2,
         )
 
+    def test_new_directory_waits(self) -> None:
+        """
+        The files a scan finds in a directory that just appeared are new:
+        they wait for the stability delay, so that one the store finishes
+        meanwhile is recorded with its root, without hashing (a move into
+        new directories raced the store's hints before).
+        """
+        runner = HeldRunner()
+        self.watcher.run_in_thread = runner
+        self.write("n/got", b"from the store")
+        self.fake.emit(self.root, IN_CREATE | IN_ISDIR, "n")
+        self.clock.advance(0)
+        self.assertNotIn(scan.hash_files, runner.calls)
+        st = self.stat("n/got")
+        self.watcher.known("n/got", st.st_size, st.st_mtime_ns, b"R" * 32)
+        self.settle()
+        self.assertEqual(self.new(), [(ADD, "n/got")])
+        self.assertEqual(self.indexed()["n/got"][2], b"R" * 32)
+        self.assertNotIn(scan.hash_files, runner.calls)
+
     def test_overflow(self) -> None:
         """
         After an inotify queue overflow, a rescan records what no event

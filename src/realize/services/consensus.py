@@ -219,6 +219,7 @@ class ConsensusService(Service):
     _again: bool = field(default=False, init=False)
     _timer: IDelayedCall | None = field(default=None, init=False)
     _counted: float = field(default=float("-inf"), init=False)
+    _count_timer: IDelayedCall | None = field(default=None, init=False)
     marks: MarkKeeper = field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -276,6 +277,9 @@ class ConsensusService(Service):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        if self._count_timer is not None and self._count_timer.active():
+            self._count_timer.cancel()
+        self._count_timer = None
         jobs = list(self._jobs.values())
         for job in jobs:
             job.cancel()
@@ -311,10 +315,17 @@ class ConsensusService(Service):
     async def _take(self) -> None:
         now = self.clock.seconds()
         earliest: float | None = None
-        # The queue gauges: at most once a second (counting is a scan).
-        counted = now - self._counted >= 1.0 or not self._jobs
+        # The queue gauges: at most once a second (counting is a scan of
+        # the queue, which a move of many files fills: counted at every
+        # look, it cost more than the rest of the daemon), and a second
+        # after the last look, so they end right.
+        counted = now - self._counted >= 1.0
         if counted:
             self._counted = now
+        elif self.audit.metrics is not None and self._count_timer is None:
+            self._count_timer = self.clock.callLater(
+                self._counted + 1.0 - now, self._count_due
+            )
         for name in sorted(self.arenas):
             arena = self.arenas[name]
             busy = [path for (a, path) in self._jobs if a == name]
@@ -347,6 +358,10 @@ class ConsensusService(Service):
 
     def _due(self) -> None:
         self._timer = None
+        self.poke()
+
+    def _count_due(self) -> None:
+        self._count_timer = None
         self.poke()
 
     def _start_job(self, arena: ArenaConsensus, row: QueueRow) -> None:

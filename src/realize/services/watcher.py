@@ -859,11 +859,18 @@ class ArenaWatcher:
                 return
         # The scan saw these files' size and mtime: they go straight to
         # hashing (which checks them again), unless something else is
-        # under way for them.
+        # under way for them.  Those of a directory that just appeared
+        # are new files: they wait for the stability delay like any other
+        # (a store writing into it tells of each file it finishes
+        # meanwhile, which then needs no hashing).
         unhashed = []
         direct = []
+        fresh = reason == "directory"
         for item in result.changed:
             path = item[0]
+            if fresh and path not in self._busy:
+                self.touch(path, self.delay)
+                continue
             if (
                 path in self._busy
                 or path in self._pending
