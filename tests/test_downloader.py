@@ -21,6 +21,7 @@ from realize.services.downloader import (
     DEADLINE,
     MAX_IN_FLIGHT,
     MAX_READAHEAD,
+    MAX_UNKEPT,
     PIECE_SIZE,
     REQUEST_TIMEOUT,
     Downloader,
@@ -182,6 +183,39 @@ class FailingBlobs:
         return await self.inner.read(blob, start, end)
 
 
+class HeldBlobs:
+    """
+    A blob store whose writes wait for the test (L{release}).
+    """
+
+    def __init__(self, inner: BlobStore, hold_open: bool = False) -> None:
+        self.inner = inner
+        self.hold_open = hold_open
+        self.gates: list[Deferred[None]] = []
+
+    async def open(self, inode: int, digest: bytes) -> Blob:
+        if self.hold_open:
+            gate: Deferred[None] = Deferred()
+            self.gates.append(gate)
+            await gate
+        return await self.inner.open(inode, digest)
+
+    async def write(self, blob: Blob, offset: int, data: bytes) -> ByteRanges | None:
+        gate: Deferred[None] = Deferred()
+        self.gates.append(gate)
+        await gate
+        return await self.inner.write(blob, offset, data)
+
+    async def read(self, blob: Blob, start: int, end: int) -> bytes:
+        return await self.inner.read(blob, start, end)
+
+    def release(self) -> int:
+        gates, self.gates = self.gates, []
+        for gate in gates:
+            gate.callback(None)
+        return len(gates)
+
+
 class DownloaderTests(SynchronousTestCase):
     """
     Reads through L{Downloader}.
@@ -218,7 +252,10 @@ class DownloaderTests(SynchronousTestCase):
         self.addCleanup(self.no_delayed_calls)
 
     def make_downloader(self, blobs: Any) -> Downloader:
+        self.lookups = 0
+
         async def versions(inode: int) -> FileVersion | None:
+            self.lookups += 1
             return file_version(self.db, ARENA, ROOT, inode)
 
         return Downloader(ARENA, blobs, versions, self.stores.get, self.clock)
@@ -538,12 +575,176 @@ class DownloaderTests(SynchronousTestCase):
             b"",
         )
 
-    def bigger(self, size: int) -> None:
+    def test_single_leaf_no_hash(self) -> None:
         """
-        Make "f" a larger file.
+        A version of one leaf is read with one request and no C{Hash}: its
+        root is its leaf, against which the bytes are still verified (a
+        peer sending other bytes is refused, the next peer asked).
         """
-        self.data = content(size)
+        self.bigger(5000)
+        self.stores[A] = self.a
+        self.assertEqual(self.successResultOf(self.read(0, 4096)), self.data[:4096])
+        self.assertEqual((self.a.hashes, self.a.reads), (0, [(0, 5000)]))
+        self.bigger(LEAF_SIZE, seed=3)
+        self.a.corrupt = True
+        self.stores[B] = self.b
+        self.assertEqual(self.successResultOf(self.read(10, 100)), self.data[10:110])
+        self.assertEqual((self.a.hashes, self.b.hashes), (0, 0))
+        self.assertEqual(self.b.reads, [(0, LEAF_SIZE)])
+        self.b.corrupt = True
+        self.bigger(LEAF_SIZE - 1, seed=4)
+        self.failureResultOf(self.read(0, 10), IOFailure)
+        rows = self.db.execute(
+            "SELECT ranges FROM blob WHERE hash = ?", (self.root_hash,)
+        ).fetchall()
+        self.assertEqual([decode_ranges(row[0]) for row in rows], [ByteRanges()])
+
+    def test_reader_does_not_wait_for_the_write(self) -> None:
+        """
+        A verified piece is returned before it is written to the blob; until
+        it is recorded, reads of it (and L{Downloader.verified}) take it
+        from memory, with no new request; then from the blob.
+        """
+        held = HeldBlobs(self.blobs)
+        self.downloader = self.make_downloader(held)
+        self.stores[A] = self.a
+        offset = 2 * LEAF_SIZE
+        self.assertEqual(
+            self.successResultOf(self.read(offset + 5, 10)),
+            self.data[offset + 5 : offset + 15],
+        )
+        self.assertEqual(self.present(), ByteRanges())
+        self.assertEqual(
+            self.successResultOf(self.read(offset + 100, 10)),
+            self.data[offset + 100 : offset + 110],
+        )
+        verified = self.downloader.verified
+        self.assertEqual(
+            verified(self.inode, self.root_hash, offset, offset + 7),
+            self.data[offset : offset + 7],
+        )
+        self.assertIsNone(verified(self.inode, self.root_hash, offset - 1, offset + 7))
+        self.assertIsNone(verified(self.inode, b"\1" * 32, offset, offset + 7))
+        self.assertEqual(verified(self.inode, self.root_hash, offset, offset), b"")
+        self.assertEqual(self.a.reads.count((offset, offset + LEAF_SIZE)), 1)
+        held.release()
+        self.assertTrue(self.present().contains(offset, offset + LEAF_SIZE))
+        self.assertIsNone(verified(self.inode, self.root_hash, offset, offset + 7))
+        self.assertEqual(
+            self.successResultOf(self.read(offset, 10)), self.data[offset : offset + 10]
+        )
+        self.assertEqual(self.a.reads.count((offset, offset + LEAF_SIZE)), 1)
+
+    def test_reader_does_not_wait_for_the_blob(self) -> None:
+        """
+        The first read of a version does not wait for its blob to be made:
+        the piece is fetched and returned meanwhile, and written once the
+        blob is open.
+        """
+        held = HeldBlobs(self.blobs, hold_open=True)
+        self.downloader = self.make_downloader(held)
+        self.stores[A] = self.a
+        self.assertEqual(self.successResultOf(self.read(7, 10)), self.data[7:17])
+        self.assertEqual(self.a.reads.count((0, LEAF_SIZE)), 1)
+        self.assertEqual(self.present(), ByteRanges())
+        held.hold_open = False
+        self.assertEqual(held.release(), 1)  # the open
+        while held.release():  # the writes
+            pass
+        self.assertTrue(self.present().contains(0, LEAF_SIZE))
+
+    def test_verified_across_pieces(self) -> None:
+        """
+        L{Downloader.verified} joins consecutive pieces held in memory, up
+        to the end of the file.
+        """
+        held = HeldBlobs(self.blobs)
+        self.downloader = self.make_downloader(held)
+        self.stores[A] = self.a
+        self.successResultOf(self.read(4 * LEAF_SIZE, self.size))
+        self.successResultOf(self.read(3 * LEAF_SIZE, 1))
+        self.assertEqual(
+            self.downloader.verified(
+                self.inode, self.root_hash, 3 * LEAF_SIZE + 9, self.size
+            ),
+            self.data[3 * LEAF_SIZE + 9 :],
+        )
+        held.release()
+
+    def test_read_ahead_bounded_by_unkept_pieces(self) -> None:
+        """
+        While L{MAX_UNKEPT} verified pieces of a version wait to be written,
+        read-ahead starts no other piece (reads still fetch what they need);
+        once they are written it goes on.
+        """
+        size = 40 * LEAF_SIZE
+        self.bigger(size)
+        held = HeldBlobs(self.blobs)
+        self.downloader = self.make_downloader(held)
+        self.stores[A] = self.a
+        step = 256 << 10
+        read_up_to = 0
+        for offset in range(0, (MAX_UNKEPT + 4) * LEAF_SIZE, step):
+            self.successResultOf(self.read(offset, step))
+            read_up_to = offset // LEAF_SIZE
+        fetched = len(self.a.reads)
+        self.assertEqual(
+            max(start for start, _ in self.a.reads), read_up_to * LEAF_SIZE
+        )
+        self.assertLessEqual(fetched, MAX_UNKEPT + 5)
+        held.release()
+        self.successResultOf(self.read((read_up_to + 1) * LEAF_SIZE, step))
+        self.assertGreater(
+            max(start for start, _ in self.a.reads), (read_up_to + 1) * LEAF_SIZE
+        )
+        while held.release():
+            pass
+
+    def test_advance(self) -> None:
+        """
+        Bytes read without the downloader (from the blob or from memory)
+        move a sequential read-ahead window on: the pieces after them are
+        fetched.  A version not being transferred is left alone.
+        """
+        self.bigger(40 * LEAF_SIZE)
+        self.stores[A] = self.a
+        self.successResultOf(self.read(0, 128 << 10))
+        self.assertEqual(len(self.a.reads), 2)  # piece 0 and one ahead
+        self.downloader.advance(self.inode, self.root_hash, LEAF_SIZE, LEAF_SIZE + 10)
+        self.assertEqual(
+            sorted(start // LEAF_SIZE for start, _ in self.a.reads), [0, 1, 2, 3]
+        )
+        self.downloader.advance(self.inode, b"\1" * 32, 0, 10)
+        self.downloader.advance(10**9, self.root_hash, 0, 10)
+        self.assertEqual(len(self.a.reads), 4)
+
+    def test_known_version(self) -> None:
+        """
+        A read given the file's version (with a hash) does not look it up.
+        """
+        self.stores[A] = self.a
+        version = file_version(self.db, ARENA, ROOT, self.inode)
+        d = Deferred.fromCoroutine(
+            self.downloader.read(self.inode, 0, 10, self.root_hash, version)
+        )
+        self.assertEqual(self.successResultOf(d), self.data[:10])
+        self.assertEqual(self.lookups, 0)
+        self.successResultOf(self.read(0, 10))
+        self.assertEqual(self.lookups, 1)
+
+    def bigger(self, size: int, seed: int = 0) -> None:
+        """
+        Make "f" a larger (or smaller) file.
+        """
+        self.data = content(size, seed)
         self.root_hash = merkle_root(leaves_of(self.data))
+        self.mtime = getattr(self, "mtime", 19) + 1
         for peer in (A, B):
-            run(self.db, _txn_add, self.tree, peer, add("f", size, 20, self.root_hash))
+            run(
+                self.db,
+                _txn_add,
+                self.tree,
+                peer,
+                add("f", size, self.mtime, self.root_hash),
+            )
         self.a.data = self.b.data = self.data

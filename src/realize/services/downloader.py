@@ -8,7 +8,9 @@ recorded.
       leaf), at most L{MAX_IN_FLIGHT} requests at once per version.
     - The version's leaves are fetched once (C{Hash} of the whole file from
       any peer that has it) and accepted only if their Merkle root is the
-      version's hash; each piece must then hash to its leaf.  A piece that
+      version's hash; each piece must then hash to its leaf.  A version of
+      one leaf (up to L{PIECE_SIZE} bytes: every small file) needs no
+      C{Hash}: its root I{is} its leaf, so a small file costs one C{Read}.  A piece that
       does not is fetched again from another peer; when no peer gives
       good bytes the read fails with L{IOFailure} (EIO), logged.  A peer
       that sent bad bytes or bad leaves is not asked again for that
@@ -25,12 +27,21 @@ recorded.
 
 Verified bytes are written to the blob (data, fsync, then ranges:
 L{realize.storage.blobs.BlobStore}); if the blob cannot be made or written
-(full disk) they are still returned, just not kept.
+(full disk) they are still returned, just not kept.  Readers do not wait
+for the write: a piece is returned once verified, and stays in memory
+until its range is recorded (reads of it meanwhile take it from there,
+and FUSE threads through L{Downloader.verified}, without a reactor round
+trip); read-ahead starts no piece while L{MAX_UNKEPT} of a version wait
+to be written, so memory stays bounded when the disk is slower than the
+network.  L{Downloader.advance} lets the reader's progress through data
+served without the downloader (from the blob, or from memory) move the
+read-ahead window on.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar
@@ -57,6 +68,7 @@ __all__ = [
     "DEADLINE",
     "MAX_IN_FLIGHT",
     "MAX_READAHEAD",
+    "MAX_UNKEPT",
     "PIECE_SIZE",
     "REQUEST_TIMEOUT",
     "VERSION_POLL",
@@ -91,6 +103,10 @@ VERSION_POLL: Final = 0.5
 
 #: Versions whose transfer state (leaves, read-ahead, bad peers) is kept.
 MAX_TRANSFERS: Final = 64
+
+#: Verified pieces of a version waiting to be written to its blob (held in
+#: memory meanwhile) beyond which read-ahead starts no other piece.
+MAX_UNKEPT: Final = 2 * MAX_READAHEAD
 
 
 class RemoteData(Protocol):
@@ -154,8 +170,11 @@ class _Shared(Generic[T]):
     @classmethod
     def start(cls, work: Coroutine[Any, Any, T]) -> _Shared[T]:
         shared: _Shared[T] = cls()
-        shared._work = Deferred.fromCoroutine(work).addBoth(shared._done)
+        shared.run(work)
         return shared
+
+    def run(self, work: Coroutine[Any, Any, T]) -> None:
+        self._work = Deferred.fromCoroutine(work).addBoth(self._done)
 
     def _done(self, outcome: T | Failure) -> None:
         self._outcome.append(outcome)
@@ -173,6 +192,14 @@ class _Shared(Generic[T]):
     @property
     def failed(self) -> bool:
         return bool(self._outcome) and isinstance(self._outcome[0], Failure)
+
+    def result(self) -> T | None:
+        """
+        @return: the result, if the work is done and did not fail.
+        """
+        if not self._outcome or isinstance(self._outcome[0], Failure):
+            return None
+        return self._outcome[0]
 
     def observe(self) -> Deferred[T]:
         waiter: Deferred[T] = Deferred()
@@ -209,6 +236,7 @@ class _Transfer:
     bad: set[PeerId] = field(factory=set)
     next_offset: int = 0
     window: int = 0
+    unkept: int = 0
 
     @property
     def count(self) -> int:
@@ -225,8 +253,10 @@ class _Transfer:
         return self.present.contains(*self.bounds(index))
 
     def busy(self) -> bool:
-        return any(not piece.done for piece in self.pieces.values()) or (
-            self.leaves is not None and not self.leaves.done
+        return (
+            self.unkept > 0
+            or any(not piece.done for piece in self.pieces.values())
+            or (self.leaves is not None and not self.leaves.done)
         )
 
     def cancel(self) -> None:
@@ -259,11 +289,20 @@ class Downloader:
     _transfers: OrderedDict[tuple[int, bytes], _Transfer] = field(factory=OrderedDict)
     _waiting: dict[int, list[Deferred[None]]] = field(factory=dict)
     _closed: bool = False
+    #: Verified pieces not yet recorded in their blob, by (inode, digest,
+    #: index): written in the reactor, read by FUSE threads.
+    _memory: dict[tuple[int, bytes, int], bytes] = field(factory=dict)
+    _memory_lock: threading.Lock = field(factory=threading.Lock)
 
     # Public.
 
     async def read(
-        self, inode: int, offset: int, size: int, digest: bytes | None = None
+        self,
+        inode: int,
+        offset: int,
+        size: int,
+        digest: bytes | None = None,
+        version: FileVersion | None = None,
     ) -> bytes:
         """
         Read bytes of a file's default version: from its blob where present,
@@ -275,6 +314,9 @@ class Downloader:
         @param digest: if given, the version the caller opened: a read after
             the default moved to another version fails rather than mixing
             versions.
+        @param version: the file's default version, if the caller just read
+            it (a FUSE thread reads sqlite itself): not looked up again
+            unless it has no hash yet.
         @return: the bytes C{[offset, min(offset + size, file size))}, all
             verified against the version's hash.
         @raise NotFound: if there is no such file.
@@ -288,12 +330,54 @@ class Downloader:
             raise IOFailure(f"bad read of {size} bytes at {offset}")
         deadline = self.clock.seconds() + DEADLINE
         try:
-            return await self._read(inode, offset, size, digest, deadline)
+            return await self._read(inode, offset, size, digest, deadline, version)
         except CancelledError:
             raise IOFailure(
                 f"{self.arena}: read of inode {inode} stopped: the downloader "
                 "is stopping"
             ) from None
+
+    def verified(self, inode: int, digest: bytes, start: int, end: int) -> bytes | None:
+        """
+        Bytes of a version from the verified pieces held in memory (those
+        not yet recorded in the blob): any thread may call it, it does not
+        wait.
+
+        @param digest: the version.
+        @param start: first byte.
+        @param end: end of the range, exclusive, at most the version's size.
+        @return: the bytes C{[start, end)}, or C{None} if some of them are
+            not in memory.
+        """
+        if start >= end:
+            return b""
+        first, last = start // PIECE_SIZE, (end - 1) // PIECE_SIZE
+        pieces: list[bytes] = []
+        with self._memory_lock:
+            for index in range(first, last + 1):
+                piece = self._memory.get((inode, digest, index))
+                if piece is None:
+                    return None
+                pieces.append(piece)
+        base = first * PIECE_SIZE
+        joined = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        return joined[start - base : end - base]
+
+    def advance(self, inode: int, digest: bytes, offset: int, end: int) -> None:
+        """
+        Tell the downloader that bytes of a version were read without it
+        (from the blob or L{verified}), so that sequential reads keep the
+        read-ahead window ahead of the reader.  In the reactor thread;
+        nothing is fetched for a version not being transferred.
+
+        @param offset: first byte read.
+        @param end: end of the bytes read, exclusive.
+        """
+        transfer = self._transfers.get((inode, digest))
+        if self._closed or transfer is None or offset >= end:
+            return
+        self._follow(transfer, offset, end)
+        self._read_ahead(transfer, (end - 1) // PIECE_SIZE)
 
     def version_changed(self, inodes: Iterable[int]) -> None:
         """
@@ -315,6 +399,8 @@ class Downloader:
         for transfer in self._transfers.values():
             transfer.cancel()
         self._transfers.clear()
+        with self._memory_lock:
+            self._memory.clear()
         waiting, self._waiting = self._waiting, {}
         for waiters in waiting.values():
             for waiter in waiters:
@@ -324,9 +410,23 @@ class Downloader:
     # Reading.
 
     async def _read(
-        self, inode: int, offset: int, size: int, digest: bytes | None, deadline: float
+        self,
+        inode: int,
+        offset: int,
+        size: int,
+        digest: bytes | None,
+        deadline: float,
+        known: FileVersion | None,
     ) -> bytes:
-        version = await self._wait_version(inode, deadline)
+        if (
+            known is not None
+            and known.hash is not None
+            and known.inode == inode
+            and known.arena == self.arena
+        ):
+            version = known
+        else:
+            version = await self._wait_version(inode, deadline)
         assert version.hash is not None
         if digest is not None and version.hash != digest:
             raise IOFailure(
@@ -339,15 +439,17 @@ class Downloader:
         transfer = self._transfer(version, version.hash)
         if transfer.blob is None:
             transfer.blob = _Shared.start(self._open_blob(transfer))
-        blob = await self._until(transfer.blob.observe(), deadline, version)
+        # Not waited for: pieces are fetched meanwhile, and written once it
+        # is open.  Until then nothing counts as present in it.
+        blob = transfer.blob.result()
         first, last = offset // PIECE_SIZE, (end - 1) // PIECE_SIZE
         self._follow(transfer, offset, end)
         wanted = {
-            index: self._piece(transfer, index, blob)
+            index: self._piece(transfer, index)
             for index in range(first, last + 1)
             if not transfer.has(index)
         }
-        self._read_ahead(transfer, last, blob)
+        self._read_ahead(transfer, last)
         # The pieces are all in flight: waiting for them in turn costs no
         # time.
         fetched = {
@@ -495,25 +597,23 @@ class Downloader:
             transfer.window = 0
             transfer.next_offset = end
 
-    def _read_ahead(self, transfer: _Transfer, last: int, blob: Blob | None) -> None:
+    def _read_ahead(self, transfer: _Transfer, last: int) -> None:
         """
         Start fetching the pieces of the window after the last one read,
         while requests are free: read-ahead never queues before reads.
         """
         for index in range(last + 1, min(last + 1 + transfer.window, transfer.count)):
-            if transfer.semaphore.tokens <= 0:
+            if transfer.semaphore.tokens <= 0 or transfer.unkept >= MAX_UNKEPT:
                 break
             if not transfer.has(index):
-                self._piece(transfer, index, blob)
+                self._piece(transfer, index)
 
-    def _piece(
-        self, transfer: _Transfer, index: int, blob: Blob | None
-    ) -> _Shared[bytes]:
+    def _piece(self, transfer: _Transfer, index: int) -> _Shared[bytes]:
         shared = transfer.pieces.get(index)
         if shared is None or shared.failed:
-            shared = _Shared.start(self._fetch_piece(transfer, index, blob))
-            if not shared.done:
-                transfer.pieces[index] = shared
+            shared = _Shared()
+            transfer.pieces[index] = shared
+            shared.run(self._fetch_piece(transfer, index, shared))
         return shared
 
     # Fetching.
@@ -533,25 +633,63 @@ class Downloader:
         return blob
 
     async def _fetch_piece(
-        self, transfer: _Transfer, index: int, blob: Blob | None
+        self,
+        transfer: _Transfer,
+        index: int,
+        shared: _Shared[bytes],
     ) -> bytes:
-        await transfer.semaphore.acquire()
+        def forget() -> None:
+            if transfer.pieces.get(index) is shared:
+                del transfer.pieces[index]
+
         try:
+            await transfer.semaphore.acquire()
             try:
-                if transfer.leaves is None or transfer.leaves.failed:
-                    transfer.leaves = _Shared.start(self._fetch_leaves(transfer))
-                leaves = await transfer.leaves.observe()
+                if transfer.count == 1:
+                    # One leaf: the version's root is that leaf's hash.
+                    leaves: tuple[bytes, ...] = (transfer.digest,)
+                else:
+                    if transfer.leaves is None or transfer.leaves.failed:
+                        transfer.leaves = _Shared.start(self._fetch_leaves(transfer))
+                    leaves = await transfer.leaves.observe()
                 start, end = transfer.bounds(index)
                 data = await self._fetch_verified(transfer, leaves[index], start, end)
             finally:
                 transfer.semaphore.release()
-            if blob is not None:
-                await self._keep(transfer, blob, start, data)
-            return data
-        finally:
-            # Only now: until the bytes are recorded, another read of this
-            # piece waits for this fetch rather than starting its own.
-            transfer.pieces.pop(index, None)
+        except BaseException:
+            forget()
+            raise
+        # Returned now, written meanwhile: until the bytes are recorded, reads
+        # of this piece take them from memory (this shared's result, or
+        # L{verified}) rather than fetching them again.
+        key = (transfer.version.inode, transfer.digest, index)
+        with self._memory_lock:
+            self._memory[key] = data
+        transfer.unkept += 1
+
+        def kept(_: object) -> None:
+            transfer.unkept -= 1
+            with self._memory_lock:
+                self._memory.pop(key, None)
+            forget()
+
+        keeping = Deferred.fromCoroutine(self._keep_when_open(transfer, start, data))
+        keeping.addErrback(
+            lambda f: log.failure("keeping a verified piece failed", f)
+        ).addBoth(kept)
+        return data
+
+    async def _keep_when_open(
+        self, transfer: _Transfer, start: int, data: bytes
+    ) -> None:
+        """
+        Write verified bytes into the version's blob once it is open (not
+        at all if it could not be made).
+        """
+        assert transfer.blob is not None
+        blob = await transfer.blob.observe()
+        if blob is not None:
+            await self._keep(transfer, blob, start, data)
 
     async def _keep(
         self, transfer: _Transfer, blob: Blob, start: int, data: bytes

@@ -6,6 +6,16 @@ the FUSE thread, data from the blob store in the FUSE thread when it is
 there, from the downloader (in the reactor, through the bridge, with its
 deadline) when it is not.
 
+The read path (L{UnrealBackend.read}), in a FUSE thread, costs no
+reactor round trip when the bytes are local: they come from the blob (a
+range recorded there) or from the downloader's verified pieces not yet
+written (L{Downloader.verified}); the reactor is then only told, without
+waiting, once per piece of a file not complete, so that a sequential
+reader keeps the read-ahead ahead (L{Downloader.advance} through
+L{Bridge.post}).  Only bytes in neither place go through the bridge, with
+the file's version read here (sqlite, in this thread) so that the
+downloader does not look it up again.
+
 What a notification batch changed reaches the rest (L{ArenaCache.apply}
 returns it; L{UnrealBackend.applied} acts on it): outdated blobs are
 deleted, reads waiting for a version look again, and the kernel's caches
@@ -35,7 +45,7 @@ from realize.fuse.backend import Opened, SpaceInfo
 from realize.fuse.bridge import Bridge
 from realize.hashing import format_hash
 from realize.model import KIND_DIR, ArenaName, Entry, Notification, PeerId
-from realize.services.downloader import Downloader
+from realize.services.downloader import PIECE_SIZE, Downloader
 from realize.storage import unreal
 from realize.storage.blobs import BlobStore
 from realize.storage.globaldb import ROOT_INODE
@@ -85,6 +95,8 @@ class _Handle:
     arena: ArenaName
     inode: int
     digest: bytes | None
+    size: int
+    complete: bool
 
 
 @define(eq=False)
@@ -150,28 +162,47 @@ class UnrealBackend:
 
     def open(self, inode: int) -> Opened:
         entry, arena = self._file(inode)
+        complete = self._complete(arena, entry)
         with self._lock:
             number = next(self._numbers)
-            self._handles[number] = _Handle(arena, inode, entry.hash)
-        return Opened(number, self._complete(arena, entry))
+            self._handles[number] = _Handle(
+                arena, inode, entry.hash, entry.size, complete
+            )
+        return Opened(number, complete)
 
     def read(self, inode: int, handle: int, offset: int, size: int) -> bytes:
         opened = self._handles.get(handle)
         if opened is None:
             raise BadRequest(f"no open file {handle}")
-        if opened.digest is not None:
-            data = self.view.read_cached(
-                opened.arena, inode, opened.digest, offset, offset + size
-            )
-            if data is not None:
-                return data
         downloader = self.downloaders.get(opened.arena)
+        digest = opened.digest
+        if digest is not None:
+            end = min(offset + size, opened.size)
+            if offset >= end:
+                return b""
+            data = (
+                None
+                if downloader is None
+                else downloader.verified(inode, digest, offset, end)
+            )
+            if data is None:
+                data = self.view.read_cached(opened.arena, inode, digest, offset, end)
+            if data is not None:
+                if (
+                    downloader is not None
+                    and not opened.complete
+                    and offset % PIECE_SIZE < size
+                ):
+                    # The first read in this piece: the read-ahead moves on.
+                    self.bridge.post(downloader.advance, inode, digest, offset, end)
+                return data
         if downloader is None:
             raise IOFailure(f"arena {opened.arena}: no downloader")
+        version = self.view.version(inode)
 
         def fetch() -> Deferred[bytes]:
             return Deferred.fromCoroutine(
-                downloader.read(inode, offset, size, opened.digest)
+                downloader.read(inode, offset, size, digest, version)
             )
 
         # The bridge's type cannot tell a Deferred's result from a value.
