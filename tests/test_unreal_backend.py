@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from realize.model import KIND_FILE, ArenaName, Entry, PeerId
 from realize.services.downloader import PIECE_SIZE
-from realize.services.unreal import UnrealBackend
+from realize.services.unreal import VERSION_REFRESH, UnrealBackend
 from realize.storage.unrealview import FileVersion
 
 ARENA = ArenaName("docs")
@@ -26,15 +26,19 @@ SIZE = 3 * PIECE_SIZE + 100
 class FakeView:
     def __init__(self) -> None:
         self.complete = False
+        self.digest = DIGEST
         self.blob: dict[int, bytes] = {}  # offset -> bytes present there
         self.read_cached_calls = 0
         self.version_calls = 0
 
     def getattr(self, inode: int) -> Entry | None:
-        return Entry(inode, KIND_FILE, SIZE, 10, DIGEST, 1)
+        return Entry(inode, KIND_FILE, SIZE, 10, self.digest, 1)
 
     def locate(self, inode: int) -> tuple[ArenaName, str]:
         return ARENA, "f"
+
+    def arena_of(self, inode: int) -> ArenaName:
+        return ARENA
 
     def cached(self, arena: str, inode: int, digest: bytes) -> tuple[int, int]:
         return (SIZE if self.complete else 0), SIZE
@@ -95,10 +99,12 @@ class ReadPathTests(SynchronousTestCase):
         self.view = FakeView()
         self.bridge = FakeBridge()
         self.downloader = FakeDownloader()
+        self.now = 100.0
         self.backend = UnrealBackend(
             self.view,  # type: ignore[arg-type]
             self.bridge,  # type: ignore[arg-type]
             {ARENA: self.downloader},  # type: ignore[dict-item]
+            monotonic=lambda: self.now,
         )
 
     def open(self) -> int:
@@ -172,3 +178,38 @@ class ReadPathTests(SynchronousTestCase):
         [(inode, offset, size, digest, version)] = self.downloader.reads
         self.assertEqual((inode, offset, size, digest), (INODE, 10, 20, DIGEST))
         self.assertEqual(version, self.view.version(INODE))
+        self.assertEqual(self.view.version_calls, 2)
+
+    def test_version_looked_up_once_a_second(self) -> None:
+        """
+        The version given to the downloader is read from sqlite at the first
+        miss of an open file, then at most once per L{VERSION_REFRESH}.
+        """
+        handle = self.open()
+        for offset in (0, PIECE_SIZE, 2 * PIECE_SIZE):
+            self.backend.read(INODE, handle, offset, 10)
+        self.assertEqual(self.view.version_calls, 1)
+        self.now += VERSION_REFRESH
+        self.backend.read(INODE, handle, 0, 10)
+        self.assertEqual(self.view.version_calls, 2)
+        self.assertEqual(self.bridge.calls, 4)
+
+    def test_keep_cache(self) -> None:
+        """
+        The kernel keeps a file's pages across opens when the file is
+        complete, or when the last bytes served of it were of the version
+        opened (a re-read of a file read to its end before its last pieces
+        were written); not for a file never read, nor after another
+        version was read.
+        """
+        self.view.blob[0] = b"c" * 100
+        self.assertFalse(self.backend.open(INODE).keep_cache)
+        handle = self.open()
+        self.backend.read(INODE, handle, 0, 100)
+        self.assertTrue(self.backend.open(INODE).keep_cache)
+        self.view.digest = b"\2" * 32  # another version, read
+        self.backend.read(INODE, self.open(), 0, 100)
+        self.view.digest = DIGEST
+        self.assertFalse(self.backend.open(INODE).keep_cache)
+        self.view.complete = True
+        self.assertTrue(self.backend.open(INODE).keep_cache)

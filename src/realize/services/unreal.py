@@ -27,8 +27,9 @@ from __future__ import annotations
 import itertools
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from attrs import define, field
 from twisted.internet.defer import Deferred
@@ -50,9 +51,13 @@ from realize.storage import unreal
 from realize.storage.blobs import BlobStore
 from realize.storage.globaldb import ROOT_INODE
 from realize.storage.unreal import ArenaTree, BatchResult
-from realize.storage.unrealview import SqliteUnrealView
+from realize.storage.unrealview import FileVersion, SqliteUnrealView
 
-__all__ = ["ArenaCache", "UnrealBackend"]
+__all__ = ["VERSION_REFRESH", "ArenaCache", "UnrealBackend"]
+
+#: Seconds an open file's version (its path and the peers that have it,
+#: for the downloader) is used before it is read again from sqlite.
+VERSION_REFRESH: Final = 1.0
 
 log = Logger(namespace="realize.unreal")
 
@@ -97,6 +102,8 @@ class _Handle:
     digest: bytes | None
     size: int
     complete: bool
+    version: FileVersion | None = None
+    version_at: float = 0.0
 
 
 @define(eq=False)
@@ -111,6 +118,7 @@ class UnrealBackend:
     @ivar me: this peer's id: files it has itself show as C{local}.
     @ivar space_path: a directory on the filesystem of the cache, for
         C{df}.
+    @ivar monotonic: the time in seconds, for L{VERSION_REFRESH}.
     """
 
     view: SqliteUnrealView
@@ -118,7 +126,10 @@ class UnrealBackend:
     downloaders: Mapping[ArenaName, Downloader]
     me: PeerId | None = None
     space_path: str = "/"
+    monotonic: Callable[[], float] = time.monotonic
     _handles: dict[int, _Handle] = field(factory=dict, init=False)
+    #: The version of the last read of each inode, for L{Opened.keep_cache}.
+    _served: dict[int, bytes] = field(factory=dict, init=False)
     _numbers: Any = field(factory=lambda: itertools.count(1), init=False)
     _lock: threading.Lock = field(factory=threading.Lock, init=False)
 
@@ -149,10 +160,10 @@ class UnrealBackend:
         entry = self._entry(inode)
         if entry.kind == KIND_DIR:
             raise IsADirectory(f"inode {inode} is a directory")
-        located = self.view.locate(inode)
-        if located is None:
+        arena = self.view.arena_of(inode)
+        if arena is None:
             raise NotFound(f"inode {inode} belongs to no arena")
-        return entry, located[0]
+        return entry, arena
 
     def _complete(self, arena: ArenaName, entry: Entry) -> bool:
         if entry.hash is None:
@@ -163,12 +174,18 @@ class UnrealBackend:
     def open(self, inode: int) -> Opened:
         entry, arena = self._file(inode)
         complete = self._complete(arena, entry)
+        # The kernel's pages of this inode, if any, hold bytes this backend
+        # served; if the last version served is the one opened, they are
+        # bytes of it (a version that changed gives another digest here).
+        keep = complete or (
+            entry.hash is not None and self._served.get(inode) == entry.hash
+        )
         with self._lock:
             number = next(self._numbers)
             self._handles[number] = _Handle(
                 arena, inode, entry.hash, entry.size, complete
             )
-        return Opened(number, complete)
+        return Opened(number, keep)
 
     def read(self, inode: int, handle: int, offset: int, size: int) -> bytes:
         opened = self._handles.get(handle)
@@ -177,6 +194,7 @@ class UnrealBackend:
         downloader = self.downloaders.get(opened.arena)
         digest = opened.digest
         if digest is not None:
+            self._served[inode] = digest
             end = min(offset + size, opened.size)
             if offset >= end:
                 return b""
@@ -198,7 +216,13 @@ class UnrealBackend:
                 return data
         if downloader is None:
             raise IOFailure(f"arena {opened.arena}: no downloader")
-        version = self.view.version(inode)
+        now = self.monotonic()
+        version = opened.version
+        if version is None or now - opened.version_at >= VERSION_REFRESH:
+            # Looked up once a second at most per open file: the peers that
+            # have the version change as notifications come.
+            version = self.view.version(inode)
+            opened.version, opened.version_at = version, now
 
         def fetch() -> Deferred[bytes]:
             return Deferred.fromCoroutine(

@@ -498,6 +498,16 @@ class SqliteUnrealView:
         path = self._in_arena(arena, file_path, root, inode)
         return None if path is None else (arena, path)
 
+    def arena_of(self, inode: int) -> ArenaName | None:
+        """
+        The arena an inode belongs to, from the ranges (no path walk, unlike
+        L{locate}): for the FUSE thread's opens.
+
+        @return: the arena, or C{None} for the global tree's directories
+            and unknown inodes.
+        """
+        return self._owner(inode)[1]
+
     def version(self, inode: int) -> FileVersion | None:
         """
         A file's default version and the peers that have it, for the
