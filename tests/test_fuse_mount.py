@@ -656,3 +656,18 @@ class FuseServiceTests(SynchronousTestCase):
         self.assertIsNotNone(mounted_filesystem("/"))
         self.assertEqual(_unescape("/tmp/a\\040b\\011c\\134d"), "/tmp/a b\tc\\d")
         self.assertEqual(_unescape("/tmp/\\303\\251"), "/tmp/\u00e9")
+
+    def test_invalidate_forgets_directories(self) -> None:
+        """
+        L{FuseService.invalidate} of a directory's path makes the adapter
+        forget the directories it remembered (mounted or not).
+        """
+        backend = MemoryBackend()
+        d = backend.mkdir(ROOT_INODE, "d")
+        backend.add_file(d, "f", b"")
+        service = FuseService(backend, "/tmp/view", reactor)
+        service.ops.getattr("/d/f")
+        lookups = backend.calls["lookup"]
+        self.successResultOf(service.invalidate("d/"))
+        service.ops.getattr("/d/f")
+        self.assertEqual(backend.calls["lookup"] - lookups, 2)

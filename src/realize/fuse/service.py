@@ -435,10 +435,12 @@ class FuseService(Service):
         @return: fires when the kernel has dropped it (at once if the
             mount is not served, or the kernel has nothing cached).
         """
+        path = "/" + path.strip("/")
+        self.ops.forget(path)
         if not self.running:
             return succeed(None)
         d: Deferred[None] = Deferred()
-        self._invalidations.put(("/" + path.strip("/"), d))
+        self._invalidations.put((path, d))
         return d
 
     def _invalidator(self) -> None:
