@@ -6,7 +6,7 @@ L{Clock}, and a real blob store on a temporary directory run synchronously.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -14,22 +14,23 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from realize.errors import IOFailure, NetworkError, NoSpace, NotFound
+from realize.errors import IOFailure, NetworkError, NoSpace, NotFound, RealizeError
 from realize.hashing import EMPTY_ROOT, LEAF_SIZE, leaf_hash, merkle_root
-from realize.model import ByteRanges, FileState, PeerId
+from realize.model import ByteRanges, FileState, PeerId, SmallRead
 from realize.services.downloader import (
     DEADLINE,
     MAX_IN_FLIGHT,
     MAX_READAHEAD,
     MAX_UNKEPT,
     PIECE_SIZE,
+    PREFETCH_FILES,
     REQUEST_TIMEOUT,
     Downloader,
     RemoteData,
 )
 from realize.storage.blobs import Blob, BlobStore, decode_ranges
 from realize.storage.unreal import _txn_add, _txn_replace
-from realize.storage.unrealview import FileVersion, file_version
+from realize.storage.unrealview import FileVersion, file_version, small_files_after
 
 from .helpers import sync_run_in_thread
 from .test_blobs import sync_interaction
@@ -748,3 +749,211 @@ class DownloaderTests(SynchronousTestCase):
                 add("f", size, self.mtime, self.root_hash),
             )
         self.a.data = self.b.data = self.data
+
+
+class BatchStore:
+    """
+    A peer's store of several small files, answering C{ReadFiles} (and
+    C{Read}, C{Hash}), with faults to order.
+    """
+
+    def __init__(self, name: str, files: dict[str, bytes]) -> None:
+        self.name = name
+        self.files = files
+        self.batches: list[list[tuple[str, int]]] = []
+        self.reads: list[tuple[str, int, int]] = []
+        self.corrupt: set[str] = set()
+        self.fail: BaseException | None = None
+        self.hold: Deferred[None] | None = None
+
+    def describe(self) -> str:
+        return self.name
+
+    async def read_files(
+        self, arena: str, files: Sequence[tuple[str, int]]
+    ) -> list[SmallRead | RealizeError]:
+        self.batches.append(list(files))
+        if self.hold is not None:
+            await self.hold
+        if self.fail is not None:
+            raise self.fail
+        results: list[SmallRead | RealizeError] = []
+        for path, _ in files:
+            data = self.files.get(path)
+            if data is None:
+                results.append(NotFound(path))
+                continue
+            if path in self.corrupt:
+                data = b"x" + data[1:]
+            results.append(SmallRead(data, len(data), 0, leaf_hash(data)))
+        return results
+
+    def read(self, arena: str, path: str, start: int, end: int) -> Any:
+        self.reads.append((path, start, end))
+        store = FakeStore(self.name, self.files[path])
+        return FakeStream(store, start, end)
+
+    async def hash(self, arena: str, path: str, start: int, end: int) -> FileState:
+        raise AssertionError("small files need no Hash")
+
+
+class PrefetchTests(SynchronousTestCase):
+    """
+    Small files fetched in batches (L{Downloader.prefetch}) and found by
+    L{small_files_after}.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.db = arena_db(self)
+        self.tree = make_tree()
+        self.files = {f"d/s{i}": content(1000 + i, seed=i) for i in range(5)}
+        self.files["d/big"] = content(2 * LEAF_SIZE)
+        for peer in (A, B):
+            for path, data in self.files.items():
+                root = merkle_root(leaves_of(data))
+                run(self.db, _txn_add, self.tree, peer, add(path, len(data), 10, root))
+        self.a = BatchStore("a", self.files)
+        self.b = BatchStore("b", self.files)
+        self.stores: dict[PeerId, Any] = {A: self.a}
+        self.blobs = BlobStore(
+            os.path.join(self.mktemp(), "blobs"),
+            sync_run_in_thread,
+            sync_interaction(self.db),
+            lambda: 1,
+        )
+
+        async def versions(inode: int) -> FileVersion | None:
+            return file_version(self.db, ARENA, ROOT, inode)
+
+        self.downloader = Downloader(
+            ARENA, self.blobs, versions, self.stores.get, self.clock
+        )
+        self.addCleanup(lambda: self.assertEqual(self.clock.getDelayedCalls(), []))
+
+    def version(self, path: str) -> FileVersion:
+        found = file_version(self.db, ARENA, ROOT, inode_of(self.db, path))
+        assert found is not None
+        return found
+
+    def read(self, path: str) -> bytes:
+        inode = inode_of(self.db, path)
+        data: bytes = self.successResultOf(
+            Deferred.fromCoroutine(self.downloader.read(inode, 0, 10**7))
+        )
+        return data
+
+    def test_batch(self) -> None:
+        """
+        Small files prefetched arrive in one C{ReadFiles}, verified; reads
+        of them then ask nothing more; they are kept in their blobs.
+        """
+        paths = ["d/s1", "d/s2", "d/s3"]
+        self.downloader.prefetch([self.version(p) for p in paths])
+        self.assertEqual(self.a.batches, [[(p, len(self.files[p])) for p in paths]])
+        for path in paths:
+            self.assertEqual(self.read(path), self.files[path])
+        self.assertEqual(self.a.reads, [])
+        kept = self.db.execute("SELECT count(*) FROM blob WHERE ranges != x''")
+        self.assertEqual(kept.fetchone()[0], 3)
+
+    def test_held_until_kept(self) -> None:
+        """
+        A prefetched file is in memory (L{Downloader.verified}) once its
+        batch arrived, even while its blob is not written yet; a read that
+        comes before the batch waits for it rather than asking again.
+        """
+        held = HeldBlobs(self.blobs)
+        self.downloader.blobs = held
+        self.a.hold = Deferred()
+        version = self.version("d/s2")
+        assert version.hash is not None
+        self.downloader.prefetch([version])
+        d = Deferred.fromCoroutine(self.downloader.read(version.inode, 0, 10))
+        self.assertNoResult(d)
+        self.a.hold.callback(None)
+        self.assertEqual(self.successResultOf(d), self.files["d/s2"][:10])
+        self.assertEqual(
+            self.downloader.verified(version.inode, version.hash, 0, version.size),
+            self.files["d/s2"],
+        )
+        self.assertEqual(self.a.reads, [])
+        while held.release():
+            pass
+        self.assertIsNone(
+            self.downloader.verified(version.inode, version.hash, 0, version.size)
+        )
+
+    def test_bad_bytes(self) -> None:
+        """
+        A file whose batched bytes do not match its version is not served:
+        its read fetches it again from another peer; the failure is logged.
+        """
+        self.stores[B] = self.b
+        self.a.corrupt.add("d/s1")
+        self.downloader.prefetch([self.version("d/s1"), self.version("d/s2")])
+        self.assertEqual(self.read("d/s1"), self.files["d/s1"])
+        self.assertEqual(self.read("d/s2"), self.files["d/s2"])
+        self.assertEqual(self.b.reads, [("d/s1", 0, len(self.files["d/s1"]))])
+        self.assertEqual(self.a.reads, [])
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
+
+    def test_batch_fails(self) -> None:
+        """
+        When the batch fails, each file is fetched alone by its read.
+        """
+        self.a.fail = NetworkError("connection lost")
+        self.downloader.prefetch([self.version("d/s1"), self.version("d/s2")])
+        self.assertEqual(self.read("d/s2"), self.files["d/s2"])
+        self.assertEqual(self.a.reads, [("d/s2", 0, len(self.files["d/s2"]))])
+
+    def test_left_out(self) -> None:
+        """
+        Files of more than one leaf, files already kept or being fetched,
+        and files no connected peer has are not batched; nor beyond
+        L{PREFETCH_FILES}.
+        """
+        self.assertEqual(self.read("d/s0"), self.files["d/s0"])
+        self.downloader.prefetch(
+            [self.version("d/big"), self.version("d/s0"), self.version("d/s1")]
+        )
+        self.assertEqual(self.a.batches, [[("d/s1", len(self.files["d/s1"]))]])
+        self.stores.clear()
+        self.downloader.prefetch([self.version("d/s3")])
+        self.assertEqual(len(self.a.batches), 1)
+        self.stores[A] = self.a
+        self.downloader.prefetch([self.version("d/s3")] * (PREFETCH_FILES + 5))
+        self.assertEqual(self.a.batches[-1], [("d/s3", len(self.files["d/s3"]))])
+
+    def test_close_during_batch(self) -> None:
+        """
+        A downloader closed while a batch is out: the batch's answer is
+        dropped quietly.
+        """
+        self.a.hold = Deferred()
+        self.downloader.prefetch([self.version("d/s1")])
+        self.downloader.close()
+        self.a.hold.callback(None)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_small_files_after(self) -> None:
+        """
+        The small files after one in its directory, by name, with their
+        versions; none of more than the size asked, nor those already in a
+        blob.
+        """
+        after = small_files_after(
+            self.db, ARENA, ROOT, inode_of(self.db, "d/s1"), LEAF_SIZE, 10
+        )
+        self.assertEqual([v.path for v in after], ["d/s2", "d/s3", "d/s4"])
+        self.assertEqual(after[0], self.version("d/s2"))
+        self.read("d/s3")
+        after = small_files_after(
+            self.db, ARENA, ROOT, inode_of(self.db, "d/s1"), LEAF_SIZE, 1
+        )
+        self.assertEqual([v.path for v in after], ["d/s2"])
+        after = small_files_after(
+            self.db, ARENA, ROOT, inode_of(self.db, "d/s1"), LEAF_SIZE, 10
+        )
+        self.assertEqual([v.path for v in after], ["d/s2", "d/s4"])
+        self.assertEqual(small_files_after(self.db, ARENA, ROOT, 10**9, 10, 10), [])

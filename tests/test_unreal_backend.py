@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from realize.model import KIND_FILE, ArenaName, Entry, PeerId
 from realize.services.downloader import PIECE_SIZE
-from realize.services.unreal import VERSION_REFRESH, UnrealBackend
+from realize.services.unreal import SMALL_STREAK, VERSION_REFRESH, UnrealBackend
 from realize.storage.unrealview import FileVersion
 
 ARENA = ArenaName("docs")
@@ -30,9 +30,11 @@ class FakeView:
         self.blob: dict[int, bytes] = {}  # offset -> bytes present there
         self.read_cached_calls = 0
         self.version_calls = 0
+        self.size = SIZE
+        self.after: list[FileVersion] = []
 
     def getattr(self, inode: int) -> Entry | None:
-        return Entry(inode, KIND_FILE, SIZE, 10, self.digest, 1)
+        return Entry(inode, KIND_FILE, self.size, 10, self.digest, 1)
 
     def locate(self, inode: int) -> tuple[ArenaName, str]:
         return ARENA, "f"
@@ -52,7 +54,12 @@ class FakeView:
 
     def version(self, inode: int) -> FileVersion:
         self.version_calls += 1
-        return FileVersion(ARENA, inode, "f", SIZE, 10, DIGEST, (PeerId("b"),))
+        return FileVersion(ARENA, inode, "f", self.size, 10, DIGEST, (PeerId("b"),))
+
+    def small_files_after(
+        self, inode: int, max_size: int, count: int
+    ) -> list[FileVersion]:
+        return self.after[:count]
 
 
 class FakeBridge:
@@ -80,6 +87,9 @@ class FakeDownloader:
         return None if data is None else data[: end - start]
 
     def advance(self, inode: int, digest: bytes, offset: int, end: int) -> None:
+        raise AssertionError("posted, not called")
+
+    def prefetch(self, versions: list[FileVersion]) -> None:
         raise AssertionError("posted, not called")
 
     async def read(
@@ -213,3 +223,28 @@ class ReadPathTests(SynchronousTestCase):
         self.assertFalse(self.backend.open(INODE).keep_cache)
         self.view.complete = True
         self.assertTrue(self.backend.open(INODE).keep_cache)
+
+    def test_small_files_streak(self) -> None:
+        """
+        A second small file missed within L{SMALL_STREAK} of the first asks
+        the downloader (without waiting) to fetch it with the small files
+        after it in its directory; a first one alone, a large one, or one
+        missed later, does not.
+        """
+        self.view.size = 4096
+        sibling = FileVersion(ARENA, 99, "g", 10, 10, b"\3" * 32, (PeerId("b"),))
+        self.view.after = [sibling]
+        self.backend.read(INODE, self.open(), 0, 4096)
+        self.assertEqual(self.bridge.posted, [])
+        self.now += SMALL_STREAK / 2
+        self.backend.read(INODE + 1, self.backend.open(INODE + 1).handle, 0, 4096)
+        [(f, batch)] = self.bridge.posted
+        self.assertEqual(f, self.downloader.prefetch)
+        self.assertEqual([v.inode for v in batch], [INODE + 1, 99])
+        self.now += SMALL_STREAK * 2
+        self.backend.read(INODE + 2, self.backend.open(INODE + 2).handle, 0, 4096)
+        self.assertEqual(len(self.bridge.posted), 1)
+        self.view.size = SIZE
+        self.now += SMALL_STREAK / 2
+        self.backend.read(INODE + 3, self.backend.open(INODE + 3).handle, 0, 4096)
+        self.assertEqual(len(self.bridge.posted), 1)

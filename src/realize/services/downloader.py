@@ -43,7 +43,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar
 
 from attrs import define, field
@@ -60,7 +60,7 @@ from twisted.python.failure import Failure
 from realize.errors import IOFailure, NotFound, RealizeError, describe
 from realize.hashing import LEAF_SIZE, format_hash, leaf_hash, merkle_root
 from realize.interfaces import ReadStream
-from realize.model import ArenaName, ByteRanges, FileState, PeerId
+from realize.model import ArenaName, ByteRanges, FileState, PeerId, SmallRead
 from realize.storage.blobs import Blob
 from realize.storage.unrealview import FileVersion
 
@@ -70,6 +70,8 @@ __all__ = [
     "MAX_READAHEAD",
     "MAX_UNKEPT",
     "PIECE_SIZE",
+    "PREFETCH_BYTES",
+    "PREFETCH_FILES",
     "REQUEST_TIMEOUT",
     "VERSION_POLL",
     "BlobAccess",
@@ -107,6 +109,11 @@ VERSION_POLL: Final = 0.5
 #: Versions whose transfer state (leaves, read-ahead, bad peers) is kept.
 MAX_TRANSFERS: Final = 64
 
+#: Small files fetched together by L{Downloader.prefetch}, at most, and
+#: their bytes at most.
+PREFETCH_FILES: Final = 32
+PREFETCH_BYTES: Final = 4 << 20
+
 #: Verified pieces of a version waiting to be written to its blob (held in
 #: memory meanwhile) beyond which read-ahead starts no other piece: with
 #: the pieces in flight, at most 24 MiB of a version in memory.
@@ -134,6 +141,13 @@ class RemoteData(Protocol):
     ) -> FileState:
         """
         Merkle leaves of C{[start, min(end, size))} of a file.
+        """
+
+    async def read_files(
+        self, arena: ArenaName, files: Sequence[tuple[str, int]]
+    ) -> list[SmallRead | RealizeError]:
+        """
+        Whole small files in one batch (C{(path, limit)} each).
         """
 
 
@@ -267,6 +281,19 @@ class _Transfer:
         for shared in [self.blob, self.leaves, *self.pieces.values()]:
             if shared is not None:
                 shared.cancel()
+
+
+@define(eq=False)
+class _Prefetch:
+    """
+    A small file in a batch: where its bytes arrive, and the shared piece
+    that reads of it wait on.
+    """
+
+    transfer: _Transfer
+    peer: PeerId
+    shared: _Shared[bytes] = field(factory=_Shared)
+    arrived: Deferred[bytes] = field(factory=Deferred)
 
 
 @define(eq=False)
@@ -663,9 +690,22 @@ class Downloader:
         except BaseException:
             forget()
             raise
-        # Returned now, written meanwhile: until the bytes are recorded, reads
-        # of this piece take them from memory (this shared's result, or
-        # L{verified}) rather than fetching them again.
+        self._hold(transfer, index, data, forget)
+        return data
+
+    def _hold(
+        self,
+        transfer: _Transfer,
+        index: int,
+        data: bytes,
+        forget: Callable[[], None],
+    ) -> None:
+        """
+        Keep a verified piece in memory while it is written: until the bytes
+        are recorded, reads of this piece take them from there (its shared
+        result, or L{verified}) rather than fetching them again; then
+        C{forget} drops the shared piece.
+        """
         key = (transfer.version.inode, transfer.digest, index)
         with self._memory_lock:
             self._memory[key] = data
@@ -677,10 +717,104 @@ class Downloader:
                 self._memory.pop(key, None)
             forget()
 
+        start = transfer.bounds(index)[0]
         keeping = Deferred.fromCoroutine(self._keep_when_open(transfer, start, data))
         keeping.addErrback(
             lambda f: log.failure("keeping a verified piece failed", f)
         ).addBoth(kept)
+
+    # Small files, in batches.
+
+    def prefetch(self, versions: Sequence[FileVersion]) -> None:
+        """
+        Start fetching whole small files (one leaf each) in batches, one
+        C{ReadFiles} per peer: each is verified against its version's hash
+        (its root is its one leaf), held in memory for the reads that
+        follow (L{verified}) and written to its blob.  In the reactor
+        thread; nothing waits for it.  Files already present or being
+        fetched, not of one leaf, or that no connected peer has are left
+        out; at most L{PREFETCH_FILES} files and L{PREFETCH_BYTES} bytes.
+        A file whose batch fails is fetched again, alone, by its next read.
+
+        @param versions: the files' default versions, with their hashes.
+        """
+        if self._closed:
+            return
+        batches: dict[PeerId, tuple[RemoteData, list[_Prefetch]]] = {}
+        total = 0
+        for version in versions[:PREFETCH_FILES]:
+            digest = version.hash
+            if (
+                digest is None
+                or version.arena != self.arena
+                or not 0 < version.size <= PIECE_SIZE
+            ):
+                continue
+            if total + version.size > PREFETCH_BYTES:
+                break
+            transfer = self._transfer(version, digest)
+            pending = transfer.pieces.get(0)
+            if transfer.has(0) or (pending is not None and not pending.failed):
+                continue
+            source = next(iter(self._peers(transfer, set())), None)
+            if source is None:
+                continue
+            if transfer.blob is None:
+                transfer.blob = _Shared.start(self._open_blob(transfer))
+            item = _Prefetch(transfer, source[0])
+            transfer.pieces[0] = item.shared
+            item.shared.run(self._prefetched(item))
+            batches.setdefault(source[0], (source[1], []))[1].append(item)
+            total += version.size
+        for store, items in batches.values():
+            Deferred.fromCoroutine(self._read_batch(store, items)).addErrback(
+                lambda f: log.failure("a small-file batch failed", f)
+            )
+
+    async def _read_batch(self, store: RemoteData, items: list[_Prefetch]) -> None:
+        files = [
+            (item.transfer.version.path, item.transfer.version.size) for item in items
+        ]
+        try:
+            results = await self._timed(store.read_files(self.arena, files))
+            if len(results) != len(items):
+                raise IOFailure(f"{store.describe()}: {len(results)} files answered")
+        except (RealizeError, TimeoutError) as e:
+            for item in items:
+                # (If cancelled, as the downloader closed, this is ignored.)
+                item.arrived.errback(Failure(e))
+            return
+        for item, result in zip(items, results, strict=True):
+            if isinstance(result, RealizeError):
+                item.arrived.errback(Failure(result))
+            else:
+                item.arrived.callback(result.data)
+
+    async def _prefetched(self, item: _Prefetch) -> bytes:
+        transfer = item.transfer
+
+        def forget() -> None:
+            if transfer.pieces.get(0) is item.shared:
+                del transfer.pieces[0]
+
+        try:
+            data = await item.arrived
+            if len(data) != transfer.version.size or leaf_hash(data) != transfer.digest:
+                transfer.bad.add(item.peer)
+                log.warn(
+                    "{arena}/{path}: the bytes from {peer} do not match version {hash}",
+                    arena=self.arena,
+                    path=transfer.version.path,
+                    peer=item.peer,
+                    hash=format_hash(transfer.digest),
+                )
+                raise IOFailure(
+                    f"{self._where(transfer.version)}: bytes do not match the version"
+                )
+        except BaseException:
+            forget()
+            raise
+        self._hold(transfer, 0, data, forget)
         return data
 
     async def _keep_when_open(

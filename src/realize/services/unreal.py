@@ -14,7 +14,10 @@ waiting, once per piece of a file not complete, so that a sequential
 reader keeps the read-ahead ahead (L{Downloader.advance} through
 L{Bridge.post}).  Only bytes in neither place go through the bridge, with
 the file's version read here (sqlite, in this thread) so that the
-downloader does not look it up again.
+downloader does not look it up again.  A reader going through small
+files (two misses within L{SMALL_STREAK}) gets the next ones of the
+directory fetched with the one it reads, in one batch
+(L{Downloader.prefetch}), and then served from memory.
 
 What a notification batch changed reaches the rest (L{ArenaCache.apply}
 returns it; L{UnrealBackend.applied} acts on it): outdated blobs are
@@ -46,14 +49,19 @@ from realize.fuse.backend import Opened, SpaceInfo
 from realize.fuse.bridge import Bridge
 from realize.hashing import format_hash
 from realize.model import KIND_DIR, ArenaName, Entry, Notification, PeerId
-from realize.services.downloader import PIECE_SIZE, Downloader
+from realize.services.downloader import PIECE_SIZE, PREFETCH_FILES, Downloader
 from realize.storage import unreal
 from realize.storage.blobs import BlobStore
 from realize.storage.globaldb import ROOT_INODE
 from realize.storage.unreal import ArenaTree, BatchResult
 from realize.storage.unrealview import FileVersion, SqliteUnrealView
 
-__all__ = ["VERSION_REFRESH", "ArenaCache", "UnrealBackend"]
+__all__ = ["SMALL_STREAK", "VERSION_REFRESH", "ArenaCache", "UnrealBackend"]
+
+#: Seconds between two reads of small files that missed the cache within
+#: which the second fetches the small files after it in its directory too
+#: (L{realize.services.downloader.Downloader.prefetch}).
+SMALL_STREAK: Final = 1.0
 
 #: Seconds an open file's version (its path and the peers that have it,
 #: for the downloader) is used before it is read again from sqlite.
@@ -130,6 +138,7 @@ class UnrealBackend:
     _handles: dict[int, _Handle] = field(factory=dict, init=False)
     #: The version of the last read of each inode, for L{Opened.keep_cache}.
     _served: dict[int, bytes] = field(factory=dict, init=False)
+    _last_small_miss: dict[ArenaName, float] = field(factory=dict, init=False)
     _numbers: Any = field(factory=lambda: itertools.count(1), init=False)
     _lock: threading.Lock = field(factory=threading.Lock, init=False)
 
@@ -223,6 +232,14 @@ class UnrealBackend:
             # have the version change as notifications come.
             version = self.view.version(inode)
             opened.version, opened.version_at = version, now
+        if version is not None and self._small_miss(opened.arena, version, now):
+            # Going through small files: this one and those after it in
+            # its directory in one batch (the read below waits for it).
+            batch = [version]
+            batch.extend(
+                self.view.small_files_after(inode, PIECE_SIZE, PREFETCH_FILES - 1)
+            )
+            self.bridge.post(downloader.prefetch, batch)
 
         def fetch() -> Deferred[bytes]:
             return Deferred.fromCoroutine(
@@ -231,6 +248,18 @@ class UnrealBackend:
 
         # The bridge's type cannot tell a Deferred's result from a value.
         return cast(bytes, self.bridge.call(cast(Callable[[], Any], fetch)))
+
+    def _small_miss(self, arena: ArenaName, version: FileVersion, now: float) -> bool:
+        """
+        A read of a small file (one leaf) missed: is it the second within
+        L{SMALL_STREAK} seconds in this arena (a reader going through small
+        files, not one file opened alone)?
+        """
+        if version.hash is None or not 0 < version.size <= PIECE_SIZE:
+            return False
+        last = self._last_small_miss.get(arena)
+        self._last_small_miss[arena] = now
+        return last is not None and now - last <= SMALL_STREAK
 
     def release(self, inode: int, handle: int) -> None:
         with self._lock:
