@@ -66,6 +66,7 @@ import random
 import re
 import shutil
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -473,6 +474,40 @@ class Realize(Tool):
         log(f"realized b listens on 127.0.0.1:{self.b.port}")
         if not os.path.isdir(self.snapshot):
             self._make_snapshot(files)
+        else:
+            self._refresh_snapshot()
+
+    def _progress(self) -> int | None:
+        db = os.path.join(self.c.workdir, "arena.db")
+        try:
+            connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+            try:
+                row = connection.execute(
+                    "SELECT max(position) FROM peer_progress"
+                ).fetchone()
+            finally:
+                connection.close()
+        except sqlite3.Error:
+            return None
+        return None if row is None or row[0] is None else int(row[0])
+
+    def _refresh_snapshot(self) -> None:
+        """
+        Bring the snapshot up to b's history (the change-to-visible files
+        of earlier runs): otherwise every fresh c replays them while it is
+        measured.
+        """
+        self.mount()
+        last, since = self._progress(), time.monotonic()
+        while time.monotonic() - since < 2.0:
+            time.sleep(0.2)
+            now = self._progress()
+            if now != last:
+                last, since = now, time.monotonic()
+        self.c.stop()
+        shutil.rmtree(self.snapshot)
+        shutil.copytree(self.c.dir, self.snapshot, symlinks=True)
+        log(f"c's snapshot brought up to b's history (position {last})")
 
     def _start_c(self) -> None:
         fusermount(self.mountpoint)

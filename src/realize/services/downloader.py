@@ -8,13 +8,16 @@ recorded.
       leaf), at most L{MAX_IN_FLIGHT} requests at once per version.
     - The version's leaves are fetched once (C{Hash} of the whole file from
       any peer that has it) and accepted only if their Merkle root is the
-      version's hash; each piece must then hash to its leaf.  A version of
-      one leaf (up to L{PIECE_SIZE} bytes: every small file) needs no
-      C{Hash}: its root I{is} its leaf, so a small file costs one C{Read}.  A piece that
+      version's hash; each piece must then hash to its leaf.  A piece that
       does not is fetched again from another peer; when no peer gives
       good bytes the read fails with L{IOFailure} (EIO), logged.  A peer
       that sent bad bytes or bad leaves is not asked again for that
       version.
+    - A version of one leaf (up to L{PIECE_SIZE} bytes: every small file)
+      needs no C{Hash}: its root I{is} its leaf, so a small file costs one
+      C{Read}; and L{Downloader.prefetch} fetches several in one
+      C{ReadFiles}, each verified the same way (the peer's own root is not
+      trusted).
     - Sequential reads open a read-ahead window: 1 piece, doubling with
       each sequential read up to L{MAX_READAHEAD} pieces; a random read
       fetches only the pieces it needs.
