@@ -1,36 +1,60 @@
 """
-Benchmark: realize-move against rsync over ssh, on loopback, in one run.
+Benchmark: realize-move against rsync over ssh, on loopback, in one run,
+on every shape of tree of issue 15.
 
-Data sets (generated once, random content):
+Shapes (generated once per directory, random content):
 
-    - one 1 GiB file;
-    - 10,000 files of 4 KiB in 100 directories.
+    - C{small}: 10,000 files of 4 KiB in 100 directories;
+    - C{stdlib}: this machine's Python standard library
+      (C{sysconfig.get_paths()['stdlib']}, without C{site-packages}),
+      copied once (a real, mixed tree: sources, bytecode, data files);
+    - C{many}: 100,000 files of 1 KiB in 1,000 directories;
+    - C{big}: one 1 GiB file; the same run also times a bare Twisted TLS
+      1.3 transfer of the same file between two processes on loopback
+      (bench/tls_ceiling.py: realize's TLS settings, a push producer, 1 MiB
+      chunks), the ceiling of realize's own stack;
+    - C{sparse}: a 2 GiB file holding 5 bytes at offset 1 GB (a VM image
+      or database file looks like this).
 
-For each, in the same run:
+Tools, in the same run, each reading a hard-linked copy of the same source
+files (so all read from the page cache) and writing into an empty
+directory:
 
-    - realize-move from a local arena into a realized on 127.0.0.1 (both
-      started by this script; the daemon is restarted per data set so its
-      peak RSS is per data set);
-    - C{rsync -a -e ssh} of the same data to a loopback sshd that this
-      script starts (and stops) itself, with its own host key and
-      authorized key in a temporary directory.
+    - C{realize-move} from a local arena into a realized on 127.0.0.1
+      (both started by this script; the daemon is restarted for each move,
+      so its peak RSS is per move).  It verifies, fsyncs before renaming
+      and deletes the source;
+    - C{rsync -a -e ssh} to a loopback sshd that this script starts (and
+      stops) itself, with its own keys in a temporary directory.  It does
+      none of that;
+    - C{rsync -a --remove-source-files}: rsync's move, which deletes the
+      source files it sent;
+    - for C{sparse}, C{rsync -a -S} and C{rsync -a --sparse --inplace}
+      instead of the two above.
 
-Each tool reads a hard-linked copy of the same source files (so both read
-from the page cache) and writes into an empty directory.  realize-move
-also verifies, fsyncs before renaming and deletes the source; rsync -a
-does none of that.  So a third row runs C{rsync -a --remove-source-files}
-(rsync's move: it deletes the source files it sent) on another hard-linked
-copy, for the cost of the deletions.  Printed: seconds, MB/s, files/s,
-peak RSS of the client and the server process, and the ratio ours/rsync
-(the anchor is C{rsync -a}, as the issue names it).
+Rounds are interleaved (each round runs every tool once, in an order that
+rotates from round to round) and each shape is measured in every
+directory given (default: /dev/shm, where fsync and discard are free, and
+the temporary directory's disk).  Printed per shape and directory: for
+each tool the min/median/max of the wall time, the median MB/s and files/s,
+the CPU seconds of both processes (user + system: robust to a loaded
+machine, unlike the wall time), the largest peak RSS of each process and,
+for C{sparse}, what the destination allocates; then the ratios of the
+medians against the targets of issue 15.  The load average is printed
+with every round: the machine may be shared.
 
-Usage: python bench/move_throughput.py [--size-mib 1024] [--files 10000]
-       [--repeat 1] [--only big|small] [--dir DIR]
+Bytecode of the realize sources is compiled first (C{compileall}): an
+installed package has it, and without it each process would compile the
+sources at start.  Every process this script starts gets its own C{src/}
+on C{PYTHONPATH}, so a copy of this script in another worktree measures
+that worktree's code.
 
-On a VM disk the time to create or delete 10,000 small files varies by
-10x from run to run (ext4 mounted with C{discard} here: 0.2 s to 7 s for
-the same files), so the small-file figures are noisy; C{--dir /dev/shm}
-compares the tools themselves (fsync and discard are free on tmpfs).
+Usage: python bench/move_throughput.py [--shapes small,stdlib,many,big,sparse]
+       [--rounds 3] [--dir DIR ...] [--size-mib 1024] [--files 10000]
+       [--many-files 100000]
+
+On a VM disk the time to create or delete many small files varies by 10x
+from run to run (ext4 mounted with C{discard} here): look at the spread.
 
 Installs rsync and openssh-server with apt-get if they are missing.
 Everything listens on 127.0.0.1 only and is stopped at the end.
@@ -39,22 +63,31 @@ Everything listens on 127.0.0.1 only and is stopped at the end.
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
 import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "src"))
+SRC = os.path.normpath(os.path.join(HERE, "..", "src"))
+sys.path.insert(0, SRC)
 
 from realize.tap.keygen import write_key_pair  # noqa: E402
+
+MiB = 1 << 20
+
+#: The environment of every process started here: this tree's sources.
+ENV = {**os.environ, "PYTHONPATH": SRC}
 
 
 @dataclass
@@ -65,6 +98,10 @@ class Result:
     files: int
     rss_client: int  # KiB
     rss_server: int  # KiB
+    cpu_client: float = 0.0  # seconds, user + system
+    cpu_server: float = 0.0
+    allocated: int = 0  # bytes the destination allocates
+    note: str = ""
 
     @property
     def mbps(self) -> float:
@@ -73,6 +110,31 @@ class Result:
     @property
     def files_per_second(self) -> float:
         return self.files / self.seconds
+
+
+@dataclass
+class Summary:
+    """
+    The rounds of one tool on one shape in one directory.
+    """
+
+    tool: str
+    results: list[Result] = field(default_factory=list)
+
+    def median(self, value: Callable[[Result], float]) -> float:
+        return statistics.median(value(r) for r in self.results)
+
+    @property
+    def seconds(self) -> float:
+        return self.median(lambda r: r.seconds)
+
+    @property
+    def mbps(self) -> float:
+        return self.results[0].size / self.seconds / 1e6
+
+    @property
+    def files_per_second(self) -> float:
+        return self.results[0].files / self.seconds
 
 
 def ensure_tools() -> None:
@@ -92,17 +154,30 @@ def ensure_tools() -> None:
         )
 
 
+def compile_sources() -> None:
+    """
+    Compile the realize sources' bytecode once (as an installed package
+    has it), whatever C{PYTHONDONTWRITEBYTECODE} says.
+    """
+    compileall.compile_dir(os.path.join(SRC, "realize"), quiet=1)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
+def load() -> str:
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def run_measured(
     args: list[str], env: dict[str, str] | None = None
-) -> tuple[float, int, str]:
+) -> tuple[float, int, str, float]:
     """
-    Run a command; return its wall time, its peak RSS (KiB) and stderr.
+    Run a command; return its wall time, its peak RSS (KiB), its stderr and
+    its CPU seconds (user + system, its children included).
 
     Dirty data of earlier runs is flushed first (not timed), so that
     each run starts from the same state.
@@ -110,7 +185,7 @@ def run_measured(
     os.sync()
     started = time.perf_counter()
     process = subprocess.Popen(
-        args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env or ENV
     )
     _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - started
@@ -118,7 +193,7 @@ def run_measured(
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         raise SystemExit(f"{args[0]} failed ({process.returncode}):\n{err}")
-    return seconds, usage.ru_maxrss, err
+    return seconds, usage.ru_maxrss, err, usage.ru_utime + usage.ru_stime
 
 
 def peak_rss(pid: int) -> int:
@@ -132,18 +207,78 @@ def peak_rss(pid: int) -> int:
     return 0
 
 
+def cpu_seconds(pid: int, children: bool = False) -> float:
+    """
+    @param children: the CPU of its children that ended (and it waited
+        for) instead of its own.
+    @return: user + system CPU seconds of a running process so far.
+    """
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    first = 13 if children else 11
+    return (int(fields[first]) + int(fields[first + 1])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_children(pid: int, timeout: float = 5.0) -> None:
+    """
+    Wait until a process has no children left.
+    """
+    deadline = time.monotonic() + timeout
+    path = f"/proc/{pid}/task/{pid}/children"
+    while time.monotonic() < deadline:
+        with open(path) as f:
+            if not f.read().strip():
+                return
+        time.sleep(0.01)
+
+
+# -- data sets ---------------------------------------------------------------
+
+
 def make_big(path: str, size_mib: int) -> None:
     with open(path, "wb") as f:
         for _ in range(size_mib):
-            f.write(os.urandom(1 << 20))
+            f.write(os.urandom(MiB))
 
 
 def make_small(root: str, files: int, dirs: int = 100, size: int = 4096) -> None:
     for i in range(files):
         directory = os.path.join(root, f"d{i % dirs:03d}")
         os.makedirs(directory, exist_ok=True)
-        with open(os.path.join(directory, f"f{i:05d}"), "wb") as f:
+        with open(os.path.join(directory, f"f{i:06d}"), "wb") as f:
             f.write(os.urandom(size))
+
+
+#: The sparse file: its size, and where its few bytes are.
+SPARSE_SIZE = 2 << 30
+SPARSE_OFFSET = 1_000_000_000
+SPARSE_DATA = b"hello"
+
+
+def make_sparse(path: str) -> None:
+    with open(path, "wb") as f:
+        f.truncate(SPARSE_SIZE)
+        f.seek(SPARSE_OFFSET)
+        f.write(SPARSE_DATA)
+
+
+def stdlib_directory() -> str:
+    return sysconfig.get_paths()["stdlib"]
+
+
+def copy_stdlib(target: str) -> None:
+    """
+    Copy the standard library (symlinks as the files they point to,
+    without site-packages) into C{target}.
+    """
+    shutil.copytree(
+        stdlib_directory(),
+        target,
+        symlinks=False,
+        ignore=shutil.ignore_patterns("site-packages", "dist-packages"),
+        ignore_dangling_symlinks=True,
+        dirs_exist_ok=True,
+    )
 
 
 def link_copy(master: str, target: str) -> None:
@@ -157,6 +292,20 @@ def tree_size(root: str) -> tuple[int, int]:
             size += os.path.getsize(os.path.join(directory, name))
             files += 1
     return size, files
+
+
+def allocated(root: str) -> int:
+    """
+    @return: bytes the files of a tree allocate on disk.
+    """
+    total = 0
+    for directory, _, names in os.walk(root):
+        for name in names:
+            total += os.lstat(os.path.join(directory, name)).st_blocks * 512
+    return total
+
+
+# -- the tools ---------------------------------------------------------------
 
 
 class Sshd:
@@ -242,11 +391,27 @@ class Sshd:
         )
         wrapper = f"{self.work}/rsync-wrapper"
         command = ["rsync", "-a", *extra, "-e", ssh, "--rsync-path", wrapper, frm, to]
-        seconds, rss, _ = run_measured(command)
+        assert self.process is not None
+        # The server side's CPU: the connection's sshd (its crypto) and the
+        # remote rsync, children of the listening sshd once they ended.
+        before = cpu_seconds(self.process.pid, children=True)
+        seconds, rss, _, cpu = run_measured(command, os.environ.copy())
+        wait_children(self.process.pid)
+        server_cpu = cpu_seconds(self.process.pid, children=True) - before
         with open(f"{self.work}/server-rss") as f:
-            server_rss = int(f.read())
+            server_rss = f.read()
         size, files = tree_size(destination)
-        return Result("rsync -a -e ssh", seconds, size, files, rss, server_rss)
+        return Result(
+            "rsync -a -e ssh",
+            seconds,
+            size,
+            files,
+            rss,
+            int(server_rss),
+            cpu,
+            server_cpu,
+            allocated(destination),
+        )
 
     def stop(self) -> None:
         if self.process is not None:
@@ -296,6 +461,7 @@ class Realize:
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                env=ENV,
             )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -344,7 +510,9 @@ class Realize:
                     f'pubkey = """{self.pub("b")}"""\n'
                     f'[[arena]]\nname = "bench"\ndatadir = "{local}"\n'
                 )
-            seconds, rss, _ = run_measured(
+            assert self.daemon is not None
+            daemon_cpu = cpu_seconds(self.daemon.pid)
+            seconds, rss, _, cpu = run_measured(
                 [
                     sys.executable,
                     "-m",
@@ -363,21 +531,106 @@ class Realize:
                     "bench",
                 ]
             )
-            assert self.daemon is not None
             server_rss = peak_rss(self.daemon.pid)
+            server_cpu = cpu_seconds(self.daemon.pid) - daemon_cpu
         finally:
             self.stop()
-        size, files = tree_size(daemon if dst == "b" else local)
+        target = daemon if dst == "b" else local
+        size, files = tree_size(target)
         left = tree_size(source)[1]
         if left:
             raise SystemExit(f"realize-move left {left} files at the source")
-        return Result("realize-move", seconds, size, files, rss, server_rss)
+        return Result(
+            "realize-move",
+            seconds,
+            size,
+            files,
+            rss,
+            server_rss,
+            cpu,
+            server_cpu,
+            allocated(target),
+        )
 
     def stop(self) -> None:
         if self.daemon is not None:
             self.daemon.send_signal(signal.SIGTERM)
             self.daemon.wait(10)
             self.daemon = None
+
+
+class TlsCeiling:
+    """
+    The bare Twisted TLS 1.3 transfer of bench/tls_ceiling.py, with the
+    realize keys of the bench.
+    """
+
+    def __init__(self, realize: Realize) -> None:
+        self.keys = realize.work
+
+    def push(self, path: str) -> Result:
+        script = os.path.join(HERE, "tls_ceiling.py")
+        size = os.path.getsize(path)
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                script,
+                "serve",
+                "--key",
+                os.path.join(self.keys, "b.key"),
+                "--peer",
+                os.path.join(self.keys, "a.pub"),
+                "--bytes",
+                str(size),
+            ],
+            stdout=subprocess.PIPE,
+            env=ENV,
+        )
+        try:
+            assert server.stdout is not None
+            port = server.stdout.readline().split()[1].decode()
+            server_cpu = cpu_seconds(server.pid)
+            os.sync()
+            started = time.perf_counter()
+            client = subprocess.Popen(
+                [
+                    sys.executable,
+                    script,
+                    "push",
+                    "--key",
+                    os.path.join(self.keys, "a.key"),
+                    "--peer",
+                    os.path.join(self.keys, "b.pub"),
+                    "--port",
+                    port,
+                    path,
+                ],
+                stdout=subprocess.PIPE,
+                env=ENV,
+            )
+            assert client.stdout is not None
+            out = client.stdout.read().decode()
+            _, status, usage = os.wait4(client.pid, 0)
+            seconds = time.perf_counter() - started
+            server_rss = peak_rss(server.pid)
+            server_cpu = cpu_seconds(server.pid) - server_cpu
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(30)
+        if os.waitstatus_to_exitcode(status) != 0 or "transfer" not in out:
+            raise SystemExit(f"tls_ceiling.py failed: {out}")
+        transfer = float(out.split()[1])
+        return Result(
+            "Twisted TLS alone",
+            seconds,
+            size,
+            1,
+            usage.ru_maxrss,
+            server_rss,
+            usage.ru_utime + usage.ru_stime,
+            server_cpu,
+            note=f"transfer alone {size / transfer / 1e6:.0f} MB/s",
+        )
 
 
 def fresh(path: str) -> str:
@@ -403,102 +656,243 @@ def fresh(path: str) -> str:
     return path
 
 
-def report(
-    title: str, ours: Result, theirs: Result, target: str, move: Result | None = None
-) -> None:
-    print(f"\n{title}")
-    print(
-        f"  {'tool':<18}{'seconds':>9}{'MB/s':>9}{'files/s':>10}"
-        f"{'RSS client':>12}{'RSS server':>12}"
-    )
-    for r in (ours, theirs) if move is None else (ours, theirs, move):
-        print(
-            f"  {r.tool:<18}{r.seconds:>9.2f}{r.mbps:>9.1f}{r.files_per_second:>10.0f}"
-            f"{r.rss_client / 1024:>9.0f} MiB{r.rss_server / 1024:>9.0f} MiB"
-        )
-    print(
-        f"  ratio ours/rsync: {ours.mbps / theirs.mbps:.2f}x throughput, "
-        f"{ours.files_per_second / theirs.files_per_second:.2f}x files/s ({target})"
-    )
-    if move is not None:
-        print(
-            f"  ratio ours/rsync --remove-source-files: "
-            f"{ours.mbps / move.mbps:.2f}x throughput"
-        )
+# -- one shape ---------------------------------------------------------------
 
 
-def best(results: list[Result]) -> Result:
-    return min(results, key=lambda r: r.seconds)
+@dataclass
+class Shape:
+    name: str
+    title: str
+    make: Callable[[str], None]
+    #: The tools: name and how to run it on (source, destination).
+    sparse: bool = False
+    ceiling: bool = False
+    #: Targets: files/s ratio against rsync -a and rsync's move.
+    target_rsync: float | None = None
+    target_move: float | None = None
+    target_mbps: float | None = None
+    max_rss_mib: int | None = None
+
+
+def shapes(args: argparse.Namespace) -> list[Shape]:
+    return [
+        Shape(
+            "small",
+            f"{args.files:,} files of 4 KiB in 100 directories",
+            lambda root: make_small(root, args.files),
+            target_rsync=1.2,
+            target_move=1.0,
+        ),
+        Shape(
+            "stdlib",
+            f"the Python standard library ({stdlib_directory()})",
+            copy_stdlib,
+            target_rsync=1.5,
+        ),
+        Shape(
+            "many",
+            f"{args.many_files:,} files of 1 KiB in 1,000 directories",
+            lambda root: make_small(root, args.many_files, 1000, 1024),
+            target_rsync=1.0,
+            max_rss_mib=300,
+        ),
+        Shape(
+            "big",
+            f"one {args.size_mib} MiB file",
+            lambda root: make_big(os.path.join(root, "big.bin"), args.size_mib),
+            ceiling=True,
+            target_mbps=1.4,
+        ),
+        Shape(
+            "sparse",
+            f"a {SPARSE_SIZE >> 30} GiB sparse file, {len(SPARSE_DATA)} bytes of "
+            f"data at offset {SPARSE_OFFSET:,}",
+            lambda root: make_sparse(os.path.join(root, "sparse.img")),
+            sparse=True,
+        ),
+    ]
+
+
+def measure_shape(
+    shape: Shape,
+    work: str,
+    rounds: int,
+    sshd: Sshd,
+    realize: Realize,
+    ceiling: TlsCeiling,
+) -> list[Summary]:
+    master = fresh(os.path.join(work, f"master-{shape.name}"))
+    shape.make(master)
+    size, files = tree_size(master)
+    print(
+        f"\n{shape.title}: {files:,} files, {size / 1e6:,.1f} MB, in {work}",
+        flush=True,
+    )
+    source = os.path.join(work, "source")
+
+    def linked() -> str:
+        if os.path.exists(source):
+            fresh(source)
+            os.rmdir(source)
+        link_copy(master, source)
+        return source
+
+    def destination(name: str) -> str:
+        return fresh(os.path.join(work, name))
+
+    runs: list[tuple[str, Callable[[], Result]]] = [
+        ("realize-move", lambda: realize.move(linked(), destination("dst-realize")))
+    ]
+    if shape.sparse:
+        runs += [
+            (
+                "rsync -a -S",
+                lambda: sshd.rsync(master, destination("dst-rsync"), ["-S"]),
+            ),
+            (
+                "rsync --sparse --inplace",
+                lambda: sshd.rsync(
+                    master, destination("dst-rsync-inplace"), ["--sparse", "--inplace"]
+                ),
+            ),
+        ]
+    else:
+        runs += [
+            ("rsync -a -e ssh", lambda: sshd.rsync(master, destination("dst-rsync"))),
+            (
+                "rsync (moving)",
+                lambda: sshd.rsync(
+                    linked(),
+                    destination("dst-rsync-move"),
+                    ["--remove-source-files"],
+                ),
+            ),
+        ]
+    if shape.ceiling:
+        runs.append(
+            ("Twisted TLS alone", lambda: ceiling.push(os.path.join(master, "big.bin")))
+        )
+    summaries = {name: Summary(name) for name, _ in runs}
+    for number in range(rounds):
+        print(f"  round {number + 1}/{rounds}, {load()}", flush=True)
+        shift = number % len(runs)
+        for name, run in runs[shift:] + runs[:shift]:
+            result = replace(run(), tool=name)
+            summaries[name].results.append(result)
+            print(
+                f"    {name:<26}{result.seconds:>8.2f} s  cpu "
+                f"{result.cpu_client:.2f} + {result.cpu_server:.2f} s",
+                flush=True,
+            )
+    return list(summaries.values())
+
+
+def report(shape: Shape, summaries: list[Summary]) -> None:
+    print(
+        f"\n  {'tool':<26}{'min':>7}{'median':>8}{'max':>7}{'MB/s':>8}"
+        f"{'files/s':>9}{'cpu cl+srv':>12}{'RSS cl/srv MiB':>16}"
+        + ("  allocated" if shape.sparse else "")
+    )
+    for s in summaries:
+        seconds = [r.seconds for r in s.results]
+        rss = f"{max(r.rss_client for r in s.results) // 1024}/" + str(
+            max(r.rss_server for r in s.results) // 1024
+        )
+        cpu = (
+            f"{s.median(lambda r: r.cpu_client):.2f}+"
+            f"{s.median(lambda r: r.cpu_server):.2f}"
+        )
+        line = (
+            f"  {s.tool:<26}{min(seconds):>7.2f}{s.seconds:>8.2f}{max(seconds):>7.2f}"
+            f"{s.mbps:>8.1f}{s.files_per_second:>9.0f}{cpu:>12}{rss:>16}"
+        )
+        if shape.sparse:
+            line += f"  {max(r.allocated for r in s.results) / MiB:,.1f} MiB"
+        if s.results[0].note:
+            line += f"  ({s.results[0].note})"
+        print(line)
+    ours = summaries[0]
+    by_name = {s.tool: s for s in summaries}
+    lines = []
+    if shape.sparse:
+        for name in ("rsync -a -S", "rsync --sparse --inplace"):
+            lines.append(
+                f"{ours.seconds / by_name[name].seconds:.2f}x the time of {name}"
+            )
+    else:
+        rsync = by_name["rsync -a -e ssh"]
+        moving = by_name["rsync (moving)"]
+        ratio = ours.files_per_second / rsync.files_per_second
+        target = f" (target >= {shape.target_rsync}x)" if shape.target_rsync else ""
+        if shape.target_mbps:
+            ratio = ours.mbps / rsync.mbps
+            target = f" (target >= {shape.target_mbps}x)"
+        lines.append(f"{ratio:.2f}x rsync -a{target}")
+        ratio = ours.files_per_second / moving.files_per_second
+        target = f" (target >= {shape.target_move}x)" if shape.target_move else ""
+        lines.append(f"{ratio:.2f}x rsync --remove-source-files{target}")
+    if shape.ceiling:
+        bare = by_name["Twisted TLS alone"]
+        lines.append(
+            f"{ours.mbps / bare.mbps:.0%} of the bare TLS transfer, end to end "
+            "(target >= 80%)"
+        )
+    if shape.max_rss_mib:
+        worst = max(max(r.rss_client, r.rss_server) for r in ours.results) // 1024
+        lines.append(f"peak RSS {worst} MiB (target <= {shape.max_rss_mib} MiB)")
+    print("  ours, medians: " + "; ".join(lines))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size-mib", type=int, default=1024)
-    parser.add_argument("--files", type=int, default=10_000)
-    parser.add_argument("--repeat", type=int, default=1)
-    parser.add_argument("--only", choices=["big", "small"])
+    parser.add_argument(
+        "--shapes",
+        default="small,stdlib,many,big,sparse",
+        help="comma-separated: small, stdlib, many, big, sparse",
+    )
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
         "--dir",
-        help="where to put the data (default: $TMPDIR); e.g. /dev/shm to "
-        "compare the tools without the disk's noise",
+        action="append",
+        help="where to put the data, may be repeated (default: /dev/shm and "
+        "$TMPDIR, i.e. tmpfs and the disk)",
     )
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--files", type=int, default=10_000)
+    parser.add_argument("--many-files", type=int, default=100_000)
     args = parser.parse_args()
+    wanted = args.shapes.split(",")
+    chosen = [s for s in shapes(args) if s.name in wanted]
+    if len(chosen) != len(wanted):
+        raise SystemExit(f"unknown shape in {args.shapes!r}")
     ensure_tools()
-    work = tempfile.mkdtemp(prefix="realize-bench-", dir=args.dir)
-    sshd = Sshd(work)
-    realize = Realize(work)
-    try:
-        sshd.start()
-        print(f"work directory {work}; sshd on 127.0.0.1:{sshd.port}")
-        sets = []
-        if args.only in (None, "big"):
-            master = fresh(os.path.join(work, "master-big"))
-            make_big(os.path.join(master, "big.bin"), args.size_mib)
-            sets.append(
-                (f"one {args.size_mib} MiB file", master, "target: ours >= 2.5x rsync")
-            )
-        if args.only in (None, "small"):
-            master = fresh(os.path.join(work, "master-small"))
-            make_small(master, args.files)
-            sets.append(
-                (
-                    f"{args.files} files of 4 KiB in 100 directories",
-                    master,
-                    "target: ours >= 1.0x rsync",
+    compile_sources()
+    print(f"{os.cpu_count()} CPUs, {load()}")
+    results: list[tuple[str, Shape, list[Summary]]] = []
+    for directory in args.dir or ["/dev/shm", tempfile.gettempdir()]:
+        work = tempfile.mkdtemp(prefix="realize-bench-", dir=directory)
+        sshd = Sshd(work)
+        realize = Realize(work)
+        try:
+            sshd.start()
+            for shape in chosen:
+                summaries = measure_shape(
+                    shape, work, args.rounds, sshd, realize, TlsCeiling(realize)
                 )
-            )
-        for title, master, target in sets:
-            ours, theirs, moves = [], [], []
-            for _ in range(args.repeat):
-                source = os.path.join(work, "source")
-                if os.path.exists(source):
-                    fresh(source)
-                    os.rmdir(source)
-                link_copy(master, source)
-                ours.append(
-                    realize.move(source, fresh(os.path.join(work, "dst-realize")))
-                )
-                theirs.append(
-                    sshd.rsync(master, fresh(os.path.join(work, "dst-rsync")))
-                )
-                fresh(source)
-                os.rmdir(source)
-                link_copy(master, source)
-                moved = sshd.rsync(
-                    source,
-                    fresh(os.path.join(work, "dst-rsync-move")),
-                    ["--remove-source-files"],
-                )
-                moves.append(replace(moved, tool="rsync (moving)"))
-            report(title, best(ours), best(theirs), target, best(moves))
-        print(
-            "\nRSS: peak resident set; client = realize-move / local rsync, "
-            "server = realized / remote rsync.  Target: < 150 MiB each."
-        )
-    finally:
-        realize.stop()
-        sshd.stop()
-        shutil.rmtree(work, ignore_errors=True)
+                results.append((directory, shape, summaries))
+                report(shape, summaries)
+        finally:
+            realize.stop()
+            sshd.stop()
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"\nSummary ({args.rounds} rounds, {load()}):")
+    for directory, shape, summaries in results:
+        print(f"\n{shape.title}, in {directory}:")
+        report(shape, summaries)
+    print(
+        "\nRSS: peak resident set; client = realize-move / local rsync, "
+        "server = realized / remote rsync.  CPU: user + system seconds."
+    )
 
 
 if __name__ == "__main__":

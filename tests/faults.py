@@ -22,7 +22,13 @@ optional path, and a number of times (C{times=-1}: forever).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Collection,
+    Sequence,
+)
 from typing import Any
 
 from attrs import define, field
@@ -296,10 +302,13 @@ class FaultyStore:
         return await self.inner.write_files(arena, files, data)
 
     async def delete_files(
-        self, arena: ArenaName, files: Sequence[FileInfo]
+        self,
+        arena: ArenaName,
+        files: Sequence[FileInfo],
+        partials: Collection[str] | None = None,
     ) -> list[RealizeError | None]:
         self._raise(self._take("delete_files", None))
-        return await self.inner.delete_files(arena, files)
+        return await self.inner.delete_files(arena, files, partials)
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         # Commands added later (signature, diff, apply_delta, ...) go

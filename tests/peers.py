@@ -88,11 +88,19 @@ class Peer:
         self.workdir = os.path.join(base, "work")
         self.statedir = os.path.join(base, "state")
         self.mountpoint: str | None = None
+        #: More lines of this peer's [[arena]] table (e.g. a mountpoint).
+        self.arena_lines: list[str] = []
+        #: More lines at the end of its config (e.g. an [overlay] table).
+        self.config_lines: list[str] = []
         for path in (self.datadir, self.workdir, self.statedir):
             if path is not None:
                 os.makedirs(path, exist_ok=True)
         self.daemon: _Collector | None = None
         self.transport: Any = None
+        #: C{[cache]} keys of this peer's config (e.g. C{{"size": "8M"}}).
+        self.cache: dict[str, str] = {}
+        #: The command that runs the daemon.
+        self.command: list[str] = list(REALIZED)
 
     @property
     def key(self) -> str:
@@ -115,6 +123,11 @@ class Peer:
         lines.append(f'workdir = "{self.workdir}"')
         if self.datadir is not None:
             lines.append(f'datadir = "{self.datadir}"')
+        lines += self.arena_lines
+        lines += self.config_lines
+        if self.cache:
+            lines.append("[cache]")
+            lines.extend(f'{key} = "{value}"' for key, value in self.cache.items())
         path = os.path.join(self.peers.root, f"{self.name}.toml")
         with open(path, "w") as f:
             f.write("\n".join(lines) + "\n")
@@ -126,7 +139,7 @@ class Peer:
         with C{fuse}).
         """
         args = [
-            *REALIZED,
+            *self.command,
             "--config",
             self.config(),
             "--privkey",

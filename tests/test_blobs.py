@@ -18,6 +18,7 @@ from realize.errors import IOFailure, NotFound
 from realize.model import ByteRanges
 from realize.storage.blobs import (
     QUEUE_DELETING,
+    QUEUE_PENDING_REMOVAL,
     BlobStore,
     blob_path,
     decode_ranges,
@@ -249,16 +250,21 @@ class BlobStoreTests(SynchronousTestCase):
 
     def test_delete_outdated_order(self) -> None:
         """
-        A replaced version's blob: the file goes first, then the row; the
-        new version gets a new blob id.
+        A replaced version's blob waits in the pending removal queue (still
+        readable for its version, by files opened on it); deleting it marks
+        it, removes the file, then the row; the new version gets a new blob
+        id.
         """
         old = result_of(self, self.store.open(self.inode, h(1)))
         result_of(self, self.store.write(old, 0, b"abc"))
         run(self.db, _txn_replace, self.tree, P, replace("f", 5, 20, h(2), h(1)))
         self.assertEqual(
-            self.db.execute("SELECT queue FROM blob").fetchone()[0], QUEUE_DELETING
+            self.db.execute("SELECT queue FROM blob").fetchone()[0],
+            QUEUE_PENDING_REMOVAL,
         )
-        self.assertIsNone(read_cached(self.db, self.directory, self.inode, h(1), 0, 3))
+        self.assertEqual(
+            read_cached(self.db, self.directory, self.inode, h(1), 0, 3), b"abc"
+        )
         del self.log[:]
         self.assertEqual(result_of(self, self.store.delete_outdated()), 1)
         self.assertEqual(
@@ -321,6 +327,72 @@ class BlobStoreTests(SynchronousTestCase):
         self.assertIsNone(read_cached(self.db, self.directory, self.inode, h(1), 0, 1))
         os.unlink(blob_path(self.directory, blob.id))
         self.assertIsNone(read_cached(self.db, self.directory, small, h(3), 0, 3))
+
+
+class ReleaseTests(SynchronousTestCase):
+    """
+    Releasing ranges of a blob (#largedl), and the fast path meanwhile.
+    """
+
+    def setUp(self) -> None:
+        self.db = arena_db(self)
+        self.tree = make_tree()
+        self.directory = os.path.join(self.mktemp(), "blobs")
+        self.store = BlobStore(
+            self.directory, sync_run_in_thread, sync_interaction(self.db), lambda: 7
+        )
+        run(self.db, _txn_add, self.tree, P, add("f", 3 << 20, 10, h(1)))
+        self.inode = inode_of(self.db, "f")
+        self.blob = result_of(self, self.store.open(self.inode, h(1)))
+        result_of(self, self.store.write(self.blob, 0, b"z" * (3 << 20)))
+
+    def test_release(self) -> None:
+        """
+        A release takes the ranges out of the row, then gives their blocks
+        back, and records the usage; a blob gone is C{None}.
+        """
+        before = os.stat(blob_path(self.directory, self.blob.id)).st_blocks * 512
+        left = result_of(
+            self, self.store.release(self.blob, ByteRanges.of((0, 1 << 20)))
+        )
+        self.assertEqual(left, ByteRanges.of((1 << 20, 3 << 20)))
+        usage = self.db.execute("SELECT disk_usage FROM blob").fetchone()[0]
+        self.assertLessEqual(usage, before - (1 << 20))
+        self.assertIsNone(read_cached(self.db, self.directory, self.inode, h(1), 0, 10))
+        result_of(self, self.store.delete([]))
+        os.unlink(blob_path(self.directory, self.blob.id))
+        self.assertIsNone(
+            result_of(self, self.store.release(self.blob, ByteRanges.of((0, 1))))
+        )
+
+    def test_read_cached_during_release(self) -> None:
+        """
+        A release that commits while the fast path reads those bytes (after
+        it checked the ranges, before its read ended): the read answers
+        C{None} rather than bytes that may have been zeroed.
+        """
+        db = self.db
+        store = self.store
+        blob = self.blob
+        case = self
+
+        class Racing:
+            calls = 0
+
+            def execute(self, *args: Any) -> Any:
+                Racing.calls += 1
+                if Racing.calls == 2:
+                    result_of(case, store.release(blob, ByteRanges.of((0, 1 << 20))))
+                return db.execute(*args)
+
+        racing: Any = Racing()
+        self.assertIsNone(
+            read_cached(racing, self.directory, self.inode, h(1), 0, 4096)
+        )
+        self.assertEqual(
+            read_cached(db, self.directory, self.inode, h(1), 2 << 20, (2 << 20) + 3),
+            b"zzz",
+        )
 
 
 class FileFunctionTests(SynchronousTestCase):

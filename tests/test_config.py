@@ -293,6 +293,53 @@ class LoadConfigTests(_ConfigFileMixin):
             config = self.load(f"[cache]\nsize = {q(text)}\n")
             self.assertEqual(config.cache, CacheConfig(size_bytes=size))
 
+    def test_cache_min_free(self) -> None:
+        """
+        C{min_free} is the free-space reserve, bytes or a percentage of the
+        filesystem (0 allowed), 5% by default; C{quota} and C{min_free}
+        resolve them against the filesystem's size.
+        """
+        default = self.load("[cache]\nsize = '10%'\n").cache
+        self.assertEqual(
+            (default.min_free_percent, default.quota(1000), default.min_free(1000)),
+            (5.0, 100, 50),
+        )
+        for text, expected in [
+            ("1G", CacheConfig(min_free_bytes=1 << 30, min_free_percent=None)),
+            ("0", CacheConfig(min_free_bytes=0, min_free_percent=None)),
+            ("0%", CacheConfig(min_free_percent=0.0)),
+            ("12.5%", CacheConfig(min_free_percent=12.5)),
+        ]:
+            config = self.load(f"[cache]\nmin_free = {q(text)}\n")
+            self.assertEqual(config.cache, expected)
+        self.assertEqual(CacheConfig(size_bytes=7).quota(1000), 7)
+        self.assertIsNone(CacheConfig().quota(1000))
+        self.assertEqual(CacheConfig(min_free_percent=None).min_free(1000), 0)
+        self.assertEqual(
+            CacheConfig(min_free_bytes=3, min_free_percent=None).min_free(1000), 3
+        )
+
+    def test_bad_cache_min_free(self) -> None:
+        """
+        A bad reserve is named with its key.
+        """
+        for text in ["100%", "-1%", "x%"]:
+            self.assert_error(
+                f"[cache]\nmin_free = {q(text)}\n",
+                "cache.min_free",
+                f"bad percentage {text!r}",
+            )
+        self.assert_error(
+            "[cache]\nmin_free = 'lots'\n",
+            "cache.min_free",
+            f"bad rate 'lots': {RATE_HELP}",
+        )
+        self.assert_error(
+            "[cache]\nmin_free = 5\n",
+            "cache.min_free",
+            "must be a string, not an integer",
+        )
+
     def test_empty_tables(self) -> None:
         """
         Empty C{[cache]} and C{[limits]} tables keep the defaults.
@@ -695,6 +742,32 @@ class ConfigErrorTests(_ConfigFileMixin):
                 "arena[0] (docs).mark",
                 "must be one of own, keep, watch",
             )
+
+    def test_copies(self) -> None:
+        """
+        C{copies} defaults to 1 and is read when given.
+        """
+        config = self.load(self.arena("copies = 3\n"))
+        self.assertEqual(config.arenas[ArenaName("docs")].copies, 3)
+        config = self.load(self.arena(""))
+        self.assertEqual(config.arenas[ArenaName("docs")].copies, 1)
+
+    def test_bad_copies(self) -> None:
+        """
+        C{copies} is an integer from 1 (the last copy is never dropped).
+        """
+        for copies in ["0", "-1", "1001"]:
+            self.assert_error(
+                self.arena(f"copies = {copies}\n"),
+                "arena[0] (docs).copies",
+                "must be between 1 and 1000 (other peers holding a version before "
+                "the local copy may go)",
+            )
+        self.assert_error(
+            self.arena("copies = '2'\n"),
+            "arena[0] (docs).copies",
+            "must be an integer, not a string",
+        )
 
     def test_wrong_types(self) -> None:
         """

@@ -19,6 +19,7 @@ from realize.hashing import EMPTY_ROOT, LEAF_SIZE, leaf_hash, merkle_root
 from realize.model import ByteRanges, FileState, PeerId, SmallRead
 from realize.services.downloader import (
     DEADLINE,
+    HELD_AREA_SHARE,
     MAX_IN_FLIGHT,
     MAX_READAHEAD,
     MAX_UNKEPT,
@@ -28,7 +29,8 @@ from realize.services.downloader import (
     Downloader,
     RemoteData,
 )
-from realize.storage.blobs import Blob, BlobStore, decode_ranges
+from realize.storage.blobs import Blob, BlobStore, decode_ranges, read_cached
+from realize.storage.cache import Pins
 from realize.storage.unreal import _txn_add, _txn_replace
 from realize.storage.unrealview import FileVersion, file_version, small_files_after
 
@@ -183,6 +185,12 @@ class FailingBlobs:
     async def read(self, blob: Blob, start: int, end: int) -> bytes:
         return await self.inner.read(blob, start, end)
 
+    async def release(self, blob: Blob, ranges: ByteRanges) -> ByteRanges | None:
+        return await self.inner.release(blob, ranges)
+
+    def working_area(self) -> int | None:
+        return None
+
 
 class HeldBlobs:
     """
@@ -210,7 +218,72 @@ class HeldBlobs:
     async def read(self, blob: Blob, start: int, end: int) -> bytes:
         return await self.inner.read(blob, start, end)
 
+    def working_area(self) -> int | None:
+        # No limit: the blob store's own release (of ranges) is never asked
+        # for (L{release} here lets the held writes go).
+        return None
+
     def release(self) -> int:
+        gates, self.gates = self.gates, []
+        for gate in gates:
+            gate.callback(None)
+        return len(gates)
+
+
+class GatedBlobs:
+    """
+    A blob store with a working area (a block cache's), whose opens, writes
+    and releases can be made to wait for the test (L{let_go}); what it did,
+    in order, in C{done}.
+
+    @ivar done: C{("write", start)} as a write starts, C{("release",
+        start)} for each piece once a release is done.
+    """
+
+    def __init__(self, inner: BlobStore, area: int) -> None:
+        self.inner = inner
+        self.area = area
+        self.hold_open = False
+        self.hold_writes = False
+        self.hold_releases = False
+        self.gates: list[Deferred[None]] = []
+        self.done: list[tuple[str, int]] = []
+
+    async def _gate(self, hold: bool) -> None:
+        if hold:
+            gate: Deferred[None] = Deferred()
+            self.gates.append(gate)
+            await gate
+
+    async def open(self, inode: int, digest: bytes) -> Blob:
+        await self._gate(self.hold_open)
+        return await self.inner.open(inode, digest)
+
+    async def write(self, blob: Blob, offset: int, data: bytes) -> ByteRanges | None:
+        await self._gate(self.hold_writes)
+        self.done.append(("write", offset // LEAF_SIZE))
+        return await self.inner.write(blob, offset, data)
+
+    async def read(self, blob: Blob, start: int, end: int) -> bytes:
+        return await self.inner.read(blob, start, end)
+
+    async def release(self, blob: Blob, ranges: ByteRanges) -> ByteRanges | None:
+        await self._gate(self.hold_releases)
+        left = await self.inner.release(blob, ranges)
+        for start, end in ranges:
+            self.done.extend(
+                ("release", index)
+                for index in range(start // LEAF_SIZE, -(-end // LEAF_SIZE))
+            )
+        return left
+
+    def working_area(self) -> int | None:
+        return self.area
+
+    def let_go(self) -> int:
+        """
+        Let every held open, write and release go; return how many.
+        """
         gates, self.gates = self.gates, []
         for gate in gates:
             gate.callback(None)
@@ -429,6 +502,22 @@ class DownloaderTests(SynchronousTestCase):
             [(i * LEAF_SIZE, (i + 1) * LEAF_SIZE) for i in range(40)],
         )
         self.a.release()
+
+    def test_sequential_through_fast_path(self) -> None:
+        """
+        A reader that consumed the read-ahead elsewhere (from the blob, in
+        the FUSE thread) and comes back at its end is still sequential: the
+        window keeps growing.
+        """
+        self.bigger(40 * LEAF_SIZE)
+        self.stores[A] = self.a
+        self.successResultOf(self.read(0, 128 << 10))
+        self.assertEqual(len(self.a.reads), 2)
+        # Pieces 0 and 1 were read from the blob meanwhile.
+        self.successResultOf(self.read(2 * LEAF_SIZE, 128 << 10))
+        self.assertEqual(
+            sorted(start // LEAF_SIZE for start, _ in self.a.reads), [0, 1, 2, 3, 4]
+        )
 
     def test_random_reads_no_read_ahead(self) -> None:
         """
@@ -750,6 +839,189 @@ class DownloaderTests(SynchronousTestCase):
             )
         self.a.data = self.b.data = self.data
 
+    # The read path that does not wait for the writes, with the block
+    # cache's pins, metrics and the budget of a file larger than the
+    # working area (#largedl).
+
+    def gated(self, area_pieces: int) -> GatedBlobs:
+        """
+        A downloader on a blob store with a working area of this many
+        pieces, pins and a fetched count, for a file of 40 pieces.
+        """
+        self.bigger(40 * LEAF_SIZE)
+        self.stores[A] = self.a
+        gated = GatedBlobs(self.blobs, area_pieces * LEAF_SIZE)
+        self.pins = Pins()
+        self.fetched: list[int] = []
+
+        async def versions(inode: int) -> FileVersion | None:
+            return file_version(self.db, ARENA, ROOT, inode)
+
+        self.downloader = Downloader(
+            ARENA,
+            gated,
+            versions,
+            self.stores.get,
+            self.clock,
+            self.pins,
+            self.fetched.append,
+        )
+        return gated
+
+    def pieces_present(self) -> list[int]:
+        present = self.present()
+        return [
+            index
+            for index in range(len(self.data) // LEAF_SIZE)
+            if present.contains(index * LEAF_SIZE, (index + 1) * LEAF_SIZE)
+        ]
+
+    def test_pinned_while_held(self) -> None:
+        """
+        A piece verified but not written yet keeps its file pinned (its
+        blob is not evicted under the write); the pin goes once it is
+        written.  Each piece fetched is counted once.
+        """
+        held = HeldBlobs(self.blobs)
+        self.pins = Pins()
+        self.fetched = []
+
+        async def versions(inode: int) -> FileVersion | None:
+            return file_version(self.db, ARENA, ROOT, inode)
+
+        self.downloader = Downloader(
+            ARENA,
+            held,
+            versions,
+            self.stores.get,
+            self.clock,
+            self.pins,
+            self.fetched.append,
+        )
+        self.stores[A] = self.a
+        self.assertEqual(
+            self.successResultOf(self.read(LEAF_SIZE + 5, 10)),
+            self.data[LEAF_SIZE + 5 : LEAF_SIZE + 15],
+        )
+        self.assertTrue(self.pins.held(self.inode))
+        self.assertEqual(self.fetched, [LEAF_SIZE])
+        while held.release():
+            pass
+        self.assertFalse(self.pins.held(self.inode))
+        self.assertEqual(self.fetched, [LEAF_SIZE])
+
+    def test_unkept_pieces_count_in_budget(self) -> None:
+        """
+        The pieces verified and waiting to be written count in the budget
+        of a file larger than the working area: other pieces are released
+        to make room for them, the blob and the memory together stay within
+        the budget.
+        """
+        gated = self.gated(16)  # budget 8 pieces read at random
+
+        def held() -> list[int]:
+            return [
+                index
+                for index in range(40)
+                if self.downloader.verified(
+                    self.inode,
+                    self.root_hash,
+                    index * LEAF_SIZE,
+                    (index + 1) * LEAF_SIZE,
+                )
+                is not None
+            ]
+
+        for index in range(38, 20, -2):  # not sequential: no read-ahead
+            self.successResultOf(self.read(index * LEAF_SIZE, 10))
+        self.assertEqual(len(self.pieces_present()), 8)
+        gated.hold_writes = True
+        for index in range(18, 12, -2):
+            self.assertEqual(
+                self.successResultOf(self.read(index * LEAF_SIZE, 10)),
+                self.data[index * LEAF_SIZE : index * LEAF_SIZE + 10],
+            )
+            self.assertIn(index, held())
+            self.assertLessEqual(len(self.pieces_present()) + len(held()), 8)
+        while gated.let_go():
+            pass
+        self.assertFalse(self.pins.held(self.inode))
+
+    def test_trim_spares_pieces_being_written(self) -> None:
+        """
+        A piece of a large file whose write is under way is not released
+        to make room, even if the blob already held its range.
+        """
+        plain = self.gated(100)
+        for index in (9, 7, 5, 3, 1, 8, 6, 4, 2, 0):  # no read-ahead
+            self.successResultOf(self.read(index * LEAF_SIZE + 3, 1))
+        self.assertEqual(self.pieces_present(), list(range(10)))
+        del plain
+        gated = self.gated(8)  # budget 4 pieces read at random
+        gated.hold_open = gated.hold_writes = True
+        self.assertEqual(
+            self.successResultOf(self.read(5 * LEAF_SIZE, 10)),
+            self.data[5 * LEAF_SIZE : 5 * LEAF_SIZE + 10],
+        )
+        self.assertEqual(gated.let_go(), 1)  # the open; the write waits
+        self.successResultOf(self.read(20 * LEAF_SIZE, 10))
+        self.assertIn(5, self.pieces_present())
+        self.assertNotIn(("write", 5), gated.done)
+        while gated.let_go():
+            pass
+        self.assertIn(5, self.pieces_present())
+        self.assertLessEqual(len(self.pieces_present()), 4)
+
+    def test_write_waits_for_release(self) -> None:
+        """
+        A piece fetched again while its range is being released is written
+        only once the release is done (the hole would be punched into the
+        new bytes otherwise).
+        """
+        gated = self.gated(8)  # budget 4 pieces read at random
+        for index in (3, 6, 9, 12):
+            self.successResultOf(self.read(index * LEAF_SIZE, 10))
+        gated.hold_releases = True
+        fifteen = self.read(15 * LEAF_SIZE, 10)  # releases piece 3
+        self.assertNoResult(fifteen)
+        three = self.read(3 * LEAF_SIZE, 10)  # fetched again meanwhile
+        self.assertEqual(self.a.reads.count((3 * LEAF_SIZE, 4 * LEAF_SIZE)), 2)
+        self.assertEqual(gated.done.count(("write", 3)), 1)
+        while gated.let_go():
+            pass
+        self.assertEqual(
+            self.successResultOf(three), self.data[3 * LEAF_SIZE : 3 * LEAF_SIZE + 10]
+        )
+        self.successResultOf(fifteen)
+        threes = [step for step in gated.done if step[1] == 3]
+        self.assertEqual(threes, [("write", 3), ("release", 3), ("write", 3)])
+        self.assertIn(3, self.pieces_present())
+
+    def test_advance_within_budget(self) -> None:
+        """
+        A large file read sequentially from the blob (the FUSE thread's
+        fast path, which tells L{Downloader.advance}) keeps its read-ahead
+        going, the pieces behind the reader released: no read waits for
+        the network after the first, and the blob stays within its budget.
+        """
+        self.gated(8)  # budget 4 pieces read sequentially
+        step = 256 << 10
+        misses = 0
+        for offset in range(0, 30 * LEAF_SIZE, step):
+            end = offset + step
+            data = read_cached(
+                self.db, self.directory, self.inode, self.root_hash, offset, end
+            )
+            if data is None:
+                misses += 1
+                data = self.successResultOf(self.read(offset, step))
+            else:
+                self.downloader.advance(self.inode, self.root_hash, offset, end)
+            self.assertEqual(data, self.data[offset:end])
+            self.assertLessEqual(len(self.pieces_present()), 4 + 1)
+        self.assertEqual(misses, 1)
+        self.assertFalse(self.pins.held(self.inode))
+
 
 class BatchStore:
     """
@@ -883,6 +1155,102 @@ class PrefetchTests(SynchronousTestCase):
         self.assertIsNone(
             self.downloader.verified(version.inode, version.hash, 0, version.size)
         )
+
+    def test_pinned_and_counted(self) -> None:
+        """
+        Each prefetched file is pinned until its bytes are written, and its
+        size counted once verified.
+        """
+        held = HeldBlobs(self.blobs)
+        pins = Pins()
+        fetched: list[int] = []
+        self.downloader.blobs = held
+        self.downloader.pins = pins
+        self.downloader.fetched = fetched.append
+        self.a.hold = Deferred()
+        versions = [self.version("d/s1"), self.version("d/s2")]
+        self.downloader.prefetch(versions)
+        self.assertTrue(all(pins.held(v.inode) for v in versions))
+        self.assertEqual(fetched, [])
+        self.a.hold.callback(None)
+        self.assertEqual(sorted(fetched), sorted(v.size for v in versions))
+        self.assertTrue(all(pins.held(v.inode) for v in versions))
+        while held.release():
+            pass
+        self.assertFalse(any(pins.held(v.inode) for v in versions))
+
+    def test_room_in_the_cache(self) -> None:
+        """
+        With a block cache, the small files being prefetched (those of
+        earlier batches not written yet included) take at most a share of
+        its working area: they are pinned until written.
+        """
+        gated = GatedBlobs(self.blobs, HELD_AREA_SHARE * 2100)
+        gated.hold_writes = True
+        self.downloader.blobs = gated
+        self.downloader.prefetch([self.version(f"d/s{i}") for i in (1, 2, 3)])
+        self.assertEqual(self.a.batches, [[("d/s1", 1001), ("d/s2", 1002)]])
+        self.downloader.prefetch([self.version("d/s3")])
+        self.assertEqual(len(self.a.batches), 1)
+        while gated.let_go():
+            pass
+        self.downloader.prefetch([self.version("d/s3")])
+        self.assertEqual(self.a.batches[1:], [[("d/s3", 1003)]])
+        while gated.let_go():
+            pass
+
+    def test_reads_wait_for_the_disk(self) -> None:
+        """
+        Beyond a share of the cache's working area of verified pieces (of
+        all versions) waiting to be written, a read waits for the writes of
+        its version before it returns (a reader going through many files
+        does not outrun the disk; their pinned files would fill the cache):
+        until the deadline at most, then it returns the verified bytes.
+        """
+        gated = GatedBlobs(self.blobs, HELD_AREA_SHARE * LEAF_SIZE)  # one piece
+        gated.hold_writes = True
+        self.downloader.blobs = gated
+        self.assertEqual(self.read("d/s0"), self.files["d/s0"])
+        second = Deferred.fromCoroutine(
+            self.downloader.read(inode_of(self.db, "d/s1"), 0, 10**7)
+        )
+        self.assertNoResult(second)
+        self.assertEqual(gated.let_go(), 2)
+        self.assertEqual(self.successResultOf(second), self.files["d/s1"])
+        self.assertEqual(self.read("d/s2"), self.files["d/s2"])
+        last = Deferred.fromCoroutine(
+            self.downloader.read(inode_of(self.db, "d/s3"), 0, 10**7)
+        )
+        self.assertNoResult(last)
+        self.clock.advance(DEADLINE)
+        self.assertEqual(self.successResultOf(last), self.files["d/s3"])
+        while gated.let_go():
+            pass
+
+    def test_writing(self) -> None:
+        """
+        L{Downloader.writing} tells whether verified bytes of a version are
+        waiting to be written; L{Downloader.written} waits for them.
+        """
+        held = HeldBlobs(self.blobs)
+        self.downloader.blobs = held
+        version = self.version("d/s2")
+        assert version.hash is not None
+        self.assertFalse(self.downloader.writing(version.inode, version.hash))
+        self.successResultOf(
+            Deferred.fromCoroutine(self.downloader.written(version.inode, version.hash))
+        )
+        self.assertEqual(self.read("d/s2"), self.files["d/s2"])
+        self.assertTrue(self.downloader.writing(version.inode, version.hash))
+        self.assertFalse(self.downloader.writing(version.inode, b"\1" * 32))
+        written = Deferred.fromCoroutine(
+            self.downloader.written(version.inode, version.hash)
+        )
+        self.assertNoResult(written)
+        while held.release():
+            pass
+        self.successResultOf(written)
+        self.assertFalse(self.downloader.writing(version.inode, version.hash))
 
     def test_bad_bytes(self) -> None:
         """

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from attrs import define, field
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from realize.errors import (
@@ -39,6 +40,7 @@ from realize.fuse.ops import (
     ENTRY_TIMEOUT,
     FILE_MODE,
     XATTR_MARK,
+    XATTR_MARK_EFFECTIVE,
     XATTR_STATUS,
     XATTR_VERSION,
     RealizeOperations,
@@ -673,6 +675,47 @@ class XattrTests(OpsTestCase):
             self.assertErrno(errno.EROFS, self.ops.setxattr, self.path, name, b"x", 0)
             self.assertErrno(errno.EROFS, self.ops.removexattr, self.path, name)
         self.assertEqual(self.ops.getxattr(self.path, XATTR_VERSION), b"h1")
+
+    def test_effective_mark(self) -> None:
+        """
+        C{user.realize.mark.effective} shows the mark set on the entry, else
+        the nearest one above it (inherited), else the default; it is not
+        listed and cannot be set or removed.
+        """
+        self.assertEqual(
+            self.ops.getxattr(self.path, XATTR_MARK_EFFECTIVE), b"watch (default)"
+        )
+        self.ops.setxattr("/photos", XATTR_MARK, b"own", 0)
+        self.assertEqual(
+            self.ops.getxattr(self.path, XATTR_MARK_EFFECTIVE), b"own (inherited)"
+        )
+        self.ops.setxattr("/photos/2024", XATTR_MARK, b"keep", 0)
+        self.assertEqual(
+            self.ops.getxattr(self.path, XATTR_MARK_EFFECTIVE), b"keep (inherited)"
+        )
+        self.ops.setxattr(self.path, XATTR_MARK, b"watch", 0)
+        self.assertEqual(self.ops.getxattr(self.path, XATTR_MARK_EFFECTIVE), b"watch")
+        self.assertEqual(self.ops.listxattr(self.path), [XATTR_MARK])
+        self.assertErrno(
+            errno.EROFS, self.ops.setxattr, self.path, XATTR_MARK_EFFECTIVE, b"own", 0
+        )
+        self.assertErrno(
+            errno.EROFS, self.ops.removexattr, self.path, XATTR_MARK_EFFECTIVE
+        )
+
+    def test_bad_mark_logged(self) -> None:
+        """
+        A refused value is logged, with the path and the value.
+        """
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.assertErrno(
+            errno.EINVAL, self.ops.setxattr, self.path, XATTR_MARK, b"mine", 0
+        )
+        [event] = [e for e in events if "value" in e]
+        self.assertEqual((event["path"], event["value"]), (self.path, b"mine"))
+        self.assertEqual(event["log_level"], LogLevel.warn)
 
     def test_other_names(self) -> None:
         """

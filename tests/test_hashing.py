@@ -25,6 +25,7 @@ from realize.hashing import (
     leaf_range,
     merkle_root,
     read_range,
+    zero_leaf_hash,
 )
 
 #: Three and a half leaves of deterministic pseudo-random bytes.
@@ -247,6 +248,53 @@ class LeafHasherTests(SynchronousTestCase):
             self.leaves_of(data, [LEAF_SIZE - 2, LEAF_SIZE + 2, LEAF_SIZE + 3]),
             reference_leaves(data),
         )
+
+
+class ZerosTests(SynchronousTestCase):
+    """
+    L{LeafHasher.update_zeros}: a hole fed as a length.
+    """
+
+    @settings(max_examples=60, deadline=None, database=None)
+    @given(
+        st.lists(
+            st.tuples(
+                st.booleans(),
+                st.one_of(
+                    st.integers(min_value=0, max_value=3 * LEAF_SIZE),
+                    st.sampled_from([1, LEAF_SIZE - 1, LEAF_SIZE, 2 * LEAF_SIZE + 1]),
+                ),
+            ),
+            max_size=6,
+        )
+    )
+    def test_like_zero_bytes(self, pieces: list[tuple[bool, int]]) -> None:
+        """
+        Zeros fed as a length, between data and wherever leaves start and
+        end, give the leaves of feeding the zero bytes themselves.
+        """
+        fed, expected = LeafHasher(), LeafHasher()
+        for zeros, length in pieces:
+            if zeros:
+                fed.update_zeros(length)
+                expected.update(bytes(length))
+            else:
+                fed.update(DATA[:length])
+                expected.update(DATA[:length])
+        self.assertEqual(fed.finish(), expected.finish())
+
+    def test_whole_leaves_not_hashed(self) -> None:
+        """
+        Whole zero leaves cost no hashing: 64 GiB of zeros take the time of
+        appending 65,536 digests.
+        """
+        hasher = LeafHasher()
+        hasher.update(b"x")
+        hasher.update_zeros(64 << 30)
+        leaves = hasher.finish()
+        self.assertEqual(len(leaves), (64 << 10) + 1)
+        self.assertEqual(leaves[1], zero_leaf_hash())
+        self.assertEqual(leaves[0], leaf_hash(b"x" + bytes(LEAF_SIZE - 1)))
 
 
 class HashFdRangeTests(SynchronousTestCase):

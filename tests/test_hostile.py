@@ -905,24 +905,37 @@ class NonUTF8Tests(HostileCase):
 class UnauthorizedTests(HostileCase):
     """
     An arena the caller's ACL does not admit (photos, only for peer c):
-    every command is refused with UNAUTHORIZED before anything else is
-    looked at, and the arena is left alone.
+    every command is refused before anything else is looked at, and the
+    arena is left alone.  The answer is NOT_FOUND, the same as for an
+    arena that does not exist (issue 14 item 10: UNAUTHORIZED told a peer
+    which arena names exist).
     """
 
     def test_every_command(self) -> None:
         """
-        Peer a gets UNAUTHORIZED from every command on photos (batch
-        commands as a whole), with valid and with hostile paths; photos is
-        not listed by Arenas; nothing changes; the connection keeps
-        serving.
+        Peer a gets NOT_FOUND, as for an arena that does not exist, from
+        every command on photos (batch commands as a whole), with valid and
+        with hostile paths; photos is not listed by Arenas; nothing
+        changes; the connection keeps serving.
         """
         for path in ["p.jpg", "new", "../docs/f", "link-file", ".p.jpg.part"]:
             for name, arguments, data in every_call("photos", path):
                 outcome = self.call(name, arguments, data)
-                self.assert_refused(outcome, b"UNAUTHORIZED", (name, path))
+                self.assert_refused(outcome, b"NOT_FOUND", (name, path))
                 self.assertIn("'photos'", str(outcome.error))
+                missing = self.call(
+                    name,
+                    {**arguments, "arena": "absent"}
+                    if "arena" in arguments
+                    else arguments,
+                    data,
+                )
+                self.assertEqual(
+                    str(missing.error).replace("'absent'", "'photos'"),
+                    str(outcome.error),
+                )
         outcome = self.call("List", {"arena": "photos"})
-        self.assert_refused(outcome, b"UNAUTHORIZED", "List")
+        self.assert_refused(outcome, b"NOT_FOUND", "List")
         self.assertEqual(outcome.data, [])
         arenas = self.link.client.amp.callRemote(commands.Arenas)
         self.link.flush()
@@ -944,7 +957,7 @@ class UnauthorizedTests(HostileCase):
         self.assertEqual(b"".join(outcome.data), b"jpeg")
         for name, arguments, data in every_call("docs", "f"):
             outcome = self.call(name, arguments, data, link=link)
-            self.assert_refused(outcome, b"UNAUTHORIZED", name)
+            self.assert_refused(outcome, b"NOT_FOUND", name)
         self.assert_untouched()
 
     def test_arena_names(self) -> None:

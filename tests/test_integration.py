@@ -489,22 +489,27 @@ class LockIntegrationTests(TestCase):
 
     async def test_second_move_waits_or_refuses(self) -> None:
         """
-        While a move runs from an arena, a second one from it with a short
-        --wait exits 1 naming the arena and its directory and touches
-        nothing; one with a long --wait says it waits, then runs once the
-        first has ended (finding nothing left), and both exit 0.
+        While another process holds an arena's lock (as a running move
+        does), a move from it with a short --wait exits 1 naming the arena
+        and its directory and touches nothing; one with a long --wait says
+        it waits, then runs once the lock is released, and exits 0.  (The
+        lock is held by this test, not by a slow move, so that a loaded
+        machine cannot make the first move end before the second starts.)
         """
+        import fcntl
+
         from twisted.internet import reactor
         from twisted.internet.task import deferLater
 
         household = Household(self)
-        content = os.urandom(5 << 20)
+        content = os.urandom(1 << 20)
         with open(os.path.join(household.source, "slow.bin"), "wb") as f:
             f.write(content)
         await household.start_daemon()
-        first = household.spawn_move("docs", "--throttle-up", "1M")
-        while not lock_held(household.source):
-            await deferLater(reactor, 0.05, lambda: None)
+        holder = os.open(household.source, os.O_RDONLY | os.O_DIRECTORY)
+        self.addCleanup(os.close, holder)
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        self.assertTrue(lock_held(household.source))
         refused = await household.move("docs", "--wait", "0.5")
         self.assertEqual(refused.code, 1, refused)
         self.assertIn(
@@ -512,14 +517,16 @@ class LockIntegrationTests(TestCase):
             f"({os.path.realpath(household.source)}); still there after 0.5 s",
             refused.err,
         )
-        self.assertFalse(first.ended.called)
+        self.assertEqual(read_tree(household.source), {"slow.bin": content})
         waiting = household.spawn_move("docs", "--wait", "60s")
-        ran = await first.ended
-        self.assertEqual(ran.code, 0, ran)
+        await waiting.wait_for(b"waiting up to 60 s", 0.1)
+        self.assertFalse(waiting.ended.called)
+        await deferLater(reactor, 0.5, lambda: None)
+        self.assertFalse(waiting.ended.called)
+        fcntl.flock(holder, fcntl.LOCK_UN)
         waited = await waiting.ended
         self.assertEqual(waited.code, 0, waited)
-        self.assertIn("waiting up to 60 s", waited.err)
-        self.assertIn("0 file(s) moved", waited.out)
+        self.assertIn("1 file(s) moved", waited.out)
         self.assertEqual(read_tree(household.destination), {"slow.bin": content})
         self.assertEqual(read_tree(household.source), {})
 

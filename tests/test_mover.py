@@ -208,6 +208,22 @@ class HashRecordingStore(MemoryStore):
         return await super().hash(arena, path, start, end)
 
 
+class PartialsRecordingStore(MemoryStore):
+    """
+    Records the partial files each delete_files is told of.
+    """
+
+    asked: list[set[str] | None]
+
+    async def delete_files(
+        self, arena: ArenaName, files: Any, partials: Any = None
+    ) -> Any:
+        if not hasattr(self, "asked"):
+            self.asked = []
+        self.asked.append(None if partials is None else set(partials))
+        return await super().delete_files(arena, files, partials)
+
+
 class BatchTests(MoverTestsMixin, SynchronousTestCase):
     """
     Small files move in batches.
@@ -229,6 +245,26 @@ class BatchTests(MoverTestsMixin, SynchronousTestCase):
         self.assertEqual(destination.calls.count("write_files"), batches)
         for path, content in files.items():
             self.assertEqual(destination.content("a", path), content)
+        self.assertEqual(source.finals[A], {})
+
+    def test_source_partials_deleted_where_listed(self) -> None:
+        """
+        A batch's delete at the source names the partial files the source
+        listed: the partial of a moved file goes with it, and no other
+        partial is looked for.
+        """
+        source = PartialsRecordingStore.with_files(
+            "a",
+            {"plain": b"1", "with-partial": b"2"},
+            partials={"with-partial": b"old", "only-partial": b"half"},
+            label="src",
+        )
+        destination = MemoryStore.with_files("a", label="dst")
+        report = self.move(source, destination)
+        self.assertTrue(report.ok)
+        self.assertEqual(source.asked, [{"with-partial", "only-partial"}])
+        self.assertIsNone(source.content("a", "with-partial", partial=True))
+        self.assertEqual(source.content("a", "only-partial", partial=True), b"half")
         self.assertEqual(source.finals[A], {})
 
     def test_replaces_existing(self) -> None:
@@ -842,6 +878,27 @@ class ConcurrencyTests(SynchronousTestCase):
     """
     Files move concurrently within the budget.
     """
+
+    def test_batches_beside_large_file(self) -> None:
+        """
+        Small files keep moving in batches while a large file holds the
+        whole byte budget: each kind has its own bound.
+        """
+        size = BATCH_FILE * 4
+        files = {"a-big": data(size), **{f"b/{i}": data(100, i) for i in range(5)}}
+        source = MemoryStore.with_files("a", files, label="src")
+        destination = WaitingStore.with_files("a", label="dst")
+        waiting = destination.waiting = []
+        mover = Mover(source, destination)
+        mover.budget = ByteBudget(size, 100)
+        done = Deferred.fromCoroutine(mover.move([A]))
+        self.assertEqual(len(waiting), 1)
+        for i in range(5):
+            self.assertEqual(destination.content("a", f"b/{i}"), files[f"b/{i}"])
+        self.assertNoResult(done)
+        waiting.pop().callback(None)
+        self.assertTrue(self.successResultOf(done).ok)
+        self.assertEqual(destination.content("a", "a-big"), files["a-big"])
 
     def test_in_flight(self) -> None:
         """

@@ -28,7 +28,13 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from realize.errors import BadRequest, Conflict, NetworkError
 from realize.model import FileInfo, PeerId
-from realize.net.codec import MAX_DATA_FRAME, decode_entries, encode_entries
+from realize.net.codec import (
+    MAX_DATA_FRAME,
+    decode_entries,
+    decode_flags,
+    encode_entries,
+    encode_flags,
+)
 from realize.net.commands import BigBytes
 from realize.net.framing import (
     BOX,
@@ -836,6 +842,37 @@ class EntriesTests(SynchronousTestCase):
         """
         self.assertEqual(list(encode_entries([])), [])
         self.assertEqual(decode_entries(b""), [])
+
+
+class FlagsTests(SynchronousTestCase):
+    """
+    L{encode_flags} and L{decode_flags}, one bit per file of a batch.
+    """
+
+    @settings(max_examples=100, deadline=None, database=None)
+    @given(st.lists(st.booleans(), max_size=100))
+    def test_round_trip(self, flags: list[bool]) -> None:
+        """
+        Flags come back equal, in one bit each.
+        """
+        packed = encode_flags(flags)
+        self.assertEqual(len(packed), -(-len(flags) // 8))
+        self.assertEqual(decode_flags(packed, len(flags)), flags)
+
+    def test_bit_order(self) -> None:
+        """
+        Item C{i} is bit C{i % 8} of byte C{i // 8}.
+        """
+        self.assertEqual(
+            encode_flags([True, False, False, True] + [False] * 5 + [True]), b"\x09\x02"
+        )
+
+    def test_wrong_length(self) -> None:
+        """
+        Flags too short or too long for the batch are a bad request.
+        """
+        self.assertRaises(BadRequest, decode_flags, b"\x01", 9)
+        self.assertRaises(BadRequest, decode_flags, b"\x01\x00", 8)
 
 
 class Blob(amp.Command):

@@ -278,6 +278,28 @@ class ServiceTests(RemoteTestCase):
             sorted([next(iter(contents)), "batch/.wrong.part"]),
         )
 
+    def test_delete_files_listed_partials(self) -> None:
+        """
+        DeleteFiles with the paths whose partial the caller listed (a bit
+        per file on the wire) deletes only those partials; without them,
+        every file's partial goes.
+        """
+        mtime = 1_700_000_000_000_000_000
+        for name in ("a", "b", "c"):
+            os.utime(self.put("docs", f"d/{name}", b"final"), ns=(mtime, mtime))
+            self.put("docs", f"d/.{name}.part", b"part")
+        infos = [FileInfo(f"d/{name}", 5, mtime) for name in ("a", "b")]
+        self.assertEqual(
+            self.call(self.remote.delete_files(DOCS, infos, {"d/b"})), [None, None]
+        )
+        self.assertEqual(
+            self.on_disk("docs"),
+            {"d/.a.part": b"part", "d/c": b"final", "d/.c.part": b"part"},
+        )
+        infos = [FileInfo("d/c", 5, mtime)]
+        self.assertEqual(self.call(self.remote.delete_files(DOCS, infos)), [None])
+        self.assertEqual(self.on_disk("docs"), {"d/.a.part": b"part"})
+
     def test_batches_acl(self) -> None:
         """
         The batch commands are refused for an arena the peer may not use.

@@ -21,7 +21,13 @@ from prometheus_client import CollectorRegistry
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from realize.config import load_config
-from realize.metrics import DaemonMetrics, MoveMetrics, make_registry
+from realize.metrics import (
+    CacheMetrics,
+    ConsensusMetrics,
+    DaemonMetrics,
+    MoveMetrics,
+    make_registry,
+)
 
 ROOT = Path(__file__).parent.parent
 PACKAGING = ROOT / "packaging"
@@ -42,6 +48,8 @@ def both_registries() -> CollectorRegistry:
     registry = make_registry()
     DaemonMetrics(registry)
     MoveMetrics(registry)
+    ConsensusMetrics(registry)
+    CacheMetrics(registry)
     return registry
 
 
@@ -67,6 +75,12 @@ def sample_names() -> set[str]:
     registry = make_registry()
     daemon = DaemonMetrics(registry)
     move = MoveMetrics(registry)
+    consensus = ConsensusMetrics(registry)
+    consensus.job("x", "realize", "done")
+    consensus.event("x", "queued")
+    consensus.connection("a", "connect")
+    consensus.moved("x", 1, 1)
+    consensus.downloaded("x", 1)
     daemon.connection_opened("a")
     daemon.command_done("Read", 0.1, None)
     daemon.transferred("x", "copy", "read", 1)
@@ -76,6 +90,16 @@ def sample_names() -> set[str]:
     daemon.hashed("x", 0.1, 1)
     move.listed("x", 1, 1)
     move.file_done("x", "moved")
+    cache = CacheMetrics(registry)
+    cache.state("x", {"working": 1}, {"working": 1}, 10, 10)
+    cache.read("x", True, 1)
+    cache.fetched("x", 1)
+    cache.not_kept("x", 1)
+    cache.released("x", 1)
+    cache.evicted("x", "working", "quota")
+    cache.evicted("x", "pending_removal", "pending")
+    cache.admitted("x", "mark")
+    cache.fixed("x", missing=1)
     return {sample.name for family in registry.collect() for sample in family.samples}
 
 
@@ -395,6 +419,40 @@ class OperationsDocsTests(SynchronousTestCase):
             labels,
             {"peer", "reason", "command", "status", "arena", "method", "direction"},
         )
+        for label in labels:
+            self.assertRegex(self.text, rf"\| `{label}`( \([a-z]+\))? \|")
+
+    def test_every_consensus_label(self) -> None:
+        """
+        Every label of the consensus and audit metrics is described.
+        """
+        consensus = ConsensusMetrics(make_registry())
+        labels: set[str] = set()
+        for metric in (
+            consensus.jobs,
+            consensus.events,
+            consensus.connections,
+            consensus.realized_bytes,
+            consensus.queue,
+        ):
+            labels.update(metric._labelnames)
+        self.assertEqual(labels, {"arena", "action", "outcome", "event", "peer"})
+
+    def test_every_cache_label(self) -> None:
+        """
+        Every label of the block cache's metrics is described.
+        """
+        cache = CacheMetrics(make_registry())
+        labels: set[str] = set()
+        for metric in (
+            cache.bytes,
+            cache.reads,
+            cache.evictions,
+            cache.admissions,
+            cache.fixes,
+        ):
+            labels.update(metric._labelnames)
+        self.assertEqual(labels, {"arena", "queue", "result", "reason", "kind"})
         for label in labels:
             self.assertRegex(self.text, rf"\| `{label}`( \([a-z]+\))? \|")
 

@@ -36,6 +36,41 @@ class StartupTests(SynchronousTestCase):
         ).stdout
         self.assertEqual(out.split(), ["False", "True"])
 
+    def test_no_web_no_zstd(self) -> None:
+        """
+        Importing and parsing the options of a move without metrics or
+        compression does not import twisted.web (the metrics HTTP code) or
+        zstandard; a move that serves its metrics does.
+        """
+        code = (
+            "import sys\n"
+            "import realize.tap.move as m\n"
+            "o = m.MoveOptions()\n"
+            "o.parseOptions(['--src', 'local:/a', '--dst', 'local:/b', 'x'])\n"
+            "print('twisted.web.server' in sys.modules, 'zstandard' in sys.modules)\n"
+            "o = m.MoveOptions()\n"
+            "o.parseOptions(['--src', 'local:/a', '--dst', 'local:/b', "
+            "'--metrics-addr', '127.0.0.1:0', 'x'])\n"
+            "print('twisted.web.server' in sys.modules)\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout
+        self.assertEqual(out.split(), ["False", "False", "True"])
+
+    def test_default_job(self) -> None:
+        """
+        The default C{--metrics-job} of realize-move, spelled out so that
+        the option needs no import of the web code, is the web code's.
+        """
+        from realize.tap.move import DEFAULT_JOB, MoveOptions
+        from realize.web import DEFAULT_JOB as WEB_DEFAULT_JOB
+
+        self.assertEqual(DEFAULT_JOB, WEB_DEFAULT_JOB)
+        options = MoveOptions()
+        options.parseOptions(["--src", "local:/a", "--dst", "local:/b", "x"])
+        self.assertEqual(options["metrics-job"], WEB_DEFAULT_JOB)
+
 
 #: Run in a fresh interpreter: allocate 2 MiB, then 32 x 1 MiB and free
 #: them, and print what glibc's malloc did (mallinfo2(3)).

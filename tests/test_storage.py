@@ -12,10 +12,13 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
+from realize.config import parse_config
 from realize.errors import BadDelta, BadRequest, Conflict, InvalidPath, NotFound
 from realize.hashing import EMPTY_ROOT, LEAF_SIZE, leaf_hash, merkle_root
 from realize.interfaces import Store
@@ -23,14 +26,17 @@ from realize.model import (
     ArenaName,
     FileInfo,
     FileState,
+    PeerId,
     SmallFile,
     WriteResult,
     partial_name,
 )
+from realize.services.store import StoreService
 from realize.storage.arena import ArenaDir
 from realize.storage.local import LocalStore
 from realize.storage.memory import MemoryFile, MemoryStore
-from tests.helpers import failure_of, result_of, sync_run_in_thread
+from tests.faults import FaultyStore
+from tests.helpers import failure_of, make_key, result_of, sync_run_in_thread
 
 A = ArenaName("a")
 B = ArenaName("b")
@@ -1073,6 +1079,29 @@ class StoreContractMixin(_Base):
         self.assertIsNone(self.stored("d/go", partial=True))
         self.assertEqual(self.stored("d/keep"), b"changed")
 
+    def test_delete_files_listed_partials(self) -> None:
+        """
+        delete_files given the paths whose partial the caller listed
+        deletes those partials with their files and leaves the partial of
+        any other path (made after the listing) as it is.
+        """
+        for path in ("d/listed", "d/unlisted"):
+            self.put(path, b"final", mtime_ns=MTIME)
+            self.put(path, b"part", partial=True)
+        outcomes = result_of(
+            self,
+            self.store.delete_files(
+                A,
+                [FileInfo("d/listed", 5, MTIME), FileInfo("d/unlisted", 5, MTIME)],
+                {"d/listed"},
+            ),
+        )
+        self.assertEqual(outcomes, [None, None])
+        self.assertIsNone(self.stored("d/listed"))
+        self.assertIsNone(self.stored("d/listed", partial=True))
+        self.assertIsNone(self.stored("d/unlisted"))
+        self.assertEqual(self.stored("d/unlisted", partial=True), b"part")
+
 
 class LocalStoreContractTests(StoreContractMixin, SynchronousTestCase):
     """
@@ -1136,6 +1165,52 @@ class LocalStoreContractTests(StoreContractMixin, SynchronousTestCase):
         self.assertEqual(single.describe(), f"local:{self.directories[A]}")
 
 
+class PeerViewContractTests(LocalStoreContractTests):
+    """
+    The L{Store} contract for the L{realize.services.store.PeerView} of a
+    peer that may use both arenas: the local store behind its ACL-checked
+    arena resolver.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        config = parse_config(
+            {
+                "peers": {"p": {"pubkey": make_key()[1]}},
+                "arena": [
+                    {"name": name, "datadir": path}
+                    for name, path in self.directories.items()
+                ],
+            },
+            "realize.toml",
+            Path.cwd(),
+        )
+        self.store = StoreService(config, sync_run_in_thread).view(PeerId("p"))
+
+    def test_describe(self) -> None:
+        """
+        A view describes itself as the daemon seen by its peer.
+        """
+        self.assertEqual(self.store.describe(), "daemon (as seen by p)")
+
+
+class FaultyStoreContractTests(LocalStoreContractTests):
+    """
+    The L{Store} contract for a L{tests.faults.FaultyStore} without faults
+    around a L{LocalStore}: the double changes nothing by itself.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.store = FaultyStore(self.store)
+
+    def test_describe(self) -> None:
+        """
+        It describes itself as the store it wraps.
+        """
+        self.assertEqual(self.store.describe(), "local")
+
+
 class MemoryStoreContractTests(StoreContractMixin, SynchronousTestCase):
     """
     The L{Store} contract for L{MemoryStore}.
@@ -1181,3 +1256,103 @@ class MemoryStoreContractTests(StoreContractMixin, SynchronousTestCase):
             [("f", 5, False), ("g", 4, True)],
         )
         self.assertEqual(store.content("x", "g", partial=True), b"part")
+
+
+class _Pumped:
+    """
+    A store over an in-memory TLS link whose every call moves the link's
+    bytes until both sides are idle, so that it completes synchronously
+    (what L{StoreContractMixin} expects of a store).
+    """
+
+    def __init__(self, remote: Any, flush: Any) -> None:
+        self._remote = remote
+        self._flush = flush
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._remote, name)
+        if name == "read":
+
+            def read(*args: Any, **kwargs: Any) -> Any:
+                stream = attribute(*args, **kwargs)
+                self._flush()
+                return _PumpedStream(stream, self._flush)
+
+            return read
+        if not callable(attribute) or name == "describe":
+            return attribute
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            d = Deferred.fromCoroutine(attribute(*args, **kwargs))
+            self._flush()
+            return await d
+
+        return call
+
+
+class _PumpedStream:
+    def __init__(self, stream: Any, flush: Any) -> None:
+        self._stream = stream
+        self._iterator = aiter(stream)
+        self._flush = flush
+
+    def __aiter__(self) -> Any:
+        return self
+
+    async def __anext__(self) -> bytes:
+        d = Deferred.fromCoroutine(_next(self._iterator))
+        self._flush()
+        return await d
+
+    async def result(self) -> FileState:
+        d = Deferred.fromCoroutine(self._stream.result())
+        self._flush()
+        return await d
+
+    def cancel(self) -> None:
+        self._stream.cancel()
+        self._flush()
+
+
+async def _next(iterator: Any) -> bytes:
+    chunk: bytes = await iterator.__anext__()
+    return chunk
+
+
+class RemoteStoreContractTests(LocalStoreContractTests):
+    """
+    The L{Store} contract for L{realize.net.client.RemoteStore} over a real
+    TLS link in memory (the real client and server stacks of
+    L{realize.net.factory}) to the local store behind a peer's view: what a
+    mover gets from a daemon.
+    """
+
+    def setUp(self) -> None:
+        from twisted.internet.task import Clock
+
+        from tests.test_net import identity, link
+
+        super().setUp()
+        config = parse_config(
+            {
+                "peers": {"a": {"pubkey": make_key()[1]}},
+                "arena": [
+                    {"name": name, "datadir": path}
+                    for name, path in self.directories.items()
+                ],
+            },
+            "realize.toml",
+            Path.cwd(),
+        )
+        service = StoreService(config, sync_run_in_thread)
+        clock = Clock()
+        client, server = identity("a"), identity("b")
+        self.link = link(clock, server, client, service.view)
+        self.store = _Pumped(self.link.remote(), self.link.flush)  # type: ignore[assignment]
+        self.addCleanup(self.link.close)
+
+    def test_describe(self) -> None:
+        """
+        It describes itself as the peer and address it calls.
+        """
+        self.assertEqual(self.store.describe(), "b (192.0.2.2:9771)")

@@ -21,7 +21,9 @@ from realize.storage.fs import (
     copy_file,
     data_ranges,
     hash_range,
+    next_piece,
     open_regular,
+    punch_hole,
     pwrite_all,
     read_whole,
 )
@@ -260,6 +262,100 @@ class HoleTests(_FilesCase):
         target = self.sparse("t", 0, {})
         copy_file(source, target, 3 * MiB)
         self.assertEqual(read_whole(target, 3 * MiB), read_whole(source, 3 * MiB))
+
+
+class PieceTests(_FilesCase):
+    """
+    L{next_piece} cuts a sparse file into data and holes for a stream;
+    L{punch_hole} deallocates a range.
+    """
+
+    def pieces(self, fd: int, end: int, limit: int = MiB) -> list[int]:
+        offset, pieces = 0, []
+        while offset < end:
+            piece, known = next_piece(fd, offset, end, limit, 64 << 10)
+            self.assertNotEqual(piece, 0)
+            if piece > 0:
+                self.assertGreaterEqual(known, offset + piece)
+            pieces.append(piece)
+            offset += abs(piece)
+        self.assertEqual(offset, end)
+        return pieces
+
+    def test_sparse_file(self) -> None:
+        """
+        A 2 GiB file with 5 bytes at 1 GB is a hole, a little data (what
+        the filesystem allocated around the 5 bytes) and a hole: three
+        pieces, the holes as negative lengths.
+        """
+        size = 2 << 30
+        fd = self.sparse("f", size, {1_000_000_000: b"hello"})
+        first, data, last = self.pieces(fd, size)
+        self.assertLess(first, 0)
+        self.assertTrue(-first <= 1_000_000_000 < -first + data)
+        self.assertLessEqual(data, MiB)
+        self.assertLess(last, 0)
+
+    def test_dense_file(self) -> None:
+        """
+        A file without holes is data, in pieces of at most the limit.
+        """
+        fd = self.sparse("f", 0, {0: os.urandom(3 * MiB + 5)})
+        self.assertEqual(self.pieces(fd, 3 * MiB + 5), [MiB, MiB, MiB, 5])
+
+    def test_short_holes_are_data(self) -> None:
+        """
+        Holes shorter than the minimum inside data count as data; a hole
+        that reaches the end of the stream is a hole however short.
+        """
+        fd = self.sparse(
+            "f", 10 * MiB, {0: b"a" * 4096, 16384: b"b" * 4096, 4 * MiB: b"c"}
+        )
+        pieces = self.pieces(fd, 4 * MiB + 8192, limit=8 * MiB)
+        self.assertGreaterEqual(pieces[0], 16384 + 4096)
+        self.assertLess(pieces[1], 0)
+        self.assertGreater(pieces[2], 0)
+        self.assertLess(pieces[3], 0)
+
+    def test_past_end_of_file(self) -> None:
+        """
+        Past the end of the file (it shrank), the rest of the stream is a
+        hole.
+        """
+        fd = self.sparse("f", 0, {0: b"x" * 100})
+        self.assertEqual(self.pieces(fd, 3 * MiB), [100, -(3 * MiB - 100)])
+
+    def test_without_seek_data(self) -> None:
+        """
+        Where the filesystem cannot tell holes, everything is data.
+        """
+        fd = self.sparse("f", 8 * MiB, {MiB: b"x"})
+
+        def unsupported(fd: int, offset: int, whence: int) -> int:
+            raise OSError(errno.EINVAL, "no SEEK_DATA here")
+
+        self.patch(os, "lseek", unsupported)
+        self.assertEqual(self.pieces(fd, 2 * MiB), [MiB, MiB])
+
+    def test_known_data(self) -> None:
+        """
+        The data of a dense file is known to reach its end after the first
+        piece: a stream need not look for holes again (tmpfs scans pages
+        up to the hole at each C{SEEK_HOLE}).
+        """
+        fd = self.sparse("f", 0, {0: os.urandom(3 * MiB)})
+        self.assertEqual(next_piece(fd, 0, 3 * MiB, MiB, 64 << 10), (MiB, 3 * MiB))
+
+    def test_punch_hole(self) -> None:
+        """
+        A punched range reads as zeros and takes no room; the size stays.
+        """
+        fd = self.sparse("f", 0, {0: os.urandom(4 * MiB)})
+        self.assertTrue(punch_hole(fd, MiB, 2 * MiB))
+        st = os.fstat(fd)
+        self.assertEqual(st.st_size, 4 * MiB)
+        self.assertLessEqual(st.st_blocks * 512, 2 * MiB + (64 << 10))
+        self.assertEqual(os.pread(fd, 2 * MiB, MiB), bytes(2 * MiB))
 
 
 class DirCacheTests(_FilesCase):

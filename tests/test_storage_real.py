@@ -558,6 +558,26 @@ class CommitterTests(_LocalCase):
         self.assertEqual(os.stat(self.at("d", "f3")).st_mtime_ns, MTIME + 1)
         self.assertEqual(read_file(self.at("d", "f3")), b"f3")
 
+    def test_commit_all(self) -> None:
+        """
+        The files of one L{Committer.commit_all} request go in one group,
+        even when a commit is running: the request waits, then goes whole,
+        and gets its own results in order.
+        """
+        for name in ["a", "b", "c"]:
+            write_file(self.at(f".{name}.part"), name.encode())
+        first = self.committer.commit(self.item("a"))
+        both = self.committer.commit_all([self.item("b"), self.item("missing")])
+        self.assertEqual(self.batch_paths(), ["a"])
+        self.runner.run_next()
+        self.assertIsNone(self.successResultOf(first))
+        self.assertEqual(self.batch_paths(), ["b", "missing"])
+        self.runner.run_next()
+        results = self.successResultOf(both)
+        self.assertIsNone(results[0])
+        self.assertIsInstance(results[1], NotFound)
+        self.assertEqual(self.successResultOf(self.committer.commit_all([])), [])
+
     def test_whole_batch_fails(self) -> None:
         """
         If the commit call itself fails, every commit of its batch fails

@@ -544,8 +544,9 @@ class PeerViewTests(SynchronousTestCase):
 
     def test_acl(self) -> None:
         """
-        A peer sees and uses the arenas it may; others are refused as
-        before.
+        A peer sees and uses the arenas it may; the others are refused
+        with one answer, whether outside its ACL, absent or without a
+        datadir (so that it cannot probe for arena names).
         """
         view = self.service.view(PeerId("a"))
         self.assertIsInstance(view, PeerView)
@@ -555,11 +556,11 @@ class PeerViewTests(SynchronousTestCase):
             result_of(self, view.list_files(ArenaName("docs")))[0].path, "f"
         )
         error = failure_of(self, view.list_files(ArenaName("photos")), Unauthorized)
-        self.assertEqual(str(error), "peer 'a' may not use arena 'photos'")
+        self.assertEqual(str(error), "arena 'photos' is not available to peer 'a' here")
         error = failure_of(self, view.list_files(ArenaName("nope")), NotFound)
-        self.assertEqual(str(error), "no arena 'nope' on this peer")
+        self.assertEqual(str(error), "arena 'nope' is not available to peer 'a' here")
         error = failure_of(self, view.list_files(ArenaName("ghost")), NotFound)
-        self.assertEqual(str(error), "arena 'ghost' has no datadir on this peer")
+        self.assertEqual(str(error), "arena 'ghost' is not available to peer 'a' here")
         stranger = self.service.view(PeerId("z"))
         error = failure_of(self, stranger.arenas(), Unauthorized)
         self.assertEqual(str(error), "peer 'z' is no longer in the config")

@@ -15,6 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from realize.model import KIND_FILE, ArenaName, Entry, PeerId
 from realize.services.downloader import PIECE_SIZE
 from realize.services.unreal import SMALL_STREAK, VERSION_REFRESH, UnrealBackend
+from realize.storage.blobs import QUEUE_WORKING, CachedState
 from realize.storage.unrealview import FileVersion
 
 ARENA = ArenaName("docs")
@@ -42,8 +43,8 @@ class FakeView:
     def arena_of(self, inode: int) -> ArenaName:
         return ARENA
 
-    def cached(self, arena: str, inode: int, digest: bytes) -> tuple[int, int]:
-        return (SIZE if self.complete else 0), SIZE
+    def cached(self, arena: str, inode: int, digest: bytes) -> CachedState:
+        return CachedState(SIZE if self.complete else 0, SIZE, QUEUE_WORKING)
 
     def read_cached(
         self, arena: str, inode: int, digest: bytes, start: int, end: int
@@ -60,6 +61,9 @@ class FakeView:
         self, inode: int, max_size: int, count: int
     ) -> list[FileVersion]:
         return self.after[:count]
+
+    def query(self, arena: str, f: Callable[..., Any], *args: Any) -> Any:
+        return None
 
 
 class FakeBridge:
@@ -78,9 +82,18 @@ class FakeBridge:
 
 
 class FakeDownloader:
-    def __init__(self) -> None:
+    def __init__(self, view: FakeView) -> None:
+        self.view = view
         self.memory: dict[int, bytes] = {}
         self.reads: list[tuple[Any, ...]] = []
+        self.unwritten = False
+
+    def writing(self, inode: int, digest: bytes) -> bool:
+        return self.unwritten
+
+    async def written(self, inode: int, digest: bytes) -> None:
+        self.unwritten = False
+        self.view.complete = True
 
     def verified(self, inode: int, digest: bytes, start: int, end: int) -> bytes | None:
         data = self.memory.get(start)
@@ -108,7 +121,7 @@ class ReadPathTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.view = FakeView()
         self.bridge = FakeBridge()
-        self.downloader = FakeDownloader()
+        self.downloader = FakeDownloader(self.view)
         self.now = 100.0
         self.backend = UnrealBackend(
             self.view,  # type: ignore[arg-type]
@@ -119,6 +132,18 @@ class ReadPathTests(SynchronousTestCase):
 
     def open(self) -> int:
         return self.backend.open(INODE).handle
+
+    def test_status_waits_for_the_writes(self) -> None:
+        """
+        The status of a file whose verified bytes are still being written
+        to its blob waits for the writes (through the bridge): it says what
+        the cache holds once a read returned.  Otherwise no reactor call.
+        """
+        self.assertEqual(self.backend.status(INODE), "remote")
+        self.assertEqual(self.bridge.calls, 0)
+        self.downloader.unwritten = True
+        self.assertEqual(self.backend.status(INODE), "cached verified")
+        self.assertEqual(self.bridge.calls, 1)
 
     def test_from_memory(self) -> None:
         """

@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from realize.errors import BadRequest, InvalidPath
 from realize.hashing import EMPTY_ROOT
 from realize.model import ArenaName, Notification, PeerId
-from realize.storage.blobs import QUEUE_DELETING, QUEUE_WORKING
+from realize.storage.blobs import QUEUE_PENDING_REMOVAL, QUEUE_WORKING
 from realize.storage.globaldb import GlobalDb, InodeRange
 from realize.storage.unreal import (
     APPLIED,
@@ -845,7 +845,8 @@ class BlobMarkTests(SynchronousTestCase):
 
     def test_replaced(self) -> None:
         """
-        A chain Replace marks the old default's blob; a fork marks nothing.
+        A chain Replace moves the old default's blob to the pending removal
+        queue; a fork moves nothing.
         """
         run(self.db, _txn_add, self.tree, P, add("f", 1, 10, h(1)))
         run(self.db, _txn_add, self.tree, Q, add("f", 1, 10, h(1)))
@@ -853,12 +854,12 @@ class BlobMarkTests(SynchronousTestCase):
         run(self.db, _txn_replace, self.tree, Q, replace("f", 1, 10, h(3), h(9)))
         self.assertEqual(self.queue(old), QUEUE_WORKING)
         run(self.db, _txn_replace, self.tree, P, replace("f", 1, 20, h(2), h(1)))
-        self.assertEqual(self.queue(old), QUEUE_DELETING)
+        self.assertEqual(self.queue(old), QUEUE_PENDING_REMOVAL)
 
     def test_removed(self) -> None:
         """
-        A file that disappears has its blobs marked; a Remove that leaves
-        the default with another peer marks nothing.
+        A file that disappears has its blobs moved to pending removal; a
+        Remove that leaves the default with another peer moves nothing.
         """
         run(self.db, _txn_add, self.tree, P, add("f", 1, 10, h(1)))
         run(self.db, _txn_add, self.tree, Q, add("f", 1, 10, h(1)))
@@ -866,7 +867,7 @@ class BlobMarkTests(SynchronousTestCase):
         run(self.db, _txn_remove, self.tree, P, remove("f", 10, h(1)))
         self.assertEqual(self.queue(blob), QUEUE_WORKING)
         run(self.db, _txn_remove, self.tree, Q, remove("f", 10, h(1)))
-        self.assertEqual(self.queue(blob), QUEUE_DELETING)
+        self.assertEqual(self.queue(blob), QUEUE_PENDING_REMOVAL)
 
     def test_empty_root(self) -> None:
         """

@@ -33,7 +33,7 @@ from twisted.internet.inotify import (
 )
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.threads import deferToThread
-from twisted.logger import globalLogPublisher
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from realize.config import ArenaConfig, Config
@@ -660,6 +660,23 @@ class EventTests(_WatcherCase):
         self.assertEqual(self.indexed()["other"][2], root_of(b"changed since"))
         self.settle()
 
+    def test_store_finished_logged_per_batch(self) -> None:
+        """
+        Files the store finished together are logged as one debug event
+        with their count, not an info event each (a move finishes
+        thousands a second; the daemon's log would format every one).
+        """
+        for name in ("a1", "a2", "a3"):
+            self.write(name, b"moved")
+            st = self.stat(name)
+            self.watcher.known(name, st.st_size, st.st_mtime_ns, root_of(b"moved"))
+        self.clock.advance(0)
+        self.assertEqual(len(self.new()), 3)
+        stored = [e for e in self.events if e.get("source") == "store"]
+        self.assertEqual(
+            [(e["log_level"], e["files"]) for e in stored], [(LogLevel.debug, 3)]
+        )
+
     def test_store_same_stat_new_content(self) -> None:
         """
         A file the store finished with the size and mtime the index already
@@ -708,6 +725,19 @@ class EventTests(_WatcherCase):
         self.fake.emit(os.path.join(self.root, "d"), IN_ATTRIB, "old")
         self.fake.emit(self.root, IN_ATTRIB | IN_ISDIR, "d")
         self.assertEqual(seen, ["d/old", "d"])
+        self.settle()
+
+    def test_attributes_of_the_datadir(self) -> None:
+        """
+        C{IN_ATTRIB} on the datadir itself calls the hook with C{""} (the
+        arena root); on another watched directory itself, nothing (its
+        parent's event names it).
+        """
+        seen: list[str] = []
+        self.watcher.on_attributes = seen.append
+        self.fake.emit(self.root, IN_ATTRIB | IN_ISDIR)
+        self.fake.emit(os.path.join(self.root, "d"), IN_ATTRIB | IN_ISDIR)
+        self.assertEqual(seen, [""])
         self.settle()
 
     def test_ignored_watch(self) -> None:
@@ -885,6 +915,19 @@ class WatcherServiceTests(_WatcherCase):
         self.clock.advance(0)
         self.assertEqual(self.kinds()[1:], [(REMOVE, "f"), (ADD, "g")])
         self.assertEqual(self.indexed()["g"][2], b"G" * 32)
+
+    def test_attributes(self) -> None:
+        """
+        Attribute changes reach the service's C{attributes} hook with the
+        arena, whenever it is set.
+        """
+        self.write("f", b"1")
+        service = self.make()
+        seen: list[tuple[str, str]] = []
+        service.attributes = lambda arena, path: seen.append((arena, path))
+        self.notifiers[0].emit(self.root, IN_ATTRIB, "f")
+        self.assertEqual(seen, [(A, "f")])
+        self.clock.advance(STABILITY_DELAY)
 
     def test_reconfigure(self) -> None:
         """

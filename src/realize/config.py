@@ -31,7 +31,7 @@ import tomllib
 from collections.abc import Mapping
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from attrs import field, frozen
 from cryptography.hazmat.primitives import serialization
@@ -47,6 +47,7 @@ __all__ = [
     "Config",
     "HistoryConfig",
     "LimitsConfig",
+    "OverlayConfig",
     "PeerConfig",
     "load_config",
     "parse_address",
@@ -60,6 +61,12 @@ __all__ = [
 DEFAULT_PORT = 9771
 
 MARKS = ("own", "keep", "watch")
+
+#: Default of C{[[arena]] copies}.
+DEFAULT_COPIES = 1
+
+#: Largest C{[[arena]] copies} (a household is a few peers).
+MAX_COPIES = 1000
 
 _PEER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
@@ -102,6 +109,9 @@ class ArenaConfig:
     @ivar mark: C{own}, C{keep} or C{watch}.
     @ivar peers: the ACL: ids of the peers that may use this arena, or
         C{None} for all peers.
+    @ivar copies: how many other peers must hold a version of a file
+        before this peer unrealizes its real copy (moves it into the
+        cache), at least 1.
     """
 
     name: ArenaName
@@ -110,6 +120,7 @@ class ArenaConfig:
     mountpoint: Path | None = None
     mark: str = "watch"
     peers: frozenset[PeerId] | None = None
+    copies: int = DEFAULT_COPIES
 
     def allows(self, peer: PeerId) -> bool:
         """
@@ -119,17 +130,72 @@ class ArenaConfig:
         return self.peers is None or peer in self.peers
 
 
+#: Default free-space reserve of the block cache, in percent of the
+#: filesystem holding an arena's workdir.
+DEFAULT_MIN_FREE_PERCENT: Final = 5.0
+
+
 @frozen
 class CacheConfig:
     """
-    C{[cache]}: quota of the block cache (milestone 2).
+    C{[cache]}: quota of the block cache of each arena (issue 11).
 
     @ivar size_bytes: quota in bytes, or C{None}.
-    @ivar size_percent: quota in percent of the disk, or C{None}.
+    @ivar size_percent: quota in percent of the filesystem holding the
+        arena's workdir, or C{None}.  With neither, there is no quota but
+        the free-space reserve.
+    @ivar min_free_bytes: the free-space reserve in bytes, or C{None}.
+    @ivar min_free_percent: the reserve in percent of that filesystem, or
+        C{None}: when its free space drops below the reserve, the cache
+        shrinks by the difference.
     """
 
     size_bytes: int | None = None
     size_percent: float | None = None
+    min_free_bytes: int | None = None
+    min_free_percent: float | None = DEFAULT_MIN_FREE_PERCENT
+
+    def quota(self, filesystem_bytes: int) -> int | None:
+        """
+        @param filesystem_bytes: the size of the filesystem holding the
+            workdir.
+        @return: the quota in bytes, or C{None} for none.
+        """
+        if self.size_bytes is not None:
+            return self.size_bytes
+        if self.size_percent is not None:
+            return int(filesystem_bytes * self.size_percent / 100)
+        return None
+
+    def min_free(self, filesystem_bytes: int) -> int:
+        """
+        @param filesystem_bytes: the size of the filesystem holding the
+            workdir.
+        @return: the free-space reserve in bytes.
+        """
+        if self.min_free_bytes is not None:
+            return self.min_free_bytes
+        if self.min_free_percent is not None:
+            return int(filesystem_bytes * self.min_free_percent / 100)
+        return 0
+
+
+#: Values of C{[overlay] xattrs}: pick by privilege, or force one mode.
+OVERLAY_XATTRS = ("auto", "trusted", "user")
+
+
+@frozen
+class OverlayConfig:
+    """
+    C{[overlay]}: how C{realized mountall} mounts the overlays (milestone
+    3, docs/real.md).
+
+    @ivar xattrs: C{auto} (privileged mode when root, else userxattr),
+        C{trusted} (C{redirect_dir=on,metacopy=off}, trusted.* xattrs) or
+        C{user} (C{userxattr,redirect_dir=nofollow}).
+    """
+
+    xattrs: str = "auto"
 
 
 @frozen
@@ -180,6 +246,7 @@ class Config:
     cache: CacheConfig = CacheConfig()
     limits: LimitsConfig = LimitsConfig()
     history: HistoryConfig = HistoryConfig()
+    overlay: OverlayConfig = OverlayConfig()
 
     def peer(self, peer_id: str) -> PeerConfig:
         """
@@ -385,6 +452,32 @@ def _kind_name(kind: type) -> str:
     }.get(kind, kind.__name__)
 
 
+def _parse_share(
+    table: _Table, key: str, value: str, zero: bool
+) -> tuple[int | None, float | None]:
+    """
+    A size that is a byte count or a percentage of a filesystem.
+
+    @param zero: whether C{0%} is allowed (else the percentage is in
+        C{(0, 100]}).
+    @return: C{(bytes, None)} or C{(None, percent)}.
+    @raise ConfigError: naming the key if malformed.
+    """
+    if value.strip().endswith("%"):
+        try:
+            percent = float(value.strip()[:-1])
+        except ValueError:
+            percent = -1
+        if not (0 <= percent < 100 if zero else 0 < percent <= 100):
+            table.fail(table.key(key), f"bad percentage {value!r}")
+        return None, percent
+    try:
+        return parse_rate(value), None
+    except ValueError as e:
+        table.fail(table.key(key), str(e))
+        raise  # pragma: no cover (fail raises)
+
+
 def _resolve(base: Path, value: str) -> Path:
     return (base / os.path.expanduser(value)).absolute()
 
@@ -468,6 +561,15 @@ def parse_config(data: Mapping[str, Any], source: str, base: Path) -> Config:
             mark = "watch"
         if mark not in MARKS:
             table.fail(table.key("mark"), f"must be one of {', '.join(MARKS)}")
+        copies = table.take("copies", int)
+        if copies is None:
+            copies = DEFAULT_COPIES
+        elif not 1 <= copies <= MAX_COPIES:
+            table.fail(
+                table.key("copies"),
+                f"must be between 1 and {MAX_COPIES} (other peers holding a "
+                "version before the local copy may go)",
+            )
         acl_list = table.take("peers", list)
         acl = None
         if acl_list is not None:
@@ -483,6 +585,7 @@ def parse_config(data: Mapping[str, Any], source: str, base: Path) -> Config:
             mountpoint=mountpoint,
             mark=mark,
             peers=acl,
+            copies=copies,
         )
     # Check every leading run of segments: adjacent names in sorted order
     # are not enough ("a" < "a b" < "a/b" hides "a" from "a/b").
@@ -501,20 +604,16 @@ def parse_config(data: Mapping[str, Any], source: str, base: Path) -> Config:
     if cache_value is not None:
         table = _Table(source, "cache", cache_value)
         size = table.take("size", str)
-        if size is not None:
-            if size.strip().endswith("%"):
-                try:
-                    percent = float(size.strip()[:-1])
-                except ValueError:
-                    percent = -1
-                if not 0 < percent <= 100:
-                    table.fail(table.key("size"), f"bad percentage {size!r}")
-                cache = CacheConfig(size_percent=percent)
-            else:
-                try:
-                    cache = CacheConfig(size_bytes=parse_rate(size))
-                except ValueError as e:
-                    table.fail(table.key("size"), str(e))
+        size_bytes, size_percent = (
+            (None, None) if size is None else _parse_share(table, "size", size, False)
+        )
+        min_free = table.take("min_free", str)
+        free_bytes, free_percent = (
+            (None, DEFAULT_MIN_FREE_PERCENT)
+            if min_free is None
+            else _parse_share(table, "min_free", min_free, True)
+        )
+        cache = CacheConfig(size_bytes, size_percent, free_bytes, free_percent)
         table.done()
 
     limits = LimitsConfig()
@@ -558,6 +657,19 @@ def parse_config(data: Mapping[str, Any], source: str, base: Path) -> Config:
         table.done()
         history = HistoryConfig(max_entries=max_entries, max_age=max_age)
 
+    overlay = OverlayConfig()
+    overlay_value = top.take("overlay", dict)
+    if overlay_value is not None:
+        table = _Table(source, "overlay", overlay_value)
+        xattrs = table.take("xattrs", str)
+        if xattrs is not None:
+            if xattrs not in OVERLAY_XATTRS:
+                table.fail(
+                    table.key("xattrs"), f"must be one of {', '.join(OVERLAY_XATTRS)}"
+                )
+            overlay = OverlayConfig(xattrs)
+        table.done()
+
     top.done()
     return Config(
         source=source,
@@ -566,6 +678,7 @@ def parse_config(data: Mapping[str, Any], source: str, base: Path) -> Config:
         cache=cache,
         limits=limits,
         history=history,
+        overlay=overlay,
     )
 
 

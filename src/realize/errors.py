@@ -19,6 +19,7 @@ from typing import ClassVar
 
 __all__ = [
     "WIRE_ERRORS",
+    "ArenaUnavailable",
     "AuthenticationError",
     "BadDelta",
     "BadRequest",
@@ -39,6 +40,7 @@ __all__ = [
     "Unauthorized",
     "describe",
     "is_retryable",
+    "where",
 ]
 
 
@@ -144,6 +146,18 @@ class Unauthorized(RealizeError):
     code = b"UNAUTHORIZED"
 
 
+class ArenaUnavailable(NotFound, Unauthorized):
+    """
+    An arena a peer asked for is not one it may use here: absent, without a
+    datadir, or outside its ACL.  One answer for all three, with the code
+    of L{NotFound}, so that a peer cannot learn which arenas exist by
+    asking (issue 14 item 10); it is both a L{NotFound} and an
+    L{Unauthorized} for callers.
+    """
+
+    code = b"NOT_FOUND"
+
+
 class IOFailure(RealizeError):
     """
     An I/O error other than the more specific ones.
@@ -224,6 +238,14 @@ class SideError(RealizeError):
         self.cause = cause
 
 
+def where(arena: str, path: str) -> str:
+    """
+    @return: C{"arena 'a', path 'd/f'"}, the start of every message about
+        a file.
+    """
+    return f"arena {arena!r}, path {path!r}"
+
+
 def is_retryable(error: BaseException) -> bool:
     """
     Whether an operation that failed with C{error} may succeed if retried.
@@ -265,9 +287,15 @@ WIRE_ERRORS: dict[type[Exception], bytes] = {
     for cls in (
         InvalidPath,
         BadRequest,
+        # NotFound before Unauthorized, and ArenaUnavailable after NotFound:
+        # AMP answers the first class an error is an instance of, and
+        # rebuilds a code as the last class that has it, so an unavailable
+        # arena travels as NOT_FOUND and comes back as ArenaUnavailable
+        # (both a NotFound and an Unauthorized).
         NotFound,
-        PermissionDenied,
+        ArenaUnavailable,
         Unauthorized,
+        PermissionDenied,
         IOFailure,
         NoSpace,
         Conflict,

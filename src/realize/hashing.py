@@ -165,6 +165,23 @@ class LeafHasher:
                 self._hasher = blake3(_LEAF_PREFIX)
                 self._filled = 0
 
+    def update_zeros(self, length: int) -> None:
+        """
+        Feed C{length} zero bytes (a hole of a sparse file) without reading
+        or hashing them where they fill whole leaves: those get the
+        precomputed digest of L{zero_leaf_hash}.
+
+        @param length: bytes of zeros.
+        """
+        if self._filled and length:
+            take = min(length, LEAF_SIZE - self._filled)
+            self.update(memoryview(_ZERO_LEAF)[:take])
+            length -= take
+        whole, length = divmod(length, LEAF_SIZE)
+        self.leaves.extend([_FULL_ZERO_LEAF_HASH] * whole)
+        if length:
+            self.update(memoryview(_ZERO_LEAF)[:length])
+
     def finish(self) -> list[bytes]:
         """
         @return: the leaves of everything fed, the last one short if the

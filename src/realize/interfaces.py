@@ -10,13 +10,22 @@ know which it talks to.
 
 Bulk data moves as async iterables of chunks (C{bytes}, at most
 L{realize.model.CHUNK_SIZE} long): the consumer pulls, so
-back-pressure is the consumer not asking for more.
+back-pressure is the consumer not asking for more.  Between two stores
+that both are L{SparseStore}s, the streams of large files also carry
+L{realize.model.Hole}s: the holes of sparse files, neither read nor sent
+as zeros nor written.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Collection,
+    Sequence,
+)
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from twisted.internet.defer import Deferred
 
@@ -26,6 +35,7 @@ from realize.model import (
     Entry,
     FileInfo,
     FileState,
+    Hole,
     Notification,
     PeerId,
     SmallFile,
@@ -37,6 +47,8 @@ __all__ = [
     "ChunkList",
     "ReadStream",
     "RunInThread",
+    "SparseReadStream",
+    "SparseStore",
     "Store",
     "StoreListener",
     "UnrealView",
@@ -297,13 +309,19 @@ class Store(Protocol):
         """
 
     async def delete_files(
-        self, arena: ArenaName, files: Sequence[FileInfo]
+        self,
+        arena: ArenaName,
+        files: Sequence[FileInfo],
+        partials: Collection[str] | None = None,
     ) -> list[RealizeError | None]:
         """
         Delete files in one batch, each only if it still has the size and
         mtime given (as L{delete} with both); directories left empty are
         removed.
 
+        @param partials: the paths whose partial file the caller listed:
+            only their partials are deleted (a partial made since the
+            listing stays); C{None} for every path's.
         @return: per file, C{None} or its error.
         """
 
@@ -313,6 +331,67 @@ class Store(Protocol):
 
         @param abort: drop the connection at once, without flushing what
             is still queued (the move was stopped).
+        """
+
+
+class SparseReadStream(Protocol):
+    """
+    Data of a L{SparseStore.read_sparse}: as a L{ReadStream}, but a hole
+    of the file comes as a L{Hole} (as many zero bytes, not sent).
+    """
+
+    def __aiter__(self) -> AsyncIterator[bytes | Hole]: ...
+
+    async def result(self) -> FileState: ...
+
+    def cancel(self) -> None: ...
+
+
+@runtime_checkable
+class SparseStore(Protocol):
+    """
+    What a L{Store} may also do: move sparse files hole by hole (issue
+    15).  The mover uses it for large files when both sides do; a hole is
+    then found at the source with C{SEEK_DATA}/C{SEEK_HOLE}, hashed from
+    the digest of zeros, sent as its length, and left unallocated at the
+    destination.
+    """
+
+    async def sparse(self) -> bool:
+        """
+        @return: whether L{read_sparse} and L{write_sparse} work (a remote
+            store: whether its peer has them).
+        """
+
+    def read_sparse(
+        self,
+        arena: ArenaName,
+        path: str,
+        start: int,
+        end: int,
+        *,
+        hash_from: int | None = None,
+    ) -> SparseReadStream:
+        """
+        As L{Store.read}, giving the holes of the file (at least
+        L{realize.model.MIN_HOLE} long) as L{Hole} items.
+        """
+
+    async def write_sparse(
+        self,
+        arena: ArenaName,
+        path: str,
+        start: int,
+        end: int,
+        file_size: int,
+        data: AsyncIterable[bytes | Hole],
+        *,
+        hash: bool = False,
+    ) -> WriteResult:
+        """
+        As L{Store.write}, from data whose L{Hole}s become zeros that take
+        no room: past the end of the partial file nothing is written, over
+        bytes it holds they are deallocated (punched).
         """
 
 

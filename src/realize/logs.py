@@ -28,7 +28,7 @@ Levels:
 Namespaces: C{realize.auth} (connection attempts, TLS accept and reject),
 C{realize.daemon}, C{realize.move}, C{realize.web}, and for the other
 modules their dotted module (and class) names, e.g.
-C{realize.storage.listing}, C{realize.net.protocol}.  A namespace given to
+C{realize.storage.listing}, C{realize.net}.  A namespace given to
 C{--log-namespace} selects itself and everything below it.
 
 Fields: every event carries C{log_namespace}, C{log_level} and

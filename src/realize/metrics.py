@@ -122,6 +122,45 @@ Metrics of the history and the watcher in C{realized} (L{HistoryMetrics}):
       C{overflow} (the inotify queue overflowed), C{unwatched} (periodic
       rescan of unwatched directories) or C{directory} (a directory
       appeared, moved or went).
+
+Metrics of the block cache in C{realized} (L{CacheMetrics}; issue 11):
+
+    - C{realize_cache_bytes} (gauge; C{arena}, C{queue}): bytes the
+      cache's blobs use (C{st_blocks * 512} plus a per-file overhead, and
+      writes reserved); C{queue} is C{working}, C{protected},
+      C{pending_removal} or C{deleting} (evicted, files being removed).
+    - C{realize_cache_blobs} (gauge; C{arena}, C{queue}): blobs per queue.
+    - C{realize_cache_quota_bytes} (gauge; C{arena}): the configured quota
+      (C{[cache] size}); absent without one.
+    - C{realize_cache_limit_bytes} (gauge; C{arena}): the bytes the cache
+      may use now: the quota, less when the filesystem's free space is
+      below C{[cache] min_free}.
+    - C{realize_cache_reads_total} (counter; C{arena}, C{result}): FUSE
+      reads; C{result} is C{hit} (served from the blob) or C{miss} (the
+      downloader fetched some of it).
+    - C{realize_cache_read_bytes_total} (counter; C{arena}, C{result}):
+      bytes of those reads.
+    - C{realize_cache_fetched_bytes_total} (counter; C{arena}): bytes
+      downloaded from peers (verified).
+    - C{realize_cache_not_kept_bytes_total} (counter; C{arena}): bytes
+      downloaded and served but not kept, for lack of room.
+    - C{realize_cache_released_bytes_total} (counter; C{arena}): bytes
+      given back behind readers of files larger than the working area.
+    - C{realize_cache_evictions_total} (counter; C{arena}, C{queue},
+      C{reason}): blobs evicted; C{reason} is C{quota} (room for new
+      data), C{free_space} (the filesystem's free space fell below the
+      reserve) or C{admission} (a protected blob displaced by a more
+      frequent one).
+    - C{realize_cache_admissions_total} (counter; C{arena}, C{reason}):
+      blobs that entered the protected queue; C{reason} is C{mark} (marked
+      keep or own) or C{frequency} (TinyLFU).
+    - C{realize_cache_pending_deleted_total} (counter; C{arena}): outdated
+      blobs deleted by the pending removal batches.
+    - C{realize_cache_consistency_fixes_total} (counter; C{arena},
+      C{kind}): what the consistency job fixed; C{kind} is C{missing} (a
+      row whose file was missing, dropped), C{orphan} (a file without a
+      row, deleted) or C{trimmed} (ranges claimed that the file did not
+      hold).
 """
 
 from __future__ import annotations
@@ -156,6 +195,8 @@ __all__ = [
     "REJECT_UNKNOWN_KEY",
     "STATUS_OK",
     "WRITTEN",
+    "CacheMetrics",
+    "ConsensusMetrics",
     "DaemonMetrics",
     "HistoryMetrics",
     "MoveMetrics",
@@ -408,9 +449,9 @@ class DaemonMetrics:
 
         @param handshake: fires with the peer id once authenticated, or
             fails with why the connection was lost before
-            (L{realize.net.protocol.Connection.handshake}).
+            (L{realize.net.framing.Connection.handshake}).
         @param lost: fires when the connection is lost
-            (L{realize.net.protocol.Connection.lost}).
+            (L{realize.net.framing.Connection.lost}).
         """
 
         def closed(result: object, peer: str) -> object:
@@ -938,3 +979,351 @@ class HistoryMetrics:
         @param reason: C{start}, C{overflow}, C{unwatched} or C{directory}.
         """
         self.rescans.labels(arena, reason).inc()
+
+
+#: C{outcome} label values of C{realize_consensus_jobs_total}.
+OUTCOME_DONE = "done"
+OUTCOME_FAILED = "failed"
+
+
+@define(eq=False)
+class ConsensusMetrics:
+    """
+    The metrics of the consensus jobs and the audit events of C{realized}
+    (DESIGN.md section 11, #nochurten), on a given registry:
+
+        - C{realize_consensus_jobs_total} (counter; C{arena}, C{action},
+          C{outcome}): jobs that ran; C{action} is C{realize}, C{update},
+          C{remove}, C{unrealize} or C{keep}; C{outcome} is C{done} or
+          C{failed} (it is retried).
+        - C{realize_audit_events_total} (counter; C{arena}, C{event}): the
+          job steps logged in C{realize.audit}: C{queued}, C{download},
+          C{verify}, C{realize}, C{unrealize}, C{remove}, C{evict},
+          C{failed}.
+        - C{realize_audit_connections_total} (counter; C{peer}, C{event}):
+          connections to peers that feed the Unreal, C{connect} or
+          C{disconnect}.
+        - C{realize_consensus_realized_bytes_total} (counter; C{arena}):
+          bytes of files realized (made real files from the cache).
+        - C{realize_consensus_unrealized_bytes_total} (counter; C{arena}):
+          bytes of real files moved into the cache.
+        - C{realize_consensus_downloaded_bytes_total} (counter; C{arena}):
+          bytes the jobs fetched from peers into the cache.
+        - C{realize_consensus_queue_paths} (gauge; C{arena}): dirty paths
+          waiting for a job (or running one).
+        - C{realize_consensus_retrying_paths} (gauge; C{arena}): of those,
+          the paths waiting for a retry after a failure.
+        - C{realize_consensus_running_jobs} (gauge): jobs running now.
+
+    @ivar registry: where the metrics are registered.
+    """
+
+    registry: CollectorRegistry
+
+    jobs: Counter = field(init=False)
+    events: Counter = field(init=False)
+    connections: Counter = field(init=False)
+    realized_bytes: Counter = field(init=False)
+    unrealized_bytes: Counter = field(init=False)
+    downloaded_bytes: Counter = field(init=False)
+    queue: Gauge = field(init=False)
+    retrying: Gauge = field(init=False)
+    running: Gauge = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        r = self.registry
+        self.jobs = Counter(
+            "realize_consensus_jobs",
+            "Consensus jobs that ran, by action and outcome.",
+            ["arena", "action", "outcome"],
+            registry=r,
+        )
+        self.events = Counter(
+            "realize_audit_events",
+            "Job steps logged in realize.audit, by event.",
+            ["arena", "event"],
+            registry=r,
+        )
+        self.connections = Counter(
+            "realize_audit_connections",
+            "Connections of peers feeding the Unreal, connect or disconnect.",
+            ["peer", "event"],
+            registry=r,
+        )
+        self.realized_bytes = Counter(
+            "realize_consensus_realized_bytes",
+            "Bytes of files realized from the cache into the datadir.",
+            ["arena"],
+            registry=r,
+        )
+        self.unrealized_bytes = Counter(
+            "realize_consensus_unrealized_bytes",
+            "Bytes of real files moved into the cache.",
+            ["arena"],
+            registry=r,
+        )
+        self.downloaded_bytes = Counter(
+            "realize_consensus_downloaded_bytes",
+            "Bytes the consensus jobs fetched from peers.",
+            ["arena"],
+            registry=r,
+        )
+        self.queue = Gauge(
+            "realize_consensus_queue_paths",
+            "Dirty paths waiting for a consensus job.",
+            ["arena"],
+            registry=r,
+        )
+        self.retrying = Gauge(
+            "realize_consensus_retrying_paths",
+            "Dirty paths waiting for a retry after a failure.",
+            ["arena"],
+            registry=r,
+        )
+        self.running = Gauge(
+            "realize_consensus_running_jobs",
+            "Consensus jobs running now.",
+            registry=r,
+        )
+
+    def event(self, arena: str, event: str) -> None:
+        """
+        @param event: a job step (C{queued}, C{download}, ...).
+        """
+        self.events.labels(arena, event).inc()
+
+    def job(self, arena: str, action: str, outcome: str) -> None:
+        """
+        @param action: what the job did.
+        @param outcome: L{OUTCOME_DONE} or L{OUTCOME_FAILED}.
+        """
+        self.jobs.labels(arena, action, outcome).inc()
+
+    def connection(self, peer: str, event: str) -> None:
+        """
+        @param event: C{connect} or C{disconnect}.
+        """
+        self.connections.labels(peer, event).inc()
+
+    def moved(self, arena: str, realized: int = 0, unrealized: int = 0) -> None:
+        """
+        @param realized: bytes realized.
+        @param unrealized: bytes unrealized.
+        """
+        if realized:
+            self.realized_bytes.labels(arena).inc(realized)
+        if unrealized:
+            self.unrealized_bytes.labels(arena).inc(unrealized)
+
+    def downloaded(self, arena: str, size: int) -> None:
+        """
+        @param size: bytes fetched.
+        """
+        self.downloaded_bytes.labels(arena).inc(max(0, size))
+
+    def queue_state(self, arena: str, queued: int, retrying: int) -> None:
+        """
+        @param queued: dirty paths queued.
+        @param retrying: of those, waiting for a retry.
+        """
+        self.queue.labels(arena).set(queued)
+        self.retrying.labels(arena).set(retrying)
+
+    def jobs_running(self, count: int) -> None:
+        """
+        @param count: jobs running now.
+        """
+        self.running.set(count)
+
+
+#: C{result} label values of C{realize_cache_reads_total}.
+HIT = "hit"
+MISS = "miss"
+
+
+@define(eq=False)
+class CacheMetrics:
+    """
+    The metrics of the block cache of C{realized}, on a given registry
+    (the series are listed in this module's docstring).  Thread-safe (FUSE
+    threads count reads).
+
+    @ivar registry: where the metrics are registered.
+    """
+
+    registry: CollectorRegistry
+
+    bytes: Gauge = field(init=False)
+    blobs: Gauge = field(init=False)
+    quota: Gauge = field(init=False)
+    limit: Gauge = field(init=False)
+    reads: Counter = field(init=False)
+    read_bytes: Counter = field(init=False)
+    fetched_bytes: Counter = field(init=False)
+    not_kept_bytes: Counter = field(init=False)
+    released_bytes: Counter = field(init=False)
+    evictions: Counter = field(init=False)
+    admissions: Counter = field(init=False)
+    pending_deleted: Counter = field(init=False)
+    fixes: Counter = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        r = self.registry
+        self.bytes = Gauge(
+            "realize_cache_bytes",
+            "Bytes the cache's blobs use, by queue.",
+            ["arena", "queue"],
+            registry=r,
+        )
+        self.blobs = Gauge(
+            "realize_cache_blobs", "Blobs, by queue.", ["arena", "queue"], registry=r
+        )
+        self.quota = Gauge(
+            "realize_cache_quota_bytes",
+            "The configured quota of the cache.",
+            ["arena"],
+            registry=r,
+        )
+        self.limit = Gauge(
+            "realize_cache_limit_bytes",
+            "Bytes the cache may use now (the quota, less on low free space).",
+            ["arena"],
+            registry=r,
+        )
+        self.reads = Counter(
+            "realize_cache_reads",
+            "FUSE reads, served from the cache (hit) or not (miss).",
+            ["arena", "result"],
+            registry=r,
+        )
+        self.read_bytes = Counter(
+            "realize_cache_read_bytes",
+            "Bytes of FUSE reads, by result.",
+            ["arena", "result"],
+            registry=r,
+        )
+        self.fetched_bytes = Counter(
+            "realize_cache_fetched_bytes",
+            "Bytes downloaded from peers and verified.",
+            ["arena"],
+            registry=r,
+        )
+        self.not_kept_bytes = Counter(
+            "realize_cache_not_kept_bytes",
+            "Bytes downloaded and served but not kept, for lack of room.",
+            ["arena"],
+            registry=r,
+        )
+        self.released_bytes = Counter(
+            "realize_cache_released_bytes",
+            "Bytes released behind readers of files larger than the working area.",
+            ["arena"],
+            registry=r,
+        )
+        self.evictions = Counter(
+            "realize_cache_evictions",
+            "Blobs evicted, by queue and reason.",
+            ["arena", "queue", "reason"],
+            registry=r,
+        )
+        self.admissions = Counter(
+            "realize_cache_admissions",
+            "Blobs admitted to the protected queue, by reason.",
+            ["arena", "reason"],
+            registry=r,
+        )
+        self.pending_deleted = Counter(
+            "realize_cache_pending_deleted",
+            "Outdated blobs deleted by the pending removal batches.",
+            ["arena"],
+            registry=r,
+        )
+        self.fixes = Counter(
+            "realize_cache_consistency_fixes",
+            "Inconsistencies between blob files and rows fixed, by kind.",
+            ["arena", "kind"],
+            registry=r,
+        )
+
+    def state(
+        self,
+        arena: str,
+        usage: dict[str, int],
+        counts: dict[str, int],
+        quota: int | None,
+        limit: int,
+    ) -> None:
+        """
+        @param arena: the arena.
+        @param usage: bytes by queue.
+        @param counts: blobs by queue.
+        @param quota: the configured quota, or C{None}.
+        @param limit: the limit now.
+        """
+        for queue, value in usage.items():
+            self.bytes.labels(arena, queue).set(value)
+        for queue, value in counts.items():
+            self.blobs.labels(arena, queue).set(value)
+        if quota is not None:
+            self.quota.labels(arena).set(quota)
+        self.limit.labels(arena).set(limit)
+
+    def read(self, arena: str, hit: bool, size: int) -> None:
+        """
+        @param arena: the arena.
+        @param hit: whether the read was served from the cache.
+        @param size: bytes asked.
+        """
+        result = HIT if hit else MISS
+        self.reads.labels(arena, result).inc()
+        self.read_bytes.labels(arena, result).inc(max(0, size))
+
+    def fetched(self, arena: str, size: int) -> None:
+        """
+        @param arena: the arena.
+        @param size: bytes downloaded and verified.
+        """
+        self.fetched_bytes.labels(arena).inc(max(0, size))
+
+    def not_kept(self, arena: str, size: int) -> None:
+        """
+        @param arena: the arena.
+        @param size: bytes served without being kept.
+        """
+        self.not_kept_bytes.labels(arena).inc(max(0, size))
+
+    def released(self, arena: str, size: int) -> None:
+        """
+        @param arena: the arena.
+        @param size: bytes released behind a reader.
+        """
+        self.released_bytes.labels(arena).inc(max(0, size))
+
+    def evicted(self, arena: str, queue: str, reason: str) -> None:
+        """
+        @param arena: the arena.
+        @param queue: the queue the blob left.
+        @param reason: C{quota}, C{free_space}, C{admission}, or C{pending}
+            for a pending removal batch (counted apart).
+        """
+        if reason == "pending":
+            self.pending_deleted.labels(arena).inc()
+        else:
+            self.evictions.labels(arena, queue, reason).inc()
+
+    def admitted(self, arena: str, reason: str, count: int = 1) -> None:
+        """
+        @param arena: the arena.
+        @param reason: C{mark} or C{frequency}.
+        @param count: blobs admitted.
+        """
+        self.admissions.labels(arena, reason).inc(count)
+
+    def fixed(self, arena: str, **kinds: int) -> None:
+        """
+        @param arena: the arena.
+        @param kinds: fixes by kind (C{missing}, C{orphan}, C{trimmed}).
+        """
+        for kind, count in kinds.items():
+            if count:
+                self.fixes.labels(arena, kind).inc(count)

@@ -28,6 +28,7 @@ __all__ = [
     "MAX_DELTA_RANGE",
     "MAX_NAME_BYTES",
     "MAX_PATH_BYTES",
+    "MIN_HOLE",
     "NOTIFICATION_KINDS",
     "ArenaName",
     "ByteRanges",
@@ -35,6 +36,7 @@ __all__ = [
     "EntryKind",
     "FileInfo",
     "FileState",
+    "Hole",
     "Notification",
     "PeerId",
     "SmallFile",
@@ -58,6 +60,11 @@ ArenaName = NewType("ArenaName", str)
 #: and of data frames on the wire.  Equal to the Merkle leaf size, so that a
 #: stream that starts on a leaf boundary hashes without copying.
 CHUNK_SIZE = 1 << 20
+
+#: Shortest hole of a sparse file that a sparse read stream gives as a
+#: L{Hole} rather than as zeros: shorter ones cost less to send than to
+#: describe (issue 15).
+MIN_HOLE = 64 << 10
 
 #: Largest byte range of one delta command (Signature, Diff, ApplyDelta):
 #: the range, its basis and the delta are held in memory while it runs, so
@@ -256,6 +263,20 @@ class SmallFile:
     size: int
     mtime_ns: int
     root: bytes
+
+
+@frozen
+class Hole:
+    """
+    A run of zero bytes in a data stream that is not sent as zeros: a hole
+    of a sparse file (C{SEEK_HOLE}), which the writing side leaves
+    unallocated (issue 15).  Sparse streams (L{realize.interfaces.
+    SparseStore}) yield these between their chunks of C{bytes}.
+
+    @ivar length: bytes of zeros, at least 1.
+    """
+
+    length: int
 
 
 @frozen

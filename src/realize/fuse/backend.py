@@ -197,6 +197,21 @@ class FuseBackend(Protocol):
         @param mark: one of L{MARKS} (the FUSE layer checks it), or
             C{None} to remove it.
         @raise NotFound: if the entry no longer exists.
+        @raise BadRequest: if this entry cannot have a mark (the mount's
+            root, a directory that only compounds arena names).
+        """
+
+    def effective_mark(self, inode: int) -> str | None:
+        """
+        The mark that applies to an entry (C{user.realize.mark.effective}):
+        its own, else the nearest one up the tree, else the arena's
+        default.
+
+        @param inode: any inode.
+        @return: e.g. C{"own"} (set on the entry), C{"own (inherited)"}
+            (set on a directory above it), C{"watch (default)"} (the
+            arena's default); C{None} for an entry outside the arenas.
+        @raise NotFound: if the entry no longer exists.
         """
 
     def version(self, inode: int) -> str | None:

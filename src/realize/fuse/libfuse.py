@@ -56,6 +56,7 @@ import mfusepy
 from realize.fuse.ops import (
     DIR_MODE,
     XATTR_MARK,
+    XATTR_MARK_EFFECTIVE,
     XATTR_STATUS,
     XATTR_VERSION,
     RealizeOperations,
@@ -72,7 +73,8 @@ FUSE_FILL_DIR_PLUS: Final = 1 << 1
 
 #: The attributes the view has; C{ls -l} asks two others of every file.
 _XATTRS: Final = frozenset(
-    name.encode() for name in (XATTR_MARK, XATTR_VERSION, XATTR_STATUS)
+    name.encode()
+    for name in (XATTR_MARK, XATTR_MARK_EFFECTIVE, XATTR_VERSION, XATTR_STATUS)
 )
 
 #: The C API, with our own function objects (their restype is set here).

@@ -59,6 +59,9 @@ class MemoryBackend:
     calls: Counter[str] = field(factory=Counter, init=False)
     _nodes: dict[int, _Node] = field(init=False)
     _marks: dict[int, str] = field(factory=dict, init=False)
+    _parents: dict[int, int] = field(factory=dict, init=False)
+    #: What L{effective_mark} answers where no mark is set up the tree.
+    default_mark: str = field(default="watch", kw_only=True)
     _inodes: Iterator[int] = field(
         factory=lambda: itertools.count(ROOT_INODE + 1), init=False
     )
@@ -118,6 +121,7 @@ class MemoryBackend:
             directory = self._nodes[parent]
             directory.children[name] = node.inode
             self._nodes[node.inode] = node
+            self._parents[node.inode] = parent
         return node.inode
 
     def remove(self, parent: int, name: str) -> None:
@@ -237,6 +241,19 @@ class MemoryBackend:
                 self._marks.pop(inode, None)
             else:
                 self._marks[inode] = mark
+
+    def effective_mark(self, inode: int) -> str | None:
+        with self._lock:
+            self.calls["effective_mark"] += 1
+            if inode not in self._nodes:
+                raise NotFound(f"inode {inode} is gone")
+            current: int | None = inode
+            while current is not None:
+                mark = self._marks.get(current)
+                if mark is not None:
+                    return mark if current == inode else f"{mark} (inherited)"
+                current = self._parents.get(current)
+            return f"{self.default_mark} (default)"
 
     def version(self, inode: int) -> str | None:
         with self._lock:

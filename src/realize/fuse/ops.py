@@ -30,15 +30,17 @@ What the adapter decides, and nothing else:
       read-only: the kernel refuses C{setxattr} on a C{ro} mount before
       asking us, and marks are set here.
     - B{Extended attributes}: C{user.realize.mark} (read and write: C{own},
-      C{keep} or C{watch}; removable), C{user.realize.version} and
-      C{user.realize.status} (read-only).  C{listxattr} lists
-      C{user.realize.mark} only, and only where a mark is set on that very
-      entry: overlayfs copy-up copies the attributes the lower layer
-      I{lists} (DESIGN.md section 11), and a version or status copied into
-      the datadir would be stale the moment it lands.  Version and status
-      are read by name (C{getfattr -n user.realize.status FILE}).  Other
-      names: C{getxattr} answers C{ENODATA} (as for any absent attribute),
-      C{setxattr} C{ENOTSUP}.
+      C{keep} or C{watch}; removable; another value is refused with
+      C{EINVAL} and logged), C{user.realize.mark.effective} (the mark that
+      applies: C{own}, C{own (inherited)}, C{watch (default)}),
+      C{user.realize.version} and C{user.realize.status} (read-only).
+      C{listxattr} lists C{user.realize.mark} only, and only where a mark
+      is set on that very entry: overlayfs copy-up copies the attributes
+      the lower layer I{lists} (DESIGN.md section 11), and a version or
+      status copied into the datadir would be stale the moment it lands.
+      The effective mark, version and status are read by name (C{getfattr
+      -n user.realize.status FILE}).  Other names: C{getxattr} answers
+      C{ENODATA} (as for any absent attribute), C{setxattr} C{ENOTSUP}.
     - B{Errors}: L{ERRNOS} is the one table from the error hierarchy
       (L{realize.errors}) to errnos, most specific class first; an
       unexpected exception is logged with its traceback and answers
@@ -87,6 +89,7 @@ __all__ = [
     "FILE_MODE",
     "MAX_DIRECTORIES",
     "XATTR_MARK",
+    "XATTR_MARK_EFFECTIVE",
     "XATTR_STATUS",
     "XATTR_VERSION",
     "RealizeOperations",
@@ -124,8 +127,13 @@ ATTR_TIMEOUT: Final = 3600.0
 NEGATIVE_TIMEOUT: Final = 0.0
 
 XATTR_MARK: Final = "user.realize.mark"
+XATTR_MARK_EFFECTIVE: Final = "user.realize.mark.effective"
 XATTR_VERSION: Final = "user.realize.version"
 XATTR_STATUS: Final = "user.realize.status"
+
+#: The attributes a getxattr answers, and those of them that cannot be set.
+_READ_ONLY: Final = (XATTR_MARK_EFFECTIVE, XATTR_VERSION, XATTR_STATUS)
+_READABLE: Final = (XATTR_MARK, *_READ_ONLY)
 
 #: Errno of each error class; L{errno_of} takes the most specific class of
 #: an error's MRO found here.
@@ -503,11 +511,12 @@ class RealizeOperations:
     @_translated
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
         """
-        The value of C{user.realize.mark}, C{.version} or C{.status}.
+        The value of C{user.realize.mark}, C{.mark.effective}, C{.version}
+        or C{.status}.
 
         @raise OSError: C{ENODATA} for an attribute not set or not known.
         """
-        if name not in (XATTR_MARK, XATTR_VERSION, XATTR_STATUS):
+        if name not in _READABLE:
             # Answered before the path is resolved: C{ls -l} asks for
             # security.selinux and system.posix_acl_access of every file.
             raise _answer(errno.ENODATA)
@@ -515,6 +524,8 @@ class RealizeOperations:
         value: str | None
         if name == XATTR_MARK:
             value = self.backend.mark(inode)
+        elif name == XATTR_MARK_EFFECTIVE:
+            value = self.backend.effective_mark(inode)
         elif name == XATTR_VERSION:
             value = self.backend.version(inode)
         else:
@@ -543,16 +554,23 @@ class RealizeOperations:
             version and status, C{ENOTSUP} for other names, C{EEXIST} and
             C{ENODATA} for C{XATTR_CREATE} and C{XATTR_REPLACE}.
         """
-        if name in (XATTR_VERSION, XATTR_STATUS):
+        if name in _READ_ONLY:
             raise ReadOnly(f"{name} is read-only")
         if name != XATTR_MARK:
             raise _answer(errno.ENOTSUP)
         try:
             mark = value.decode("utf-8")
         except UnicodeDecodeError:
-            raise BadRequest(f"{name}: the value is not UTF-8") from None
+            mark = None
         if mark not in MARKS:
-            raise BadRequest(f"{name}: {mark!r} is not one of {', '.join(MARKS)}")
+            self.log.warn(
+                "refused {name} = {value!r} on {path}: not one of {marks}",
+                name=name,
+                value=value,
+                path=path,
+                marks=", ".join(MARKS),
+            )
+            raise BadRequest(f"{name}: {value!r} is not one of {', '.join(MARKS)}")
         entry = self._resolve(path)
         if options & (_XATTR_CREATE | _XATTR_REPLACE):
             present = self.backend.mark(entry.inode) is not None
@@ -571,7 +589,7 @@ class RealizeOperations:
         @raise OSError: C{ENODATA} if no mark is set, C{EROFS} for the
             version and status.
         """
-        if name in (XATTR_VERSION, XATTR_STATUS):
+        if name in _READ_ONLY:
             raise ReadOnly(f"{name} is read-only")
         entry = self._resolve(path)
         if name != XATTR_MARK or self.backend.mark(entry.inode) is None:

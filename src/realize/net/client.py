@@ -11,10 +11,16 @@ key, L{AuthenticationError} with the peer, its address and the reason.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Collection,
+    Sequence,
+)
 from typing import Any, TypeVar
 
-from attrs import define
+from attrs import define, field
 from OpenSSL import SSL
 from twisted.internet import error as neterror
 from twisted.internet.defer import CancelledError, Deferred
@@ -26,23 +32,29 @@ from realize.config import PeerConfig
 from realize.errors import (
     WIRE_ERRORS,
     AuthenticationError,
+    Conflict,
     IOFailure,
     NetworkError,
     RealizeError,
+    where,
 )
 from realize.interfaces import ChunkList, RunInThread
 from realize.model import (
     ArenaName,
     FileInfo,
     FileState,
+    Hole,
     SmallFile,
     SmallRead,
     WriteResult,
 )
 from realize.net import commands
 from realize.net.codec import (
+    SparseDecoder,
+    SparseEncoder,
     batches,
     decode_entries,
+    encode_flags,
     entry_cost,
     join_frames,
     split_leaves,
@@ -112,16 +124,24 @@ def _ssl_reason(error: SSL.Error) -> str:
     return ", ".join(reasons) or str(error)
 
 
-class _RemoteReadStream:
+class _RemoteStream:
     """
-    The data of a remote Read: chunks from the inbox, the answer after.
+    What the data of a remote Read and of a remote sparse Read share: the
+    inbox, and the answer after it.
+
+    @cvar sparse: whether the Read asks for the holes of the file to be
+        described, not sent.
     """
+
+    sparse = False
 
     def __init__(self, store: RemoteStore, **arguments: Any) -> None:
         connection = store.connection
         self._store = store
         self._stream = connection.new_stream()
         self._inbox: Inbox = connection.open_reading(self._stream)
+        if self.sparse:
+            arguments["sparse"] = True
         self._answer: Deferred[dict[str, Any]] = connection.amp.callRemote(
             commands.Read, stream=self._stream, **arguments
         )
@@ -144,9 +164,6 @@ class _RemoteReadStream:
                 self._error = e
             self._store.connection.close_reading(self._stream, self._error)
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._inbox
-
     async def result(self) -> FileState:
         if self._state is None:
             if self._error is not None:
@@ -164,6 +181,26 @@ class _RemoteReadStream:
         self._inbox.discard()
 
 
+class _RemoteReadStream(_RemoteStream):
+    """
+    The data of a remote Read: chunks from the inbox, the answer after.
+    """
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._inbox
+
+
+class _RemoteSparseStream(_RemoteStream):
+    """
+    The data of a remote sparse Read: chunks and L{Hole}s.
+    """
+
+    sparse = True
+
+    def __aiter__(self) -> AsyncIterator[bytes | Hole]:
+        return SparseDecoder(self._inbox, IOFailure)
+
+
 @define(eq=False)
 class RemoteStore:
     """
@@ -175,6 +212,7 @@ class RemoteStore:
 
     connection: Connection
     label: str
+    _features: frozenset[str] | None = field(default=None, init=False)
 
     def describe(self) -> str:
         return self.label
@@ -210,6 +248,64 @@ class RemoteStore:
     async def arenas(self) -> list[ArenaName]:
         answer = await self._call(commands.Arenas)
         return [ArenaName(name) for name in answer["arenas"]]
+
+    async def features(self) -> frozenset[str]:
+        """
+        What the peer can do beyond the commands every peer has (Features,
+        asked once): nothing for a peer older than the command.
+
+        @raise NetworkError: if the connection is lost.
+        @raise RealizeError: if the peer fails to answer.
+        """
+        if self._features is None:
+            try:
+                answer = await self._call(commands.Features)
+            except amp.UnhandledCommand:
+                # An older peer does not know the command: no features.
+                self._features = frozenset()
+            else:
+                self._features = frozenset(answer["features"])
+        return self._features
+
+    async def sparse(self) -> bool:
+        return commands.FEATURE_SPARSE in await self.features()
+
+    def read_sparse(
+        self,
+        arena: ArenaName,
+        path: str,
+        start: int,
+        end: int,
+        *,
+        hash_from: int | None = None,
+    ) -> _RemoteSparseStream:
+        return _RemoteSparseStream(
+            self, arena=arena, path=path, start=start, end=end, hash_from=hash_from
+        )
+
+    async def write_sparse(
+        self,
+        arena: ArenaName,
+        path: str,
+        start: int,
+        end: int,
+        file_size: int,
+        data: AsyncIterable[bytes | Hole],
+        *,
+        hash: bool = False,
+    ) -> WriteResult:
+        result = await self._call_sending(
+            commands.Write,
+            SparseEncoder(data),
+            arena=arena,
+            path=path,
+            start=start,
+            end=end,
+            file_size=file_size,
+            hash=hash,
+            sparse=True,
+        )
+        return WriteResult(split_leaves(result["leaves"]), result["finished"])
 
     async def list_files(self, arena: ArenaName) -> list[FileInfo]:
         entries: list[FileInfo] = []
@@ -351,12 +447,22 @@ class RemoteStore:
     async def write_files(
         self, arena: ArenaName, files: Sequence[SmallFile], data: Sequence[bytes]
     ) -> list[RealizeError | None]:
-        results: list[RealizeError | None] = []
-        pairs = list(zip(files, data, strict=True))
-        for part in batches(pairs, lambda pair: entry_cost(pair[0].path)):
+        results: list[RealizeError | None] = [None] * len(files)
+        pairs = []
+        for index, (file, content) in enumerate(zip(files, data, strict=True)):
+            if len(content) != file.size:
+                # As the store would answer it, for this file alone: the
+                # batch on the wire carries sizes and data end to end.
+                results[index] = Conflict(
+                    f"{where(arena, file.path)}: {len(content)} bytes sent for a "
+                    f"{file.size}-byte file"
+                )
+            else:
+                pairs.append((index, file, content))
+        for part in batches(pairs, lambda entry: entry_cost(entry[1].path)):
             answer = await self._call_sending(
                 commands.WriteFiles,
-                ChunkList(join_frames([content for _, content in part])),
+                ChunkList(join_frames([content for _, _, content in part])),
                 arena=arena,
                 files=[
                     {
@@ -365,14 +471,19 @@ class RemoteStore:
                         "mtime_ns": file.mtime_ns,
                         "root": file.root,
                     }
-                    for file, _ in part
+                    for _, file, _ in part
                 ],
             )
-            results.extend(_decode_outcomes(answer["results"], len(part), self.label))
+            outcomes = _decode_outcomes(answer["results"], len(part), self.label)
+            for (index, _, _), outcome in zip(part, outcomes, strict=True):
+                results[index] = outcome
         return results
 
     async def delete_files(
-        self, arena: ArenaName, files: Sequence[FileInfo]
+        self,
+        arena: ArenaName,
+        files: Sequence[FileInfo],
+        partials: Collection[str] | None = None,
     ) -> list[RealizeError | None]:
         results: list[RealizeError | None] = []
         for part in batches(files, lambda info: entry_cost(info.path)):
@@ -383,6 +494,9 @@ class RemoteStore:
                     {"path": f.path, "size": f.size, "mtime_ns": f.mtime_ns}
                     for f in part
                 ],
+                partials=None
+                if partials is None
+                else encode_flags([f.path in partials for f in part]),
             )
             results.extend(_decode_outcomes(answer["results"], len(part), self.label))
         return results

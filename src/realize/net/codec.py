@@ -4,27 +4,27 @@ file entries of a listing, Merkle leaf lists, and the packing of small
 files into calls and frames.
 
 Pure functions; the compression ones run in threads (zstd releases the
-GIL).  Every decoder validates what it is given and raises L{BadRequest}
-(from a peer) or L{IOFailure} (an answer we cannot use) naming the
-problem.
+GIL) and import C{zstandard} when first called: a connection that does
+not compress (the default) does not pay for loading it.  Every decoder
+validates what it is given and raises L{BadRequest} (from a peer) or
+L{IOFailure} (an answer we cannot use) naming the problem.
 """
 
 from __future__ import annotations
 
 import struct
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, TypeVar, cast
 
-import zstandard
-
-from realize.errors import BadRequest, IOFailure
+from realize.errors import BadRequest, IOFailure, RealizeError
 from realize.hashing import DIGEST_SIZE
 from realize.model import (
     CHUNK_SIZE,
     NOTIFICATION_KINDS,
     ArenaName,
     FileInfo,
+    Hole,
     Notification,
     NotificationKind,
     check_notification,
@@ -38,12 +38,17 @@ __all__ = [
     "COMPRESS_MISSES",
     "MAX_DATA_FRAME",
     "MAX_PEER_COMPRESSION_LEVEL",
+    "SparseDecoder",
+    "SparseEncoder",
     "batches",
     "compress",
     "decode_entries",
+    "decode_flags",
     "decode_notifications",
     "decompress",
     "encode_entries",
+    "encode_flags",
+    "encode_hole",
     "encode_notifications",
     "entry_cost",
     "join_frames",
@@ -78,6 +83,8 @@ def compress(data: bytes, level: int = 3) -> bytes:
     @param level: zstd level.
     @return: one zstd frame that declares its content size.
     """
+    import zstandard
+
     compressor = getattr(_compressors, "compressor", None)
     if compressor is None or getattr(_compressors, "level", None) != level:
         compressor = zstandard.ZstdCompressor(level=level, write_content_size=True)
@@ -93,6 +100,8 @@ def decompress(data: bytes) -> bytes:
     @raise BadRequest: if it is not one zstd frame of at most
         L{MAX_DATA_FRAME} bytes (a peer cannot make us allocate more).
     """
+    import zstandard
+
     try:
         size = zstandard.frame_content_size(data)
         if size < 0 or size > MAX_DATA_FRAME:
@@ -217,6 +226,29 @@ def batches(items: Sequence[T], cost: Callable[[T], int]) -> list[Sequence[T]]:
     return parts
 
 
+def encode_flags(flags: Sequence[bool]) -> bytes:
+    """
+    Pack one bit per item of a batch (bit C{i % 8} of byte C{i // 8} for
+    item C{i}), e.g. which files of a DeleteFiles have a partial file.
+    """
+    packed = bytearray(-(-len(flags) // 8))
+    for index, flag in enumerate(flags):
+        if flag:
+            packed[index >> 3] |= 1 << (index & 7)
+    return bytes(packed)
+
+
+def decode_flags(data: bytes, count: int) -> list[bool]:
+    """
+    Unpack what L{encode_flags} packed for C{count} items.
+
+    @raise BadRequest: if C{data} does not have the length C{count} needs.
+    """
+    if len(data) != -(-count // 8):
+        raise BadRequest(f"{len(data)} bytes of flags for {count} items")
+    return [bool(data[index >> 3] & (1 << (index & 7))) for index in range(count)]
+
+
 def join_frames(contents: Sequence[bytes]) -> list[bytes]:
     """
     Concatenate small contents into chunks of about L{MAX_DATA_FRAME}
@@ -235,6 +267,79 @@ def join_frames(contents: Sequence[bytes]) -> list[bytes]:
     if size:
         frames.append(b"".join(pending))
     return frames
+
+
+#: The length of a hole in a sparse data stream: 8 bytes, big-endian.
+_HOLE_LENGTH = struct.Struct("!Q")
+
+
+class SparseEncoder:
+    """
+    The data chunks of a sparse stream (a Read or a Write with C{sparse}):
+    its C{bytes} as they are, each L{Hole} as two chunks, an empty one
+    (data chunks are never empty) and the hole's length (8 bytes,
+    big-endian).  The zeros themselves are not sent.
+    """
+
+    def __init__(self, pieces: AsyncIterable[bytes | Hole]) -> None:
+        self._pieces = aiter(pieces)
+        self._length: bytes | None = None
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._length is not None:
+            length, self._length = self._length, None
+            return length
+        piece = await self._pieces.__anext__()
+        if isinstance(piece, Hole):
+            self._length = _HOLE_LENGTH.pack(piece.length)
+            return b""
+        return piece
+
+
+def encode_hole(length: int) -> tuple[bytes, bytes]:
+    """
+    @return: the two chunks of a hole of C{length} bytes in a sparse
+        stream (L{SparseEncoder}).
+    """
+    return b"", _HOLE_LENGTH.pack(length)
+
+
+class SparseDecoder:
+    """
+    The pieces of a sparse stream from its data chunks: L{SparseEncoder}
+    undone.
+
+    @ivar error: the error a malformed stream raises: L{BadRequest} for
+        data a peer sends us (Write), L{IOFailure} for an answer we asked
+        for (Read).
+    """
+
+    def __init__(
+        self, chunks: AsyncIterable[bytes], error: type[RealizeError] = BadRequest
+    ) -> None:
+        self._chunks = aiter(chunks)
+        self.error = error
+
+    def __aiter__(self) -> AsyncIterator[bytes | Hole]:
+        return self
+
+    async def __anext__(self) -> bytes | Hole:
+        chunk = await self._chunks.__anext__()
+        if chunk:
+            return chunk
+        try:
+            length = await self._chunks.__anext__()
+        except StopAsyncIteration:
+            raise self.error("sparse stream ended inside a hole") from None
+        if len(length) != _HOLE_LENGTH.size:
+            raise self.error(f"hole length of {len(length)} bytes in a sparse stream")
+        (size,) = _HOLE_LENGTH.unpack(length)
+        if not 0 < size < 1 << 63:
+            raise self.error(f"hole of {size} bytes in a sparse stream")
+        return Hole(size)
 
 
 _OPTIONAL = ("path", "size", "mtime_ns", "hash", "old_hash", "uuid")

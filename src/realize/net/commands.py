@@ -31,6 +31,7 @@ from twisted.protocols.amp import (
 from realize.errors import WIRE_ERRORS
 
 __all__ = [
+    "FEATURE_SPARSE",
     "ApplyDelta",
     "ArenaId",
     "Arenas",
@@ -38,6 +39,7 @@ __all__ = [
     "Delete",
     "DeleteFiles",
     "Diff",
+    "Features",
     "Finish",
     "Hash",
     "List",
@@ -263,6 +265,11 @@ _UINT = struct.Struct("!Q")
 _INT = struct.Struct("!q")
 
 
+#: The feature a Features answer names when the answering side moves
+#: sparse files hole by hole: Read and Write take C{sparse}.
+FEATURE_SPARSE = "sparse"
+
+
 class _StoreCommand(Command):
     errors = WIRE_ERRORS
 
@@ -276,10 +283,21 @@ class Arenas(_StoreCommand):
     response = [(b"arenas", ListOf(Unicode()))]
 
 
+class Features(_StoreCommand):
+    """
+    What the answering side can do beyond the commands every peer has
+    (e.g. L{FEATURE_SPARSE}).  A peer older than this command answers it
+    with AMP's C{UNHANDLED} error: it has none.
+    """
+
+    arguments: ClassVar[list[tuple[bytes, Argument]]] = []
+    response = [(b"features", ListOf(Unicode()))]
+
+
 class List(_StoreCommand):
     """
     The files of an arena.  The entries arrive as data frames on C{stream}
-    before the answer, encoded by L{realize.net.protocol.encode_entries}.
+    before the answer, encoded by L{realize.net.codec.encode_entries}.
     """
 
     arguments = [(b"arena", Text()), (b"stream", Integer())]
@@ -290,7 +308,10 @@ class Read(_StoreCommand):
     """
     Bytes C{[start, end)} of a file, as data frames on C{stream} before the
     answer; with C{hash_from}, the answer carries the Merkle leaves of
-    C{[hash_from, end)} (32 bytes each, concatenated).
+    C{[hash_from, end)} (32 bytes each, concatenated).  With C{sparse}
+    (to a peer whose Features answer names C{sparse}), the
+    holes of the file are not sent but described
+    (L{realize.net.codec.SparseEncoder}).
     """
 
     arguments = [
@@ -300,6 +321,7 @@ class Read(_StoreCommand):
         (b"end", Integer()),
         (b"stream", Integer()),
         (b"hash_from", Integer(optional=True)),
+        (b"sparse", Boolean(optional=True)),
     ]
     response = [
         (b"leaves", BigBytes()),
@@ -311,7 +333,10 @@ class Read(_StoreCommand):
 class Write(_StoreCommand):
     """
     Write C{[start, end)} of the partial file from the data frames that
-    follow the command on C{stream}, up to the stream's end frame.
+    follow the command on C{stream}, up to the stream's end frame.  With
+    C{sparse} (to a peer whose Features answer names C{sparse}), the data
+    describes holes (L{realize.net.codec.
+    SparseEncoder}), which the peer leaves unallocated.
     """
 
     arguments = [
@@ -324,6 +349,7 @@ class Write(_StoreCommand):
         (b"hash", Boolean()),
         (b"finish_root", String(optional=True)),
         (b"mtime_ns", Integer(optional=True)),
+        (b"sparse", Boolean(optional=True)),
     ]
     response = [(b"leaves", BigBytes()), (b"finished", Boolean())]
 
@@ -448,7 +474,9 @@ class WriteFiles(_StoreCommand):
 class DeleteFiles(_StoreCommand):
     """
     Delete files in one batch, each only if it still has its size and
-    mtime.
+    mtime.  With C{partials} (one bit per file,
+    L{realize.net.codec.encode_flags}), only the partial files of the
+    files whose bit is set are deleted too; without it, every file's.
     """
 
     arguments = [
@@ -460,6 +488,7 @@ class DeleteFiles(_StoreCommand):
                 MAX_BATCH_FILES,
             ),
         ),
+        (b"partials", String(optional=True)),
     ]
     response = [(b"results", Records(_OUTCOME, MAX_BATCH_FILES))]
 

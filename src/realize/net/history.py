@@ -18,7 +18,6 @@ connection is closed when it is lost.
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from attrs import define, field
@@ -27,10 +26,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from realize.errors import (
-    WIRE_ERRORS,
     BadRequest,
     IOFailure,
-    NetworkError,
     NotFound,
     SubscriptionClosed,
 )
@@ -40,7 +37,7 @@ from realize.net import commands
 from realize.net.client import _translate
 from realize.net.codec import decode_notifications, encode_notifications
 from realize.net.framing import Connection
-from realize.net.locator import LocatorFactory, Responders
+from realize.net.locator import LocatorFactory, Responders, respond
 from realize.net.streams import call
 
 __all__ = [
@@ -57,18 +54,6 @@ T = TypeVar("T")
 
 #: Subscriptions one connection may hold open at once.
 MAX_SUBSCRIPTIONS = 256
-
-
-def _respond(command: str, coro: Coroutine[Any, Any, T]) -> Deferred[T]:
-    def unexpected(failure: Failure) -> Failure:
-        if isinstance(failure.value, tuple(WIRE_ERRORS)):
-            return failure
-        if isinstance(failure.value, NetworkError):
-            return Failure(IOFailure(f"{command} failed: {failure.value}"))
-        log.failure("unexpected error in {command}", failure, command=command)
-        return Failure(IOFailure(f"{command} failed on the daemon: internal error"))
-
-    return Deferred.fromCoroutine(coro).addErrback(unexpected)
 
 
 class HistoryResponders(Responders):
@@ -119,7 +104,7 @@ class HistoryResponders(Responders):
             self._subscriptions[number] = (opened, ArenaName(arena))
             return {"subscription": number}
 
-        return _respond("Subscribe", go())
+        return respond("Subscribe", go())
 
     @commands.Notifications.responder
     def notifications(
@@ -146,7 +131,7 @@ class HistoryResponders(Responders):
                 "caught_up": opened.caught_up,
             }
 
-        return _respond("Notifications", go())
+        return respond("Notifications", go())
 
     @commands.Unsubscribe.responder
     def unsubscribe(self, subscription: int) -> dict[str, Any]:

@@ -11,18 +11,58 @@ L{LocatorFactory} builds the locator of each new connection.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 from twisted.protocols import amp
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from realize.errors import WIRE_ERRORS, IOFailure, NetworkError
 from realize.model import PeerId
+
+if TYPE_CHECKING:
+    from realize.metrics import DaemonMetrics
 
 if TYPE_CHECKING:
     from realize.net.framing import Connection
 
-__all__ = ["CompositeLocator", "LocatorFactory", "Responders", "combine"]
+__all__ = ["CompositeLocator", "LocatorFactory", "Responders", "combine", "respond"]
+
+log = Logger(namespace="realize.net")
+
+T = TypeVar("T")
+
+
+def respond(
+    command: str, coro: Coroutine[Any, Any, T], metrics: DaemonMetrics | None = None
+) -> Deferred[T]:
+    """
+    Run a responder's work: errors of L{realize.errors} travel with their
+    codes; a lost connection under the command is answered (to nobody) as
+    an I/O failure; any other exception is our bug: logged here with its
+    traceback and answered as an I/O failure, so that nothing a peer sends
+    can kill the daemon.
+
+    @param command: the command's name, for logs and metrics.
+    @param metrics: times and counts the command by outcome, or C{None}.
+    @return: the Deferred AMP answers with.
+    """
+
+    def unexpected(failure: Failure) -> Failure:
+        if isinstance(failure.value, tuple(WIRE_ERRORS)):
+            return failure
+        if isinstance(failure.value, NetworkError):
+            # The connection was lost under the command: not a bug, and
+            # nobody will read the answer.
+            return Failure(IOFailure(f"{command} failed: {failure.value}"))
+        log.failure("unexpected error in {command}", failure, command=command)
+        return Failure(IOFailure(f"{command} failed on the daemon: internal error"))
+
+    work = metrics.observe(command, coro) if metrics is not None else coro
+    return Deferred.fromCoroutine(work).addErrback(unexpected)
 
 
 class Responders(amp.CommandLocator):

@@ -16,10 +16,8 @@ from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from realize.errors import (
-    WIRE_ERRORS,
     BadDelta,
     BadRequest,
     Conflict,
@@ -27,18 +25,21 @@ from realize.errors import (
     NetworkError,
     RealizeError,
 )
-from realize.interfaces import Store
+from realize.interfaces import ReadStream, SparseReadStream, SparseStore, Store
 from realize.metrics import COPY, DELTA, READ, WRITTEN, DaemonMetrics
-from realize.model import MAX_INT64, ArenaName, FileInfo, PeerId, SmallFile
+from realize.model import MAX_INT64, ArenaName, FileInfo, Hole, PeerId, SmallFile
 from realize.net import commands
 from realize.net.codec import (
     MAX_DATA_FRAME,
     MAX_PEER_COMPRESSION_LEVEL,
+    SparseDecoder,
+    decode_flags,
     encode_entries,
+    encode_hole,
 )
 from realize.net.commands import MAX_BATCH_BYTES, MAX_BATCH_FILES
 from realize.net.framing import READ_DATA, Connection
-from realize.net.locator import LocatorFactory, Responders
+from realize.net.locator import LocatorFactory, Responders, respond
 from realize.net.streams import send_reading
 from realize.net.throttle import find_throttle
 
@@ -52,23 +53,6 @@ T = TypeVar("T")
 #: Read streams served at once per connection: each holds an open file and
 #: a chunk read ahead; more wait (in order) for one to end.
 MAX_OPEN_READS = 32
-
-
-def _respond(
-    command: str, coro: Coroutine[Any, Any, T], metrics: DaemonMetrics | None = None
-) -> Deferred[T]:
-    def unexpected(failure: Failure) -> Failure:
-        if isinstance(failure.value, tuple(WIRE_ERRORS)):
-            return failure
-        if isinstance(failure.value, NetworkError):
-            # The connection was lost under the command: not a bug, and
-            # nobody will read the answer.
-            return Failure(IOFailure(f"{command} failed: {failure.value}"))
-        log.failure("unexpected error in {command}", failure, command=command)
-        return Failure(IOFailure(f"{command} failed on the daemon: internal error"))
-
-    work = metrics.observe(command, coro) if metrics is not None else coro
-    return Deferred.fromCoroutine(work).addErrback(unexpected)
 
 
 class StoreResponders(Responders):
@@ -94,7 +78,7 @@ class StoreResponders(Responders):
         self._reads = DeferredSemaphore(MAX_OPEN_READS)
 
     def _respond(self, command: str, coro: Coroutine[Any, Any, T]) -> Deferred[T]:
-        return _respond(command, coro, self.metrics)
+        return respond(command, coro, self.metrics)
 
     def _transferred(self, arena: str, method: str, direction: str, size: int) -> None:
         if self.metrics is not None and size:
@@ -109,6 +93,17 @@ class StoreResponders(Responders):
             return {"arenas": list(await self._store().arenas())}
 
         return self._respond("Arenas", go())
+
+    @commands.Features.responder
+    def features(self) -> Deferred[dict[str, Any]]:
+        async def go() -> dict[str, Any]:
+            store = self._store()
+            features = []
+            if isinstance(store, SparseStore) and await store.sparse():
+                features.append(commands.FEATURE_SPARSE)
+            return {"features": features}
+
+        return self._respond("Features", go())
 
     @commands.List.responder
     def list_files(self, arena: str, stream: int) -> Deferred[dict[str, Any]]:
@@ -139,6 +134,7 @@ class StoreResponders(Responders):
         end: int,
         stream: int,
         hash_from: int | None = None,
+        sparse: bool | None = None,
     ) -> Deferred[dict[str, Any]]:
         connection = self.connection
         connection.open_outgoing(stream)
@@ -151,15 +147,26 @@ class StoreResponders(Responders):
                 self._reads.release()
 
         async def stream_file() -> dict[str, Any]:
-            reading = self._store().read(
-                ArenaName(arena), path, start, end, hash_from=hash_from
-            )
+            store = self._store()
+            reading: ReadStream | SparseReadStream
+            if sparse and isinstance(store, SparseStore):
+                reading = store.read_sparse(
+                    ArenaName(arena), path, start, end, hash_from=hash_from
+                )
+            else:
+                reading = store.read(
+                    ArenaName(arena), path, start, end, hash_from=hash_from
+                )
             sent = 0
             try:
                 async for chunk in reading:
                     if connection.is_cancelled(stream):
                         reading.cancel()
                         break
+                    if isinstance(chunk, Hole):
+                        for part in encode_hole(chunk.length):
+                            await connection.send_chunk(READ_DATA, stream, part)
+                        continue
                     await connection.send_chunk(READ_DATA, stream, chunk)
                     sent += len(chunk)
                     if (wait := connection.writable()) is not None:
@@ -192,23 +199,41 @@ class StoreResponders(Responders):
         hash: bool,
         finish_root: bytes | None = None,
         mtime_ns: int | None = None,
+        sparse: bool | None = None,
     ) -> Deferred[dict[str, Any]]:
         connection = self.connection
         inbox = connection.open_incoming(stream)
 
         async def go() -> dict[str, Any]:
+            store = self._store()
             try:
-                result = await self._store().write(
-                    ArenaName(arena),
-                    path,
-                    start,
-                    end,
-                    file_size,
-                    inbox,
-                    hash=hash,
-                    finish_root=finish_root,
-                    mtime_ns=mtime_ns,
-                )
+                if sparse:
+                    if not isinstance(store, SparseStore) or finish_root is not None:
+                        raise BadRequest(
+                            "Write: sparse writes are not served here, and "
+                            "never with finish_root"
+                        )
+                    result = await store.write_sparse(
+                        ArenaName(arena),
+                        path,
+                        start,
+                        end,
+                        file_size,
+                        SparseDecoder(inbox),
+                        hash=hash,
+                    )
+                else:
+                    result = await store.write(
+                        ArenaName(arena),
+                        path,
+                        start,
+                        end,
+                        file_size,
+                        inbox,
+                        hash=hash,
+                        finish_root=finish_root,
+                        mtime_ns=mtime_ns,
+                    )
             finally:
                 connection.close_incoming(stream)
                 self._transferred(arena, COPY, WRITTEN, inbox.received)
@@ -368,13 +393,20 @@ class StoreResponders(Responders):
 
     @commands.DeleteFiles.responder
     def delete_files(
-        self, arena: str, files: list[dict[str, Any]]
+        self, arena: str, files: list[dict[str, Any]], partials: bytes | None = None
     ) -> Deferred[dict[str, Any]]:
         async def go() -> dict[str, Any]:
             _check_batch(len(files), 0)
+            listed = None
+            if partials is not None:
+                flags = decode_flags(partials, len(files))
+                listed = {
+                    f["path"] for f, flag in zip(files, flags, strict=True) if flag
+                }
             outcomes = await self._store().delete_files(
                 ArenaName(arena),
                 [FileInfo(f["path"], f["size"], f["mtime_ns"]) for f in files],
+                listed,
             )
             if self.metrics is not None:
                 self.metrics.file_deleted(arena, outcomes.count(None))

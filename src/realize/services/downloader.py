@@ -29,16 +29,34 @@ recorded.
       in flight with L{IOFailure}.
 
 Verified bytes are written to the blob (data, fsync, then ranges:
-L{realize.storage.blobs.BlobStore}); if the blob cannot be made or written
-(full disk) they are still returned, just not kept.  Readers do not wait
-for the write: a piece is returned once verified, and stays in memory
-until its range is recorded (reads of it meanwhile take it from there,
-and FUSE threads through L{Downloader.verified}, without a reactor round
-trip); read-ahead starts no piece while L{MAX_UNKEPT} of a version wait
-to be written, so memory stays bounded when the disk is slower than the
-network.  L{Downloader.advance} lets the reader's progress through data
-served without the downloader (from the blob, or from memory) move the
-read-ahead window on.
+L{realize.storage.blobs.BlobStore}, within the quota of the block cache,
+L{realize.services.cache.BlobCache}); if the blob cannot be made or
+written (full disk, no room) they are still returned, just not kept.  A
+blob evicted under a read is opened again and the read tried again.
+
+Readers do not wait for the write: a piece is returned once verified,
+and stays in memory until its range is recorded (reads of it meanwhile
+take it from there, and FUSE threads through L{Downloader.verified},
+without a reactor round trip); read-ahead starts no piece while
+L{MAX_UNKEPT} of a version wait to be written, and beyond
+L{MAX_UNKEPT_ALL} of all versions (or, with a block cache, a share of its
+working area) a read waits for the writes of its version, so memory (and
+what the cache cannot evict) stays bounded when the disk is slower than
+the network.  L{Downloader.advance} lets
+the reader's progress through data served without the downloader (from
+the blob, or from memory) move the read-ahead window on.  The file is
+pinned in the block cache (L{realize.storage.cache.Pins}) while a piece
+of it is fetched or held in memory.
+
+A file larger than the cache's working area (#largedl) does not evict the
+rest of the cache: its blob keeps at most L{STREAM_WINDOW} bytes while it
+is read sequentially (the read-ahead is kept, the pieces behind the reader
+are released), and under random reads the pieces read least recently are
+released; either way at most half the working area (the read-ahead is
+shortened to fit).  The pieces in flight and those held in memory count
+in that budget; a piece being fetched, held or written is never
+released, and a piece fetched again while its range is being released is
+written only once the release is done.
 """
 
 from __future__ import annotations
@@ -65,17 +83,21 @@ from realize.hashing import LEAF_SIZE, format_hash, leaf_hash, merkle_root
 from realize.interfaces import ReadStream
 from realize.model import ArenaName, ByteRanges, FileState, PeerId, SmallRead
 from realize.storage.blobs import Blob
+from realize.storage.cache import Pins
 from realize.storage.unrealview import FileVersion
 
 __all__ = [
     "DEADLINE",
+    "HELD_AREA_SHARE",
     "MAX_IN_FLIGHT",
     "MAX_READAHEAD",
     "MAX_UNKEPT",
+    "MAX_UNKEPT_ALL",
     "PIECE_SIZE",
     "PREFETCH_BYTES",
     "PREFETCH_FILES",
     "REQUEST_TIMEOUT",
+    "STREAM_WINDOW",
     "VERSION_POLL",
     "BlobAccess",
     "Downloader",
@@ -121,6 +143,27 @@ PREFETCH_BYTES: Final = 4 << 20
 #: memory meanwhile) beyond which read-ahead starts no other piece: with
 #: the pieces in flight, at most 24 MiB of a version in memory.
 MAX_UNKEPT: Final = 16
+
+#: Verified pieces of all versions waiting to be written beyond which
+#: read-ahead starts no other piece and a read waits for the writes of its
+#: version before it returns (a reader going through many files must not
+#: outrun the disk).
+MAX_UNKEPT_ALL: Final = 2 * MAX_UNKEPT
+
+#: With a block cache, the share of its working area that verified pieces
+#: waiting to be written (whose files are pinned: the cache cannot evict
+#: them) may take at most, 1 / this: beyond, as beyond L{MAX_UNKEPT_ALL};
+#: small files being prefetched take that share at most too.
+HELD_AREA_SHARE: Final = 4
+
+#: Bytes the blob of a file larger than the working area keeps while it is
+#: read sequentially: the read-ahead, the pieces being read, and as many
+#: behind the reader (the kernel's reads come a little out of order).
+STREAM_WINDOW: Final = 2 * MAX_READAHEAD * PIECE_SIZE
+
+#: Times a read starts again when the cached bytes it counted on vanished
+#: (the blob was evicted or replaced).
+VANISHED_RETRIES: Final = 2
 
 
 class RemoteData(Protocol):
@@ -174,6 +217,18 @@ class BlobAccess(Protocol):
     async def read(self, blob: Blob, start: int, end: int) -> bytes:
         """
         Read present bytes of a blob.
+        """
+
+    async def release(self, blob: Blob, ranges: ByteRanges) -> ByteRanges | None:
+        """
+        Give back the disk space of ranges of a blob (out of the row, then
+        out of the file); the ranges left, or C{None} if the blob is gone.
+        """
+
+    def working_area(self) -> int | None:
+        """
+        The bytes a blob may hold before it is read through a window, or
+        C{None} for no limit.
         """
 
 
@@ -251,13 +306,19 @@ class _Transfer:
         factory=lambda: DeferredSemaphore(MAX_IN_FLIGHT)
     )
     blob: _Shared[Blob | None] | None = None
+    opened: Blob | None = None
     present: ByteRanges = field(factory=ByteRanges)
     leaves: _Shared[tuple[bytes, ...]] | None = None
     pieces: dict[int, _Shared[bytes]] = field(factory=dict)
     bad: set[PeerId] = field(factory=set)
     next_offset: int = 0
+    ahead_end: int = 0
     window: int = 0
     unkept: int = 0
+    kept: OrderedDict[int, None] = field(factory=OrderedDict)
+    releasing: dict[int, _Shared[None]] = field(factory=dict)
+    reading: dict[int, int] = field(factory=dict)
+    settled: list[Deferred[None]] = field(factory=list)
 
     @property
     def count(self) -> int:
@@ -276,6 +337,7 @@ class _Transfer:
     def busy(self) -> bool:
         return (
             self.unkept > 0
+            or bool(self.releasing)
             or any(not piece.done for piece in self.pieces.values())
             or (self.leaves is not None and not self.leaves.done)
         )
@@ -313,6 +375,10 @@ class Downloader:
     @ivar stores: the live store of a connected peer, or C{None} if the
         peer is not connected now.
     @ivar clock: for deadlines and timeouts.
+    @ivar pins: where a file being read or downloaded is pinned (its blob
+        is not evicted meanwhile), or C{None}.
+    @ivar fetched: told the size of every piece downloaded and verified
+        (metrics), or C{None}.
     """
 
     arena: ArenaName
@@ -320,6 +386,8 @@ class Downloader:
     versions: Callable[[int], Awaitable[FileVersion | None]]
     stores: Callable[[PeerId], RemoteData | None]
     clock: IReactorTime
+    pins: Pins | None = None
+    fetched: Callable[[int], None] | None = None
     _transfers: OrderedDict[tuple[int, bytes], _Transfer] = field(factory=OrderedDict)
     _waiting: dict[int, list[Deferred[None]]] = field(factory=dict)
     _closed: bool = False
@@ -327,6 +395,10 @@ class Downloader:
     #: index): written in the reactor, read by FUSE threads.
     _memory: dict[tuple[int, bytes, int], bytes] = field(factory=dict)
     _memory_lock: threading.Lock = field(factory=threading.Lock)
+    #: Bytes of the small files prefetched and not written yet.
+    _prefetching: int = 0
+    #: Verified pieces of all versions not written yet.
+    _unkept: int = 0
 
     # Public.
 
@@ -363,13 +435,26 @@ class Downloader:
         if offset < 0 or size < 0:
             raise IOFailure(f"bad read of {size} bytes at {offset}")
         deadline = self.clock.seconds() + DEADLINE
+        if self.pins is not None:
+            self.pins.hold(inode)
         try:
-            return await self._read(inode, offset, size, digest, deadline, version)
+            for attempt in range(VANISHED_RETRIES + 1):
+                try:
+                    return await self._read(
+                        inode, offset, size, digest, deadline, version
+                    )
+                except _Vanished:
+                    if attempt == VANISHED_RETRIES:
+                        raise
+            raise AssertionError("not reached")  # pragma: no cover
         except CancelledError:
             raise IOFailure(
                 f"{self.arena}: read of inode {inode} stopped: the downloader "
                 "is stopping"
             ) from None
+        finally:
+            if self.pins is not None:
+                self.pins.drop(inode)
 
     def verified(self, inode: int, digest: bytes, start: int, end: int) -> bytes | None:
         """
@@ -397,12 +482,22 @@ class Downloader:
         joined = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         return joined[start - base : end - base]
 
+    def writing(self, inode: int, digest: bytes) -> bool:
+        """
+        Whether verified pieces of a version are held in memory, waiting
+        to be written to its blob (L{written} waits for them): any thread
+        may call it, it does not wait.
+        """
+        with self._memory_lock:
+            return any(key[0] == inode and key[1] == digest for key in self._memory)
+
     def advance(self, inode: int, digest: bytes, offset: int, end: int) -> None:
         """
         Tell the downloader that bytes of a version were read without it
         (from the blob or L{verified}), so that sequential reads keep the
-        read-ahead window ahead of the reader.  In the reactor thread;
-        nothing is fetched for a version not being transferred.
+        read-ahead window ahead of the reader (and, for a file larger than
+        the working area, the pieces behind it released).  In the reactor
+        thread; nothing is fetched for a version not being transferred.
 
         @param offset: first byte read.
         @param end: end of the bytes read, exclusive.
@@ -410,8 +505,47 @@ class Downloader:
         transfer = self._transfers.get((inode, digest))
         if self._closed or transfer is None or offset >= end:
             return
+        first, last = offset // PIECE_SIZE, (end - 1) // PIECE_SIZE
+        for index in range(first, last + 1):
+            if index in transfer.kept:
+                # Read from the blob: recently used (for the trim of a
+                # large file read at random).
+                transfer.kept.move_to_end(index)
         self._follow(transfer, offset, end)
-        self._read_ahead(transfer, (end - 1) // PIECE_SIZE)
+        budget = self._budget(transfer)
+        if budget is None:
+            self._read_ahead(transfer, last, None)
+            return
+        Deferred.fromCoroutine(
+            self._advance_within(transfer, first, last, budget)
+        ).addErrback(lambda f: log.failure("read-ahead failed", f))
+
+    async def _advance_within(
+        self, transfer: _Transfer, first: int, last: int, budget: int
+    ) -> None:
+        """
+        L{advance} for a file kept within a budget (#largedl): room behind
+        the reader first, then the read-ahead, as a read does.
+        """
+        blob = None if transfer.blob is None else transfer.blob.result()
+        await self._trim(transfer, blob, first, last, budget)
+        if not self._closed:
+            self._read_ahead(transfer, last, budget)
+
+    async def written(self, inode: int, digest: bytes) -> None:
+        """
+        Wait until the verified pieces of a version held in memory are
+        written to its blob (or could not be): for a caller that looks at
+        the blob next (a realize job), as L{read} returns before.
+
+        @param digest: the version.
+        """
+        transfer = self._transfers.get((inode, digest))
+        if transfer is None or transfer.unkept == 0:
+            return
+        waiter: Deferred[None] = Deferred()
+        transfer.settled.append(waiter)
+        await waiter
 
     def version_changed(self, inodes: Iterable[int]) -> None:
         """
@@ -423,6 +557,15 @@ class Downloader:
             for waiter in self._waiting.pop(inode, []):
                 if not waiter.called:
                     waiter.callback(None)
+
+    def forget(self, inode: int) -> None:
+        """
+        Forget what is known of a file's transfers (its blob, the ranges in
+        it): its blob was taken away whole (realized into the datadir), so
+        the next read opens the blob anew, or reads from the peers.
+        """
+        for key in [key for key in self._transfers if key[0] == inode]:
+            del self._transfers[key]
 
     def close(self) -> None:
         """
@@ -483,14 +626,64 @@ class Downloader:
             for index in range(first, last + 1)
             if not transfer.has(index)
         }
-        self._read_ahead(transfer, last)
-        # The pieces are all in flight: waiting for them in turn costs no
-        # time.
-        fetched = {
-            index: await self._until(shared.observe(), deadline, version)
-            for index, shared in wanted.items()
-        }
-        return await self._assemble(transfer, blob, fetched, offset, end)
+        # The pieces read from the blob are not released meanwhile.
+        cached = [index for index in range(first, last + 1) if index not in wanted]
+        for index in cached:
+            transfer.reading[index] = transfer.reading.get(index, 0) + 1
+            if index in transfer.kept:
+                transfer.kept.move_to_end(index)
+        try:
+            budget = self._budget(transfer)
+            if budget is not None:
+                # Room first (behind the reader), then the read-ahead: the
+                # blob, the pieces in flight and those held in memory stay
+                # within the budget.
+                await self._trim(transfer, blob, first, last, budget)
+            self._read_ahead(transfer, last, budget)
+            # The pieces are all in flight: waiting for them in turn costs no
+            # time.
+            fetched = {
+                index: await self._until(shared.observe(), deadline, version)
+                for index, shared in wanted.items()
+            }
+            data = await self._assemble(transfer, blob, fetched, offset, end)
+            if self._unkept > self._unkept_room():
+                await self._settle(transfer, deadline)
+        finally:
+            for index in cached:
+                count = transfer.reading.pop(index, 1) - 1
+                if count > 0:
+                    transfer.reading[index] = count
+        return data
+
+    def _unkept_room(self) -> int:
+        """
+        @return: the verified pieces of all versions that may wait to be
+            written (L{MAX_UNKEPT_ALL}, or a share of the block cache's
+            working area), at least one.
+        """
+        room = MAX_UNKEPT_ALL
+        area = self.blobs.working_area()
+        if area is not None:
+            room = min(room, area // HELD_AREA_SHARE // PIECE_SIZE)
+        return max(1, room)
+
+    async def _settle(self, transfer: _Transfer, deadline: float) -> None:
+        """
+        Wait for the writes of a version's verified pieces, at most until
+        the deadline (the bytes are verified: returned all the same).
+        """
+        if transfer.unkept == 0:
+            return
+        waiter: Deferred[None] = Deferred()
+        transfer.settled.append(waiter)
+        remaining = deadline - self.clock.seconds()
+        if remaining <= 0:
+            waiter.cancel()
+        else:
+            waiter.addTimeout(remaining, self.clock)
+        with contextlib.suppress(TimeoutError, CancelledError):
+            await waiter
 
     async def _assemble(
         self,
@@ -535,9 +728,10 @@ class Downloader:
         except NotFound:
             data = b""
         if len(data) != end - start:
-            # The blob went (its version was replaced): forget it.
+            # The blob went (evicted, or its version replaced): forget it;
+            # the read starts again.
             self._transfers.pop((transfer.version.inode, transfer.digest), None)
-            raise IOFailure(
+            raise _Vanished(
                 f"{self._where(transfer.version)}: the cached bytes "
                 f"[{start}, {end}) vanished"
             )
@@ -622,25 +816,142 @@ class Downloader:
         """
         Track sequential access: a read that starts near where the last one
         ended (within a piece either way: the kernel's parallel reads come
-        out of order) doubles the read-ahead window; another resets it.
+        out of order), or within the read-ahead (whose pieces were read
+        from the blob, without asking here), doubles the read-ahead window;
+        another resets it.
         """
-        if abs(offset - transfer.next_offset) <= PIECE_SIZE:
+        ahead = max(transfer.next_offset, transfer.ahead_end)
+        if transfer.next_offset - PIECE_SIZE <= offset <= ahead + PIECE_SIZE:
             transfer.window = min(max(1, 2 * transfer.window), MAX_READAHEAD)
             transfer.next_offset = max(transfer.next_offset, end)
         else:
             transfer.window = 0
             transfer.next_offset = end
 
-    def _read_ahead(self, transfer: _Transfer, last: int) -> None:
+    def _read_ahead(self, transfer: _Transfer, last: int, budget: int | None) -> None:
         """
         Start fetching the pieces of the window after the last one read,
-        while requests are free: read-ahead never queues before reads.
+        while requests are free (read-ahead never queues before reads), and
+        within the budget of a large file.
         """
-        for index in range(last + 1, min(last + 1 + transfer.window, transfer.count)):
-            if transfer.semaphore.tokens <= 0 or transfer.unkept >= MAX_UNKEPT:
+        window = transfer.window
+        if budget is not None:
+            window = min(window, self._ahead(budget))
+        # The window is ahead of the furthest sequential read: reads in
+        # parallel do not stack theirs.
+        furthest = max(last, (transfer.next_offset - 1) // PIECE_SIZE)
+        for index in range(last + 1, min(furthest + 1 + window, transfer.count)):
+            if (
+                transfer.semaphore.tokens <= 0
+                or transfer.unkept >= MAX_UNKEPT
+                or self._unkept >= self._unkept_room()
+            ):
+                break
+            if budget is not None and self._holding(transfer) >= budget // PIECE_SIZE:
                 break
             if not transfer.has(index):
                 self._piece(transfer, index)
+            transfer.ahead_end = max(transfer.ahead_end, transfer.bounds(index)[1])
+
+    def _holding(self, transfer: _Transfer) -> int:
+        """
+        @return: the pieces a transfer's blob holds or will: kept, in
+            flight, verified and held in memory until written, and being
+            released.
+        """
+        coming = sum(1 for index in transfer.pieces if index not in transfer.kept)
+        return len(transfer.kept) + coming + len(transfer.releasing)
+
+    async def _trim(
+        self,
+        transfer: _Transfer,
+        blob: Blob | None,
+        first: int,
+        last: int,
+        budget: int,
+    ) -> None:
+        """
+        Keep the blob of a file larger than the working area within its
+        budget (#largedl), with room for the read-ahead: release the pieces
+        behind a sequential reader, or those least recently read or
+        written; never those being read, fetched, held in memory or
+        written.
+        """
+        if blob is None or not transfer.kept:
+            return
+        window = min(transfer.window, self._ahead(budget))
+        excess = self._holding(transfer) - max(0, budget // PIECE_SIZE - window)
+        if excess <= 0:
+            return
+        candidates = [
+            index
+            for index in transfer.kept
+            if not first <= index <= last
+            and not transfer.reading.get(index)
+            and index not in transfer.pieces
+        ]
+        if transfer.window > 0:
+            # Behind the reader first; ahead of it only if still too much.
+            candidates.sort(key=lambda index: index > last)
+        victims = candidates[:excess]
+        if not victims:
+            return
+        for index in victims:
+            del transfer.kept[index]
+        ranges = ByteRanges.of(*(transfer.bounds(index) for index in victims))
+        transfer.present = transfer.present - ranges
+        # Still on disk until released: counted meanwhile, and not written
+        # again before (the hole would be punched into the new bytes).
+        release = _Shared[None]()
+        for index in victims:
+            transfer.releasing[index] = release
+        release.run(self._release(transfer, blob, ranges, victims, release))
+        await release.observe()
+
+    def _ahead(self, budget: int) -> int:
+        """
+        @return: the read-ahead, in pieces, of a file kept within a budget:
+            half of it.
+        """
+        return max(1, budget // PIECE_SIZE // 2)
+
+    def _budget(self, transfer: _Transfer) -> int | None:
+        """
+        @return: the bytes the blob of a file larger than the working area
+            may keep (#largedl): L{STREAM_WINDOW} read sequentially, at
+            most half the working area either way; C{None} for a file that
+            fits.
+        """
+        area = self.blobs.working_area()
+        if area is None or transfer.version.size <= area:
+            return None
+        if transfer.window > 0:
+            return min(STREAM_WINDOW, area // 2)
+        return area // 2
+
+    async def _release(
+        self,
+        transfer: _Transfer,
+        blob: Blob,
+        ranges: ByteRanges,
+        victims: list[int],
+        release: _Shared[None],
+    ) -> None:
+        try:
+            await self.blobs.release(blob, ranges)
+        except Exception as e:
+            log.warn(
+                "{arena}/{path}: could not release {size} bytes behind the "
+                "reader: {error}",
+                arena=self.arena,
+                path=transfer.version.path,
+                size=ranges.total(),
+                error=describe(e) if isinstance(e, RealizeError) else repr(e),
+            )
+        finally:
+            for index in victims:
+                if transfer.releasing.get(index) is release:
+                    del transfer.releasing[index]
 
     def _piece(self, transfer: _Transfer, index: int) -> _Shared[bytes]:
         shared = transfer.pieces.get(index)
@@ -663,7 +974,11 @@ class Downloader:
                 error=describe(e),
             )
             return None
-        transfer.present = transfer.present | blob.ranges
+        transfer.opened = blob
+        transfer.present = blob.ranges
+        transfer.kept = OrderedDict(
+            (index, None) for index in range(transfer.count) if transfer.has(index)
+        )
         return blob
 
     async def _fetch_piece(
@@ -672,9 +987,13 @@ class Downloader:
         index: int,
         shared: _Shared[bytes],
     ) -> bytes:
+        inode = transfer.version.inode
+        self._pin(inode)
+
         def forget() -> None:
             if transfer.pieces.get(index) is shared:
                 del transfer.pieces[index]
+            self._unpin(inode)
 
         try:
             await transfer.semaphore.acquire()
@@ -690,6 +1009,8 @@ class Downloader:
                 data = await self._fetch_verified(transfer, leaves[index], start, end)
             finally:
                 transfer.semaphore.release()
+            if self.fetched is not None:
+                self.fetched(len(data))
         except BaseException:
             forget()
             raise
@@ -707,24 +1028,37 @@ class Downloader:
         Keep a verified piece in memory while it is written: until the bytes
         are recorded, reads of this piece take them from there (its shared
         result, or L{verified}) rather than fetching them again; then
-        C{forget} drops the shared piece.
+        C{forget} drops the shared piece (and the file's pin).
         """
         key = (transfer.version.inode, transfer.digest, index)
         with self._memory_lock:
             self._memory[key] = data
         transfer.unkept += 1
+        self._unkept += 1
 
         def kept(_: object) -> None:
             transfer.unkept -= 1
+            self._unkept -= 1
             with self._memory_lock:
                 self._memory.pop(key, None)
             forget()
+            if transfer.unkept == 0:
+                settled, transfer.settled = transfer.settled, []
+                for waiter in settled:
+                    waiter.callback(None)
 
-        start = transfer.bounds(index)[0]
-        keeping = Deferred.fromCoroutine(self._keep_when_open(transfer, start, data))
+        keeping = Deferred.fromCoroutine(self._keep_when_open(transfer, index, data))
         keeping.addErrback(
             lambda f: log.failure("keeping a verified piece failed", f)
         ).addBoth(kept)
+
+    def _pin(self, inode: int) -> None:
+        if self.pins is not None:
+            self.pins.hold(inode)
+
+    def _unpin(self, inode: int) -> None:
+        if self.pins is not None:
+            self.pins.drop(inode)
 
     # Small files, in batches.
 
@@ -736,14 +1070,25 @@ class Downloader:
         follow (L{verified}) and written to its blob.  In the reactor
         thread; nothing waits for it.  Files already present or being
         fetched, not of one leaf, or that no connected peer has are left
-        out; at most L{PREFETCH_FILES} files and L{PREFETCH_BYTES} bytes.
-        A file whose batch fails is fetched again, alone, by its next read.
+        out; at most L{PREFETCH_FILES} files and L{PREFETCH_BYTES} bytes,
+        and, with a block cache, small files being prefetched take at most
+        1 / L{HELD_AREA_SHARE} of its working area (those of earlier
+        batches not written yet included).  A file whose batch fails is
+        fetched again, alone, by its next read.  Each file is pinned until
+        its bytes are written or its fetch failed, and counted in
+        L{fetched} once verified.
 
         @param versions: the files' default versions, with their hashes.
         """
         if self._closed:
             return
         batches: dict[PeerId, tuple[RemoteData, list[_Prefetch]]] = {}
+        room = PREFETCH_BYTES
+        area = self.blobs.working_area()
+        if area is not None:
+            # Pinned until written: never so many that the cache must evict
+            # what it protects to make room.
+            room = min(room, area // HELD_AREA_SHARE - self._prefetching)
         total = 0
         for version in versions[:PREFETCH_FILES]:
             digest = version.hash
@@ -753,7 +1098,7 @@ class Downloader:
                 or not 0 < version.size <= PIECE_SIZE
             ):
                 continue
-            if total + version.size > PREFETCH_BYTES:
+            if total + version.size > room:
                 break
             transfer = self._transfer(version, digest)
             pending = transfer.pieces.get(0)
@@ -795,10 +1140,15 @@ class Downloader:
 
     async def _prefetched(self, item: _Prefetch) -> bytes:
         transfer = item.transfer
+        inode = transfer.version.inode
+        self._pin(inode)
+        self._prefetching += transfer.version.size
 
         def forget() -> None:
             if transfer.pieces.get(0) is item.shared:
                 del transfer.pieces[0]
+            self._unpin(inode)
+            self._prefetching -= transfer.version.size
 
         try:
             data = await item.arrived
@@ -814,6 +1164,8 @@ class Downloader:
                 raise IOFailure(
                     f"{self._where(transfer.version)}: bytes do not match the version"
                 )
+            if self.fetched is not None:
+                self.fetched(len(data))
         except BaseException:
             forget()
             raise
@@ -821,24 +1173,32 @@ class Downloader:
         return data
 
     async def _keep_when_open(
-        self, transfer: _Transfer, start: int, data: bytes
+        self, transfer: _Transfer, index: int, data: bytes
     ) -> None:
         """
         Write verified bytes into the version's blob once it is open (not
-        at all if it could not be made).
+        at all if it could not be made), and once a release of their range
+        is done.
         """
-        assert transfer.blob is not None
+        releasing = transfer.releasing.get(index)
+        if releasing is not None:
+            await releasing.observe()
+        if transfer.blob is None:
+            # The blob went (evicted, outdated) since: a new one.
+            transfer.blob = _Shared.start(self._open_blob(transfer))
         blob = await transfer.blob.observe()
         if blob is not None:
-            await self._keep(transfer, blob, start, data)
+            await self._keep(transfer, blob, index, data)
 
     async def _keep(
-        self, transfer: _Transfer, blob: Blob, start: int, data: bytes
+        self, transfer: _Transfer, blob: Blob, index: int, data: bytes
     ) -> None:
         """
         Write verified bytes into the blob; a failure (full disk) is logged
-        and the bytes are served all the same.
+        and the bytes are served all the same.  A blob gone meanwhile
+        (evicted, outdated) is let go: the next read opens a new one.
         """
+        start = transfer.bounds(index)[0]
         try:
             ranges = await self.blobs.write(blob, start, data)
         except RealizeError as e:
@@ -851,8 +1211,21 @@ class Downloader:
                 error=describe(e),
             )
         else:
-            if ranges is not None:
-                transfer.present = ranges
+            if ranges is None:
+                if transfer.opened is blob:
+                    transfer.blob = None
+                    transfer.opened = None
+                    transfer.present = ByteRanges()
+                    transfer.kept.clear()
+                return
+            # What the db says, but never a range released meanwhile (the
+            # answer may predate the release): only this piece is added.
+            piece = ByteRanges.of((start, start + len(data)))
+            transfer.present = transfer.present & ranges
+            if ranges.contains(start, start + len(data)):
+                transfer.present = transfer.present | piece
+                transfer.kept[index] = None
+                transfer.kept.move_to_end(index)
 
     def _peers(
         self, transfer: _Transfer, tried: set[PeerId]
@@ -966,6 +1339,12 @@ class Downloader:
 
     def _where(self, version: FileVersion) -> str:
         return f"{self.arena}/{version.path}"
+
+
+class _Vanished(IOFailure):
+    """
+    Cached bytes a read counted on were gone when it read them.
+    """
 
 
 if TYPE_CHECKING:

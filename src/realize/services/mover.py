@@ -56,12 +56,19 @@ from realize.errors import (
     is_retryable,
 )
 from realize.hashing import LEAF_SIZE, align_down, format_hash, merkle_root
-from realize.interfaces import ChunkList, Store
+from realize.interfaces import (
+    ChunkList,
+    ReadStream,
+    SparseReadStream,
+    SparseStore,
+    Store,
+)
 from realize.model import (
     CHUNK_SIZE,
     ArenaName,
     FileInfo,
     FileState,
+    Hole,
     SmallFile,
     SmallRead,
 )
@@ -76,7 +83,7 @@ from realize.services.report import (
     MoveStats,
     NullObserver,
 )
-from realize.services.sides import Sides, changed
+from realize.services.sides import CountedStream, Sides, changed
 
 __all__ = [
     "BATCHES_IN_FLIGHT",
@@ -91,9 +98,11 @@ __all__ = [
 
 log = Logger(namespace="realize.move")
 
-#: Bytes of files in flight at once: many small files move together, large
-#: ones one or two at a time (#sizegate).
-BYTE_BUDGET = 32 << 20
+#: Bytes of large files (above L{BATCH_FILE}) in flight at once: many move
+#: together, the largest one at a time (#sizegate).  Batches of small files
+#: are bounded apart, by L{BATCHES_IN_FLIGHT} of at most L{BATCH_BYTES}
+#: (16 MiB): 32 MiB in flight in all.
+BYTE_BUDGET = 16 << 20
 
 #: Files in flight at once, whatever their size.
 MAX_FILES_IN_FLIGHT = 128
@@ -162,6 +171,8 @@ class Mover:
     ledger: Ledger = field(init=False)
     sides: Sides = field(init=False)
     _broken: BaseException | None = field(default=None, init=False)
+    _sparse: tuple[SparseStore, SparseStore] | None = field(default=None, init=False)
+    _sparse_asked: bool = field(default=False, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.ledger = Ledger(self.stats, self.observer)
@@ -204,33 +215,86 @@ class Mover:
         partials: dict[str, FileInfo] = {}
         for info in destination_files:
             (partials if info.partial else finals)[info.path] = info
+        # The source's own partial files do not move; deleting a file
+        # deletes its partial too, which a batch looks for only where the
+        # listing showed one.
         files = sorted((f for f in source_files if not f.partial), key=lambda f: f.path)
+        source_partials = {f.path for f in source_files if f.partial}
         self.observer.listed(arena, len(files), sum(f.size for f in files))
         running: list[Deferred[None]] = []
-        batch: list[FileInfo] = []
-        batch_bytes = 0
-        for info in files:
-            if self._broken is not None:
-                break
-            if info.size <= BATCH_FILE:
-                batch.append(info)
-                batch_bytes += info.size
-                if len(batch) >= BATCH_FILES or batch_bytes >= BATCH_BYTES:
-                    await self._start_batch(running, arena, batch, report)
-                    batch, batch_bytes = [], 0
-                continue
-            target = partials.get(info.path) or finals.get(info.path)
-            await self._start(
-                running, info.size, self._run_file(arena, info, target, report)
-            )
-        if batch and self._broken is None:
-            await self._start_batch(running, arena, batch, report)
+        # Two queues, each in path order, that do not wait for each other: a
+        # large file that holds the whole byte budget does not hold up the
+        # batches of small files (#sizegate).
+        small = [info for info in files if info.size <= BATCH_FILE]
+        large = [info for info in files if info.size > BATCH_FILE]
+        scheduling = [
+            Deferred.fromCoroutine(
+                self._schedule_files(running, arena, large, finals, partials, report)
+            ),
+            Deferred.fromCoroutine(
+                self._schedule_batches(running, arena, small, report, source_partials)
+            ),
+        ]
+        for ok, result in await DeferredList(scheduling, consumeErrors=True):
+            if not ok:
+                cast(Failure, result).raiseException()
         for ok, result in await DeferredList(running, consumeErrors=True):
             if not ok:
                 # Files report their own errors: what gets here is the move
                 # being cancelled (a DeferredList that is cancelled fires
                 # with its children's failures, it does not fail).
                 cast(Failure, result).raiseException()
+
+    async def _schedule_batches(
+        self,
+        running: list[Deferred[None]],
+        arena: ArenaName,
+        files: list[FileInfo],
+        report: MoveReport,
+        partials: set[str],
+    ) -> None:
+        """
+        Start the batches of small files, in order, as batch slots free up.
+
+        @param files: the files of at most L{BATCH_FILE} bytes.
+        @param partials: the paths of the source's partial files.
+        """
+        batch: list[FileInfo] = []
+        batch_bytes = 0
+        for info in files:
+            if self._broken is not None:
+                return
+            batch.append(info)
+            batch_bytes += info.size
+            if len(batch) >= BATCH_FILES or batch_bytes >= BATCH_BYTES:
+                await self._start_batch(running, arena, batch, report, partials)
+                batch, batch_bytes = [], 0
+        if batch and self._broken is None:
+            await self._start_batch(running, arena, batch, report, partials)
+
+    async def _schedule_files(
+        self,
+        running: list[Deferred[None]],
+        arena: ArenaName,
+        files: list[FileInfo],
+        finals: dict[str, FileInfo],
+        partials: dict[str, FileInfo],
+        report: MoveReport,
+    ) -> None:
+        """
+        Start the moves of large files, in order, as the byte budget allows.
+
+        @param files: the files of more than L{BATCH_FILE} bytes.
+        @param finals: the destination's final files by path.
+        @param partials: the destination's partial files by path.
+        """
+        for info in files:
+            if self._broken is not None:
+                return
+            target = partials.get(info.path) or finals.get(info.path)
+            await self._start(
+                running, info.size, self._run_file(arena, info, target, report)
+            )
 
     async def _start(
         self,
@@ -260,14 +324,22 @@ class Mover:
         arena: ArenaName,
         batch: list[FileInfo],
         report: MoveReport,
+        partials: set[str],
     ) -> None:
         """
-        Start a batch once one of the L{BATCHES_IN_FLIGHT} slots is free.
+        Start a batch once one of the L{BATCHES_IN_FLIGHT} slots is free (a
+        batch holds at most L{BATCH_BYTES}: the slots bound its memory, not
+        the byte budget of the large files).
+
+        @param partials: the paths of the source's partial files.
         """
         await self.batches.acquire(1)
-        size = sum(info.size for info in batch)
-        if not await self._start(running, size, self._run_batch(arena, batch, report)):
+        if self._broken is not None:
             self.batches.release(1)
+            return
+        running.append(
+            Deferred.fromCoroutine(self._run_batch(arena, batch, report, partials))
+        )
 
     def _released(self, result: object, weight: int) -> object:
         self.budget.release(weight)
@@ -341,25 +413,30 @@ class Mover:
         )
 
     async def _run_batch(
-        self, arena: ArenaName, infos: list[FileInfo], report: MoveReport
+        self,
+        arena: ArenaName,
+        infos: list[FileInfo],
+        report: MoveReport,
+        partials: set[str],
     ) -> None:
         try:
             for info in infos:
                 self.observer.file_started(arena, info.path, info.size)
-            for result in await self._move_batch(arena, infos):
+            for result in await self._move_batch(arena, infos, partials):
                 self._report(result, report)
         finally:
             self.batches.release(1)
 
     async def _move_batch(
-        self, arena: ArenaName, infos: list[FileInfo]
+        self, arena: ArenaName, infos: list[FileInfo], partials: set[str]
     ) -> list[FileResult]:
         """
         Move small files as a batch: one read at the source (each file read
         and hashed whole), one write at the destination (each written,
         verified and finished durably), one conditional delete at the
-        source.  A file whose destination hash differs is copied once more
-        on its own.
+        source (of the file, and of its partial where C{partials}, the
+        source's listed partial files, has one).  A file whose destination
+        hash differs is copied once more on its own.
         """
         results: dict[str, FileResult] = {}
         try:
@@ -414,7 +491,7 @@ class Mover:
                 deleted: Sequence[
                     BaseException | None
                 ] = await self.source.delete_files(
-                    arena, [info for info, _ in finished]
+                    arena, [info for info, _ in finished], partials
                 )
             except Exception as e:
                 deleted = [e] * len(finished)
@@ -437,6 +514,26 @@ class Mover:
             except Exception as e:
                 results[info.path] = self._failed(arena, info, e)
         return [results[info.path] for info in infos]
+
+    async def _sparse_sides(self) -> tuple[SparseStore, SparseStore] | None:
+        """
+        @return: the source and the destination if both move sparse files
+            hole by hole (L{SparseStore}), else C{None}; asked once.
+        """
+        if not self._sparse_asked:
+            self._sparse_asked = True
+            source, destination = self.source, self.destination
+            if isinstance(source, SparseStore) and isinstance(destination, SparseStore):
+                try:
+                    if await source.sparse() and await destination.sparse():
+                        self._sparse = (source, destination)
+                except Exception as e:
+                    log.warn(
+                        "cannot tell whether both sides move sparse files: "
+                        "{error}; holes are sent as zeros",
+                        error=describe(e),
+                    )
+        return self._sparse
 
     def _moved(self, arena: ArenaName, info: FileInfo, root: bytes) -> FileResult:
         """
@@ -467,11 +564,26 @@ class Mover:
         prefix: Deferred[FileState] | None = None
         if held:
             prefix = Deferred.fromCoroutine(destination.hash(arena, info.path, 0, held))
-        stream, counted = self.sides.read(arena, info, have, size, 0)
-        try:
-            written = await destination.write(
-                arena, info.path, have, size, size, counted, hash=True
+        stream: ReadStream | SparseReadStream
+        sides = await self._sparse_sides()
+        if sides is not None:
+            # Holes of a sparse file are found at the source, hashed from
+            # the digest of zeros, sent as their length and left
+            # unallocated at the destination.
+            reader, writer = sides
+            stream, sparse = self.sides.read_sparse(reader, arena, info, have, size, 0)
+            counted: CountedStream[bytes] | CountedStream[bytes | Hole] = sparse
+            writing = writer.write_sparse(
+                arena, info.path, have, size, size, sparse, hash=True
             )
+        else:
+            stream, dense = self.sides.read(arena, info, have, size, 0)
+            counted = dense
+            writing = destination.write(
+                arena, info.path, have, size, size, dense, hash=True
+            )
+        try:
+            written = await writing
         except Exception as e:
             stream.cancel()
             if prefix is not None:

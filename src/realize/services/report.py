@@ -195,6 +195,16 @@ class Ledger:
         self.stats.streamed_bytes += size
         self.observer.transferred(arena, path, size)
 
+    def skipped(self, arena: ArenaName, path: str, size: int) -> None:
+        """
+        A hole of a sparse source file was passed on (not sent: the
+        destination leaves it unallocated): shown as transferred, not
+        counted as sent.
+
+        @param size: bytes.
+        """
+        self.observer.transferred(arena, path, size)
+
     def handed(self, arena: ArenaName, infos: Sequence[FileInfo]) -> None:
         """
         Small files go whole to the destination in a batch: each is shown

@@ -5,15 +5,19 @@ stores, which side an error belongs to, and counted copying of a range.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from typing import Generic, TypeVar
 
 from attrs import frozen
 from twisted.internet.defer import CancelledError
 
 from realize.errors import Conflict, SideError
-from realize.interfaces import ReadStream, Store
-from realize.model import ArenaName, FileInfo, FileState
+from realize.interfaces import ReadStream, SparseReadStream, SparseStore, Store
+from realize.model import ArenaName, FileInfo, FileState, Hole
 from realize.services.report import Ledger
+
+#: What a stream yields: C{bytes}, or also L{Hole}s (a sparse stream).
+C = TypeVar("C", bound=bytes | Hole)
 
 __all__ = ["CountedStream", "Sides", "changed"]
 
@@ -28,29 +32,32 @@ def changed(info: FileInfo, size: int) -> Conflict:
     )
 
 
-class CountedStream:
+class CountedStream(Generic[C]):
     """
     Wraps a source read stream: reports the bytes it yields, and turns its
     errors into source-side errors.
 
-    @ivar count: bytes yielded so far.
+    @ivar count: bytes yielded so far (the holes of a sparse stream are
+        not sent: not counted).
     """
 
     def __init__(
         self,
-        stream: ReadStream,
+        stream: AsyncIterable[C],
         side: Callable[[BaseException], SideError],
         on_chunk: Callable[[int], None],
+        on_hole: Callable[[int], None] | None = None,
     ) -> None:
         self._iterator = aiter(stream)
         self._side = side
         self._on_chunk = on_chunk
+        self._on_hole = on_hole
         self.count = 0
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
+    def __aiter__(self) -> AsyncIterator[C]:
         return self
 
-    async def __anext__(self) -> bytes:
+    async def __anext__(self) -> C:
         try:
             chunk = await self._iterator.__anext__()
         except StopAsyncIteration:
@@ -59,6 +66,10 @@ class CountedStream:
             raise
         except Exception as e:
             raise self._side(e) from e
+        if isinstance(chunk, Hole):
+            if self._on_hole is not None:
+                self._on_hole(chunk.length)
+            return chunk
         self.count += len(chunk)
         self._on_chunk(len(chunk))
         return chunk
@@ -110,7 +121,7 @@ class Sides:
         start: int,
         end: int,
         hash_from: int | None,
-    ) -> tuple[ReadStream, CountedStream]:
+    ) -> tuple[ReadStream, CountedStream[bytes]]:
         """
         Start reading C{[start, end)} of a source file.
 
@@ -132,7 +143,41 @@ class Sides:
 
         return stream, CountedStream(stream, self.source_error, streamed)
 
-    async def source_state(self, stream: ReadStream, info: FileInfo) -> FileState:
+    def read_sparse(
+        self,
+        source: SparseStore,
+        arena: ArenaName,
+        info: FileInfo,
+        start: int,
+        end: int,
+        hash_from: int | None,
+    ) -> tuple[SparseReadStream, CountedStream[bytes | Hole]]:
+        """
+        As L{read}, from a source that gives the holes of a sparse file as
+        L{Hole}s: those are shown as transferred, not counted as sent.
+
+        @param source: the source, as a L{SparseStore}.
+        """
+        try:
+            stream = source.read_sparse(
+                arena, info.path, start, end, hash_from=hash_from
+            )
+        except Exception as e:
+            raise self.source_error(e) from e
+        ledger = self.ledger
+        path = info.path
+
+        def streamed(size: int) -> None:
+            ledger.streamed(arena, path, size)
+
+        def skipped(size: int) -> None:
+            ledger.skipped(arena, path, size)
+
+        return stream, CountedStream(stream, self.source_error, streamed, skipped)
+
+    async def source_state(
+        self, stream: ReadStream | SparseReadStream, info: FileInfo
+    ) -> FileState:
         """
         @return: the state of a source file once C{stream} is read.
         @raise SideError: a source error, or the file changed since it

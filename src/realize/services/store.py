@@ -19,7 +19,7 @@ from twisted.application.service import Service
 from twisted.logger import Logger
 
 from realize.config import Config
-from realize.errors import NotFound, Unauthorized
+from realize.errors import ArenaUnavailable, Unauthorized
 from realize.interfaces import RunInThread, StoreListener
 from realize.model import ArenaName, PeerId
 from realize.storage.arena import ArenaDir
@@ -144,13 +144,13 @@ class PeerView(LocalStore):
             datadir.
         """
         config = self._check_peer().arenas.get(arena)
-        if config is None:
-            raise NotFound(f"no arena {arena!r} on this peer")
-        if not config.allows(self.peer):
-            raise Unauthorized(f"peer {self.peer!r} may not use arena {arena!r}")
         arena_dir = self.service.store.arena_dirs.get(arena)
-        if arena_dir is None:
-            raise NotFound(f"arena {arena!r} has no datadir on this peer")
+        if config is None or not config.allows(self.peer) or arena_dir is None:
+            # One answer whether the arena is absent, has no datadir or
+            # is outside the ACL: a peer cannot probe for arena names.
+            raise ArenaUnavailable(
+                f"arena {arena!r} is not available to peer {self.peer!r} here"
+            )
         return arena_dir
 
     async def arenas(self) -> list[ArenaName]:

@@ -20,9 +20,25 @@ directory fetched with the one it reads, in one batch
 (L{Downloader.prefetch}), and then served from memory.
 
 What a notification batch changed reaches the rest (L{ArenaCache.apply}
-returns it; L{UnrealBackend.applied} acts on it): outdated blobs are
-deleted, reads waiting for a version look again, and the kernel's caches
-of the entries concerned are dropped.
+returns it; L{UnrealBackend.applied} acts on it): outdated blobs join
+the block cache's pending removal queue, reads waiting for a version
+look again, and the kernel's caches of the entries concerned are
+dropped.  With marks (issue 12), a batch also
+queues, in its own transaction, the paths the consensus jobs must look at
+(L{realize.storage.consensus._txn_apply_tracked}).
+
+Marks on the view (DESIGN.md section 11): C{user.realize.mark} reads the
+mark set on the entry's path (in the arena db, L{realize.storage.marks}),
+C{user.realize.mark.effective} the one that applies; setting one calls
+the consensus service's L{realize.services.marks.MarkKeeper.set_mark} in
+the reactor (through the bridge), which also writes it onto the real file
+or directory of that path if there is one.  C{user.realize.status} adds
+what a consensus job does or did about the file (C{remote; realize:
+download}, C{local; unrealize failed: ...; retry in 30 s}).
+
+The block cache (L{realize.services.cache.BlobCache}) learns from the
+backend which files are open (their blobs are not evicted), which cached
+bytes are read (LRU, frequency) and the hits and misses.
 """
 
 from __future__ import annotations
@@ -32,7 +48,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Final, cast
+from typing import Any, Final, Protocol, cast
 
 from attrs import define, field
 from twisted.internet.defer import Deferred
@@ -49,10 +65,13 @@ from realize.fuse.backend import Opened, SpaceInfo
 from realize.fuse.bridge import Bridge
 from realize.hashing import format_hash
 from realize.model import KIND_DIR, ArenaName, Entry, Notification, PeerId
+from realize.services.cache import BlobCache
 from realize.services.downloader import PIECE_SIZE, PREFETCH_FILES, Downloader
 from realize.storage import unreal
-from realize.storage.blobs import BlobStore
+from realize.storage.blobs import QUEUE_PROTECTED, BlobStore
+from realize.storage.consensus import QueueRow, _txn_apply_tracked, queue_row
 from realize.storage.globaldb import ROOT_INODE
+from realize.storage.marks import SOURCE_VIEW, effective_mark, mark_at
 from realize.storage.unreal import ArenaTree, BatchResult
 from realize.storage.unrealview import FileVersion, SqliteUnrealView
 
@@ -78,13 +97,22 @@ class ArenaCache:
 
     @ivar tree: what the rules need of the arena (root, inode ranges).
     @ivar run_interaction: the arena db's writer.
-    @ivar blobs: the arena's blob store (outdated blobs are deleted after
-        each batch).
+    @ivar blobs: the arena's blob store, without a block cache: outdated
+        blobs are deleted after each batch.
+    @ivar cache: the arena's block cache: outdated blobs join its pending
+        removal queue after each batch.
+    @ivar default_mark: the arena's default mark: with one, each batch
+        also queues the paths the consensus jobs must look at; C{None}
+        for none.
+    @ivar me: this peer's id (its own history is fed as this peer).
     """
 
     tree: ArenaTree
     run_interaction: Callable[..., Deferred[Any]]
     blobs: BlobStore | None = None
+    default_mark: str | None = None
+    me: PeerId | None = None
+    cache: BlobCache | None = None
 
     async def progress(self, peer: PeerId) -> tuple[str, int] | None:
         result: tuple[str, int] | None = await self.run_interaction(
@@ -95,10 +123,23 @@ class ArenaCache:
     async def apply(
         self, peer: PeerId, notifications: Sequence[Notification]
     ) -> BatchResult:
-        result: BatchResult = await self.run_interaction(
-            unreal._txn_apply_batch, self.tree, peer, list(notifications)
-        )
-        if self.blobs is not None:
+        result: BatchResult
+        if self.default_mark is None:
+            result = await self.run_interaction(
+                unreal._txn_apply_batch, self.tree, peer, list(notifications)
+            )
+        else:
+            result = await self.run_interaction(
+                _txn_apply_tracked,
+                self.tree,
+                self.me,
+                self.default_mark,
+                peer,
+                list(notifications),
+            )
+        if self.cache is not None:
+            await self.cache.outdated()
+        elif self.blobs is not None:
             await self.blobs.delete_outdated()
         return result
 
@@ -126,6 +167,11 @@ class UnrealBackend:
     @ivar me: this peer's id: files it has itself show as C{local}.
     @ivar space_path: a directory on the filesystem of the cache, for
         C{df}.
+    @ivar marks: sets marks (in the reactor), or C{None}: marks cannot be
+        set.
+    @ivar default_mark: an arena's default mark.
+    @ivar caches: each arena's block cache (told of opens, releases, hits
+        and misses; its thread-safe methods only).
     @ivar monotonic: the time in seconds, for L{VERSION_REFRESH}.
     """
 
@@ -134,6 +180,9 @@ class UnrealBackend:
     downloaders: Mapping[ArenaName, Downloader]
     me: PeerId | None = None
     space_path: str = "/"
+    marks: MarkSetter | None = None
+    default_mark: Callable[[ArenaName], str] = lambda arena: "watch"
+    caches: Mapping[ArenaName, BlobCache] = field(factory=dict)
     monotonic: Callable[[], float] = time.monotonic
     _handles: dict[int, _Handle] = field(factory=dict, init=False)
     #: The version of the last read of each inode, for L{Opened.keep_cache}.
@@ -178,11 +227,19 @@ class UnrealBackend:
         if entry.hash is None:
             return False
         state = self.view.cached(arena, entry.inode, entry.hash)
-        return state is not None and state[0] >= state[1]
+        return state is not None and state.present >= state.size
 
     def open(self, inode: int) -> Opened:
         entry, arena = self._file(inode)
-        complete = self._complete(arena, entry)
+        cache = self.caches.get(arena)
+        if cache is not None:
+            cache.opened(inode, entry.hash)
+        try:
+            complete = self._complete(arena, entry)
+        except BaseException:
+            if cache is not None:
+                cache.closed(inode)
+            raise
         # The kernel's pages of this inode, if any, hold bytes this backend
         # served; if the last version served is the one opened, they are
         # bytes of it (a version that changed gives another digest here).
@@ -201,6 +258,7 @@ class UnrealBackend:
         if opened is None:
             raise BadRequest(f"no open file {handle}")
         downloader = self.downloaders.get(opened.arena)
+        cache = self.caches.get(opened.arena)
         digest = opened.digest
         if digest is not None:
             self._served[inode] = digest
@@ -215,6 +273,8 @@ class UnrealBackend:
             if data is None:
                 data = self.view.read_cached(opened.arena, inode, digest, offset, end)
             if data is not None:
+                if cache is not None:
+                    cache.read_hit(inode, digest, len(data))
                 if (
                     downloader is not None
                     and not opened.complete
@@ -223,6 +283,8 @@ class UnrealBackend:
                     # The first read in this piece: the read-ahead moves on.
                     self.bridge.post(downloader.advance, inode, digest, offset, end)
                 return data
+        if cache is not None:
+            cache.read_miss(size)
         if downloader is None:
             raise IOFailure(f"arena {opened.arena}: no downloader")
         now = self.monotonic()
@@ -263,15 +325,48 @@ class UnrealBackend:
 
     def release(self, inode: int, handle: int) -> None:
         with self._lock:
-            self._handles.pop(handle, None)
+            opened = self._handles.pop(handle, None)
+        if opened is not None:
+            cache = self.caches.get(opened.arena)
+            if cache is not None:
+                cache.closed(opened.inode)
+
+    def _arena_path(self, inode: int) -> tuple[ArenaName, str] | None:
+        self._entry(inode)
+        return self.view.locate(inode)
 
     def mark(self, inode: int) -> str | None:
-        self._entry(inode)
-        return None
+        located = self._arena_path(inode)
+        if located is None:
+            return None
+        return self.view.query(located[0], mark_at, located[1])
+
+    def effective_mark(self, inode: int) -> str | None:
+        located = self._arena_path(inode)
+        if located is None:
+            return None
+        arena, path = located
+        found = self.view.query(arena, effective_mark, path, self.default_mark(arena))
+        return None if found is None else found.describe()
 
     def set_mark(self, inode: int, mark: str | None) -> None:
-        self._entry(inode)
-        raise BadRequest("marks are not supported by this version of realized")
+        located = self._arena_path(inode)
+        if located is None:
+            raise BadRequest(
+                f"inode {inode}: marks are set on arenas and what they hold"
+            )
+        marks = self.marks
+        if marks is None:
+            raise BadRequest("marks cannot be set: no consensus service")
+        arena, path = located
+
+        def set_it() -> Deferred[None]:
+            assert marks is not None
+            return Deferred.fromCoroutine(
+                marks.set_mark(arena, path, mark, SOURCE_VIEW)
+            )
+
+        self.bridge.call(cast(Callable[[], Any], set_it))
 
     def version(self, inode: int) -> str | None:
         entry = self._entry(inode)
@@ -280,6 +375,18 @@ class UnrealBackend:
         return "none" if entry.hash is None else format_hash(entry.hash)
 
     def status(self, inode: int) -> str | None:
+        base = self._where(inode)
+        if base is None:
+            return None
+        located = self.view.locate(inode)
+        row = (
+            None
+            if located is None
+            else self.view.query(located[0], queue_row, located[1])
+        )
+        return base if row is None else f"{base}; {_job_status(row)}"
+
+    def _where(self, inode: int) -> str | None:
         entry = self._entry(inode)
         if entry.kind == KIND_DIR:
             return None
@@ -289,15 +396,32 @@ class UnrealBackend:
         if version is not None and self.me is not None and self.me in version.peers:
             return "local"
         located = self.view.locate(inode)
+        if located is not None:
+            self._settle(located[0], inode, entry.hash)
         state = (
             None if located is None else self.view.cached(located[0], inode, entry.hash)
         )
-        if state is None or state[0] == 0:
+        if state is None or state.present == 0:
             return "remote"
-        present, total = state
-        if present >= total:
-            return "cached verified"
-        return f"cached {present * 100 // max(total, 1)}%"
+        if state.present >= state.size:
+            return "protected" if state.queue == QUEUE_PROTECTED else "cached verified"
+        return f"cached {state.present * 100 // max(state.size, 1)}%"
+
+    def _settle(self, arena: ArenaName, inode: int, digest: bytes) -> None:
+        """
+        Wait for the verified bytes of a version still being written to
+        its blob (reads return before: L{Downloader.written}), so that the
+        status says what the cache holds once a read returned.
+        """
+        downloader = self.downloaders.get(arena)
+        if downloader is None or not downloader.writing(inode, digest):
+            return
+
+        def written() -> Deferred[None]:
+            assert downloader is not None
+            return Deferred.fromCoroutine(downloader.written(inode, digest))
+
+        self.bridge.call(cast(Callable[[], Any], written))
 
     def statfs(self) -> SpaceInfo:
         try:
@@ -338,3 +462,27 @@ class UnrealBackend:
             return None
         arena, path = located
         return f"{arena}/{path}" if path else arena
+
+
+class MarkSetter(Protocol):
+    """
+    Sets marks (L{realize.services.marks.MarkKeeper}), in the reactor.
+    """
+
+    async def set_mark(
+        self, arena: ArenaName, path: str, mark: str | None, source: str = ...
+    ) -> None: ...
+
+
+def _job_status(row: QueueRow) -> str:
+    """
+    @return: what a queue row says of the job of a file, for
+        C{user.realize.status}: C{pending}, C{realize: download},
+        C{realize failed: why; retry in 30 s}.
+    """
+    if row.step == "failed":
+        wait = max(0.0, row.not_before - time.time())
+        return f"{row.action or 'job'} failed: {row.error}; retry in {wait:.0f} s"
+    if row.action is None:
+        return "pending"
+    return f"{row.action}: {row.step}"

@@ -66,6 +66,7 @@ from realize.model import ArenaName, is_partial_name
 from realize.services.notifier import WATCH_MASK, KernelNotifier, Notifier
 from realize.storage import scan
 from realize.storage.index import ArenaIndex, Version
+from realize.storage.whiteouts import _txn_record_hidden
 
 __all__ = [
     "RESCAN_INTERVAL",
@@ -124,6 +125,9 @@ class ArenaWatcher:
     @ivar on_attributes: called with a path whose attributes changed
         (C{IN_ATTRIB}: extended attributes such as C{user.realize.mark},
         permissions, times), or C{None}: the hook for marks (issue 12).
+    @ivar mountpoint: the arena's overlay mountpoint (C{[[arena]]
+        mountpoint}), or C{None}: directories renamed through it with
+        C{redirect_dir=on} are copied up through it.
     """
 
     log = Logger(namespace="realize.watcher")
@@ -140,6 +144,7 @@ class ArenaWatcher:
     unhashed_notice_size: int = UNHASHED_NOTICE_SIZE
     rescan_interval: float = RESCAN_INTERVAL
     on_attributes: Callable[[str], None] | None = None
+    mountpoint: str | None = None
 
     _notifier: Notifier | None = field(default=None, init=False)
     _running: bool = field(default=False, init=False)
@@ -170,6 +175,8 @@ class ArenaWatcher:
     _scanning: bool = field(default=False, init=False)
     _work: set[Deferred[Any]] = field(factory=set, init=False)
     _idle: list[Deferred[None]] = field(factory=list, init=False)
+    _copying: list[str] = field(factory=list, init=False)
+    _after_copy_up: list[tuple[str, int]] = field(factory=list, init=False)
 
     # -- life ----------------------------------------------------------------
 
@@ -392,6 +399,8 @@ class ArenaWatcher:
                 self._forget(directory, remove=False)
             return
         if not name:
+            if directory == "" and mask & inotify.IN_ATTRIB and self.on_attributes:
+                self.on_attributes("")
             if directory == "" and mask & _ROOT_GONE:
                 self.log.error(
                     "arena {arena}: the datadir {root} was moved, deleted or "
@@ -420,6 +429,12 @@ class ArenaWatcher:
             if mask & (inotify.IN_DELETE | inotify.IN_MOVED_FROM):
                 self._forget(path)
                 self._queue_scan(path, "directory")
+                # An overlay renaming or deleting a peer's directory puts a
+                # whiteout in its place without an event of its own; it is
+                # looked at after the delay, once the scan of a renamed
+                # directory's new place found its redirect (whose copy-up
+                # must read the files before their Remove).
+                self.touch(path, self.delay)
             elif mask & (inotify.IN_CREATE | inotify.IN_MOVED_TO):
                 self._queue_scan(path, "directory")
             return
@@ -524,6 +539,8 @@ class ArenaWatcher:
                 return
             entries = await self.index.lookup(paths)
             removals: list[tuple[str, int]] = []
+            whiteouts: list[tuple[str, int]] = []
+            cleared: list[str] = []
             from_store: list[Version] = []
             unhashed: list[tuple[str, int, int]] = []
             to_hash: list[tuple[str, int, int]] = []
@@ -540,7 +557,13 @@ class ArenaWatcher:
                     )
                     done.append(path)
                     continue
-                if result.kind in (scan.GONE, scan.DIRECTORY):
+                if result.kind == scan.WHITEOUT:
+                    # Deleted through the overlay: what it hid is removed.
+                    whiteouts.append((path, result.mtime_ns))
+                elif path not in entries and result.kind != scan.DIRECTORY:
+                    # Perhaps made over a whiteout: no longer hidden.
+                    cleared.append(path)
+                if result.kind in (scan.GONE, scan.DIRECTORY, scan.WHITEOUT):
                     if path in entries:
                         removals.append((path, result.mtime_ns))
                     if result.kind == scan.DIRECTORY:
@@ -566,21 +589,27 @@ class ArenaWatcher:
                 if result.size >= self.unhashed_notice_size:
                     unhashed.append((path, result.size, result.mtime_ns))
                 to_hash.append((path, result.size, result.mtime_ns))
+            if whiteouts or cleared:
+                # Before the removals: a real file deleted through the
+                # overlay is the index's Remove, not one more.
+                await self._record_hidden(whiteouts, [], [], cleared, None)
             await self.index.record_removals(removals)
             await self.index.record_unhashed(unhashed)
             if from_store:
                 await self.index.record_versions(from_store)
                 if self.metrics is not None:
                     self.metrics.from_store(self.arena, len(from_store))
-                for version in from_store:
-                    self.log.info(
-                        "arena {arena}: {path} finished by the store, recorded "
-                        "without hashing",
-                        arena=self.arena,
-                        path=version.path,
-                        size=version.size,
-                        source="store",
-                    )
+                # One event per batch, as for the files hashed: a move
+                # finishes thousands of files a second, and an info event
+                # per file cost the daemon ~35 us each (issue 15).
+                self.log.debug(
+                    "arena {arena}: {files} files finished by the store, "
+                    "recorded without hashing",
+                    arena=self.arena,
+                    files=len(from_store),
+                    size=sum(version.size for version in from_store),
+                    source="store",
+                )
             self._release(done)
             for item in to_hash:
                 self._hash_queue.append(item)
@@ -593,6 +622,108 @@ class ArenaWatcher:
             if self._running:
                 self._pump_hashing()
                 self._schedule()
+
+    # -- the overlay -------------------------------------------------------------
+
+    async def _record_hidden(
+        self,
+        whiteouts: list[tuple[str, int]],
+        opaques: list[tuple[str, int]],
+        present: list[str],
+        cleared: list[str],
+        scope: str | None,
+    ) -> None:
+        """
+        Record the Removes of the peers' files that overlay whiteouts and
+        opaque directories hide (L{realize.storage.whiteouts}).  The
+        whiteout of a directory renamed with C{redirect_dir=on} waits
+        until its files are copied up: its Remove would have the owner
+        delete the files whose bytes the copy-up reads from it.
+        """
+        waiting = [w for w in whiteouts if self._copying_from(w[0])]
+        if waiting:
+            self._after_copy_up.extend(waiting)
+            whiteouts = [w for w in whiteouts if w not in waiting]
+            if not (whiteouts or opaques or cleared or scope is not None):
+                return
+        notes = await self.index.record_with(
+            _txn_record_hidden, whiteouts, opaques, present, cleared, scope
+        )
+        for note in notes:
+            self.log.info(
+                "arena {arena}: {path} deleted through the overlay",
+                arena=self.arena,
+                path=note.path,
+                source="overlay",
+            )
+
+    def _redirected(self, redirects: list[tuple[str, str]]) -> None:
+        """
+        Directories renamed through an overlay mounted with
+        C{redirect_dir=on}: their lower files show under the new name but
+        are not in the datadir.  They are copied up (opened for writing
+        through the overlay, in a thread), so that they become real files
+        the watcher records (an Add each; the old names' whiteout, a
+        Remove each).
+        """
+        if self.mountpoint is None:
+            self._warn_once(
+                "redirect",
+                "arena {arena}: directories renamed through an overlay "
+                "({paths}) but no mountpoint is configured: their files are "
+                "not recorded under the new name",
+                paths=", ".join(d for d, _ in redirects),
+            )
+            return
+        targets = [target for _, target in redirects]
+        self._copying.extend(targets)
+
+        def done(result: object) -> object:
+            for target in targets:
+                self._copying.remove(target)
+            waiting = [w for w in self._after_copy_up if not self._copying_from(w[0])]
+            if waiting and self._running:
+                self._after_copy_up = [
+                    w for w in self._after_copy_up if w not in waiting
+                ]
+                self._track(
+                    Deferred.fromCoroutine(
+                        self._record_hidden(waiting, [], [], [], None)
+                    )
+                ).addErrback(self._failed, "recording whiteouts")
+            return result
+
+        self._track(
+            self.run_in_thread(
+                scan.copy_up_redirected,
+                self.root,
+                self.mountpoint,
+                self.index.path,
+                redirects,
+            )
+        ).addBoth(done).addCallbacks(
+            self._copied_up, self._failed, errbackArgs=("copying up",)
+        )
+
+    def _copying_from(self, path: str) -> bool:
+        """
+        Whether a copy-up under way reads from a lower path at, above or
+        beneath C{path}.
+        """
+        return any(
+            t == path or t.startswith(path + "/") or path.startswith(t + "/")
+            for t in self._copying
+        )
+
+    def _copied_up(self, result: list[tuple[str, str]]) -> None:
+        for path, error in result:
+            self._warn_once(
+                path,
+                "arena {arena}: cannot copy up {path} (renamed through the "
+                "overlay): {error}",
+                path=path,
+                error=error,
+            )
 
     # -- hashing -----------------------------------------------------------------
 
@@ -714,6 +845,18 @@ class ArenaWatcher:
                     self._queue_scan(directory, "directory")
         for path in result.missing:
             self.touch(path, 0)
+        if result.redirects:
+            self._redirected(result.redirects)
+        if result.whiteouts or result.opaques or not prefix:
+            await self._record_hidden(
+                result.whiteouts,
+                result.opaques,
+                result.present,
+                [],
+                "" if not prefix else None,
+            )
+            if not self._running:
+                return
         # The scan saw these files' size and mtime: they go straight to
         # hashing (which checks them again), unless something else is
         # under way for them.
@@ -770,6 +913,10 @@ class WatcherService(Service):
     @ivar notifier_factory: makes an inotify descriptor (C{lambda:
         KernelNotifier(reactor)}).
     @ivar metrics: where to count, or C{None}.
+    @ivar attributes: told C{(arena, path)} when the attributes of a real
+        file or directory changed (C{IN_ATTRIB}; the datadir itself is
+        C{""}): the marks (L{realize.services.marks.MarkKeeper}); set
+        after the watchers are made, read at each event.
     @ivar watchers: the running watchers by arena.
     @ivar started: fires once every watcher did its catch-up scan.
     """
@@ -783,6 +930,7 @@ class WatcherService(Service):
     run_in_thread: RunInThread
     notifier_factory: Callable[[], Notifier]
     metrics: HistoryMetrics | None = None
+    attributes: Callable[[ArenaName, str], None] | None = None
     watchers: dict[ArenaName, ArenaWatcher] = field(factory=dict, init=False)
     started: Deferred[None] = field(factory=Deferred, init=False)
     _workdirs: dict[ArenaName, Path] = field(factory=dict, init=False)
@@ -873,7 +1021,13 @@ class WatcherService(Service):
             self.run_in_thread,
             self.notifier_factory,
             self.metrics,
+            on_attributes=lambda path: self._attributes(name, path),
+            mountpoint=None if arena.mountpoint is None else str(arena.mountpoint),
         )
+
+    def _attributes(self, arena: ArenaName, path: str) -> None:
+        if self.attributes is not None:
+            self.attributes(arena, path)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]

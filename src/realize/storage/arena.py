@@ -25,6 +25,7 @@ it leaves the path as it was.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 from attrs import define, field, frozen
 
@@ -37,19 +38,30 @@ from realize.hashing import (
     merkle_root,
     read_range,
 )
-from realize.model import FileInfo, FileState, check_path, clamp_mtime, partial_name
+from realize.model import (
+    CHUNK_SIZE,
+    MIN_HOLE,
+    FileInfo,
+    FileState,
+    Hole,
+    check_path,
+    clamp_mtime,
+    partial_name,
+)
 from realize.storage import fs
 from realize.storage.fs import (
     O_READ,
     Stamp,
     hash_range,
+    next_piece,
     open_regular,
+    punch_hole,
     pwrite_all,
     start_writeback,
 )
 from realize.storage.listing import list_tree
 from realize.storage.partials import Partials
-from realize.storage.paths import DirCache, not_found, os_error, where
+from realize.storage.paths import DIR_CACHE_SIZE, DirCache, not_found, os_error, where
 
 __all__ = ["ArenaDir", "ReadHandle", "WriteHandle", "Written"]
 
@@ -62,12 +74,30 @@ class ReadHandle:
 
     fd: int
     hasher: LeafHasher | None
+    #: Up to where the file is known to hold data (L{read_piece}).
+    data_until: int = 0
 
     def read(self, offset: int, length: int) -> bytes:
         data = os.pread(self.fd, length, offset)
         if self.hasher is not None:
             self.hasher.update(data)
         return data
+
+    def read_piece(self, offset: int, end: int, limit: int) -> bytes | Hole:
+        """
+        The next piece of a sparse read stream: the hole that starts at
+        C{offset} (at least L{MIN_HOLE} long, or reaching C{end}), not
+        read, its leaves hashed from the digest of zeros; else at most
+        C{limit} bytes of data, up to the next such hole.
+        """
+        if offset < self.data_until:
+            return self.read(offset, min(limit, self.data_until - offset, end - offset))
+        length, self.data_until = next_piece(self.fd, offset, end, limit, MIN_HOLE)
+        if length < 0:
+            if self.hasher is not None:
+                self.hasher.update_zeros(-length)
+            return Hole(-length)
+        return self.read(offset, length)
 
     def close(self) -> None:
         os.close(self.fd)
@@ -87,6 +117,8 @@ class WriteHandle:
     hash_start: int
     writeback_from: int
     written_since_writeback: int = 0
+    #: Whether a hole was written (the file may then end before the range).
+    holes: bool = False
 
     def write(self, data: bytes, offset: int) -> None:
         pwrite_all(self.fd, data, offset)
@@ -98,6 +130,26 @@ class WriteHandle:
             start_writeback(self.fd, self.writeback_from, end - self.writeback_from)
             self.writeback_from = end
             self.written_since_writeback = 0
+
+    def hole(self, offset: int, length: int) -> None:
+        """
+        Make C{[offset, offset + length)} zeros without writing them: the
+        part the file already holds is deallocated (punched), and past its
+        end nothing is done (the file is extended, sparse, when the write
+        ends); where the filesystem cannot punch holes, that part gets
+        zeros written.
+        """
+        self.holes = True
+        end = min(offset + length, os.fstat(self.fd).st_size)
+        if end > offset and not punch_hole(self.fd, offset, end - offset):
+            zeros = memoryview(bytes(min(end - offset, CHUNK_SIZE)))
+            position = offset
+            while position < end:
+                piece = zeros[: end - position]
+                pwrite_all(self.fd, piece, position)
+                position += len(piece)
+        if self.hasher is not None:
+            self.hasher.update_zeros(length)
 
     def close(self) -> None:
         os.close(self.fd)
@@ -166,11 +218,31 @@ class ArenaDir:
             raise InvalidPath(f"{where(self.name, path)}: inside the arena's workdir")
         return segments
 
-    def dirs(self) -> DirCache:
+    def by_directory(
+        self, paths: Sequence[str]
+    ) -> list[tuple[int, list[str] | RealizeError]]:
         """
+        Check the paths of a batch and order them by directory (keeping
+        their order within one), so that the batch opens each directory
+        once however few a L{DirCache} keeps.
+
+        @return: each path's index and segments, or its error.
+        """
+        checked: list[tuple[int, list[str] | RealizeError]] = []
+        for index, path in enumerate(paths):
+            try:
+                checked.append((index, self.segments(path)))
+            except RealizeError as e:
+                checked.append((index, e))
+        checked.sort(key=_directory_of)
+        return checked
+
+    def dirs(self, limit: int = DIR_CACHE_SIZE) -> DirCache:
+        """
+        @param limit: directories it keeps open at most (L{DirCache}).
         @return: a cache of this arena's directories for one piece of work.
         """
-        return DirCache(self.name, self.directory)
+        return DirCache(self.name, self.directory, limit)
 
     def parent(self, path: str, create: bool) -> tuple[int, str]:
         """
@@ -263,6 +335,18 @@ class ArenaDir:
         """
         try:
             return handle.read(offset, length)
+        except OSError as e:
+            raise self.error(e, path) from None
+
+    def read_piece(
+        self, handle: ReadHandle, path: str, offset: int, end: int, limit: int
+    ) -> bytes | Hole:
+        """
+        Read the next piece of a sparse read stream (L{ReadHandle.
+        read_piece}): a L{Hole}, or at most C{limit} bytes.
+        """
+        try:
+            return handle.read_piece(offset, end, limit)
         except OSError as e:
             raise self.error(e, path) from None
 
@@ -389,6 +473,16 @@ class ArenaDir:
         except OSError as e:
             raise self.error(e, handle.path) from None
 
+    def write_hole(self, handle: WriteHandle, offset: int, length: int) -> None:
+        """
+        Write a hole of a sparse write stream: zeros that take no room
+        (L{WriteHandle.hole}).
+        """
+        try:
+            handle.hole(offset, length)
+        except OSError as e:
+            raise self.error(e, handle.path) from None
+
     def end_write(
         self, handle: WriteHandle, end: int, file_size: int, verify: bool
     ) -> Written:
@@ -402,6 +496,9 @@ class ArenaDir:
         try:
             if end == file_size:
                 os.ftruncate(handle.fd, file_size)
+            elif handle.holes and os.fstat(handle.fd).st_size < end:
+                # The range ended in a hole past the end of the file.
+                os.ftruncate(handle.fd, end)
             leaves = handle.hasher.finish() if handle.hasher else []
             root = None
             if verify:
@@ -452,3 +549,8 @@ class ArenaDir:
                 return Stamp.of(os.fstat(fd))
         finally:
             os.close(dir_fd)
+
+
+def _directory_of(item: tuple[int, list[str] | RealizeError]) -> tuple[str, ...]:
+    segments = item[1]
+    return () if isinstance(segments, RealizeError) else tuple(segments[:-1])

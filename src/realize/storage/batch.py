@@ -13,18 +13,28 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+from collections.abc import Collection
+from typing import Any
 
-from realize.errors import BadRequest, Conflict, RealizeError
-from realize.hashing import LeafHasher, merkle_root
+from realize.errors import BadRequest, Conflict, IOFailure, RealizeError
+from realize.hashing import LEAF_SIZE, LeafHasher, leaf_hash, merkle_root
 from realize.model import SmallFile, SmallRead, clamp_mtime, partial_name
 from realize.storage.arena import ArenaDir
+from realize.storage.commit import CommitItem, commit_group
 from realize.storage.fs import Filesystems, pwrite_all, read_whole
 from realize.storage.paths import DirCache, not_regular, where
 
-__all__ = ["delete_files", "read_files", "write_partials"]
+__all__ = ["delete_files", "read_files", "write_files"]
+
+#: A placeholder in a list of results, each filled in before it returns.
+_UNSET: Any = None
 
 
 def _root(data: bytes) -> bytes:
+    if 0 < len(data) <= LEAF_SIZE:
+        # One leaf: the root is its digest (what nearly every file of a
+        # batch is, in a fraction of the incremental hasher's time).
+        return leaf_hash(data)
     hasher = LeafHasher()
     hasher.update(data)
     return merkle_root(hasher.finish())
@@ -40,11 +50,13 @@ def read_files(
         read, only its size and mtime are returned.
     @return: per file, what was read or its error.
     """
-    results: list[SmallRead | RealizeError] = []
+    results: list[SmallRead | RealizeError] = [_UNSET] * len(files)
     with arena_dir.dirs() as dirs:
-        for path, limit in files:
+        for index, segments in arena_dir.by_directory([p for p, _ in files]):
+            path, limit = files[index]
             try:
-                segments = arena_dir.segments(path)
+                if isinstance(segments, RealizeError):
+                    raise segments
                 dir_fd = dirs.open(segments[:-1], path, create=False)
                 fd, _, st = arena_dir.open_either(dir_fd, segments[-1], path, False)
                 try:
@@ -54,38 +66,41 @@ def read_files(
                         st = os.fstat(fd)
                 finally:
                     os.close(fd)
-                results.append(
-                    SmallRead(
-                        data, st.st_size, clamp_mtime(st.st_mtime_ns), _root(data)
-                    )
+                results[index] = SmallRead(
+                    data, st.st_size, clamp_mtime(st.st_mtime_ns), _root(data)
                 )
             except RealizeError as e:
-                results.append(e)
+                results[index] = e
             except OSError as e:
-                results.append(arena_dir.error(e, path))
+                results[index] = arena_dir.error(e, path)
     return results
 
 
-def write_partials(
+def write_files(
     arena_dir: ArenaDir, files: list[SmallFile], data: list[bytes]
 ) -> list[RealizeError | None]:
     """
-    Write and verify whole small files as new partial files, with their
-    mtimes, to be made final by L{realize.storage.commit.commit_group}
-    (WriteFiles).  A lone file is also flushed to disk.
+    Write, verify and finish whole small files in one call (WriteFiles):
+    each is written to a new partial file and hashed; those with the
+    expected root get their mtime and are made final durably by
+    L{realize.storage.commit.commit_group}, with the directories already
+    open.
 
     @param files: the files.
     @param data: their contents.
-    @return: per file, C{None} if its partial holds it, else its error
-        (L{Conflict} if its hash differs: the partial stays).
+    @return: per file, C{None} if it is final, else its error (L{Conflict}
+        if its hash differs: the partial stays).
     """
-    results: list[RealizeError | None] = [None] * len(files)
+    results: list[BaseException | None] = [None] * len(files)
     seen: set[str] = set()
+    ordered = arena_dir.by_directory([file.path for file in files])
     with arena_dir.dirs() as dirs:
-        for index, (file, content) in enumerate(zip(files, data, strict=True)):
+        for index, segments in ordered:
+            file, content = files[index], data[index]
             path = file.path
             try:
-                segments = arena_dir.segments(path)
+                if isinstance(segments, RealizeError):
+                    raise segments
                 if path in seen:
                     raise BadRequest(
                         f"{where(arena_dir.name, path)}: named twice in one batch"
@@ -114,13 +129,24 @@ def write_partials(
                 results[index] = e
             except OSError as e:
                 results[index] = arena_dir.error(e, path)
-    return results
+        ready = [i for i, _ in ordered if results[i] is None]
+        items = [
+            CommitItem(arena_dir, files[i].path, prepared=True, synced=len(files) == 1)
+            for i in ready
+        ]
+        for index, error in zip(ready, commit_group(items, dirs), strict=True):
+            results[index] = error
+    return [
+        e if e is None or isinstance(e, RealizeError) else IOFailure(str(e))
+        for e in results
+    ]
 
 
 def delete_files(
     arena_dir: ArenaDir,
     files: list[tuple[str, int | None, int | None]],
     durable: bool = False,
+    partials: Collection[str] | None = None,
 ) -> list[RealizeError | bool]:
     """
     Delete files in one call, and their partial files, each final file
@@ -130,33 +156,45 @@ def delete_files(
     @param files: C{(path, size, mtime_ns)}; C{None}s for no precondition.
     @param durable: flush the deletions to disk before returning (one
         C{syncfs} per filesystem).
+    @param partials: the paths whose partial file the caller saw (in a
+        listing): only those partials are deleted, the others are not
+        looked for (a move's source has the listing; an unlink that fails
+        with C{ENOENT} costs more than the deletion of the file itself).
+        C{None}: every path's partial is deleted, if there is one.
     @return: per file, whether a final file was deleted, or its error
         (L{Conflict} if it changed).
     @raise NotFound: if the arena directory is missing.
     @raise IOFailure: if C{durable} and the flush failed.
     """
-    results: list[RealizeError | bool] = []
+    results: list[RealizeError | bool] = [False] * len(files)
     emptied: dict[tuple[str, ...], None] = {}  # directories that lost a file
     with arena_dir.dirs() as dirs, Filesystems() as filesystems:
         dirs.open([], "", create=False)
-        for path, size, mtime_ns in files:
+        for index, segments in arena_dir.by_directory([f[0] for f in files]):
+            path, size, mtime_ns = files[index]
             try:
-                segments = arena_dir.segments(path)
+                if isinstance(segments, RealizeError):
+                    raise segments
                 try:
                     dir_fd = dirs.resolve(segments[:-1], create=False)
                 except FileNotFoundError:
-                    results.append(False)
                     continue
                 if durable:
                     filesystems.add(dir_fd)
-                results.append(
-                    _delete_in(arena_dir, dir_fd, segments[-1], path, size, mtime_ns)
+                results[index] = _delete_in(
+                    arena_dir,
+                    dir_fd,
+                    segments[-1],
+                    path,
+                    size,
+                    mtime_ns,
+                    partials is None or path in partials,
                 )
                 emptied[tuple(segments[:-1])] = None
             except RealizeError as e:
-                results.append(e)
+                results[index] = e
             except OSError as e:
-                results.append(arena_dir.error(e, path))
+                results[index] = arena_dir.error(e, path)
         for directory in sorted(emptied, key=len, reverse=True):
             _remove_empty(dirs, directory)
         if durable:
@@ -174,11 +212,13 @@ def _delete_in(
     path: str,
     size: int | None,
     mtime_ns: int | None,
+    partial: bool = True,
 ) -> bool:
     """
     Delete the final and partial file of C{name} in an open directory,
     the final one only if it still has C{size} and C{mtime_ns}.
 
+    @param partial: also delete the partial file, if there is one.
     @return: whether a final file was deleted.
     """
     try:
@@ -197,8 +237,9 @@ def _delete_in(
                 f"(size {size} -> {st.st_size}), not deleted"
             )
         os.unlink(name, dir_fd=dir_fd)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(partial_name(name), dir_fd=dir_fd)
+    if partial:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(partial_name(name), dir_fd=dir_fd)
     return st is not None
 
 

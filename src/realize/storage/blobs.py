@@ -1,20 +1,24 @@
 """
-The blob store of an arena, first step (#blobstore 1-2; DESIGN.md section
-10): C{workdir/blobs/} holds one sparse file per blob (the content of one
-version of one file, the default version), named by the blob's counter id;
-the C{blob} table of C{arena.db} records which byte ranges each file holds.
+The blob store of an arena (#blobstore; DESIGN.md section 10):
+C{workdir/blobs/} holds one sparse file per blob (the content of one
+version of one file), named by the blob's counter id; the C{blob} table of
+C{arena.db} records which byte ranges each file holds, its disk usage, its
+queue and its last access.
 
 Write order, so that a crash at any step leaves nothing wrong served (and
-what is left over is found by the consistency job of issue 11):
+what is left over is found by the consistency job,
+L{realize.storage.cache.inspect_blob_files}):
 
     - create: the row first (committed), then the file;
     - write: the data, C{fdatasync}, then the ranges in the db;
-    - delete: the row is marked (L{QUEUE_DELETING}) in the transaction
-      that changed the default version, the file is removed after that
-      commit, then the row (L{BlobStore.delete_outdated}).
+    - outdated: the transaction that changes the default version moves the
+      old version's blob to L{QUEUE_PENDING_REMOVAL} (kept for offline
+      reads and delta repair, evicted first: L{realize.storage.cache});
+    - delete: the row is marked (L{QUEUE_DELETING}), the file is removed
+      after that commit, then the row (L{BlobStore.delete}).
 
-There is no quota nor eviction yet (issue 11), but the table already has
-what its queues need: C{queue} and C{last_access_ns}.
+The quota, the queues and eviction are L{realize.storage.cache}'s and
+L{realize.services.cache}'s.
 
 The C{_txn_*} functions run in the arena db's writer (the adbapi pool);
 the file functions are blocking and run in a thread (L{RunInThread});
@@ -24,14 +28,16 @@ connection.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
 import os
 import sqlite3
 import struct
 from collections.abc import Callable, Iterable
-from typing import Any, Final, Protocol, TypeVar
+from typing import Any, Final, NamedTuple, Protocol, TypeVar
 
-from attrs import define, frozen
+from attrs import define, evolve, frozen
 from twisted.internet.defer import Deferred
 
 from realize.errors import IOFailure, NoSpace, NotFound
@@ -45,6 +51,7 @@ __all__ = [
     "QUEUE_WORKING",
     "Blob",
     "BlobStore",
+    "CachedState",
     "RunInteraction",
     "blob_path",
     "create_blob_tables",
@@ -61,13 +68,14 @@ T = TypeVar("T")
 
 Cursor = sqlite3.Cursor
 
-#: Queues of the blob table.  Every blob enters L{QUEUE_WORKING}; the
-#: protected and pending-removal queues are issue 11's.
+#: Queues of the blob table (L{realize.storage.cache}).  Every blob enters
+#: L{QUEUE_WORKING}; L{QUEUE_PROTECTED} keeps what is marked or used
+#: often; L{QUEUE_PENDING_REMOVAL} holds versions that stopped being the
+#: default.
 QUEUE_WORKING: Final = "working"
 QUEUE_PROTECTED: Final = "protected"
 QUEUE_PENDING_REMOVAL: Final = "pending_removal"
-#: Marked for deletion: its version stopped being the default; the file
-#: goes first, then the row.
+#: Marked for deletion (evicted): the file goes first, then the row.
 QUEUE_DELETING: Final = "deleting"
 
 _PAIR = struct.Struct("<QQ")
@@ -166,15 +174,17 @@ def _blob(row: tuple[Any, ...]) -> Blob:
 
 def _txn_mark_outdated(cursor: Cursor, inode: int, keep: bytes | None) -> None:
     """
-    Mark for deletion the blobs of a file's versions other than C{keep}
-    (called by the notification rules when the default version changes or
-    the file goes).
+    Move the blobs of a file's versions other than C{keep} to the pending
+    removal queue (called by the notification rules when the default
+    version changes or the file goes); the block cache deletes them later,
+    in batches, or first when it needs room.
 
-    @param keep: the new default version, or C{None} to mark them all.
+    @param keep: the new default version, or C{None} for all of them.
     """
     cursor.execute(
-        f"UPDATE blob SET queue = '{QUEUE_DELETING}'"
-        f" WHERE inode = ? AND hash IS NOT ? AND queue != '{QUEUE_DELETING}'",
+        f"UPDATE blob SET queue = '{QUEUE_PENDING_REMOVAL}'"
+        " WHERE inode = ? AND hash IS NOT ?"
+        f" AND queue NOT IN ('{QUEUE_DELETING}', '{QUEUE_PENDING_REMOVAL}')",
         (inode, keep),
     )
 
@@ -183,7 +193,9 @@ def _txn_open_blob(
     cursor: Cursor, inode: int, digest: bytes, now_ns: int
 ) -> tuple[Blob, bool]:
     """
-    The blob of a file's default version, made if there is none.
+    The blob of a file's default version, made if there is none.  A blob
+    pending removal whose version is the default again goes back to
+    working.
 
     @param inode: the file.
     @param digest: the version the caller wants: it must be the default.
@@ -203,10 +215,15 @@ def _txn_open_blob(
         (inode, digest),
     ).fetchone()
     if row is not None:
+        blob = _blob(row)
+        if blob.queue == QUEUE_PENDING_REMOVAL:
+            blob = evolve(blob, queue=QUEUE_WORKING)
         cursor.execute(
-            "UPDATE blob SET last_access_ns = ? WHERE id = ?", (now_ns, row[0])
+            "UPDATE blob SET last_access_ns = max(last_access_ns, ?), queue = ?"
+            " WHERE id = ?",
+            (now_ns, blob.queue, blob.id),
         )
-        return _blob(row), False
+        return blob, False
     cursor.execute(
         "INSERT INTO blob (inode, hash, size, last_access_ns) VALUES (?, ?, ?, ?)",
         (inode, digest, default[0], now_ns),
@@ -253,8 +270,14 @@ def _txn_reset_ranges(cursor: Cursor, blob_id: int) -> None:
 
 def _txn_deleting(cursor: Cursor) -> list[int]:
     """
+    Mark for deletion every blob pending removal.
+
     @return: the ids of the blobs marked for deletion.
     """
+    cursor.execute(
+        "UPDATE blob SET queue = ? WHERE queue = ?",
+        (QUEUE_DELETING, QUEUE_PENDING_REMOVAL),
+    )
     return [
         int(row[0])
         for row in cursor.execute(
@@ -273,11 +296,48 @@ def _txn_forget(cursor: Cursor, ids: Iterable[int]) -> None:
     )
 
 
+def _txn_forget_blob(cursor: Cursor, blob_id: int) -> None:
+    """
+    Delete the row of a blob whose file was taken away whole (realized:
+    renamed into the datadir by L{realize.storage.realfiles.realize_blob}).
+    The file went first: a crash between the two leaves a row whose file
+    is missing, which L{BlobStore.open} resets.
+    """
+    cursor.execute("DELETE FROM blob WHERE id = ?", (blob_id,))
+
+
 def _txn_blob(cursor: Cursor, blob_id: int) -> Blob | None:
     row = cursor.execute(
         f"SELECT {_COLUMNS} FROM blob WHERE id = ?", (blob_id,)
     ).fetchone()
     return None if row is None else _blob(row)
+
+
+def _txn_release(
+    cursor: Cursor, blob_id: int, released: ByteRanges
+) -> ByteRanges | None:
+    """
+    Take ranges out of a blob's row, before their bytes leave the file
+    (L{punch_hole}): the row never claims bytes the file does not hold.
+
+    @return: the ranges left, or C{None} if the blob is gone or being
+        deleted.
+    """
+    row = cursor.execute(
+        "SELECT ranges FROM blob WHERE id = ? AND queue != ?",
+        (blob_id, QUEUE_DELETING),
+    ).fetchone()
+    if row is None:
+        return None
+    ranges = decode_ranges(bytes(row[0])) - released
+    cursor.execute(
+        "UPDATE blob SET ranges = ? WHERE id = ?", (encode_ranges(ranges), blob_id)
+    )
+    return ranges
+
+
+def _txn_set_disk_usage(cursor: Cursor, blob_id: int, usage: int) -> None:
+    cursor.execute("UPDATE blob SET disk_usage = ? WHERE id = ?", (usage, blob_id))
 
 
 def blob_path(directory: str, blob_id: int) -> str:
@@ -383,6 +443,59 @@ def _pread(fd: int, start: int, end: int) -> bytes:
     return b"".join(parts)
 
 
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+
+
+def _load_fallocate() -> Any:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        fallocate = libc.fallocate
+    except (OSError, AttributeError):  # pragma: no cover (not Linux)
+        return None
+    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    fallocate.restype = ctypes.c_int
+    return fallocate
+
+
+_fallocate = _load_fallocate()
+
+
+def punch_hole(directory: str, blob_id: int, ranges: ByteRanges) -> int | None:
+    """
+    Give the bytes of ranges back to the filesystem (blocking;
+    C{fallocate(FALLOC_FL_PUNCH_HOLE)}: the file keeps its length).  The
+    ranges must have left the row first (L{_txn_release}).
+
+    @return: the file's C{st_blocks * 512} afterwards, or C{None} if the
+        file is gone.
+    @raise IOFailure: if the filesystem cannot punch holes, or on another
+        error.
+    """
+    path = blob_path(directory, blob_id)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise _os_error(e, f"blob {path}") from e
+    try:
+        for start, end in ranges:
+            if _fallocate is None:  # pragma: no cover (not Linux)
+                raise IOFailure(f"blob {path}: cannot punch holes here")
+            flags = _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE
+            if _fallocate(fd, flags, start, end - start) != 0:
+                code = ctypes.get_errno()
+                raise IOFailure(
+                    f"blob {path}: cannot release bytes: {os.strerror(code)}"
+                )
+        return os.fstat(fd).st_blocks * 512
+    except OSError as e:
+        raise _os_error(e, f"blob {path}") from e
+    finally:
+        os.close(fd)
+
+
 def delete_blob_files(directory: str, ids: Iterable[int]) -> None:
     """
     Remove blob files (blocking); a file already gone is fine.
@@ -436,25 +549,52 @@ def read_cached(
         data = read_blob_range(directory, int(row[0]), start, end)
     except NotFound:
         return None
-    return data if len(data) == end - start else None
+    if len(data) != end - start:
+        return None
+    # Ranges of a large file are released behind its reader: the row first,
+    # then the bytes (realize.storage.cache.punch_hole).  Still in the row
+    # after the read means they were still in the file during it.
+    again = connection.execute(
+        "SELECT ranges FROM blob WHERE id = ? AND queue != ?",
+        (row[0], QUEUE_DELETING),
+    ).fetchone()
+    if again is None or not decode_ranges(bytes(again[0])).contains(start, end):
+        return None
+    return data
+
+
+class CachedState(NamedTuple):
+    """
+    How much of a version its blob holds.
+
+    @ivar present: bytes present.
+    @ivar size: the version's size in bytes.
+    @ivar queue: the blob's queue.
+    """
+
+    present: int
+    size: int
+    queue: str
 
 
 def cached_state(
     connection: sqlite3.Connection, inode: int, digest: bytes
-) -> tuple[int, int] | None:
+) -> CachedState | None:
     """
     How much of a version is in its blob (blocking; any thread's
     read-only connection): for C{user.realize.status} and C{keep_cache}.
 
-    @return: C{(bytes present, size)}, or C{None} if it has no blob.
+    @return: C{(bytes present, size, queue)}, or C{None} if it has no
+        blob.
     """
     row = connection.execute(
-        "SELECT size, ranges FROM blob WHERE inode = ? AND hash = ? AND queue != ?",
+        "SELECT size, ranges, queue FROM blob WHERE inode = ? AND hash = ?"
+        " AND queue != ?",
         (inode, digest, QUEUE_DELETING),
     ).fetchone()
     if row is None:
         return None
-    return decode_ranges(bytes(row[1])).total(), int(row[0])
+    return CachedState(decode_ranges(bytes(row[1])).total(), int(row[0]), str(row[2]))
 
 
 class RunInteraction(Protocol):
@@ -526,18 +666,31 @@ class BlobStore:
         @raise NoSpace: if the disk is full.
         @raise IOFailure: on another error.
         """
+        written = await self.write_measured(blob, offset, data)
+        return None if written is None else written[0]
+
+    async def write_measured(
+        self, blob: Blob, offset: int, data: bytes
+    ) -> tuple[ByteRanges, int] | None:
+        """
+        L{write}, also giving the file's disk usage afterwards.
+
+        @return: C{(ranges now present, st_blocks * 512)}, or C{None} if
+            the blob was deleted meanwhile.
+        """
         try:
             usage = await self.run_in_thread(
                 write_blob_range, self.directory, blob.id, offset, data
             )
         except NotFound:
             return None
-        return await self.run_interaction(
+        ranges = await self.run_interaction(
             _txn_add_ranges,
             blob.id,
             ByteRanges.of((offset, offset + len(data))),
             usage,
         )
+        return None if ranges is None else (ranges, usage)
 
     async def ranges(self, blob: Blob) -> ByteRanges | None:
         """
@@ -560,11 +713,51 @@ class BlobStore:
             read_blob_range, self.directory, blob.id, start, end
         )
 
+    async def release(self, blob: Blob, ranges: ByteRanges) -> ByteRanges | None:
+        """
+        Give back the disk space of ranges of a blob (a large file read
+        through a window, #largedl): out of the row first, then out of the
+        file.
+
+        @return: the ranges left, or C{None} if the blob is gone.
+        @raise IOFailure: if the bytes cannot be released (they are out of
+            the row all the same: never served).
+        """
+        released = await self.release_measured(blob, ranges)
+        return None if released is None else released[0]
+
+    async def release_measured(
+        self, blob: Blob, ranges: ByteRanges
+    ) -> tuple[ByteRanges, int] | None:
+        """
+        L{release}, also giving the file's disk usage afterwards.
+
+        @return: C{(ranges left, st_blocks * 512 of the file)}, or C{None}
+            if the blob is gone.
+        @raise IOFailure: if the bytes cannot be released (they are out of
+            the row all the same: never served).
+        """
+        left = await self.run_interaction(_txn_release, blob.id, ranges)
+        if left is None:
+            return None
+        usage = await self.run_in_thread(punch_hole, self.directory, blob.id, ranges)
+        if usage is None:
+            return None
+        await self.run_interaction(_txn_set_disk_usage, blob.id, usage)
+        return left, usage
+
+    def working_area(self) -> int | None:
+        """
+        @return: C{None}: without a block cache there is no limit (see
+            L{realize.services.cache.BlobCache.working_area}).
+        """
+        return None
+
     async def delete_outdated(self) -> int:
         """
-        Delete the blobs marked for deletion: their files, then their rows.
-        Run after every transaction that may have marked some (a batch of
-        notifications).
+        Delete every outdated blob now (pending removal, or marked for
+        deletion): their rows marked, their files, then their rows.  The
+        block cache does it in batches instead (L{delete}).
 
         @return: how many were deleted.
         @raise IOFailure: if a file cannot be removed (its row stays).
@@ -572,6 +765,16 @@ class BlobStore:
         ids = await self.run_interaction(_txn_deleting)
         if not ids:
             return 0
-        await self.run_in_thread(delete_blob_files, self.directory, ids)
-        await self.run_interaction(_txn_forget, ids)
+        await self.delete(ids)
         return len(ids)
+
+    async def delete(self, ids: list[int]) -> None:
+        """
+        Delete blobs whose rows are marked for deletion: their files, then
+        their rows.
+
+        @raise IOFailure: if a file cannot be removed (its row stays).
+        """
+        if ids:
+            await self.run_in_thread(delete_blob_files, self.directory, ids)
+            await self.run_interaction(_txn_forget, ids)

@@ -28,7 +28,12 @@ from realize.storage.paths import DirCache, not_found, not_regular
 if TYPE_CHECKING:
     from realize.storage.arena import ArenaDir
 
-__all__ = ["CommitItem", "Committer", "commit_group"]
+__all__ = ["COMMIT_DIRS", "CommitItem", "Committer", "commit_group"]
+
+#: Directories a commit group keeps open at most: it opens them to get the
+#: files ready, and again to rename them after the flush, so it keeps
+#: those of a whole batch (a WriteFiles of 1,024 files rarely spans more).
+COMMIT_DIRS = 256
 
 
 @define(eq=False)
@@ -54,7 +59,9 @@ class CommitItem:
     seen: Stamp | None = field(default=None, init=False)
 
 
-def commit_group(items: list[CommitItem]) -> list[BaseException | None]:
+def commit_group(
+    items: list[CommitItem], dirs_of: DirCache | None = None
+) -> list[BaseException | None]:
     """
     Make a group of partial files final, durably: data on disk before the
     renames, renames on disk before returning.
@@ -65,27 +72,37 @@ def commit_group(items: list[CommitItem]) -> list[BaseException | None]:
     mtime is set if asked).  Blocking: call from a thread.
 
     @param items: the files.
+    @param dirs_of: the directories of the items' arena already open (a
+        batch that just wrote them), to use rather than open them again;
+        all items must then be of that arena, in directory order.
     @return: for each item, C{None} or the error that failed it.
     """
     alone = len(items) == 1
     results: list[BaseException | None] = [None] * len(items)
     ready: list[tuple[int, list[str]]] = []
     caches: dict[int, DirCache] = {}
+    if dirs_of is not None and items:
+        caches[id(items[0].arena_dir)] = dirs_of
 
     def dirs(item: CommitItem) -> DirCache:
         cache = caches.get(id(item.arena_dir))
         if cache is None:
-            cache = caches[id(item.arena_dir)] = item.arena_dir.dirs()
+            cache = caches[id(item.arena_dir)] = item.arena_dir.dirs(COMMIT_DIRS)
         return cache
 
     with Filesystems() as filesystems:
         try:
-            for index, item in enumerate(items):
+            added = None  # the directory last added to filesystems
+            for index, segments in _by_directory(items, dirs_of is None):
+                item = items[index]
                 try:
-                    segments = item.arena_dir.segments(item.path)
+                    if isinstance(segments, RealizeError):
+                        raise segments
                     dir_fd = dirs(item).open(segments[:-1], item.path, create=False)
                     if _prepare(item, dir_fd, segments[-1], alone):
-                        filesystems.add(dir_fd)
+                        if added != (item.arena_dir, segments[:-1]):
+                            filesystems.add(dir_fd)
+                            added = (item.arena_dir, segments[:-1])
                         ready.append((index, segments))
                 except (RealizeError, OverflowError, ValueError) as e:
                     results[index] = _error(item, e)
@@ -117,8 +134,43 @@ def commit_group(items: list[CommitItem]) -> list[BaseException | None]:
                     results[index] = items[index].arena_dir.error(e, items[index].path)
         finally:
             for cache in caches.values():
-                cache.close()
+                if cache is not dirs_of:
+                    cache.close()
     return results
+
+
+def _by_directory(
+    items: list[CommitItem], sort: bool
+) -> list[tuple[int, list[str] | RealizeError]]:
+    """
+    The items' indices and segments (or errors), ordered by arena and
+    directory: a group opens each directory once.
+
+    @param sort: C{False} if they are in that order already.
+    """
+    checked: list[tuple[int, list[str] | RealizeError]] = []
+    for index, item in enumerate(items):
+        try:
+            # A prepared item's path was checked when it was written.
+            segments = (
+                item.path.split("/")
+                if item.prepared
+                else item.arena_dir.segments(item.path)
+            )
+        except RealizeError as e:
+            checked.append((index, e))
+        else:
+            checked.append((index, segments))
+
+    def key(entry: tuple[int, list[str] | RealizeError]) -> tuple[object, ...]:
+        index, segments = entry
+        if isinstance(segments, RealizeError):
+            return (0,)
+        return (1, id(items[index].arena_dir), *segments[:-1])
+
+    if sort:
+        checked.sort(key=key)
+    return checked
 
 
 def _error(item: CommitItem, e: Exception) -> BaseException:
@@ -185,13 +237,16 @@ class Committer:
     Group commit of finished files (as databases group commits): while one
     L{commit_group} runs in a thread, new requests wait and then go
     together in the next one, so N concurrent finishes cost far fewer than
-    N flushes, and a lone finish waits for nobody.
+    N flushes, and a lone finish waits for nobody.  The files of one
+    request (a WriteFiles batch) always go in the same group.
 
     @ivar run_in_thread: runs the blocking commit.
     """
 
     run_in_thread: RunInThread
-    _queue: list[tuple[CommitItem, Deferred[None]]] = field(factory=list)
+    _queue: list[tuple[list[CommitItem], Deferred[list[BaseException | None]]]] = field(
+        factory=list
+    )
     _running: bool = False
 
     def commit(self, item: CommitItem) -> Deferred[None]:
@@ -202,33 +257,52 @@ class Committer:
         @return: a Deferred that fires with C{None} once the file is final
             on disk, or fails with the file's error.
         """
-        d: Deferred[None] = Deferred()
-        self._queue.append((item, d))
+
+        def one(results: list[BaseException | None]) -> None:
+            [error] = results
+            if error is not None:
+                raise error
+
+        return self.commit_all([item]).addCallback(one)
+
+    def commit_all(
+        self, items: list[CommitItem]
+    ) -> Deferred[list[BaseException | None]]:
+        """
+        Make partial files final, durably, in one group.
+
+        @param items: the files.
+        @return: a Deferred that fires once they are final on disk with,
+            per file, C{None} or its error; or fails if the commit itself
+            failed.
+        """
+        d: Deferred[list[BaseException | None]] = Deferred()
+        if not items:
+            d.callback([])
+            return d
+        self._queue.append((items, d))
         if not self._running:
             self._start()
         return d
 
     def _start(self) -> None:
-        batch, self._queue = self._queue, []
+        requests, self._queue = self._queue, []
         self._running = True
-        self.run_in_thread(commit_group, [item for item, _ in batch]).addBoth(
-            self._done, batch
-        )
+        items = [item for request, _ in requests for item in request]
+        self.run_in_thread(commit_group, items).addBoth(self._done, requests)
 
     def _done(
         self,
         results: list[BaseException | None] | Any,
-        batch: list[tuple[CommitItem, Deferred[None]]],
+        requests: list[tuple[list[CommitItem], Deferred[list[BaseException | None]]]],
     ) -> None:
         self._running = False
         if self._queue:
             self._start()
-        for index, (_, d) in enumerate(batch):
+        offset = 0
+        for items, d in requests:
             if isinstance(results, list):
-                error = results[index]
+                d.callback(results[offset : offset + len(items)])
+                offset += len(items)
             else:  # the whole commit failed (a Failure)
-                error = results.value
-            if error is None:
-                d.callback(None)
-            else:
-                d.errback(error)
+                d.errback(results.value)

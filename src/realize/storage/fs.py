@@ -42,7 +42,9 @@ __all__ = [
     "data_ranges",
     "free_space",
     "hash_range",
+    "next_piece",
     "open_regular",
+    "punch_hole",
     "pwrite_all",
     "read_into",
     "read_whole",
@@ -90,9 +92,21 @@ try:
         ctypes.c_longlong,
         ctypes.c_uint,
     ]
+    _fallocate = _libc.fallocate64
+    _fallocate.argtypes = [
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_longlong,
+        ctypes.c_longlong,
+    ]
 except (OSError, AttributeError):  # pragma: no cover - not Linux/glibc
     _syncfs = None  # type: ignore[assignment]
     _sync_file_range = None  # type: ignore[assignment]
+    _fallocate = None  # type: ignore[assignment]
+
+#: C{fallocate(2)} modes: deallocate a range, keeping the file's size.
+_FALLOC_FL_KEEP_SIZE = 1
+_FALLOC_FL_PUNCH_HOLE = 2
 
 _SYNC_FILE_RANGE_WRITE = 2
 
@@ -347,6 +361,87 @@ def data_ranges(fd: int, start: int, end: int) -> list[tuple[int, int]]:
     @raise OSError: on an I/O error.
     """
     return list(_extents(fd, start, end))
+
+
+def next_piece(
+    fd: int, offset: int, end: int, limit: int, min_hole: int
+) -> tuple[int, int]:
+    """
+    What a file holds from C{offset} on, for a stream that sends data and
+    describes holes: the length of the hole that starts there (at least
+    C{min_hole} bytes long, or reaching C{end}), as a negative number, or
+    else the length of the data that follows, at most C{limit} bytes and
+    up to the next such hole (shorter holes count as data: they cost less
+    to send than to describe).  On a filesystem that cannot tell
+    (C{SEEK_DATA} unsupported), everything is data.
+
+    @param offset: where the stream is, below C{end}.
+    @param end: end of the stream (exclusive); past the end of the file
+        is a hole.
+    @param limit: most bytes of data to give, at least 1.
+    @param min_hole: shortest hole to give.
+    @return: C{-length} of a hole, or C{length} of data (never 0); and
+        how far from C{offset} on the file is known to hold data (for the
+        next calls to skip: C{SEEK_HOLE} on tmpfs scans every page up to
+        the hole, so asking again for each chunk of a dense file would cost
+        the square of its size).
+    @raise OSError: on an I/O error.
+    """
+    stop = min(offset + limit, end)
+    position = offset
+    while True:
+        data = _seek(fd, position, os.SEEK_DATA, end)
+        if data is None:
+            return stop - offset, end  # no hole information
+        if data > position and (data - position >= min_hole or data >= end):
+            if position == offset:
+                return -(data - offset), offset
+            return position - offset, position  # data up to that hole
+        if data >= stop:
+            return stop - offset, stop
+        hole = _seek(fd, data, os.SEEK_HOLE, end)
+        if hole is None:
+            return stop - offset, end
+        if hole >= stop:
+            return stop - offset, hole
+        position = hole
+
+
+def _seek(fd: int, offset: int, whence: int, end: int) -> int | None:
+    """
+    C{lseek} for C{SEEK_DATA} or C{SEEK_HOLE}: where the next data (or
+    hole) is, C{end} if there is none before the end of the file, or
+    C{None} if the filesystem cannot tell.
+    """
+    try:
+        return min(os.lseek(fd, offset, whence), end)
+    except OSError as e:
+        if e.errno == errno.ENXIO:  # no data after offset, or offset past EOF
+            return end
+        if e.errno in _UNSUPPORTED:
+            return None
+        raise
+
+
+def punch_hole(fd: int, offset: int, length: int) -> bool:
+    """
+    Deallocate a range of a file, keeping its size: the range then reads
+    as zeros and takes no room (C{fallocate(2)} with
+    C{FALLOC_FL_PUNCH_HOLE}).
+
+    @return: whether it was done; C{False} where the filesystem or the
+        kernel cannot (the caller writes zeros instead).
+    @raise OSError: on an I/O error.
+    """
+    if _fallocate is None or length <= 0:  # pragma: no cover - not Linux
+        return length <= 0
+    mode = _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE
+    if _fallocate(fd, mode, offset, length) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in _UNSUPPORTED:
+        return False
+    raise OSError(err, os.strerror(err))
 
 
 def hash_range(fd: int, start: int, end: int) -> list[bytes]:

@@ -15,7 +15,10 @@ Recording (the watcher's side):
       this size and mtime.
     - L{_txn_record_versions}: hashed files (or files whose root the store
       gave): an Add, or a Replace whose old hash is the index's previous
-      hash; nothing if size, mtime and hash are those of the index.
+      hash; nothing if size, mtime and hash are those of the index.  A
+      file the index does not hold but the Unreal shows (another peer's,
+      edited through the overlay: a copy-up) is a Replace whose old hash
+      is the Unreal's default version (docs/real.md).
     - L{_txn_record_removals}: files gone (the caller computed each mtime by
       the #unlinktime rule): a Remove whose old hash is the index's; nothing
       for a path the index does not hold.
@@ -60,6 +63,7 @@ from realize.model import (
     NotificationKind,
     PeerId,
 )
+from realize.storage.unrealpaths import default_version, unreal_root
 
 __all__ = [
     "ArenaIndex",
@@ -253,6 +257,27 @@ def _currents(cursor: sqlite3.Cursor, paths: Sequence[str]) -> dict[str, _State]
     return found
 
 
+def _origins(cursor: sqlite3.Cursor, paths: Sequence[str]) -> dict[str, bytes]:
+    """
+    The Unreal's default versions of paths the index does not hold (the
+    versions an overlay edit replaces), if an Unreal stored its root here
+    (L{realize.storage.unrealpaths.UNREAL_ROOT}).
+
+    @return: the default hash by path, for those with a hashed default.
+    """
+    if not paths:
+        return {}
+    root = unreal_root(cursor)
+    if root is None:
+        return {}
+    found = {}
+    for path in dict.fromkeys(paths):
+        version = default_version(cursor, root, path)
+        if version is not None and version[3] is not None:
+            found[path] = version[3]
+    return found
+
+
 def _record_many(
     cursor: sqlite3.Cursor,
     arena: ArenaName,
@@ -266,6 +291,7 @@ def _record_many(
     each for the history and the index.
     """
     current = _currents(cursor, [f[0] for f in files])
+    origins = _origins(cursor, [f[0] for f in files if f[0] not in current])
     position = _last_position(cursor)
     history_rows = []
     index_rows = []
@@ -280,6 +306,14 @@ def _record_many(
                 continue
         old_hash = None if old is None else old[2]
         kind: NotificationKind = ADD if old is None else REPLACE
+        if old is None and path in origins:
+            # A file new here where the Unreal shows another peer's
+            # version: an edit through the overlay (a copy-up) or a file
+            # made in its place; the peers follow the chain from that
+            # version.  The same content is only a new copy (an Add).
+            origin = origins[path]
+            if hash is None or origin != hash:
+                kind, old_hash = REPLACE, origin
         position += 1
         current[path] = (size, mtime_ns, hash)
         history_rows.append((position, kind, path, old_hash, mtime_ns, time_ns))
@@ -781,6 +815,22 @@ class ArenaIndex:
             return []
         notes = await self.pool.runInteraction(
             _txn_record_drops, self.arena, list(paths), self.now_ns()
+        )
+        return self._told(notes)
+
+    async def record_with(
+        self, interaction: Callable[..., list[Notification]], *args: Any
+    ) -> list[Notification]:
+        """
+        Run a recording transaction of another module (called as
+        C{interaction(cursor, arena, *args, now_ns)}; e.g.
+        L{realize.storage.whiteouts._txn_record_hidden}) and tell the
+        listeners what it recorded.
+
+        @return: the entries recorded.
+        """
+        notes = await self.pool.runInteraction(
+            interaction, self.arena, *args, self.now_ns()
         )
         return self._told(notes)
 

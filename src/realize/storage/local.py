@@ -24,7 +24,13 @@ once more after it is final, and L{StoreCounts.rehashed} counts it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Iterator, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Collection,
+    Iterator,
+    Sequence,
+)
 from contextlib import contextmanager
 from typing import ClassVar
 
@@ -33,7 +39,7 @@ from attrs import define, field
 from twisted.logger import Logger
 
 from realize.config import Config
-from realize.errors import BadRequest, Conflict, IOFailure, NotFound, RealizeError
+from realize.errors import BadRequest, Conflict, NotFound, RealizeError
 from realize.hashing import LEAF_SIZE
 from realize.interfaces import RunInThread, StoreListener
 from realize.model import (
@@ -41,6 +47,7 @@ from realize.model import (
     ArenaName,
     FileInfo,
     FileState,
+    Hole,
     SmallFile,
     SmallRead,
     WriteResult,
@@ -53,7 +60,7 @@ from realize.storage import batch, repair
 from realize.storage.arena import ArenaDir, Written
 from realize.storage.commit import CommitItem, Committer
 from realize.storage.paths import where
-from realize.storage.streams import LocalReadStream
+from realize.storage.streams import LocalReadStream, LocalSparseStream
 from realize.storage.tracking import FileKey, LeafBook, WriterRegistry
 
 __all__ = ["MAX_DELTA_RANGE", "LocalStore", "StoreCounts"]
@@ -85,7 +92,7 @@ def _check_delta_range(start: int, end: int, file_size: int | None = None) -> No
         )
 
 
-async def _next_chunk(iterator: AsyncIterator[bytes]) -> bytes | None:
+async def _next_chunk(iterator: AsyncIterator[bytes | Hole]) -> bytes | Hole | None:
     try:
         return await iterator.__anext__()
     except StopAsyncIteration:
@@ -267,6 +274,19 @@ class LocalStore:
         *,
         hash_from: int | None = None,
     ) -> LocalReadStream:
+        arena_dir = self._reading(arena, path, start, end, hash_from)
+        return LocalReadStream(
+            self.run_in_thread, arena_dir, path, start, end, hash_from
+        )
+
+    def _reading(
+        self, arena: ArenaName, path: str, start: int, end: int, hash_from: int | None
+    ) -> ArenaDir:
+        """
+        Check the arguments of a read.
+
+        @return: the arena's directory.
+        """
         arena_dir = self.arena_dir(arena)
         check_path(path)
         check_range(start, end)
@@ -276,9 +296,37 @@ class LocalStore:
             raise BadRequest(
                 f"hash start {hash_from} is not a leaf boundary at or before {start}"
             )
-        return LocalReadStream(
+        return arena_dir
+
+    async def sparse(self) -> bool:
+        return True
+
+    def read_sparse(
+        self,
+        arena: ArenaName,
+        path: str,
+        start: int,
+        end: int,
+        *,
+        hash_from: int | None = None,
+    ) -> LocalSparseStream:
+        arena_dir = self._reading(arena, path, start, end, hash_from)
+        return LocalSparseStream(
             self.run_in_thread, arena_dir, path, start, end, hash_from
         )
+
+    async def write_sparse(
+        self,
+        arena: ArenaName,
+        path: str,
+        start: int,
+        end: int,
+        file_size: int,
+        data: AsyncIterable[bytes | Hole],
+        *,
+        hash: bool = False,
+    ) -> WriteResult:
+        return await self.write(arena, path, start, end, file_size, data, hash=hash)
 
     async def write(
         self,
@@ -287,7 +335,7 @@ class LocalStore:
         start: int,
         end: int,
         file_size: int,
-        data: AsyncIterable[bytes],
+        data: AsyncIterable[bytes | Hole],
         *,
         hash: bool = False,
         finish_root: bytes | None = None,
@@ -323,7 +371,7 @@ class LocalStore:
         start: int,
         end: int,
         file_size: int,
-        data: AsyncIterable[bytes],
+        data: AsyncIterable[bytes | Hole],
         hash: bool,
         verify: bool,
     ) -> Written:
@@ -331,7 +379,7 @@ class LocalStore:
         where_ = where(arena_dir.name, path)
         iterator = aiter(data)
         chunk = await _next_chunk(iterator)
-        if chunk is None or len(chunk) == end - start:
+        if chunk is None or (not isinstance(chunk, Hole) and len(chunk) == end - start):
             # The whole range in one chunk (or empty): one thread hop.
             if chunk is None and end > start:
                 raise Conflict(
@@ -356,12 +404,16 @@ class LocalStore:
         try:
             offset = start
             while chunk is not None:
-                if offset + len(chunk) > end:
+                length = chunk.length if isinstance(chunk, Hole) else len(chunk)
+                if offset + length > end:
                     raise Conflict(
                         f"{where_}: more data than the announced {end - start} bytes"
                     )
-                await run(arena_dir.write_chunk, handle, chunk, offset)
-                offset += len(chunk)
+                if isinstance(chunk, Hole):
+                    await run(arena_dir.write_hole, handle, offset, length)
+                else:
+                    await run(arena_dir.write_chunk, handle, chunk, offset)
+                offset += length
                 chunk = await _next_chunk(iterator)
             if offset != end:
                 raise Conflict(
@@ -451,12 +503,15 @@ class LocalStore:
             raise result
 
     async def _delete(
-        self, arena: ArenaName, files: list[tuple[str, int | None, int | None]]
+        self,
+        arena: ArenaName,
+        files: list[tuple[str, int | None, int | None]],
+        partials: Collection[str] | None = None,
     ) -> list[RealizeError | None]:
         arena_dir = self.arena_dir(arena)
         durable = self.listener is not None
         results = await self.run_in_thread(
-            batch.delete_files, arena_dir, files, durable
+            batch.delete_files, arena_dir, files, durable, partials
         )
         outcomes: list[RealizeError | None] = []
         for (path, _, _), result in zip(files, results, strict=True):
@@ -531,43 +586,33 @@ class LocalStore:
     ) -> list[RealizeError | None]:
         arena_dir = self.arena_dir(arena)
         results: list[RealizeError | None] = [None] * len(files)
+        keys = [arena_dir.key(file.path) for file in files]
         todo: list[int] = []
         try:
-            for index, file in enumerate(files):
+            for index, key in enumerate(keys):
                 try:
-                    self.writers.enter(arena_dir.key(file.path), self.owner, arena)
+                    self.writers.enter(key, self.owner, arena)
                 except Conflict as e:
                     results[index] = e
                 else:
                     todo.append(index)
             written = await self.run_in_thread(
-                batch.write_partials,
+                batch.write_files,
                 arena_dir,
                 [files[i] for i in todo],
                 [data[i] for i in todo],
             )
-            commits = []
+            listener, book = self.listener, self.book
             for index, outcome in zip(todo, written, strict=True):
+                results[index] = outcome
                 if outcome is not None:
-                    results[index] = outcome
                     continue
-                item = CommitItem(
-                    arena_dir, files[index].path, prepared=True, synced=len(todo) == 1
-                )
-                commits.append((index, self.committer.commit(item)))
-            for index, d in commits:
-                file = files[index]
-                try:
-                    await d
-                except Exception as e:
-                    results[index] = (
-                        e if isinstance(e, RealizeError) else IOFailure(str(e))
-                    )
-                    continue
-                self.book.forget(arena_dir.key(file.path))
-                if self.listener is not None:
+                if len(book):
+                    book.forget(keys[index])
+                if listener is not None:
+                    file = files[index]
                     self._tell(
-                        self.listener.file_finished,
+                        listener.file_finished,
                         arena,
                         file.path,
                         file.size,
@@ -576,14 +621,17 @@ class LocalStore:
                     )
         finally:
             for index in todo:
-                self.writers.leave(arena_dir.key(files[index].path))
+                self.writers.leave(keys[index])
         return results
 
     async def delete_files(
-        self, arena: ArenaName, files: Sequence[FileInfo]
+        self,
+        arena: ArenaName,
+        files: Sequence[FileInfo],
+        partials: Collection[str] | None = None,
     ) -> list[RealizeError | None]:
         return await self._delete(
-            arena, [(info.path, info.size, info.mtime_ns) for info in files]
+            arena, [(info.path, info.size, info.mtime_ns) for info in files], partials
         )
 
     async def close(self, abort: bool = False) -> None:

@@ -11,7 +11,13 @@ C{SynchronousTestCase}.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Collection,
+    Iterable,
+    Sequence,
+)
 
 from attrs import define, field
 
@@ -416,12 +422,19 @@ class MemoryStore:
         return results
 
     async def delete_files(
-        self, arena: ArenaName, files: Sequence[FileInfo]
+        self,
+        arena: ArenaName,
+        files: Sequence[FileInfo],
+        partials: Collection[str] | None = None,
     ) -> list[RealizeError | None]:
         self.calls.append("delete_files")
         self._arena(arena)
         results: list[RealizeError | None] = []
         for info in files:
+            # A partial the caller did not list stays.
+            kept = None
+            if partials is not None and info.path not in partials:
+                kept = self.partials[arena].pop(info.path, None)
             try:
                 await self.delete(
                     arena, info.path, size=info.size, mtime_ns=info.mtime_ns
@@ -430,6 +443,9 @@ class MemoryStore:
                 results.append(None)
             except RealizeError as e:
                 results.append(e)
+            finally:
+                if kept is not None:
+                    self.partials[arena][info.path] = kept
         return results
 
     async def close(self, abort: bool = False) -> None:

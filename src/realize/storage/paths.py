@@ -24,6 +24,7 @@ from realize.errors import (
     NotFound,
     PermissionDenied,
     RealizeError,
+    where,
 )
 from realize.storage.fs import O_DIR, NotRegularFile
 
@@ -38,15 +39,7 @@ __all__ = [
 ]
 
 #: Directories a L{DirCache} keeps open at most.
-DIR_CACHE_SIZE = 32
-
-
-def where(arena: str, path: str) -> str:
-    """
-    @return: C{"arena 'a', path 'd/f'"}, the start of every message about
-        a file.
-    """
-    return f"arena {arena!r}, path {path!r}"
+DIR_CACHE_SIZE = 64
 
 
 def not_found(arena: str, path: str) -> NotFound:
@@ -147,6 +140,9 @@ class DirCache:
         self.limit = max(limit, 2)
         self._fds: dict[tuple[str, ...], int] = {}
         self._anchors: dict[tuple[str, ...], int] = {}
+        # What the last call returned: a batch in directory order asks for
+        # the same directory again and again.
+        self._last: tuple[tuple[str, ...], int] | None = None
 
     def __enter__(self) -> DirCache:
         return self
@@ -158,6 +154,7 @@ class DirCache:
         """
         Close every directory of the cache.
         """
+        self._last = None
         for fds in (self._fds, self._anchors):
             for fd in fds.values():
                 os.close(fd)
@@ -174,12 +171,14 @@ class DirCache:
             os.close(fds.pop(oldest))
 
     def _cached(self, key: tuple[str, ...]) -> int | None:
-        for fds in (self._fds, self._anchors):
-            fd = fds.pop(key, None)
-            if fd is not None:
-                fds[key] = fd  # most recently used
-                return fd
-        return None
+        if key and len(key) % self.ANCHOR_STRIDE == 0:
+            fds = self._anchors
+        else:
+            fds = self._fds
+        fd = fds.pop(key, None)
+        if fd is not None:
+            fds[key] = fd  # most recently used
+        return fd
 
     def open(self, segments: Sequence[str], path: str, create: bool) -> int:
         """
@@ -206,9 +205,16 @@ class DirCache:
         @raise OSError: for a directory beneath it.
         """
         key = tuple(segments)
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
         fd = self._cached(key)
-        if fd is not None:
-            return fd
+        if fd is None:
+            self._last = None  # walking may close it
+            fd = self._walk(key, create)
+        self._last = key, fd
+        return fd
+
+    def _walk(self, key: tuple[str, ...], create: bool) -> int:
         depth = len(key)
         while depth > 0:
             fd = self._cached(key[:depth])
@@ -230,6 +236,7 @@ class DirCache:
         As L{open}, but the descriptor is the caller's to close.
         """
         self.open(segments, path, create)
+        self._last = None
         key = tuple(segments)
         fd = self._fds.pop(key, None)
         return self._anchors.pop(key) if fd is None else fd
@@ -239,6 +246,7 @@ class DirCache:
         Close a directory of the cache (e.g. because it was removed).
         """
         key = tuple(segments)
+        self._last = None
         for fds in (self._fds, self._anchors):
             fd = fds.pop(key, None)
             if fd is not None:

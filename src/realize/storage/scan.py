@@ -40,6 +40,12 @@ from realize.model import (
     is_partial_name,
 )
 from realize.storage.index import IndexEntry, Version, _txn_index_after
+from realize.storage.overlaymeta import (
+    is_metacopy,
+    is_opaque,
+    is_whiteout,
+    redirect_target,
+)
 from realize.storage.pool import open_reader
 
 __all__ = [
@@ -68,6 +74,7 @@ FILE: Final = "file"
 DIRECTORY: Final = "directory"
 GONE: Final = "gone"
 ERROR: Final = "error"
+WHITEOUT: Final = "whiteout"
 
 
 @frozen
@@ -78,7 +85,9 @@ class CheckResult:
     @ivar path: the path.
     @ivar kind: L{FILE} (a regular file to index), L{DIRECTORY}, L{GONE}
         (absent, or something never indexed: a symlink, device, FIFO,
-        socket) or L{ERROR} (could not look: permission, I/O).
+        socket, an overlay metacopy file), L{WHITEOUT} (an overlay
+        whiteout: a lower entry deleted through the overlay) or L{ERROR}
+        (could not look: permission, I/O).
     @ivar size: a file's size.
     @ivar mtime_ns: a file's mtime; for L{GONE} and L{DIRECTORY}, the
         #unlinktime mtime the path would have as a Remove.
@@ -128,6 +137,13 @@ class ScanResult:
     @ivar errors: C{(path, message)} of directories or files that could
         not be read; the index entries beneath them are left alone.
     @ivar files: regular files seen.
+    @ivar whiteouts: C{(path, mtime_ns)} of the overlay whiteouts found
+        (L{realize.storage.overlaymeta}; the mtime by the #unlinktime
+        rule).
+    @ivar opaques: C{(directory, mtime_ns)} of the opaque directories.
+    @ivar present: the regular files beneath opaque directories.
+    @ivar redirects: C{(directory, arena path)} of the directories that
+        an overlay rename redirects to a lower directory.
     """
 
     changed: list[tuple[str, int, int]] = field(factory=list)
@@ -135,6 +151,10 @@ class ScanResult:
     directories: list[str] = field(factory=list)
     errors: list[tuple[str, str]] = field(factory=list)
     files: int = 0
+    whiteouts: list[tuple[str, int]] = field(factory=list)
+    opaques: list[tuple[str, int]] = field(factory=list)
+    present: list[str] = field(factory=list)
+    redirects: list[tuple[str, str]] = field(factory=list)
 
 
 def _join(prefix: str, name: str) -> str:
@@ -224,10 +244,15 @@ def check_paths(root: str, paths: Sequence[str]) -> list[CheckResult]:
             else:
                 results.append(CheckResult(path, ERROR, error=e.strerror or str(e)))
             continue
-        if stat.S_ISREG(st.st_mode):
+        full = os.path.join(root, path)
+        if stat.S_ISREG(st.st_mode) and not (
+            is_metacopy(full, st) or (st.st_size == 0 and is_whiteout(full, st))
+        ):
             results.append(
                 CheckResult(path, FILE, st.st_size, clamp_mtime(st.st_mtime_ns))
             )
+        elif is_whiteout(full, st):
+            results.append(CheckResult(path, WHITEOUT, 0, unlink_mtime(root, path)))
         elif stat.S_ISDIR(st.st_mode):
             results.append(CheckResult(path, DIRECTORY, 0, unlink_mtime(root, path)))
         else:
@@ -396,6 +421,8 @@ def _walk(
             yield (prefix + "/", prefix, -1, 0)
         return
     out.directories.append(prefix)
+    # Whether each directory of the stack is, or is beneath, an opaque one.
+    inside = [_overlay_dir(top, prefix, out, False)]
     # (fd, path, its length in bytes, its entries, next index)
     stack: list[tuple[int, str, int, list[tuple[str, str, bool]]]] = [
         (top, prefix, len(prefix.encode("utf-8")), top_items)
@@ -410,6 +437,7 @@ def _walk(
             if i == len(items):
                 stack.pop()
                 positions.pop()
+                inside.pop()
                 os.close(fd)
                 continue
             positions[-1] = i + 1
@@ -436,6 +464,7 @@ def _walk(
                     yield (path + "/", path, -1, 0)
                     continue
                 out.directories.append(path)
+                inside.append(_overlay_dir(child, path, out, inside[-1]))
                 stack.append((child, path, path_bytes, children))
                 positions.append(0)
                 continue
@@ -448,16 +477,50 @@ def _walk(
                     out.errors.append((path, e.strerror or str(e)))
                     yield (path, path, -1, 0)
                 continue
-            if not is_reg(st.st_mode):
+            if not is_reg(st.st_mode) or (
+                (st.st_size == 0 or st.st_blocks * 512 < st.st_size)
+                and _overlay_file(root, path, st)
+            ):
+                if path_bytes >= 0 and is_whiteout(os.path.join(root, path), st):
+                    mtime = clamp_mtime(os.fstat(fd).st_mtime_ns)
+                    out.whiteouts.append((path, mtime))
                 continue
             if path_bytes < 0:
                 out.errors.append((path, "not a valid path"))
                 continue
             out.files += 1
+            if inside[-1]:
+                out.present.append(path)
             yield (path, path, st.st_size, clamp_mtime(st.st_mtime_ns))
     finally:
         for fd, _, _, _ in stack:
             os.close(fd)
+
+
+def _overlay_dir(fd: int, path: str, out: ScanResult, beneath: bool) -> bool:
+    """
+    Note an opaque or redirected directory of the overlay's upper layer.
+
+    @return: whether it is opaque or beneath an opaque one.
+    """
+    if not path:
+        return False
+    opaque = is_opaque(fd)
+    if opaque:
+        out.opaques.append((path, clamp_mtime(os.fstat(fd).st_mtime_ns)))
+    target = redirect_target(fd, path)
+    if target is not None:
+        out.redirects.append((path, target))
+    return beneath or opaque
+
+
+def _overlay_file(root: str, path: str, st: os.stat_result) -> bool:
+    """
+    @return: whether a regular file is the overlay's (a metacopy file, or
+        an xattr whiteout), never indexed.
+    """
+    full = os.path.join(root, path)
+    return is_metacopy(full, st) or is_whiteout(full, st)
 
 
 def _index_pages(cursor: sqlite3.Cursor, prefix: str) -> Iterator[IndexEntry]:
@@ -560,3 +623,72 @@ def list_directories(root: str, exclude: str | None) -> list[str]:
         finally:
             os.close(fd)
     return found
+
+
+def copy_up_redirected(
+    root: str, mountpoint: str, db_path: str, redirects: Sequence[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """
+    Copy up, through the overlay, the lower files of directories renamed
+    with C{redirect_dir=on} (they show under the new name without being
+    in the datadir): each is opened for writing through the overlay, and
+    closed, which makes the kernel copy it whole into the datadir (no
+    byte changes; the data comes through the FUSE view, from the cache
+    where it is there).  Files the datadir already has at the new place
+    (real files, whiteouts, beneath an opaque directory) are left alone.
+
+    @param root: the datadir (the upper layer).
+    @param mountpoint: the overlay.
+    @param db_path: the arena db (the Unreal's tree: the lower files).
+    @param redirects: C{(directory, the arena path it came from)}.
+    @return: C{(path, message)} of the files that could not be copied up.
+    """
+    from realize.storage.unrealpaths import files_beneath, unreal_root
+
+    connection = open_reader(db_path)
+    try:
+        tree_root = unreal_root(connection)
+        if tree_root is None:
+            return []
+        wanted = []
+        for directory, target in redirects:
+            for lower in files_beneath(connection, tree_root, target):
+                if lower == target:
+                    continue
+                wanted.append(f"{directory}/{lower[len(target) + 1 :]}")
+    finally:
+        connection.close()
+    errors = []
+    for path in wanted:
+        if _in_upper(root, path):
+            continue
+        try:
+            fd = os.open(
+                os.path.join(mountpoint, path),
+                os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+            )
+        except OSError as e:
+            if e.errno not in _GONE:
+                errors.append((path, e.strerror or str(e)))
+            continue
+        os.close(fd)
+    return errors
+
+
+def _in_upper(root: str, path: str) -> bool:
+    """
+    Whether the upper layer has the path, or hides it (a whiteout or an
+    opaque directory on the way).
+    """
+    segments = path.split("/")
+    for i in range(1, len(segments) + 1):
+        full = os.path.join(root, *segments[:i])
+        try:
+            st = os.lstat(full)
+        except OSError:
+            return False
+        if i == len(segments) or not stat.S_ISDIR(st.st_mode):
+            return True
+        if is_opaque(full):
+            return True
+    return True

@@ -28,6 +28,11 @@ Upgrade 1 (the history, L{realize.storage.index}):
     - C{acknowledgement(peer TEXT PRIMARY KEY, position)}: the position up
       to which each peer applied this store's history (for trimming).
 
+Upgrade 2: the Unreal's cache tables (L{realize.storage.unreal}).
+
+Upgrade 3: the marks, the queue of dirty paths and the consensus events
+(L{realize.storage.consensus}).
+
 Later upgrades append to L{UPGRADES}; they never change an earlier one.
 """
 
@@ -38,7 +43,9 @@ import uuid
 from collections.abc import Callable
 
 from realize.errors import ConfigError
+from realize.storage.consensus import create_consensus_tables
 from realize.storage.unreal import create_unreal_tables
+from realize.storage.whiteouts import create_whiteout_table
 
 __all__ = ["UPGRADES", "SchemaTooNew", "schema_version", "upgrade"]
 
@@ -105,8 +112,15 @@ def _upgrade_1_history(cursor: sqlite3.Cursor) -> None:
 
 #: The upgrades, in order: C{UPGRADES[i]} takes a db from version C{i} to
 #: C{i + 1}.  Other modules append theirs (the Unreal's cache tables are
-#: version 2) at import time, before any db is opened.
-UPGRADES: list[Upgrade] = [_upgrade_1_history, create_unreal_tables]
+#: version 2, the marks and consensus queue version 3, the deletions
+#: made through an overlay version 4) at import time,
+#: before any db is opened.
+UPGRADES: list[Upgrade] = [
+    _upgrade_1_history,
+    create_unreal_tables,
+    create_consensus_tables,
+    create_whiteout_table,
+]
 
 
 def schema_version(connection: sqlite3.Connection) -> int:

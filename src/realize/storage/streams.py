@@ -2,6 +2,11 @@
 Read streams of local files (L{realize.interfaces.ReadStream}): a file is
 read chunk by chunk in threads, one chunk ahead of the consumer, hashed as
 it is read; a small range is read in one thread call.
+
+A sparse stream (L{LocalSparseStream}, L{realize.interfaces.
+SparseReadStream}) gives the holes of a sparse file as L{Hole} items: they
+are found with C{SEEK_DATA}/C{SEEK_HOLE}, never read, and hashed from the
+digest of zeros (issue 15).
 """
 
 from __future__ import annotations
@@ -12,17 +17,21 @@ from twisted.internet.defer import Deferred
 
 from realize.errors import Conflict
 from realize.interfaces import RunInThread
-from realize.model import CHUNK_SIZE, FileState
+from realize.model import CHUNK_SIZE, FileState, Hole
 from realize.storage.arena import ArenaDir, ReadHandle
 
-__all__ = ["LocalReadStream"]
+__all__ = ["LocalReadStream", "LocalSparseStream"]
 
 
-class LocalReadStream:
+class _LocalStream:
     """
-    A read stream of a local file: reads chunk by chunk in threads,
-    one chunk ahead of the consumer, hashing as it reads.
+    What both local read streams share: the file is opened, read and closed
+    in threads, one piece ahead of the consumer.
+
+    @cvar sparse: whether holes are given as L{Hole} items.
     """
+
+    sparse = False
 
     def __init__(
         self,
@@ -41,14 +50,11 @@ class LocalReadStream:
         self._end = end
         self._hash_from = hash_from
         self._handle: ReadHandle | None = None
-        self._pending: Deferred[bytes] | None = None
+        self._pending: Deferred[bytes | Hole] | None = None
         self._state: FileState | None = None
         self._done = False
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self
-
-    async def __anext__(self) -> bytes:
+    async def _next(self) -> bytes | Hole:
         if self._done:
             raise StopAsyncIteration
         try:
@@ -81,20 +87,21 @@ class LocalReadStream:
             # closes the file only after it (not under the reading thread).
             pending = self._pending
             assert pending is not None
-            chunk = await pending
+            piece = await pending
             self._pending = None
             if self._done:  # cancelled while reading; cancel() closes
                 raise StopAsyncIteration
-            self._offset += len(chunk)
-            if chunk and self._offset < self._end:
+            length = piece.length if isinstance(piece, Hole) else len(piece)
+            self._offset += length
+            if length and self._offset < self._end:
                 self._prefetch()
             else:
                 handle, self._handle = self._handle, None
                 self._done = True
                 self._state = await self._run(self._arena_dir.end_read, handle)
-            if not chunk:
+            if not length:
                 raise StopAsyncIteration
-            return chunk
+            return piece
         except StopAsyncIteration:
             raise
         except BaseException:
@@ -102,6 +109,16 @@ class LocalReadStream:
             raise
 
     def _prefetch(self) -> None:
+        if self.sparse:
+            self._pending = self._run(
+                self._arena_dir.read_piece,
+                self._handle,
+                self._path,
+                self._offset,
+                self._end,
+                CHUNK_SIZE,
+            )
+            return
         length = min(CHUNK_SIZE, self._end - self._offset)
         self._pending = self._run(
             self._arena_dir.read_chunk, self._handle, self._path, self._offset, length
@@ -126,3 +143,35 @@ class LocalReadStream:
             close(None)
         else:
             pending.addBoth(close)
+
+
+class LocalReadStream(_LocalStream):
+    """
+    A read stream of a local file: reads chunk by chunk in threads,
+    one chunk ahead of the consumer, hashing as it reads.
+    """
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        piece = await self._next()
+        assert isinstance(piece, bytes)
+        return piece
+
+
+class LocalSparseStream(_LocalStream):
+    """
+    A sparse read stream of a local file: as L{LocalReadStream}, but the
+    holes of the file (at least L{realize.model.MIN_HOLE} long) come as
+    L{Hole} items, neither read nor sent, and are hashed from the digest of
+    zeros.
+    """
+
+    sparse = True
+
+    def __aiter__(self) -> AsyncIterator[bytes | Hole]:
+        return self
+
+    async def __anext__(self) -> bytes | Hole:
+        return await self._next()

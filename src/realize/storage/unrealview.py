@@ -496,6 +496,18 @@ class SqliteUnrealView:
         with self._connections.borrow(files.db) as connection:
             return None if connection is None else f(connection, *args)
 
+    def query(self, arena: ArenaName, f: Callable[..., T], *args: Any) -> T | None:
+        """
+        Run a read function on an arena's db (blocking; any thread), e.g.
+        one of L{realize.storage.marks}.
+
+        @param f: called as C{f(connection, *args)}.
+        @return: its result, or C{None} if the arena is not configured or
+            has no db yet.
+        @raise IOFailure: if the db cannot be read.
+        """
+        return self._in_arena(arena, f, *args)
+
     def _node_entry(self, node: TreeNode) -> Entry:
         if node.arena is None:
             children = len(self._global(tree_children, node.inode))
@@ -622,12 +634,13 @@ class SqliteUnrealView:
 
     def cached(
         self, arena: ArenaName, inode: int, digest: bytes
-    ) -> tuple[int, int] | None:
+    ) -> blobs.CachedState | None:
         """
         How much of a version its blob holds
         (L{realize.storage.blobs.cached_state}).
 
-        @return: C{(bytes present, size)}, or C{None} if it has no blob.
+        @return: C{(bytes present, size, queue)}, or C{None} if it has no
+            blob.
         """
         files = self.arenas.get(arena)
         if files is None:

@@ -36,7 +36,13 @@ from realize.config import Config, PeerConfig, load_config, public_key_spki
 from realize.errors import RealizeError
 from realize.interfaces import RunInThread, Store
 from realize.logs import ApplicationLogging, LogOptions
-from realize.metrics import DaemonMetrics, HistoryMetrics, make_registry
+from realize.metrics import (
+    CacheMetrics,
+    ConsensusMetrics,
+    DaemonMetrics,
+    HistoryMetrics,
+    make_registry,
+)
 from realize.model import PeerId
 from realize.net.client import authenticate
 from realize.net.factory import IDLE_TIMEOUT, client_factory, server_factory
@@ -64,6 +70,8 @@ from realize.tap._common import (
     raise_fd_limit,
     tune_malloc,
 )
+from realize.tap.overlay import MountAllOptions, UnmountAllOptions
+from realize.tap.overlay import run as run_overlay_command
 from realize.tap.unreal import ArenaDbs, UnrealService
 from realize.threads import (
     CONNECTION_CPU_JOBS,
@@ -130,7 +138,15 @@ class DaemonOptions(GnuOptions, LogOptions):
 
         print_version("realized")
 
+    subCommands = [
+        ["mountall", None, MountAllOptions, "Mount the overlays of the arenas."],
+        ["unmountall", None, UnmountAllOptions, "Unmount the overlays."],
+    ]
+
     def postOptions(self) -> None:
+        if self.subCommand is not None:
+            self["log"] = self.log_settings()
+            return
         for name in ("config", "privkey"):
             if not self[name]:
                 raise usage.UsageError(f"--{name} is required")
@@ -353,6 +369,25 @@ class Daemon:
     unreal: UnrealService
 
 
+class _OverlayCommand(Service):
+    """
+    C{twistd -n realized mountall ...}: runs the command once the reactor
+    runs, then exits with its code.
+    """
+
+    def __init__(self, options: Any) -> None:
+        self.options = options
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        from twisted.internet import reactor
+
+        def go() -> None:
+            exit_after_shutdown(reactor, run_overlay_command(self.options))
+
+        reactor.callWhenRunning(go)
+
+
 def make_daemon(
     reactor: Any,
     config: Config,
@@ -392,8 +427,8 @@ def assemble(
     Assemble the daemon: its services in the order they start (and, in
     reverse, stop: L{realize.services.lifecycle}): the arena dbs, the thread
     pools, the store, the histories and their watchers, the Unreal (the
-    household and the FUSE mount), the connections, the listening ports,
-    the reload.
+    household, the consensus jobs and the FUSE mount), the connections,
+    the listening ports, the reload.
 
     @param reactor: the reactor.
     @param config: the config.
@@ -510,6 +545,11 @@ def assemble(
         dial=dial,
         mountpoint=fuse,
         exit_on_error=exit_on_error,
+        run_cpu=cpu.run_in_thread,
+        indexes=history.indexes,
+        watchers=watchers,
+        consensus_metrics=ConsensusMetrics(registry_),
+        cache_metrics=CacheMetrics(registry_),
     )
     top.add(unreal)
     factory = server_factory(
@@ -550,6 +590,8 @@ def makeService(options: DaemonOptions) -> IService:
     """
     from twisted.internet import reactor
 
+    if options.subCommand is not None:
+        return _OverlayCommand(options.subOptions)
     tune_malloc()
     raise_fd_limit()
 
@@ -576,11 +618,16 @@ def makeService(options: DaemonOptions) -> IService:
 def main(argv: Sequence[str] | None = None) -> None:
     """
     The C{realized} console script: C{twistd -n realized ...} without a
-    pid file.
+    pid file; C{realized mountall ...} and C{realized unmountall ...} run
+    those commands (L{realize.tap.overlay}) and exit.
     """
     from twisted.scripts.twistd import run as twistd
 
     args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in ("mountall", "unmountall"):
+        from realize.tap.overlay import main as overlay_main
+
+        sys.exit(overlay_main(args[0], args[1:]))
     sys.argv = ["realized", "--nodaemon", "--pidfile=", "realized", *args]
     twistd()
 

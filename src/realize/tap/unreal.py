@@ -4,40 +4,57 @@ each arena's cache tables and blob store, the downloaders, the household
 that feeds the tables, and, with C{--fuse}, the mount that shows them.
 
 L{UnrealService} opens the databases off the reactor thread when it
-starts, then starts its children in order (household, then the mount);
+starts, checks and loads each arena's block cache (L{BlobCache}: its
+consistency job runs before anything reads the blobs), then starts its
+children in order (household, the consensus jobs, then the mount);
 stopping unmounts first (no FUSE thread may wait on storage that is
-closing), then stops the household, then closes the global db.  The arena
-dbs belong to L{ArenaDbs}, which the daemon stops last.
+closing), then stops the consensus jobs, then the
+household, then closes the global db.  The arena dbs belong to
+L{ArenaDbs}, which the daemon stops last.
+
+The consensus jobs (issue 12, L{realize.services.consensus}) get each
+arena's tables, blobs and downloader from here, its index from the
+history service, and tell the watchers what they realized (so it is
+recorded without hashing); the watchers tell them of attribute changes
+(marks on real files).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from attrs import define, field
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from realize.config import Config
 from realize.errors import RealizeError
-from realize.interfaces import History, RunInThread, Store
+from realize.interfaces import History, RunInThread, Store, StoreListener
+from realize.metrics import CacheMetrics, ConsensusMetrics
 from realize.model import ArenaName, PeerId
 from realize.net.client import RemoteStore
 from realize.net.framing import Connection
 from realize.net.history import RemoteHistory
 from realize.net.registry import ConnectionRegistry
+from realize.services.audit import Audit
+from realize.services.cache import BlobCache
+from realize.services.consensus import ArenaConsensus, ConsensusService
 from realize.services.downloader import Downloader
 from realize.services.household import HouseholdService
 from realize.services.lifecycle import OrderedServices
 from realize.services.unreal import ArenaCache, UnrealBackend
 from realize.storage.blobs import BlobStore
 from realize.storage.globaldb import GlobalDb
+from realize.storage.index import ArenaIndex
+from realize.storage.local import arena_dirs_from_config
 from realize.storage.unreal import ArenaTree
+from realize.storage.unrealpaths import set_unreal_root
 from realize.storage.unrealview import ArenaFiles, SqliteUnrealView
 
 __all__ = ["ArenaDbs", "UnrealService"]
@@ -118,6 +135,17 @@ class UnrealService(Service):
     @ivar mountpoint: where to mount the FUSE view, or C{None}.
     @ivar exit_on_error: called with a message if the Unreal cannot open
         (the daemon exits 1).
+    @ivar run_cpu: the hashing pool (verifying blobs before they are
+        realized); the file I/O pool if C{None}.
+    @ivar indexes: the histories' open indexes by arena (unrealize records
+        a Drop in them).
+    @ivar watchers: told of files realized and removed (a L{StoreListener}
+        with an C{attributes} hook: the watcher service), or C{None}.
+    @ivar consensus_metrics: where the consensus jobs count, or C{None}.
+    @ivar cache_metrics: where the block caches count, or C{None}.
+    @ivar mark_of: a file's effective mark, by arena and inode, answered
+        from memory (the marks, issue 12): C{keep} and C{own} put its blob
+        in the protected queue; C{None}: no marks.
     """
 
     config: Config
@@ -132,8 +160,17 @@ class UnrealService(Service):
     dial: Callable[[Any], Any] | None = None
     mountpoint: str | None = None
     exit_on_error: Callable[[str], None] | None = None
+    run_cpu: RunInThread | None = None
+    indexes: Mapping[ArenaName, ArenaIndex] | None = None
+    watchers: Any = None
+    consensus_metrics: ConsensusMetrics | None = None
+    cache_metrics: CacheMetrics | None = None
+    mark_of: Callable[[ArenaName, int], str | None] | None = None
+    blob_caches: dict[ArenaName, BlobCache] = field(factory=dict, init=False)
     children: OrderedServices = field(factory=OrderedServices, init=False)
     household: HouseholdService | None = field(default=None, init=False)
+    consensus: ConsensusService | None = field(default=None, init=False)
+    caches: dict[ArenaName, ArenaCache] = field(factory=dict, init=False)
     backend: UnrealBackend | None = field(default=None, init=False)
     fuse: Any = field(default=None, init=False)
     view: SqliteUnrealView | None = field(default=None, init=False)
@@ -141,6 +178,7 @@ class UnrealService(Service):
     ready: Deferred[None] = field(factory=Deferred, init=False)
     _global: GlobalDb | None = field(default=None, init=False)
     _remote_stores: dict[Connection, RemoteStore] = field(factory=dict, init=False)
+    _unobserve: Callable[[], None] | None = field(default=None, init=False)
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
@@ -184,20 +222,41 @@ class UnrealService(Service):
                 _alloc(global_db, name),
                 self._now_ns,
             )
-            caches[name] = ArenaCache(tree, pool.runInteraction, blobs)
+            cache = BlobCache(
+                name,
+                blobs,
+                config.cache,
+                self.reactor,
+                self.run_io,
+                pool.runInteraction,
+                self.cache_metrics,
+                functools.partial(self._mark_of, name),
+            )
+            caches[name] = ArenaCache(
+                tree, pool.runInteraction, blobs, arena.mark, self.me, cache
+            )
             # Opens the db (and creates its schema) before FUSE reads it.
             await caches[name].progress(PeerId("-"))
+            # The watcher's transactions find the peers' versions by path
+            # (edits through the overlay, realize.storage.unrealpaths).
+            await pool.runInteraction(set_unreal_root, roots[name])
+            await cache.start()
+            self.blob_caches[name] = cache
             files[name] = ArenaFiles(db, str(blobs_dir))
         view = SqliteUnrealView(global_path, files)
         self.view = view
         for name in arenas:
             self.downloaders[name] = Downloader(
                 name,
-                caches[name].blobs,  # type: ignore[arg-type]
+                self.blob_caches[name],
                 self._versions,
                 self._store_of,
                 self.reactor,
+                self.blob_caches[name].pins,
+                functools.partial(self._fetched, name),
             )
+        self.caches = caches
+        consensus = self._consensus(caches, roots)
         household = HouseholdService(
             config,
             self.me,
@@ -210,13 +269,21 @@ class UnrealService(Service):
         )
         self.household = household
         self.children.add(household)
+        self.children.add(consensus)
         if self.mountpoint is not None:
             from realize.fuse.bridge import Bridge
             from realize.fuse.service import FuseService
 
             bridge = Bridge(self.reactor)
             self.backend = UnrealBackend(
-                view, bridge, self.downloaders, self.me, str(self.statedir)
+                view,
+                bridge,
+                self.downloaders,
+                self.me,
+                str(self.statedir),
+                marks=consensus.marks,
+                default_mark=self._default_mark,
+                caches=self.blob_caches,
             )
             self.fuse = FuseService(
                 self.backend, os.path.abspath(self.mountpoint), self.reactor, bridge
@@ -229,6 +296,72 @@ class UnrealService(Service):
                 log.info(
                     "the Unreal is mounted at {mountpoint}", mountpoint=self.mountpoint
                 )
+
+    def _consensus(
+        self, caches: Mapping[ArenaName, ArenaCache], roots: Mapping[ArenaName, int]
+    ) -> ConsensusService:
+        listener: StoreListener | None = self.watchers
+        consensus = ConsensusService(
+            self.me,
+            self.reactor,
+            self.run_io,
+            self.run_cpu or self.run_io,
+            lambda peer: self.registry.connection(peer) is not None,
+            audit=Audit(self.consensus_metrics, self.config),
+            listener=listener,
+            protect=self.protect,
+        )
+        datadirs = arena_dirs_from_config(self.config)
+        for name, cache in caches.items():
+            arena = self.config.arenas[name]
+            assert cache.blobs is not None
+            consensus.arenas[name] = ArenaConsensus(
+                name,
+                roots[name],
+                cache.run_interaction,
+                cache.blobs,
+                self.downloaders.get(name),
+                arena.mark,
+                arena.copies,
+                datadirs.get(name),
+                index=functools.partial(self._index, name),
+                mountpoint=None if arena.mountpoint is None else str(arena.mountpoint),
+            )
+        self.consensus = consensus
+        if self.watchers is not None:
+            self.watchers.attributes = consensus.marks.attributes_changed
+        self._unobserve = self.registry.observe(consensus.audit)
+        return consensus
+
+    def _index(self, arena: ArenaName) -> ArenaIndex | None:
+        return None if self.indexes is None else self.indexes.get(arena)
+
+    def _default_mark(self, arena: ArenaName) -> str:
+        found = self.config.arenas.get(arena)
+        return "watch" if found is None else found.mark
+
+    def _mark_of(self, arena: ArenaName, inode: int) -> str | None:
+        return None if self.mark_of is None else self.mark_of(arena, inode)
+
+    def _fetched(self, arena: ArenaName, size: int) -> None:
+        if self.cache_metrics is not None:
+            self.cache_metrics.fetched(arena, size)
+
+    def protect(
+        self, arena: ArenaName, inode: int, digest: bytes | None = None
+    ) -> Deferred[bool]:
+        """
+        Put the blob of a file's version in its arena's protected queue now
+        (for the marks' consensus jobs, issue 12: a file marked keep,
+        downloaded).
+
+        @param digest: the version, or C{None} for the file's live blobs.
+        @return: whether a blob of that file was moved.
+        """
+        cache = self.blob_caches.get(arena)
+        if cache is None:
+            return succeed(False)
+        return Deferred.fromCoroutine(cache.protect(inode, digest))
 
     def _versions(self, inode: int) -> Deferred[Any]:
         assert self.view is not None
@@ -256,6 +389,8 @@ class UnrealService(Service):
         downloader = self.downloaders.get(arena)
         if downloader is not None:
             downloader.version_changed(result.inodes)
+        if self.consensus is not None:
+            self.consensus.poke()
         if self.backend is None or self.fuse is None:
             return
         fuse = self.fuse
@@ -272,13 +407,30 @@ class UnrealService(Service):
         self.config = config
         if self.household is not None:
             self.household.reconfigure(config)
+        if self.consensus is not None:
+            self.consensus.audit.config = config
+        for name, cache in self.caches.items():
+            arena = config.arenas.get(name)
+            if arena is None:
+                continue
+            cache.default_mark = arena.mark
+            if self.consensus is not None:
+                self.consensus.reconfigure(name, arena.mark, arena.copies)
+        # A new quota applies at once (the caches evict down to it).
+        for blob_cache in self.blob_caches.values():
+            blob_cache.reconfigure(config.cache)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]
 
         async def stop() -> None:
+            if self._unobserve is not None:
+                self._unobserve()
+                self._unobserve = None
             if self.children.running:
                 await self.children.stopService()
+            for blob_cache in self.blob_caches.values():
+                blob_cache.stop()
             for downloader in self.downloaders.values():
                 downloader.close()
             if self.view is not None:

@@ -1,0 +1,128 @@
+"""
+C{realized mountall} / C{unmountall} end to end (issue 13 item 1): a real
+daemon with a FUSE view, an overlay of its datadir over it, and the errors
+of a bad layout.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import SkipTest, TestCase
+
+from realize.overlay import mounted
+from tests.integration import REALIZED, run_command
+from tests.peers import Peers, eventually, need_fuse
+
+
+def need_overlay() -> None:
+    with open("/proc/filesystems") as f:
+        if "overlay" not in f.read():
+            raise SkipTest("this kernel has no overlayfs")
+    if os.geteuid() != 0:
+        raise SkipTest("mounting overlays needs root here")
+
+
+class OverlayIntegrationTests(TestCase):
+    """
+    b's overlay merges its datadir over its view of a's files.
+    """
+
+    timeout = 90
+
+    def setUp(self) -> None:
+        need_fuse()
+        need_overlay()
+        self.peers = Peers(self)
+        self.a = self.peers.add("a")
+        self.b = self.peers.add("b")
+        self.overlay = os.path.join(self.peers.root, "b", "docs")
+        os.makedirs(self.overlay)
+        self.b.arena_lines.append(f'mountpoint = "{self.overlay}"')
+        self.a.write("remote.txt", b"from a")
+        self.b.write("local.txt", b"on b")
+        self.addCleanup(self.unmount)
+
+    def unmount(self) -> None:
+        if mounted(self.overlay):
+            os.system(f"umount -l '{self.overlay}'")
+
+    def command(self, *args: str) -> Deferred:
+        return run_command([*REALIZED, *args, "--config", self.b.config()])
+
+    async def start(self) -> None:
+        await self.a.start()
+        await self.b.start(fuse=True)
+        await eventually(
+            lambda: os.path.exists(self.b.mounted("remote.txt")), 15, "a's file seen"
+        )
+
+    def test_mount_and_unmount(self) -> None:
+        """
+        mountall mounts one directory showing both peers' files (in the
+        mode it says); unmountall unmounts it, and refuses while a file is
+        open there unless --force.
+        """
+
+        async def go() -> None:
+            await self.start()
+            assert self.b.mountpoint is not None
+            run = await self.command("mountall", "--fuse", self.b.mountpoint)
+            self.assertEqual(run.code, 0, run)
+            self.assertIn("trusted mode", run.out)
+            self.assertEqual(mounted(self.overlay), "overlay")
+            self.assertEqual(
+                sorted(os.listdir(self.overlay)), ["local.txt", "remote.txt"]
+            )
+            with open(os.path.join(self.overlay, "remote.txt"), "rb") as f:
+                self.assertEqual(f.read(), b"from a")
+                busy = await self.command("unmountall")
+                self.assertEqual(busy.code, 1, busy)
+                self.assertIn("--force", busy.err)
+                self.assertEqual(mounted(self.overlay), "overlay")
+            run = await self.command("unmountall")
+            self.assertEqual(run.code, 0, run)
+            self.assertIsNone(mounted(self.overlay))
+            self.assertEqual(os.listdir(self.overlay), [])
+
+        return Deferred.fromCoroutine(go())
+
+    def test_bad_layouts(self) -> None:
+        """
+        A missing mountpoint, one that is not empty, a datadir and workdir
+        on different filesystems, and no FUSE view are each an error
+        naming the arena and the path, exit 1, nothing mounted.
+        """
+
+        async def go() -> None:
+            run = await self.command("mountall", "--fuse", "/nonexistent-view")
+            self.assertEqual(run.code, 1, run)
+            self.assertIn("nothing is mounted at /nonexistent-view", run.err)
+            await self.start()
+            assert self.b.mountpoint is not None
+            fuse = self.b.mountpoint
+            with open(os.path.join(self.overlay, "clutter"), "w"):
+                pass
+            run = await self.command("mountall", "--fuse", fuse)
+            self.assertEqual(run.code, 1, run)
+            self.assertIn(
+                f"arena 'docs': mountpoint {self.overlay} is not empty", run.err
+            )
+            os.unlink(os.path.join(self.overlay, "clutter"))
+            os.rmdir(self.overlay)
+            run = await self.command("mountall", "--fuse", fuse)
+            self.assertEqual(run.code, 1, run)
+            self.assertIn("does not exist", run.err)
+            os.makedirs(self.overlay)
+            elsewhere = "/dev/shm/" + os.path.basename(self.peers.root) + "-work"
+            self.addCleanup(shutil.rmtree, elsewhere, True)
+            os.makedirs(elsewhere)
+            self.b.workdir = elsewhere
+            run = await self.command("mountall", "--fuse", fuse)
+            self.assertEqual(run.code, 1, run)
+            self.assertIn("different filesystems", run.err)
+            self.assertIsNone(mounted(self.overlay))
+
+        return Deferred.fromCoroutine(go())
