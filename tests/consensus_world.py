@@ -72,6 +72,9 @@ class FakeDownloader:
     def forget(self, inode: int) -> None:
         self.forgotten.append(inode)
 
+    async def written(self, inode: int, digest: bytes) -> None:
+        pass
+
     async def read(
         self, inode: int, offset: int, size: int, digest: bytes | None = None
     ) -> bytes:

@@ -312,6 +312,39 @@ class QuotaTests(CacheTestCase):
             self.sample("realize_cache_reads_total", arena=ARENA, result="hit"), 1
         )
 
+    def test_access_order_within_a_batch(self) -> None:
+        """
+        Several files read between two decisions (small files served from
+        memory in one batch) keep the order they were read in: the one
+        read least recently goes first.
+        """
+        self.start()
+        blobs = [self.fill(f"f{i}") for i in range(7)]
+        for i in (6, 5, 4, 3, 2, 0, 1):
+            self.cache.read_hit(blobs[i].inode, blobs[i].hash, 4096)
+        self.cache.opened(blobs[6].inode, blobs[6].hash)
+        self.cache.closed(blobs[6].inode)
+        self.clock.advance(TICK_INTERVAL)  # applied together
+        self.fill("f7")
+        self.fill("f8")
+        cached = self.cached_paths()
+        self.assertNotIn("f5", cached)
+        self.assertNotIn("f4", cached)
+        self.assertLessEqual({"f0", "f1", "f2", "f3", "f6", "f7", "f8"}, cached)
+
+    def test_access_order_on_reconfigure(self) -> None:
+        """
+        A smaller quota (SIGHUP) evicts by the reads recorded up to then,
+        even those not applied yet.
+        """
+        self.start()
+        blobs = [self.fill(f"f{i}") for i in range(6)]
+        self.cache.read_hit(blobs[0].inode, blobs[0].hash, 4096)
+        self.successResultOf(
+            self.cache.reconfigure(CacheConfig(size_bytes=2 * MIB + MIB // 2))
+        )
+        self.assertEqual(self.cached_paths(), {"f0", "f5"})
+
     def test_open_files_not_evicted(self) -> None:
         """
         A file open through FUSE keeps its blob however old it is; when

@@ -650,3 +650,61 @@ class DownloaderTests(SynchronousTestCase):
         )
         self.assertEqual(got, data)
         self.assertGreater(store.reads, reads)
+
+    def test_realize_waits_for_the_writes(self) -> None:
+        """
+        The downloader returns verified bytes before they are written to
+        the blob: the job waits for the writes (L{Downloader.written})
+        rather than finding the blob incomplete and failing.
+        """
+        world = World(self, default_mark="own")
+        data = os.urandom(3 * LEAF_SIZE + 5)
+        store = _Store(data)
+        held = _HeldWrites(world.blobs)
+
+        async def versions(inode: int) -> Any:
+            return world.view.version(inode)
+
+        downloader = Downloader(ARENA, held, versions, {P: store}.get, world.clock)
+        world.arena.downloader = downloader
+        world.start()
+        world.peer_adds(P, "f", data)
+        self.assertFalse(os.path.exists(world.real("f")))
+        self.assertGreater(held.let_go(), 0)
+        self.assertEqual(world.read_real("f"), data)
+        self.assertEqual(world.queue(), [])
+
+
+class _HeldWrites:
+    """
+    A blob store whose writes wait for the test (L{let_go}).
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.gates: list[Deferred[None]] = []
+
+    async def open(self, inode: int, digest: bytes) -> Any:
+        return await self.inner.open(inode, digest)
+
+    async def write(self, blob: Any, offset: int, data: bytes) -> Any:
+        gate: Deferred[None] = Deferred()
+        self.gates.append(gate)
+        await gate
+        return await self.inner.write(blob, offset, data)
+
+    async def read(self, blob: Any, start: int, end: int) -> bytes:
+        data: bytes = await self.inner.read(blob, start, end)
+        return data
+
+    async def release(self, blob: Any, ranges: Any) -> Any:
+        return await self.inner.release(blob, ranges)
+
+    def working_area(self) -> int | None:
+        return None
+
+    def let_go(self) -> int:
+        gates, self.gates = self.gates, []
+        for gate in gates:
+            gate.callback(None)
+        return len(gates)

@@ -208,6 +208,32 @@ class BridgeTests(SynchronousTestCase):
         self.assertRaises(IOFailure, call.result)
         self.assertTrue(self.reactor.calls.empty())
 
+    def test_post(self) -> None:
+        """
+        L{Bridge.post} runs a function in the reactor without the caller
+        waiting; its error is logged, not raised; after L{Bridge.shutdown}
+        nothing posted runs, even what was posted before.
+        """
+        ran: list[tuple[int, threading.Thread]] = []
+
+        def f(x: int) -> None:
+            ran.append((x, threading.current_thread()))
+
+        call = in_thread(lambda: self.bridge.post(f, 1))
+        self.assertIsNone(call.result())
+        self.assertEqual(ran, [])
+        self.reactor.run_one()
+        self.assertEqual(ran, [(1, threading.current_thread())])
+        self.bridge.post(lambda: 1 / 0)
+        self.reactor.run_one()
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.bridge.post(f, 2)
+        self.bridge.shutdown()
+        self.reactor.run_one()
+        self.bridge.post(f, 3)
+        self.assertTrue(self.reactor.calls.empty())
+        self.assertEqual([x for x, _ in ran], [1])
+
     def test_reactor_thread_refused(self) -> None:
         """
         A call from the reactor thread, which would wait on itself, is

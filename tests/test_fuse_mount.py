@@ -31,8 +31,10 @@ from realize.fuse.bridge import DEADLINE, Bridge
 from realize.fuse.memory import ROOT_INODE, MemoryBackend
 from realize.fuse.service import (
     FUSERMOUNT,
+    READ_AHEAD_KB,
     FuseService,
     _unescape,
+    mount_device,
     mounted_filesystem,
 )
 
@@ -316,6 +318,32 @@ class FuseMountIntegrationTests(TestCase):
             0,
         )
         self.assertIsNone(self.backend.mark(self.a))
+
+    async def test_read_ahead(self) -> None:
+        """
+        Where the daemon may (root), the mount's kernel read-ahead is raised
+        to L{READ_AHEAD_KB}, so that sequential reads come in 1 MiB
+        requests; with C{read_ahead_kb=None} the kernel's default stays.
+        """
+        service = await self.mount()
+        device = mount_device(self.mountpoint)
+        assert device is not None
+        knob = f"/sys/class/bdi/{device}/read_ahead_kb"
+        if not os.access(knob, os.W_OK):
+            raise SkipTest(f"{knob} is not writable by this user")
+        with open(knob) as f:
+            self.assertEqual(int(f.read()), READ_AHEAD_KB)
+        await self.stop(service)
+        bridge = Bridge(reactor)
+        service = FuseService(
+            self.backend, self.mountpoint, reactor, bridge, read_ahead_kb=None
+        )
+        service.startService()
+        self.addCleanup(self.stop, service)
+        await service.when_mounted()
+        device = mount_device(self.mountpoint)
+        with open(f"/sys/class/bdi/{device}/read_ahead_kb") as f:
+            self.assertLess(int(f.read()), READ_AHEAD_KB)
 
     async def test_statfs(self) -> None:
         """
@@ -628,3 +656,18 @@ class FuseServiceTests(SynchronousTestCase):
         self.assertIsNotNone(mounted_filesystem("/"))
         self.assertEqual(_unescape("/tmp/a\\040b\\011c\\134d"), "/tmp/a b\tc\\d")
         self.assertEqual(_unescape("/tmp/\\303\\251"), "/tmp/\u00e9")
+
+    def test_invalidate_forgets_directories(self) -> None:
+        """
+        L{FuseService.invalidate} of a directory's path makes the adapter
+        forget the directories it remembered (mounted or not).
+        """
+        backend = MemoryBackend()
+        d = backend.mkdir(ROOT_INODE, "d")
+        backend.add_file(d, "f", b"")
+        service = FuseService(backend, "/tmp/view", reactor)
+        service.ops.getattr("/d/f")
+        lookups = backend.calls["lookup"]
+        self.successResultOf(service.invalidate("d/"))
+        service.ops.getattr("/d/f")
+        self.assertEqual(backend.calls["lookup"] - lookups, 2)

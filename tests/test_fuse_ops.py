@@ -31,6 +31,7 @@ from realize.errors import (
     RealizeError,
     Unauthorized,
 )
+from realize.fuse import ops as ops_module
 from realize.fuse.backend import Entry, SpaceInfo
 from realize.fuse.memory import ROOT_INODE, MemoryBackend
 from realize.fuse.ops import (
@@ -173,6 +174,67 @@ class ErrnoTableTests(SynchronousTestCase):
             pass
 
         self.assertEqual(errno_of(Gone("x")), errno.ENOENT)
+
+
+class PathTests(OpsTestCase):
+    """
+    Paths to inodes: the directories on the way are remembered.
+    """
+
+    def test_directories_remembered(self) -> None:
+        """
+        Once a path was resolved, the directories above its last component
+        are not looked up again.
+        """
+        self.ops.getattr("/photos/2024/a.jpg")
+        lookups = self.backend.calls["lookup"]
+        self.ops.getattr("/photos/2024/a.jpg")
+        self.ops.getattr("/photos/2024")
+        self.assertEqual(self.backend.calls["lookup"] - lookups, 2)
+
+    def test_forget(self) -> None:
+        """
+        A directory replaced by another at the same path is found again
+        once its path is invalidated (L{RealizeOperations.forget}); the
+        invalidation of a file's path or of an unknown path forgets
+        nothing; that of the root, everything.
+        """
+        self.ops.getattr("/photos/2024/a.jpg")
+        self.backend.remove(self.photos, "2024")
+        year = self.backend.mkdir(self.photos, "2024")
+        self.backend.add_file(year, "new.jpg", b"new")
+        self.assertErrno(errno.ENOENT, self.ops.getattr, "/photos/2024/new.jpg")
+        self.ops.forget("/photos/c.txt")
+        self.ops.forget("/nope")
+        self.assertErrno(errno.ENOENT, self.ops.getattr, "/photos/2024/new.jpg")
+        self.ops.forget("/photos/2024")
+        self.assertEqual(self.ops.getattr("/photos/2024/new.jpg").size, 3)
+        self.ops.forget("/")
+        lookups = self.backend.calls["lookup"]
+        self.ops.getattr("/photos/2024/new.jpg")
+        self.assertEqual(self.backend.calls["lookup"] - lookups, 3)
+
+    def test_not_a_directory_on_the_way(self) -> None:
+        """
+        A file in the middle of a path: C{ENOTDIR}; a missing directory:
+        C{ENOENT}; neither is remembered.
+        """
+        self.assertErrno(errno.ENOTDIR, self.ops.getattr, "/photos/c.txt/x")
+        self.assertErrno(errno.ENOENT, self.ops.getattr, "/nope/x")
+        year = self.backend.mkdir(ROOT_INODE, "nope")
+        self.backend.add_file(year, "x", b"")
+        self.assertEqual(self.ops.getattr("/nope/x").size, 0)
+
+    def test_bounded(self) -> None:
+        """
+        At most L{MAX_DIRECTORIES} directories are remembered.
+        """
+        self.patch(ops_module, "MAX_DIRECTORIES", 2)
+        for name in ("d1", "d2", "d3"):
+            d = self.backend.mkdir(ROOT_INODE, name)
+            self.backend.add_file(d, "f", b"")
+            self.ops.getattr(f"/{name}/f")
+        self.assertLessEqual(len(self.ops._directories), 2)
 
 
 class AttributeTests(OpsTestCase):

@@ -163,6 +163,22 @@ class UnrealViewContractMixin:
             view.locate(self.path_entry(view, "photos/d2").inode), ("photos", "d2")
         )
 
+    def test_arena_of(self) -> None:
+        """
+        The arena of an inode, as L{locate} gives it, without its path; none
+        for the mount root, compound directories and unknown inodes.
+        """
+        view = self.example()
+        case: SynchronousTestCase = self  # type: ignore[assignment]
+        for path in ("home/docs", "home/docs/sub/b.bin", "photos/d2"):
+            inode = self.path_entry(view, path).inode
+            located = view.locate(inode)
+            assert located is not None
+            case.assertEqual(view.arena_of(inode), located[0])
+        case.assertIsNone(view.arena_of(ROOT_INODE))
+        case.assertIsNone(view.arena_of(self.path_entry(view, "home").inode))
+        case.assertIsNone(view.arena_of(10**9))
+
     def test_unique_inodes(self) -> None:
         """
         Every entry has its own inode.

@@ -59,10 +59,14 @@ class Opened:
 
     @ivar handle: the backend's handle of this open file, given back to
         L{FuseBackend.read} and L{FuseBackend.release}.
-    @ivar keep_cache: C{True} when the content is complete and verified
-        against the version's hash: the kernel may then keep the file's
-        page cache across opens (re-reads do not reach the daemon).  The
-        daemon invalidates the page cache when the version changes
+    @ivar keep_cache: C{True} when whatever the kernel may hold in the
+        file's page cache is bytes of the version opened (the content is
+        complete and verified against the version's hash, or every byte
+        read of this inode since the kernel last dropped its pages came
+        from this version): the kernel then keeps the page cache across
+        opens (re-reads do not reach the daemon).  With C{False} the
+        kernel drops the file's pages at open.  The daemon invalidates the
+        page cache when the version changes
         (L{realize.fuse.service.FuseService.invalidate}).
     """
 

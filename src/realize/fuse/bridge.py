@@ -12,6 +12,10 @@ no longer runs.
 
 The reactor never waits on FUSE: only FUSE threads block here.  A call
 from the reactor thread itself would deadlock, and is refused.
+
+L{Bridge.post} tells the reactor something without waiting (e.g. that a
+reader served from the cache moved on, for the read-ahead): it costs the
+FUSE thread no round trip.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any, Final, Generic, TypeVar
 from attrs import define, field
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorFromThreads
+from twisted.logger import Logger
 from twisted.python import threadable
 from twisted.python.failure import Failure
 
@@ -31,6 +36,8 @@ from realize.errors import IOFailure
 __all__ = ["DEADLINE", "Bridge"]
 
 T = TypeVar("T")
+
+_log = Logger()
 
 #: Seconds a FUSE thread waits for the reactor before the request fails
 #: with C{EIO} (DESIGN.md section 10: at most 10 s, so that an application
@@ -121,6 +128,27 @@ class Bridge:
                 self.reactor.callFromThread(call.deferred.cancel)
             raise call.error
         return call.result  # type: ignore[no-any-return]
+
+    def post(self, f: Callable[..., object], /, *args: Any) -> None:
+        """
+        Run C{f(*args)} in the reactor thread, without waiting for it (any
+        thread may call it).  Nothing runs once the bridge is shut down; an
+        error of C{f} is logged.
+
+        @param f: a function to run in the reactor; its result is ignored.
+        """
+        if self._closed:
+            return
+        self.reactor.callFromThread(self._run_posted, f, args)
+
+    def _run_posted(self, f: Callable[..., object], args: tuple[Any, ...]) -> None:
+        # In the reactor thread.
+        if self._closed:
+            return
+        try:
+            f(*args)
+        except Exception:
+            _log.failure("a call posted to the reactor failed")
 
     def _start(
         self,

@@ -5,10 +5,19 @@ do by itself.
     - L{RealizeFUSE.fgetattr} fills C{struct stat} from an L{Entry}
       directly (L{RealizeOperations.fill_stat}), not through a dict.
     - L{RealizeFUSE.getxattr} answers C{ENODATA} for names that are not
-      the view's before anything else: C{ls -l} asks for
-      C{security.selinux} and C{system.posix_acl_access} of every file,
-      two FUSE requests per file the kernel does not cache (only
-      C{ENOSYS} would stop them, and for every name).
+      the view's before anything else (no decoding, no db): C{ls -l}
+      (coreutils 9.1) asks for C{security.selinux} and
+      C{system.posix_acl_access} of every file, two FUSE requests per file
+      the kernel does not cache (only C{ENOSYS} stops them, and for every
+      name).  Measured over the memory backend (kernel 6.18, libfuse
+      3.14), C{ls -lR} of 10,000 files: 20,303 getxattr requests cold and
+      warm alike, 0.52-0.77 s cold and 0.41-0.53 s warm; with getxattr
+      missing (C{ENOSYS}) 0.20-0.27 s and 0.10-0.25 s.  Asking for
+      C{FUSE_CAP_POSIX_ACL} in C{init} changes nothing (the kernel still
+      forwards every ACL read: same counts), and no mount option stops
+      them.  Decided: C{ENODATA} as early as possible, because
+      C{user.realize.status}, C{.version} and C{.mark} need getxattr;
+      C{ls -lR} cold still beats sshfs's and rclone's (bench/fuse.py).
     - L{RealizeFUSE.readdir_fuse_3} sends listings B{with attributes}
       (readdirplus): mfusepy's own readdir copies only the mode and inode
       of each entry and never sets C{FUSE_FILL_DIR_PLUS}.  libfuse 3.14

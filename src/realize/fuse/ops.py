@@ -6,9 +6,14 @@ What the adapter decides, and nothing else:
 
     - B{Paths to inodes}: libfuse's high-level API names entries by path
       (C{/arena/dir/file}); each component is looked up in the backend
-      from L{FuseBackend.root_inode}.  Open files and directories are
-      reached through their handle (with C{nullpath_ok} the kernel sends
-      C{getattr(None, fh)}, C{read(None, ...)}).
+      from L{FuseBackend.root_inode}.  The inodes of the directories on
+      the way are remembered by path (an open of a file four levels down
+      otherwise costs four lookups), up to L{MAX_DIRECTORIES}; all are
+      forgotten when one of them is invalidated
+      (L{RealizeOperations.forget}, from the daemon's invalidations), as a
+      directory at the same path may then be another one.  Open files and
+      directories are reached through their handle (with C{nullpath_ok}
+      the kernel sends C{getattr(None, fh)}, C{read(None, ...)}).
     - B{Handles}: one table of open files and directories, keyed by the
       C{fh} given to the kernel; a directory handle keeps the listing it
       got, so that a listing read in several calls (non-zero offsets) is
@@ -86,6 +91,7 @@ __all__ = [
     "ENTRY_TIMEOUT",
     "ERRNOS",
     "FILE_MODE",
+    "MAX_DIRECTORIES",
     "XATTR_CONFLICTS",
     "XATTR_MARK",
     "XATTR_MARK_EFFECTIVE",
@@ -106,6 +112,10 @@ BLOCK_SIZE: Final = 4096
 
 #: Longest name shown in C{f_namemax}, bytes.
 NAME_MAX: Final = 255
+
+#: Directories whose inode the adapter remembers by path, at most (beyond,
+#: it forgets them all and starts again).
+MAX_DIRECTORIES: Final = 4096
 
 #: Seconds the kernel may keep a name's lookup (a dentry) without asking
 #: again.  Long, because metadata only changes through notifications, and
@@ -255,6 +265,7 @@ class RealizeOperations:
     on_destroy: Callable[[], None] | None = None
     _handles: dict[int, _OpenFile | _OpenDir] = field(factory=dict, init=False)
     _ids: Iterator[int] = field(factory=lambda: itertools.count(1), init=False)
+    _directories: dict[str, int] = field(factory=dict, init=False)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -292,19 +303,46 @@ class RealizeOperations:
             if root is None:
                 raise NotFound("the view's root is gone")
             return root
-        parent = backend.root_inode
-        *directories, name = path[1:].split("/")
-        for directory in directories:
-            entry = backend.lookup(parent, directory)
-            if entry is None:
-                raise NotFound(f"{path}: no such file or directory")
-            if entry.kind != "dir":
-                raise NotADirectory(f"{path}: not a directory")
-            parent = entry.inode
+        head, _, name = path.rpartition("/")
+        parent = self._directory(head, path) if head else backend.root_inode
         found = backend.lookup(parent, name)
         if found is None:
             raise NotFound(f"{path}: no such file or directory")
         return found
+
+    def _directory(self, path: str, full: str) -> int:
+        """
+        The inode of a directory by path, remembered (see the module
+        docstring).
+
+        @param path: C{/}-rooted, not C{/} itself.
+        @param full: the path asked, for messages.
+        """
+        known = self._directories.get(path)
+        if known is not None:
+            return known
+        head, _, name = path.rpartition("/")
+        parent = self._directory(head, full) if head else self.backend.root_inode
+        entry = self.backend.lookup(parent, name)
+        if entry is None:
+            raise NotFound(f"{full}: no such file or directory")
+        if entry.kind != "dir":
+            raise NotADirectory(f"{full}: not a directory")
+        if len(self._directories) >= MAX_DIRECTORIES:
+            self._directories.clear()
+        self._directories[path] = entry.inode
+        return entry.inode
+
+    def forget(self, path: str) -> None:
+        """
+        The entry at a path changed (added, removed or replaced): if it is a
+        directory remembered, or the root, forget every directory.  Any
+        thread may call it.
+
+        @param path: C{/}-rooted.
+        """
+        if path == "/" or path in self._directories:
+            self._directories.clear()
 
     def _entry(self, path: str | None, fh: int | None) -> Entry:
         if fh is not None:

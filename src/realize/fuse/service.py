@@ -30,6 +30,15 @@ kernel also asks for an entry's attributes again after the file was read:
 reading invalidates the cached atime of a mount that is not C{ro}.)
 Measured over the memory backend: 10,000 invalidations take 0.17 s.
 
+Read-ahead: once mounted, the kernel's read-ahead of the mount
+(C{/sys/class/bdi/MAJ:MIN/read_ahead_kb}, found through
+C{/proc/self/mountinfo}) is raised to L{READ_AHEAD_KB} when the daemon
+may write it (root): the kernel then sends reads of up to 1 MiB, one
+Merkle leaf, instead of 128 KiB, eight times fewer requests through
+Python for the same bytes (libfuse 3.14 already offers 1 MiB requests,
+C{max_pages} 256; C{-o max_read} alone changes nothing).  Otherwise the
+kernel's default stays, and the log says so.
+
 Process-wide side effects of libfuse, undone here: it changes the
 working directory to C{/} (the service changes it back when the mount is
 up; until then, use absolute paths), and it installs its own handlers for
@@ -62,7 +71,13 @@ from realize.fuse.backend import FuseBackend
 from realize.fuse.bridge import Bridge
 from realize.fuse.ops import RealizeOperations
 
-__all__ = ["FUSERMOUNT", "FuseService", "mounted_filesystem"]
+__all__ = [
+    "FUSERMOUNT",
+    "READ_AHEAD_KB",
+    "FuseService",
+    "mount_device",
+    "mounted_filesystem",
+]
 
 T = TypeVar("T")
 
@@ -80,6 +95,11 @@ JOIN_TIMEOUT: Final = 10.0
 #: downloads hold one each, for at most the bridge's deadline.
 MAX_THREADS: Final = 10
 
+#: KiB of kernel read-ahead set on the mount when permitted: one Merkle
+#: leaf (L{realize.hashing.LEAF_SIZE}), the largest request libfuse 3.14
+#: takes.
+READ_AHEAD_KB: Final = 1024
+
 #: L{FuseService}'s mount outcome while it is not known yet.
 _PENDING: Final = object()
 
@@ -96,6 +116,25 @@ def mounted_filesystem(mountpoint: str) -> str | None:
     @return: e.g. C{"fuse.realize"}, or C{None} if nothing is mounted
         there (the topmost mount wins).
     """
+    found = _mount_entry(mountpoint)
+    return None if found is None else found[1]
+
+
+def mount_device(mountpoint: str) -> str | None:
+    """
+    The device of the filesystem mounted at a path, from
+    C{/proc/self/mountinfo} (reading it does not touch the mount).
+
+    @param mountpoint: an absolute path.
+    @return: C{"MAJOR:MINOR"} (also the name of its C{/sys/class/bdi}
+        entry), or C{None} if nothing is mounted there.
+    """
+    found = _mount_entry(mountpoint)
+    return None if found is None else found[0]
+
+
+def _mount_entry(mountpoint: str) -> tuple[str, str] | None:
+    # (device, type) of the topmost mount at mountpoint.
     found = None
     with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
         for line in f:
@@ -103,7 +142,7 @@ def mounted_filesystem(mountpoint: str) -> str | None:
             separator = fields.index("-")
             point = _unescape(fields[4])
             if point == mountpoint:
-                found = fields[separator + 1]
+                found = (fields[2], fields[separator + 1])
     return found
 
 
@@ -157,6 +196,8 @@ class FuseService(Service):
         down first on stop, so that no FUSE thread waits on the reactor
         while it unmounts.
     @ivar options: more mount options (C{{"allow_other": True}}).
+    @ivar read_ahead_kb: the kernel read-ahead to set on the mount, if
+        permitted (L{READ_AHEAD_KB}); C{None} keeps the kernel's default.
     @ivar ops: the operations served (built from the backend).
     """
 
@@ -167,6 +208,7 @@ class FuseService(Service):
     reactor: IReactorFromThreads
     bridge: Bridge | None = None
     options: Mapping[str, str | bool] = field(factory=dict)
+    read_ahead_kb: int | None = READ_AHEAD_KB
     ops: RealizeOperations = field(init=False)
     _thread: threading.Thread | None = field(default=None, init=False)
     _fuse: int | None = field(default=None, init=False)
@@ -234,6 +276,32 @@ class FuseService(Service):
         thread.start()
         assert self._mounted is not None
         await self._mounted
+        if self.read_ahead_kb is not None:
+            await _in_thread(self.reactor, "fuse read-ahead", self._set_read_ahead)
+
+    def _set_read_ahead(self) -> None:
+        # In a thread of its own (sysfs is a file): after libfuse answered
+        # the kernel's init, which sets the mount's read-ahead itself.
+        device = mount_device(self.mountpoint)
+        if device is None:
+            return
+        path = f"/sys/class/bdi/{device}/read_ahead_kb"
+        try:
+            with open(path, "w") as f:
+                f.write(f"{self.read_ahead_kb}\n")
+        except OSError as e:
+            self.log.info(
+                "kept the kernel's read-ahead of {mountpoint} ({error}): "
+                "reads come in 128 KiB requests",
+                mountpoint=self.mountpoint,
+                error=e.strerror,
+            )
+        else:
+            self.log.info(
+                "read-ahead of {mountpoint} set to {kb} KiB",
+                mountpoint=self.mountpoint,
+                kb=self.read_ahead_kb,
+            )
 
     def _started(self, result: Failure | None) -> None:
         if isinstance(result, Failure):
@@ -367,10 +435,12 @@ class FuseService(Service):
         @return: fires when the kernel has dropped it (at once if the
             mount is not served, or the kernel has nothing cached).
         """
+        path = "/" + path.strip("/")
+        self.ops.forget(path)
         if not self.running:
             return succeed(None)
         d: Deferred[None] = Deferred()
-        self._invalidations.put(("/" + path.strip("/"), d))
+        self._invalidations.put((path, d))
         return d
 
     def _invalidator(self) -> None:

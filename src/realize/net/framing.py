@@ -397,6 +397,11 @@ class Connection(Protocol):
         if self.refuse:
             self._abort()
             return
+        # Boxes are small: without TCP_NODELAY, Nagle's algorithm holds one
+        # back until the peer's delayed ACK (40 ms on Linux).
+        nodelay = getattr(self.transport, "setTcpNoDelay", None)
+        if nodelay is not None:
+            nodelay(True)
         self.transport.registerProducer(self, True)
         self._registered = True
         self.amp.makeConnection(_BoxTransport(self))

@@ -135,10 +135,13 @@ def measure_space(path: str) -> tuple[int, int]:
 class AccessLog:
     """
     Accesses recorded by FUSE threads, applied by the reactor
-    (thread-safe).
+    (thread-safe), in the order they came: several files read between two
+    applications (a batch of small files served from memory) keep their
+    order of recency.
     """
 
-    _reads: set[tuple[int, bytes]] = field(factory=set)
+    #: Every file opened or read, the most recent last.
+    _recent: dict[tuple[int, bytes], None] = field(factory=dict)
     _opens: list[tuple[int, bytes]] = field(factory=list)
     _lock: threading.Lock = field(factory=threading.Lock)
 
@@ -146,24 +149,30 @@ class AccessLog:
         """
         A file was opened: one access for its frequency and recency.
         """
+        key = (inode, digest or b"")
         with self._lock:
-            self._opens.append((inode, digest or b""))
+            self._opens.append(key)
+            self._recent.pop(key, None)
+            self._recent[key] = None
 
     def read(self, inode: int, digest: bytes) -> None:
         """
         Cached bytes of a version were read: recency only.
         """
+        key = (inode, digest)
         with self._lock:
-            self._reads.add((inode, digest))
+            self._recent.pop(key, None)
+            self._recent[key] = None
 
     def take(self) -> tuple[list[tuple[int, bytes]], list[tuple[int, bytes]]]:
         """
-        @return: the reads and opens recorded since the last call.
+        @return: the files opened or read since the last call, the most
+            recent last, and the opens.
         """
         with self._lock:
-            reads, self._reads = self._reads, set()
+            recent, self._recent = self._recent, {}
             opens, self._opens = self._opens, []
-        return list(reads), opens
+        return list(recent), opens
 
 
 @define(eq=False)
@@ -551,6 +560,8 @@ class BlobCache:
     async def _enforce(self) -> None:
         if not self._started:
             return
+        # The reads recorded since the last decision count in this one.
+        self._apply_accesses()
         limit, reason = self.limit()
         evictions = self.policy.enforce(limit, self.clock.seconds(), reason)
         await self._carry_out(evictions)
@@ -640,11 +651,11 @@ class BlobCache:
     # Helpers.
 
     def _apply_accesses(self) -> None:
-        reads, opens = self.accesses.take()
-        if not reads and not opens:
+        recent, opens = self.accesses.take()
+        if not recent and not opens:
             return
         now = self.clock.seconds()
-        for inode, digest in [*reads, *opens]:
+        for inode, digest in recent:
             entry = self.policy.find(inode, digest)
             if entry is not None:
                 self.policy.accessed(entry.id, now)

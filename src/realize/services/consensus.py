@@ -507,6 +507,8 @@ class ConsensusService(Service):
                     )
                 offset += size
                 fetched += size
+        # The downloader returns verified bytes before they are written.
+        await arena.downloader.written(version.inode, version.hash)
         if fetched and self.audit.metrics is not None:
             self.audit.metrics.downloaded(arena.name, fetched)
         ranges = await arena.blobs.ranges(blob)

@@ -13,6 +13,11 @@ recorded.
       good bytes the read fails with L{IOFailure} (EIO), logged.  A peer
       that sent bad bytes or bad leaves is not asked again for that
       version.
+    - A version of one leaf (up to L{PIECE_SIZE} bytes: every small file)
+      needs no C{Hash}: its root I{is} its leaf, so a small file costs one
+      C{Read}; and L{Downloader.prefetch} fetches several in one
+      C{ReadFiles}, each verified the same way (the peer's own root is not
+      trusted).
     - Sequential reads open a read-ahead window: 1 piece, doubling with
       each sequential read up to L{MAX_READAHEAD} pieces; a random read
       fetches only the pieces it needs.
@@ -29,19 +34,37 @@ L{realize.services.cache.BlobCache}); if the blob cannot be made or
 written (full disk, no room) they are still returned, just not kept.  A
 blob evicted under a read is opened again and the read tried again.
 
+Readers do not wait for the write: a piece is returned once verified,
+and stays in memory until its range is recorded (reads of it meanwhile
+take it from there, and FUSE threads through L{Downloader.verified},
+without a reactor round trip); read-ahead starts no piece while
+L{MAX_UNKEPT} of a version wait to be written, and beyond
+L{MAX_UNKEPT_ALL} of all versions (or, with a block cache, a share of its
+working area) a read waits for the writes of its version, so memory (and
+what the cache cannot evict) stays bounded when the disk is slower than
+the network.  L{Downloader.advance} lets
+the reader's progress through data served without the downloader (from
+the blob, or from memory) move the read-ahead window on.  The file is
+pinned in the block cache (L{realize.storage.cache.Pins}) while a piece
+of it is fetched or held in memory.
+
 A file larger than the cache's working area (#largedl) does not evict the
 rest of the cache: its blob keeps at most L{STREAM_WINDOW} bytes while it
 is read sequentially (the read-ahead is kept, the pieces behind the reader
 are released), and under random reads the pieces read least recently are
 released; either way at most half the working area (the read-ahead is
-shortened to fit).
+shortened to fit).  The pieces in flight and those held in memory count
+in that budget; a piece being fetched, held or written is never
+released, and a piece fetched again while its range is being released is
+written only once the release is done.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar
 
 from attrs import define, field
@@ -58,16 +81,21 @@ from twisted.python.failure import Failure
 from realize.errors import IOFailure, NotFound, RealizeError, describe
 from realize.hashing import LEAF_SIZE, format_hash, leaf_hash, merkle_root
 from realize.interfaces import ReadStream
-from realize.model import ArenaName, ByteRanges, FileState, PeerId
+from realize.model import ArenaName, ByteRanges, FileState, PeerId, SmallRead
 from realize.storage.blobs import Blob
 from realize.storage.cache import Pins
 from realize.storage.unrealview import FileVersion
 
 __all__ = [
     "DEADLINE",
+    "HELD_AREA_SHARE",
     "MAX_IN_FLIGHT",
     "MAX_READAHEAD",
+    "MAX_UNKEPT",
+    "MAX_UNKEPT_ALL",
     "PIECE_SIZE",
+    "PREFETCH_BYTES",
+    "PREFETCH_FILES",
     "REQUEST_TIMEOUT",
     "STREAM_WINDOW",
     "VERSION_POLL",
@@ -83,11 +111,14 @@ log = Logger(namespace="realize.downloader")
 #: Bytes per request: one Merkle leaf, so each answer is verified alone.
 PIECE_SIZE: Final = LEAF_SIZE
 
-#: Requests in flight at most, per version.
-MAX_IN_FLIGHT: Final = 4
+#: Requests in flight at most, per version.  Measured (bench/fuse.py, a
+#: cold 1 GiB read over loopback, 1 MiB kernel requests, TCP_NODELAY): 4 in
+#: flight and 8 ahead 134-155 MB/s, 16 and 32 150-199 MB/s, 8 and 32
+#: 211-225 MB/s.
+MAX_IN_FLIGHT: Final = 8
 
 #: Read-ahead window on sequential reads, at most, in pieces.
-MAX_READAHEAD: Final = 8
+MAX_READAHEAD: Final = 32
 
 #: Seconds within which every read ends (with data or an error), waits for
 #: a version included.
@@ -102,6 +133,28 @@ VERSION_POLL: Final = 0.5
 
 #: Versions whose transfer state (leaves, read-ahead, bad peers) is kept.
 MAX_TRANSFERS: Final = 64
+
+#: Small files fetched together by L{Downloader.prefetch}, at most, and
+#: their bytes at most.
+PREFETCH_FILES: Final = 32
+PREFETCH_BYTES: Final = 4 << 20
+
+#: Verified pieces of a version waiting to be written to its blob (held in
+#: memory meanwhile) beyond which read-ahead starts no other piece: with
+#: the pieces in flight, at most 24 MiB of a version in memory.
+MAX_UNKEPT: Final = 16
+
+#: Verified pieces of all versions waiting to be written beyond which
+#: read-ahead starts no other piece and a read waits for the writes of its
+#: version before it returns (a reader going through many files must not
+#: outrun the disk).
+MAX_UNKEPT_ALL: Final = 2 * MAX_UNKEPT
+
+#: With a block cache, the share of its working area that verified pieces
+#: waiting to be written (whose files are pinned: the cache cannot evict
+#: them) may take at most, 1 / this: beyond, as beyond L{MAX_UNKEPT_ALL};
+#: small files being prefetched take that share at most too.
+HELD_AREA_SHARE: Final = 4
 
 #: Bytes the blob of a file larger than the working area keeps while it is
 #: read sequentially: the read-ahead, the pieces being read, and as many
@@ -134,6 +187,13 @@ class RemoteData(Protocol):
     ) -> FileState:
         """
         Merkle leaves of C{[start, min(end, size))} of a file.
+        """
+
+    async def read_files(
+        self, arena: ArenaName, files: Sequence[tuple[str, int]]
+    ) -> list[SmallRead | RealizeError]:
+        """
+        Whole small files in one batch (C{(path, limit)} each).
         """
 
 
@@ -186,8 +246,11 @@ class _Shared(Generic[T]):
     @classmethod
     def start(cls, work: Coroutine[Any, Any, T]) -> _Shared[T]:
         shared: _Shared[T] = cls()
-        shared._work = Deferred.fromCoroutine(work).addBoth(shared._done)
+        shared.run(work)
         return shared
+
+    def run(self, work: Coroutine[Any, Any, T]) -> None:
+        self._work = Deferred.fromCoroutine(work).addBoth(self._done)
 
     def _done(self, outcome: T | Failure) -> None:
         self._outcome.append(outcome)
@@ -205,6 +268,14 @@ class _Shared(Generic[T]):
     @property
     def failed(self) -> bool:
         return bool(self._outcome) and isinstance(self._outcome[0], Failure)
+
+    def result(self) -> T | None:
+        """
+        @return: the result, if the work is done and did not fail.
+        """
+        if not self._outcome or isinstance(self._outcome[0], Failure):
+            return None
+        return self._outcome[0]
 
     def observe(self) -> Deferred[T]:
         waiter: Deferred[T] = Deferred()
@@ -243,9 +314,11 @@ class _Transfer:
     next_offset: int = 0
     ahead_end: int = 0
     window: int = 0
+    unkept: int = 0
     kept: OrderedDict[int, None] = field(factory=OrderedDict)
-    releasing: int = 0
+    releasing: dict[int, _Shared[None]] = field(factory=dict)
     reading: dict[int, int] = field(factory=dict)
+    settled: list[Deferred[None]] = field(factory=list)
 
     @property
     def count(self) -> int:
@@ -262,14 +335,30 @@ class _Transfer:
         return self.present.contains(*self.bounds(index))
 
     def busy(self) -> bool:
-        return any(not piece.done for piece in self.pieces.values()) or (
-            self.leaves is not None and not self.leaves.done
+        return (
+            self.unkept > 0
+            or bool(self.releasing)
+            or any(not piece.done for piece in self.pieces.values())
+            or (self.leaves is not None and not self.leaves.done)
         )
 
     def cancel(self) -> None:
         for shared in [self.blob, self.leaves, *self.pieces.values()]:
             if shared is not None:
                 shared.cancel()
+
+
+@define(eq=False)
+class _Prefetch:
+    """
+    A small file in a batch: where its bytes arrive, and the shared piece
+    that reads of it wait on.
+    """
+
+    transfer: _Transfer
+    peer: PeerId
+    shared: _Shared[bytes] = field(factory=_Shared)
+    arrived: Deferred[bytes] = field(factory=Deferred)
 
 
 @define(eq=False)
@@ -302,11 +391,24 @@ class Downloader:
     _transfers: OrderedDict[tuple[int, bytes], _Transfer] = field(factory=OrderedDict)
     _waiting: dict[int, list[Deferred[None]]] = field(factory=dict)
     _closed: bool = False
+    #: Verified pieces not yet recorded in their blob, by (inode, digest,
+    #: index): written in the reactor, read by FUSE threads.
+    _memory: dict[tuple[int, bytes, int], bytes] = field(factory=dict)
+    _memory_lock: threading.Lock = field(factory=threading.Lock)
+    #: Bytes of the small files prefetched and not written yet.
+    _prefetching: int = 0
+    #: Verified pieces of all versions not written yet.
+    _unkept: int = 0
 
     # Public.
 
     async def read(
-        self, inode: int, offset: int, size: int, digest: bytes | None = None
+        self,
+        inode: int,
+        offset: int,
+        size: int,
+        digest: bytes | None = None,
+        version: FileVersion | None = None,
     ) -> bytes:
         """
         Read bytes of a file's default version: from its blob where present,
@@ -318,6 +420,9 @@ class Downloader:
         @param digest: if given, the version the caller opened: a read after
             the default moved to another version fails rather than mixing
             versions.
+        @param version: the file's default version, if the caller just read
+            it (a FUSE thread reads sqlite itself): not looked up again
+            unless it has no hash yet.
         @return: the bytes C{[offset, min(offset + size, file size))}, all
             verified against the version's hash.
         @raise NotFound: if there is no such file.
@@ -335,7 +440,9 @@ class Downloader:
         try:
             for attempt in range(VANISHED_RETRIES + 1):
                 try:
-                    return await self._read(inode, offset, size, digest, deadline)
+                    return await self._read(
+                        inode, offset, size, digest, deadline, version
+                    )
                 except _Vanished:
                     if attempt == VANISHED_RETRIES:
                         raise
@@ -348,6 +455,97 @@ class Downloader:
         finally:
             if self.pins is not None:
                 self.pins.drop(inode)
+
+    def verified(self, inode: int, digest: bytes, start: int, end: int) -> bytes | None:
+        """
+        Bytes of a version from the verified pieces held in memory (those
+        not yet recorded in the blob): any thread may call it, it does not
+        wait.
+
+        @param digest: the version.
+        @param start: first byte.
+        @param end: end of the range, exclusive, at most the version's size.
+        @return: the bytes C{[start, end)}, or C{None} if some of them are
+            not in memory.
+        """
+        if start >= end:
+            return b""
+        first, last = start // PIECE_SIZE, (end - 1) // PIECE_SIZE
+        pieces: list[bytes] = []
+        with self._memory_lock:
+            for index in range(first, last + 1):
+                piece = self._memory.get((inode, digest, index))
+                if piece is None:
+                    return None
+                pieces.append(piece)
+        base = first * PIECE_SIZE
+        joined = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        return joined[start - base : end - base]
+
+    def writing(self, inode: int, digest: bytes) -> bool:
+        """
+        Whether verified pieces of a version are held in memory, waiting
+        to be written to its blob (L{written} waits for them): any thread
+        may call it, it does not wait.
+        """
+        with self._memory_lock:
+            return any(key[0] == inode and key[1] == digest for key in self._memory)
+
+    def advance(self, inode: int, digest: bytes, offset: int, end: int) -> None:
+        """
+        Tell the downloader that bytes of a version were read without it
+        (from the blob or L{verified}), so that sequential reads keep the
+        read-ahead window ahead of the reader (and, for a file larger than
+        the working area, the pieces behind it released).  In the reactor
+        thread; nothing is fetched for a version not being transferred.
+
+        @param offset: first byte read.
+        @param end: end of the bytes read, exclusive.
+        """
+        transfer = self._transfers.get((inode, digest))
+        if self._closed or transfer is None or offset >= end:
+            return
+        first, last = offset // PIECE_SIZE, (end - 1) // PIECE_SIZE
+        for index in range(first, last + 1):
+            if index in transfer.kept:
+                # Read from the blob: recently used (for the trim of a
+                # large file read at random).
+                transfer.kept.move_to_end(index)
+        self._follow(transfer, offset, end)
+        budget = self._budget(transfer)
+        if budget is None:
+            self._read_ahead(transfer, last, None)
+            return
+        Deferred.fromCoroutine(
+            self._advance_within(transfer, first, last, budget)
+        ).addErrback(lambda f: log.failure("read-ahead failed", f))
+
+    async def _advance_within(
+        self, transfer: _Transfer, first: int, last: int, budget: int
+    ) -> None:
+        """
+        L{advance} for a file kept within a budget (#largedl): room behind
+        the reader first, then the read-ahead, as a read does.
+        """
+        blob = None if transfer.blob is None else transfer.blob.result()
+        await self._trim(transfer, blob, first, last, budget)
+        if not self._closed:
+            self._read_ahead(transfer, last, budget)
+
+    async def written(self, inode: int, digest: bytes) -> None:
+        """
+        Wait until the verified pieces of a version held in memory are
+        written to its blob (or could not be): for a caller that looks at
+        the blob next (a realize job), as L{read} returns before.
+
+        @param digest: the version.
+        """
+        transfer = self._transfers.get((inode, digest))
+        if transfer is None or transfer.unkept == 0:
+            return
+        waiter: Deferred[None] = Deferred()
+        transfer.settled.append(waiter)
+        await waiter
 
     def version_changed(self, inodes: Iterable[int]) -> None:
         """
@@ -378,6 +576,8 @@ class Downloader:
         for transfer in self._transfers.values():
             transfer.cancel()
         self._transfers.clear()
+        with self._memory_lock:
+            self._memory.clear()
         waiting, self._waiting = self._waiting, {}
         for waiters in waiting.values():
             for waiter in waiters:
@@ -387,9 +587,23 @@ class Downloader:
     # Reading.
 
     async def _read(
-        self, inode: int, offset: int, size: int, digest: bytes | None, deadline: float
+        self,
+        inode: int,
+        offset: int,
+        size: int,
+        digest: bytes | None,
+        deadline: float,
+        known: FileVersion | None,
     ) -> bytes:
-        version = await self._wait_version(inode, deadline)
+        if (
+            known is not None
+            and known.hash is not None
+            and known.inode == inode
+            and known.arena == self.arena
+        ):
+            version = known
+        else:
+            version = await self._wait_version(inode, deadline)
         assert version.hash is not None
         if digest is not None and version.hash != digest:
             raise IOFailure(
@@ -402,11 +616,13 @@ class Downloader:
         transfer = self._transfer(version, version.hash)
         if transfer.blob is None:
             transfer.blob = _Shared.start(self._open_blob(transfer))
-        blob = await self._until(transfer.blob.observe(), deadline, version)
+        # Not waited for: pieces are fetched meanwhile, and written once it
+        # is open.  Until then nothing counts as present in it.
+        blob = transfer.blob.result()
         first, last = offset // PIECE_SIZE, (end - 1) // PIECE_SIZE
         self._follow(transfer, offset, end)
         wanted = {
-            index: self._piece(transfer, index, blob)
+            index: self._piece(transfer, index)
             for index in range(first, last + 1)
             if not transfer.has(index)
         }
@@ -420,9 +636,10 @@ class Downloader:
             budget = self._budget(transfer)
             if budget is not None:
                 # Room first (behind the reader), then the read-ahead: the
-                # blob and the pieces in flight stay within the budget.
+                # blob, the pieces in flight and those held in memory stay
+                # within the budget.
                 await self._trim(transfer, blob, first, last, budget)
-            self._read_ahead(transfer, last, blob, budget)
+            self._read_ahead(transfer, last, budget)
             # The pieces are all in flight: waiting for them in turn costs no
             # time.
             fetched = {
@@ -430,12 +647,43 @@ class Downloader:
                 for index, shared in wanted.items()
             }
             data = await self._assemble(transfer, blob, fetched, offset, end)
+            if self._unkept > self._unkept_room():
+                await self._settle(transfer, deadline)
         finally:
             for index in cached:
                 count = transfer.reading.pop(index, 1) - 1
                 if count > 0:
                     transfer.reading[index] = count
         return data
+
+    def _unkept_room(self) -> int:
+        """
+        @return: the verified pieces of all versions that may wait to be
+            written (L{MAX_UNKEPT_ALL}, or a share of the block cache's
+            working area), at least one.
+        """
+        room = MAX_UNKEPT_ALL
+        area = self.blobs.working_area()
+        if area is not None:
+            room = min(room, area // HELD_AREA_SHARE // PIECE_SIZE)
+        return max(1, room)
+
+    async def _settle(self, transfer: _Transfer, deadline: float) -> None:
+        """
+        Wait for the writes of a version's verified pieces, at most until
+        the deadline (the bytes are verified: returned all the same).
+        """
+        if transfer.unkept == 0:
+            return
+        waiter: Deferred[None] = Deferred()
+        transfer.settled.append(waiter)
+        remaining = deadline - self.clock.seconds()
+        if remaining <= 0:
+            waiter.cancel()
+        else:
+            waiter.addTimeout(remaining, self.clock)
+        with contextlib.suppress(TimeoutError, CancelledError):
+            await waiter
 
     async def _assemble(
         self,
@@ -580,9 +828,7 @@ class Downloader:
             transfer.window = 0
             transfer.next_offset = end
 
-    def _read_ahead(
-        self, transfer: _Transfer, last: int, blob: Blob | None, budget: int | None
-    ) -> None:
+    def _read_ahead(self, transfer: _Transfer, last: int, budget: int | None) -> None:
         """
         Start fetching the pieces of the window after the last one read,
         while requests are free (read-ahead never queues before reads), and
@@ -595,25 +841,26 @@ class Downloader:
         # parallel do not stack theirs.
         furthest = max(last, (transfer.next_offset - 1) // PIECE_SIZE)
         for index in range(last + 1, min(furthest + 1 + window, transfer.count)):
-            if transfer.semaphore.tokens <= 0:
+            if (
+                transfer.semaphore.tokens <= 0
+                or transfer.unkept >= MAX_UNKEPT
+                or self._unkept >= self._unkept_room()
+            ):
                 break
             if budget is not None and self._holding(transfer) >= budget // PIECE_SIZE:
                 break
             if not transfer.has(index):
-                self._piece(transfer, index, blob)
+                self._piece(transfer, index)
             transfer.ahead_end = max(transfer.ahead_end, transfer.bounds(index)[1])
 
     def _holding(self, transfer: _Transfer) -> int:
         """
-        @return: the pieces a transfer's blob holds or will: kept, and in
-            flight.
+        @return: the pieces a transfer's blob holds or will: kept, in
+            flight, verified and held in memory until written, and being
+            released.
         """
-        flying = sum(
-            1
-            for index, piece in transfer.pieces.items()
-            if not piece.done and index not in transfer.kept
-        )
-        return len(transfer.kept) + flying + transfer.releasing
+        coming = sum(1 for index in transfer.pieces if index not in transfer.kept)
+        return len(transfer.kept) + coming + len(transfer.releasing)
 
     async def _trim(
         self,
@@ -627,7 +874,8 @@ class Downloader:
         Keep the blob of a file larger than the working area within its
         budget (#largedl), with room for the read-ahead: release the pieces
         behind a sequential reader, or those least recently read or
-        written; never those being read.
+        written; never those being read, fetched, held in memory or
+        written.
         """
         if blob is None or not transfer.kept:
             return
@@ -638,7 +886,9 @@ class Downloader:
         candidates = [
             index
             for index in transfer.kept
-            if not first <= index <= last and not transfer.reading.get(index)
+            if not first <= index <= last
+            and not transfer.reading.get(index)
+            and index not in transfer.pieces
         ]
         if transfer.window > 0:
             # Behind the reader first; ahead of it only if still too much.
@@ -650,12 +900,13 @@ class Downloader:
             del transfer.kept[index]
         ranges = ByteRanges.of(*(transfer.bounds(index) for index in victims))
         transfer.present = transfer.present - ranges
-        # Still on disk until released: counted meanwhile.
-        transfer.releasing += len(victims)
-        try:
-            await self._release(transfer, blob, ranges)
-        finally:
-            transfer.releasing -= len(victims)
+        # Still on disk until released: counted meanwhile, and not written
+        # again before (the hole would be punched into the new bytes).
+        release = _Shared[None]()
+        for index in victims:
+            transfer.releasing[index] = release
+        release.run(self._release(transfer, blob, ranges, victims, release))
+        await release.observe()
 
     def _ahead(self, budget: int) -> int:
         """
@@ -679,7 +930,12 @@ class Downloader:
         return area // 2
 
     async def _release(
-        self, transfer: _Transfer, blob: Blob, ranges: ByteRanges
+        self,
+        transfer: _Transfer,
+        blob: Blob,
+        ranges: ByteRanges,
+        victims: list[int],
+        release: _Shared[None],
     ) -> None:
         try:
             await self.blobs.release(blob, ranges)
@@ -692,15 +948,17 @@ class Downloader:
                 size=ranges.total(),
                 error=describe(e) if isinstance(e, RealizeError) else repr(e),
             )
+        finally:
+            for index in victims:
+                if transfer.releasing.get(index) is release:
+                    del transfer.releasing[index]
 
-    def _piece(
-        self, transfer: _Transfer, index: int, blob: Blob | None
-    ) -> _Shared[bytes]:
+    def _piece(self, transfer: _Transfer, index: int) -> _Shared[bytes]:
         shared = transfer.pieces.get(index)
         if shared is None or shared.failed:
-            shared = _Shared.start(self._fetch_piece(transfer, index, blob))
-            if not shared.done:
-                transfer.pieces[index] = shared
+            shared = _Shared()
+            transfer.pieces[index] = shared
+            shared.run(self._fetch_piece(transfer, index, shared))
         return shared
 
     # Fetching.
@@ -724,32 +982,213 @@ class Downloader:
         return blob
 
     async def _fetch_piece(
-        self, transfer: _Transfer, index: int, blob: Blob | None
+        self,
+        transfer: _Transfer,
+        index: int,
+        shared: _Shared[bytes],
     ) -> bytes:
         inode = transfer.version.inode
-        if self.pins is not None:
-            self.pins.hold(inode)
-        await transfer.semaphore.acquire()
+        self._pin(inode)
+
+        def forget() -> None:
+            if transfer.pieces.get(index) is shared:
+                del transfer.pieces[index]
+            self._unpin(inode)
+
         try:
+            await transfer.semaphore.acquire()
             try:
-                if transfer.leaves is None or transfer.leaves.failed:
-                    transfer.leaves = _Shared.start(self._fetch_leaves(transfer))
-                leaves = await transfer.leaves.observe()
+                if transfer.count == 1:
+                    # One leaf: the version's root is that leaf's hash.
+                    leaves: tuple[bytes, ...] = (transfer.digest,)
+                else:
+                    if transfer.leaves is None or transfer.leaves.failed:
+                        transfer.leaves = _Shared.start(self._fetch_leaves(transfer))
+                    leaves = await transfer.leaves.observe()
                 start, end = transfer.bounds(index)
                 data = await self._fetch_verified(transfer, leaves[index], start, end)
             finally:
                 transfer.semaphore.release()
             if self.fetched is not None:
                 self.fetched(len(data))
-            if blob is not None:
-                await self._keep(transfer, blob, index, data)
-            return data
-        finally:
-            # Only now: until the bytes are recorded, another read of this
-            # piece waits for this fetch rather than starting its own.
-            transfer.pieces.pop(index, None)
-            if self.pins is not None:
-                self.pins.drop(inode)
+        except BaseException:
+            forget()
+            raise
+        self._hold(transfer, index, data, forget)
+        return data
+
+    def _hold(
+        self,
+        transfer: _Transfer,
+        index: int,
+        data: bytes,
+        forget: Callable[[], None],
+    ) -> None:
+        """
+        Keep a verified piece in memory while it is written: until the bytes
+        are recorded, reads of this piece take them from there (its shared
+        result, or L{verified}) rather than fetching them again; then
+        C{forget} drops the shared piece (and the file's pin).
+        """
+        key = (transfer.version.inode, transfer.digest, index)
+        with self._memory_lock:
+            self._memory[key] = data
+        transfer.unkept += 1
+        self._unkept += 1
+
+        def kept(_: object) -> None:
+            transfer.unkept -= 1
+            self._unkept -= 1
+            with self._memory_lock:
+                self._memory.pop(key, None)
+            forget()
+            if transfer.unkept == 0:
+                settled, transfer.settled = transfer.settled, []
+                for waiter in settled:
+                    waiter.callback(None)
+
+        keeping = Deferred.fromCoroutine(self._keep_when_open(transfer, index, data))
+        keeping.addErrback(
+            lambda f: log.failure("keeping a verified piece failed", f)
+        ).addBoth(kept)
+
+    def _pin(self, inode: int) -> None:
+        if self.pins is not None:
+            self.pins.hold(inode)
+
+    def _unpin(self, inode: int) -> None:
+        if self.pins is not None:
+            self.pins.drop(inode)
+
+    # Small files, in batches.
+
+    def prefetch(self, versions: Sequence[FileVersion]) -> None:
+        """
+        Start fetching whole small files (one leaf each) in batches, one
+        C{ReadFiles} per peer: each is verified against its version's hash
+        (its root is its one leaf), held in memory for the reads that
+        follow (L{verified}) and written to its blob.  In the reactor
+        thread; nothing waits for it.  Files already present or being
+        fetched, not of one leaf, or that no connected peer has are left
+        out; at most L{PREFETCH_FILES} files and L{PREFETCH_BYTES} bytes,
+        and, with a block cache, small files being prefetched take at most
+        1 / L{HELD_AREA_SHARE} of its working area (those of earlier
+        batches not written yet included).  A file whose batch fails is
+        fetched again, alone, by its next read.  Each file is pinned until
+        its bytes are written or its fetch failed, and counted in
+        L{fetched} once verified.
+
+        @param versions: the files' default versions, with their hashes.
+        """
+        if self._closed:
+            return
+        batches: dict[PeerId, tuple[RemoteData, list[_Prefetch]]] = {}
+        room = PREFETCH_BYTES
+        area = self.blobs.working_area()
+        if area is not None:
+            # Pinned until written: never so many that the cache must evict
+            # what it protects to make room.
+            room = min(room, area // HELD_AREA_SHARE - self._prefetching)
+        total = 0
+        for version in versions[:PREFETCH_FILES]:
+            digest = version.hash
+            if (
+                digest is None
+                or version.arena != self.arena
+                or not 0 < version.size <= PIECE_SIZE
+            ):
+                continue
+            if total + version.size > room:
+                break
+            transfer = self._transfer(version, digest)
+            pending = transfer.pieces.get(0)
+            if transfer.has(0) or (pending is not None and not pending.failed):
+                continue
+            source = next(iter(self._peers(transfer, set())), None)
+            if source is None:
+                continue
+            if transfer.blob is None:
+                transfer.blob = _Shared.start(self._open_blob(transfer))
+            item = _Prefetch(transfer, source[0])
+            transfer.pieces[0] = item.shared
+            item.shared.run(self._prefetched(item))
+            batches.setdefault(source[0], (source[1], []))[1].append(item)
+            total += version.size
+        for store, items in batches.values():
+            Deferred.fromCoroutine(self._read_batch(store, items)).addErrback(
+                lambda f: log.failure("a small-file batch failed", f)
+            )
+
+    async def _read_batch(self, store: RemoteData, items: list[_Prefetch]) -> None:
+        files = [
+            (item.transfer.version.path, item.transfer.version.size) for item in items
+        ]
+        try:
+            results = await self._timed(store.read_files(self.arena, files))
+            if len(results) != len(items):
+                raise IOFailure(f"{store.describe()}: {len(results)} files answered")
+        except (RealizeError, TimeoutError) as e:
+            for item in items:
+                # (If cancelled, as the downloader closed, this is ignored.)
+                item.arrived.errback(Failure(e))
+            return
+        for item, result in zip(items, results, strict=True):
+            if isinstance(result, RealizeError):
+                item.arrived.errback(Failure(result))
+            else:
+                item.arrived.callback(result.data)
+
+    async def _prefetched(self, item: _Prefetch) -> bytes:
+        transfer = item.transfer
+        inode = transfer.version.inode
+        self._pin(inode)
+        self._prefetching += transfer.version.size
+
+        def forget() -> None:
+            if transfer.pieces.get(0) is item.shared:
+                del transfer.pieces[0]
+            self._unpin(inode)
+            self._prefetching -= transfer.version.size
+
+        try:
+            data = await item.arrived
+            if len(data) != transfer.version.size or leaf_hash(data) != transfer.digest:
+                transfer.bad.add(item.peer)
+                log.warn(
+                    "{arena}/{path}: the bytes from {peer} do not match version {hash}",
+                    arena=self.arena,
+                    path=transfer.version.path,
+                    peer=item.peer,
+                    hash=format_hash(transfer.digest),
+                )
+                raise IOFailure(
+                    f"{self._where(transfer.version)}: bytes do not match the version"
+                )
+            if self.fetched is not None:
+                self.fetched(len(data))
+        except BaseException:
+            forget()
+            raise
+        self._hold(transfer, 0, data, forget)
+        return data
+
+    async def _keep_when_open(
+        self, transfer: _Transfer, index: int, data: bytes
+    ) -> None:
+        """
+        Write verified bytes into the version's blob once it is open (not
+        at all if it could not be made), and once a release of their range
+        is done.
+        """
+        releasing = transfer.releasing.get(index)
+        if releasing is not None:
+            await releasing.observe()
+        if transfer.blob is None:
+            # The blob went (evicted, outdated) since: a new one.
+            transfer.blob = _Shared.start(self._open_blob(transfer))
+        blob = await transfer.blob.observe()
+        if blob is not None:
+            await self._keep(transfer, blob, index, data)
 
     async def _keep(
         self, transfer: _Transfer, blob: Blob, index: int, data: bytes

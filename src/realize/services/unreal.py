@@ -6,6 +6,19 @@ the FUSE thread, data from the blob store in the FUSE thread when it is
 there, from the downloader (in the reactor, through the bridge, with its
 deadline) when it is not.
 
+The read path (L{UnrealBackend.read}), in a FUSE thread, costs no
+reactor round trip when the bytes are local: they come from the blob (a
+range recorded there) or from the downloader's verified pieces not yet
+written (L{Downloader.verified}); the reactor is then only told, without
+waiting, once per piece of a file not complete, so that a sequential
+reader keeps the read-ahead ahead (L{Downloader.advance} through
+L{Bridge.post}).  Only bytes in neither place go through the bridge, with
+the file's version read here (sqlite, in this thread) so that the
+downloader does not look it up again.  A reader going through small
+files (two misses within L{SMALL_STREAK}) gets the next ones of the
+directory fetched with the one it reads, in one batch
+(L{Downloader.prefetch}), and then served from memory.
+
 What a notification batch changed reaches the rest (L{ArenaCache.apply}
 returns it; L{UnrealBackend.applied} acts on it): outdated blobs join
 the block cache's pending removal queue, reads waiting for a version
@@ -53,7 +66,7 @@ from realize.fuse.bridge import Bridge
 from realize.hashing import format_hash
 from realize.model import KIND_DIR, KIND_FILE, ArenaName, Entry, Notification, PeerId
 from realize.services.cache import BlobCache
-from realize.services.downloader import Downloader
+from realize.services.downloader import PIECE_SIZE, PREFETCH_FILES, Downloader
 from realize.storage import unreal
 from realize.storage.blobs import QUEUE_PROTECTED, BlobStore
 from realize.storage.consensus import QueueRow, _txn_apply_tracked, queue_row
@@ -72,12 +85,23 @@ from realize.storage.unrealview import FileVersion, SqliteUnrealView
 __all__ = [
     "CONFLICTS_DIR",
     "SHORT_HASH",
+    "SMALL_STREAK",
+    "VERSION_REFRESH",
     "VIRTUAL_BASE",
     "ArenaCache",
     "ConflictMetrics",
     "UnrealBackend",
     "conflict_name",
 ]
+
+#: Seconds between two reads of small files that missed the cache within
+#: which the second fetches the small files after it in its directory too
+#: (L{realize.services.downloader.Downloader.prefetch}).
+SMALL_STREAK: Final = 1.0
+
+#: Seconds an open file's version (its path and the peers that have it,
+#: for the downloader) is used before it is read again from sqlite.
+VERSION_REFRESH: Final = 1.0
 
 log = Logger(namespace="realize.unreal")
 
@@ -199,6 +223,10 @@ class _Handle:
     arena: ArenaName
     inode: int
     digest: bytes | None
+    size: int
+    complete: bool
+    version: FileVersion | None = None
+    version_at: float = 0.0
     #: For a conflict's file: its inode in the view (the handle's C{inode}
     #: is the real file's).
     fork: int | None = None
@@ -290,6 +318,7 @@ class UnrealBackend:
     @ivar default_mark: an arena's default mark.
     @ivar caches: each arena's block cache (told of opens, releases, hits
         and misses; its thread-safe methods only).
+    @ivar monotonic: the time in seconds, for L{VERSION_REFRESH}.
     """
 
     view: SqliteUnrealView
@@ -300,7 +329,11 @@ class UnrealBackend:
     marks: MarkSetter | None = None
     default_mark: Callable[[ArenaName], str] = lambda arena: "watch"
     caches: Mapping[ArenaName, BlobCache] = field(factory=dict)
+    monotonic: Callable[[], float] = time.monotonic
     _handles: dict[int, _Handle] = field(factory=dict, init=False)
+    #: The version of the last read of each inode, for L{Opened.keep_cache}.
+    _served: dict[int, bytes] = field(factory=dict, init=False)
+    _last_small_miss: dict[ArenaName, float] = field(factory=dict, init=False)
     _numbers: Any = field(factory=lambda: itertools.count(1), init=False)
     _lock: threading.Lock = field(factory=threading.Lock, init=False)
     _virtual: _VirtualInodes = field(factory=_VirtualInodes, init=False)
@@ -352,10 +385,10 @@ class UnrealBackend:
         entry = self._entry(inode)
         if entry.kind == KIND_DIR:
             raise IsADirectory(f"inode {inode} is a directory")
-        located = self.view.locate(inode)
-        if located is None:
+        arena = self.view.arena_of(inode)
+        if arena is None:
             raise NotFound(f"inode {inode} belongs to no arena")
-        return entry, located[0]
+        return entry, arena
 
     def _complete(self, arena: ArenaName, entry: Entry) -> bool:
         if entry.hash is None:
@@ -376,10 +409,18 @@ class UnrealBackend:
             if cache is not None:
                 cache.closed(inode)
             raise
+        # The kernel's pages of this inode, if any, hold bytes this backend
+        # served; if the last version served is the one opened, they are
+        # bytes of it (a version that changed gives another digest here).
+        keep = complete or (
+            entry.hash is not None and self._served.get(inode) == entry.hash
+        )
         with self._lock:
             number = next(self._numbers)
-            self._handles[number] = _Handle(arena, inode, entry.hash)
-        return Opened(number, complete)
+            self._handles[number] = _Handle(
+                arena, inode, entry.hash, entry.size, complete
+            )
+        return Opened(number, keep)
 
     def read(self, inode: int, handle: int, offset: int, size: int) -> bytes:
         opened = self._handles.get(handle)
@@ -387,28 +428,71 @@ class UnrealBackend:
             raise BadRequest(f"no open file {handle}")
         if opened.fork is not None:
             return self._read_conflict(opened, offset, size)
+        downloader = self.downloaders.get(opened.arena)
         cache = self.caches.get(opened.arena)
-        if opened.digest is not None:
-            data = self.view.read_cached(
-                opened.arena, inode, opened.digest, offset, offset + size
+        digest = opened.digest
+        if digest is not None:
+            self._served[inode] = digest
+            end = min(offset + size, opened.size)
+            if offset >= end:
+                return b""
+            data = (
+                None
+                if downloader is None
+                else downloader.verified(inode, digest, offset, end)
             )
+            if data is None:
+                data = self.view.read_cached(opened.arena, inode, digest, offset, end)
             if data is not None:
                 if cache is not None:
-                    cache.read_hit(inode, opened.digest, len(data))
+                    cache.read_hit(inode, digest, len(data))
+                if (
+                    downloader is not None
+                    and not opened.complete
+                    and offset % PIECE_SIZE < size
+                ):
+                    # The first read in this piece: the read-ahead moves on.
+                    self.bridge.post(downloader.advance, inode, digest, offset, end)
                 return data
         if cache is not None:
             cache.read_miss(size)
-        downloader = self.downloaders.get(opened.arena)
         if downloader is None:
             raise IOFailure(f"arena {opened.arena}: no downloader")
+        now = self.monotonic()
+        version = opened.version
+        if version is None or now - opened.version_at >= VERSION_REFRESH:
+            # Looked up once a second at most per open file: the peers that
+            # have the version change as notifications come.
+            version = self.view.version(inode)
+            opened.version, opened.version_at = version, now
+        if version is not None and self._small_miss(opened.arena, version, now):
+            # Going through small files: this one and those after it in
+            # its directory in one batch (the read below waits for it).
+            batch = [version]
+            batch.extend(
+                self.view.small_files_after(inode, PIECE_SIZE, PREFETCH_FILES - 1)
+            )
+            self.bridge.post(downloader.prefetch, batch)
 
         def fetch() -> Deferred[bytes]:
             return Deferred.fromCoroutine(
-                downloader.read(inode, offset, size, opened.digest)
+                downloader.read(inode, offset, size, digest, version)
             )
 
         # The bridge's type cannot tell a Deferred's result from a value.
         return cast(bytes, self.bridge.call(cast(Callable[[], Any], fetch)))
+
+    def _small_miss(self, arena: ArenaName, version: FileVersion, now: float) -> bool:
+        """
+        A read of a small file (one leaf) missed: is it the second within
+        L{SMALL_STREAK} seconds in this arena (a reader going through small
+        files, not one file opened alone)?
+        """
+        if version.hash is None or not 0 < version.size <= PIECE_SIZE:
+            return False
+        last = self._last_small_miss.get(arena)
+        self._last_small_miss[arena] = now
+        return last is not None and now - last <= SMALL_STREAK
 
     def release(self, inode: int, handle: int) -> None:
         with self._lock:
@@ -483,6 +567,8 @@ class UnrealBackend:
         if version is not None and self.me is not None and self.me in version.peers:
             return "local"
         located = self.view.locate(inode)
+        if located is not None:
+            self._settle(located[0], inode, entry.hash)
         state = (
             None if located is None else self.view.cached(located[0], inode, entry.hash)
         )
@@ -491,6 +577,22 @@ class UnrealBackend:
         if state.present >= state.size:
             return "protected" if state.queue == QUEUE_PROTECTED else "cached verified"
         return f"cached {state.present * 100 // max(state.size, 1)}%"
+
+    def _settle(self, arena: ArenaName, inode: int, digest: bytes) -> None:
+        """
+        Wait for the verified bytes of a version still being written to
+        its blob (reads return before: L{Downloader.written}), so that the
+        status says what the cache holds once a read returned.
+        """
+        downloader = self.downloaders.get(arena)
+        if downloader is None or not downloader.writing(inode, digest):
+            return
+
+        def written() -> Deferred[None]:
+            assert downloader is not None
+            return Deferred.fromCoroutine(downloader.written(inode, digest))
+
+        self.bridge.call(cast(Callable[[], Any], written))
 
     def statfs(self) -> SpaceInfo:
         try:
@@ -623,7 +725,10 @@ class UnrealBackend:
             cache.opened(node.inode, node.digest)
         with self._lock:
             number = next(self._numbers)
-            self._handles[number] = _Handle(node.arena, node.inode, node.digest, inode)
+            # (Size and completeness are the default version's business.)
+            self._handles[number] = _Handle(
+                node.arena, node.inode, node.digest, 0, False, fork=inode
+            )
         return Opened(number, False)
 
     def _read_conflict(self, opened: _Handle, offset: int, size: int) -> bytes:

@@ -63,6 +63,7 @@ __all__ = [
     "conflicted_files",
     "file_path",
     "file_version",
+    "small_files_after",
 ]
 
 Connection = sqlite3.Connection
@@ -301,6 +302,66 @@ def _fork_version(
                 conflict.peers,
             )
     return None
+
+
+def small_files_after(
+    connection: Connection,
+    arena: ArenaName,
+    root: int,
+    inode: int,
+    max_size: int,
+    count: int,
+) -> list[FileVersion]:
+    """
+    The files that follow one in its directory (by name) whose default
+    version is small and not in a blob: what a reader going through the
+    directory asks next (for the downloader's small-file prefetch).
+
+    @param connection: a connection on the arena's db.
+    @param root: the arena root's inode.
+    @param inode: a file of that arena.
+    @param max_size: largest size wanted, bytes (empty files are left out).
+    @param count: most files returned.
+    @return: their versions, in name order (with a hash, and the peers
+        that have it).
+    """
+    row = connection.execute(
+        "SELECT parent, name FROM directory WHERE inode = ?", (inode,)
+    ).fetchone()
+    if row is None:
+        return []
+    parent, name = int(row[0]), str(row[1])
+    where = file_path(connection, root, parent)
+    if where is None:
+        return []
+    rows = connection.execute(
+        "SELECT d.inode, d.name, f.size, f.mtime_ns, f.hash FROM directory d"
+        " JOIN file f ON f.inode = d.inode AND f.peer = ?"
+        " WHERE d.parent = ? AND d.name > ? AND d.kind = ?"
+        " AND f.hash IS NOT NULL AND f.size > 0 AND f.size <= ?"
+        " AND NOT EXISTS (SELECT 1 FROM blob b WHERE b.inode = d.inode"
+        " AND b.hash = f.hash AND b.queue != 'deleting')"
+        " ORDER BY d.name LIMIT ?",
+        (DEFAULT, parent, name, KIND_FILE, max_size, count),
+    ).fetchall()
+    found = []
+    for child, child_name, size, mtime_ns, digest in rows:
+        digest = bytes(digest)
+        peers = tuple(
+            PeerId(peer)
+            for (peer,) in connection.execute(
+                "SELECT peer FROM file WHERE inode = ? AND peer != ? AND hash = ?"
+                " ORDER BY peer",
+                (child, DEFAULT, digest),
+            )
+        )
+        path = f"{where}/{child_name}" if where else str(child_name)
+        found.append(
+            FileVersion(
+                arena, int(child), path, int(size), int(mtime_ns), digest, peers
+            )
+        )
+    return found
 
 
 @frozen
@@ -560,6 +621,16 @@ class SqliteUnrealView:
         path = self._in_arena(arena, file_path, root, inode)
         return None if path is None else (arena, path)
 
+    def arena_of(self, inode: int) -> ArenaName | None:
+        """
+        The arena an inode belongs to, from the ranges (no path walk, unlike
+        L{locate}): for the FUSE thread's opens.
+
+        @return: the arena, or C{None} for the global tree's directories
+            and unknown inodes.
+        """
+        return self._owner(inode)[1]
+
     def version(self, inode: int) -> FileVersion | None:
         """
         A file's default version and the peers that have it, for the
@@ -620,6 +691,23 @@ class SqliteUnrealView:
         if root is None:
             return None
         return self._in_arena(arena, _fork_version, arena, root, inode, digest)
+
+    def small_files_after(
+        self, inode: int, max_size: int, count: int
+    ) -> list[FileVersion]:
+        """
+        See L{small_files_after} (blocking; any thread).
+
+        @return: C{[]} if C{inode} is not a file of a configured arena.
+        """
+        node, arena = self._owner(inode)
+        root = None if node is not None or arena is None else self._root(arena)
+        if arena is None or root is None:
+            return []
+        found = self._in_arena(
+            arena, small_files_after, arena, root, inode, max_size, count
+        )
+        return [] if found is None else found
 
     def read_cached(
         self, arena: ArenaName, inode: int, digest: bytes, start: int, end: int
