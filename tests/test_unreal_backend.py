@@ -33,6 +33,7 @@ class FakeView:
         self.version_calls = 0
         self.size = SIZE
         self.after: list[FileVersion] = []
+        self.after_of: dict[int, list[FileVersion]] = {}
 
     def getattr(self, inode: int) -> Entry | None:
         return Entry(inode, KIND_FILE, self.size, 10, self.digest, 1)
@@ -60,7 +61,7 @@ class FakeView:
     def small_files_after(
         self, inode: int, max_size: int, count: int
     ) -> list[FileVersion]:
-        return self.after[:count]
+        return self.after_of.get(inode, self.after)[:count]
 
     def query(self, arena: str, f: Callable[..., Any], *args: Any) -> Any:
         return None
@@ -251,14 +252,18 @@ class ReadPathTests(SynchronousTestCase):
 
     def test_small_files_streak(self) -> None:
         """
-        A second small file missed within L{SMALL_STREAK} of the first asks
-        the downloader (without waiting) to fetch it with the small files
-        after it in its directory; a first one alone, a large one, or one
-        missed later, does not.
+        A second small file missed within L{SMALL_STREAK} of the first,
+        that follows it in its directory, asks the downloader (without
+        waiting) to fetch it with the small files after it; a first one
+        alone, a large one, or one missed later, does not.
         """
         self.view.size = 4096
         sibling = FileVersion(ARENA, 99, "g", 10, 10, b"\3" * 32, (PeerId("b"),))
+        following = FileVersion(
+            ARENA, INODE + 1, "f2", 10, 10, b"\4" * 32, (PeerId("b"),)
+        )
         self.view.after = [sibling]
+        self.view.after_of[INODE] = [following, sibling]
         self.backend.read(INODE, self.open(), 0, 4096)
         self.assertEqual(self.bridge.posted, [])
         self.now += SMALL_STREAK / 2
@@ -273,3 +278,17 @@ class ReadPathTests(SynchronousTestCase):
         self.now += SMALL_STREAK / 2
         self.backend.read(INODE + 3, self.backend.open(INODE + 3).handle, 0, 4096)
         self.assertEqual(len(self.bridge.posted), 1)
+
+    def test_small_files_random(self) -> None:
+        """
+        Small files missed in quick succession but not one after the other
+        in their directory (random reads) fetch no batch: it would bring
+        files nobody asked for into the cache.
+        """
+        self.view.size = 4096
+        sibling = FileVersion(ARENA, 99, "g", 10, 10, b"\3" * 32, (PeerId("b"),))
+        self.view.after = [sibling]
+        for n in range(4):
+            self.now += SMALL_STREAK / 4
+            self.backend.read(INODE + n, self.backend.open(INODE + n).handle, 0, 4096)
+        self.assertEqual(self.bridge.posted, [])
