@@ -402,6 +402,30 @@ class CatchupTests(_WatcherCase):
         warnings = [e for e in self.events if e.get("path") == "secret"]
         self.assertEqual(len(warnings), 1)
 
+    def test_unreadable_directory_after_a_removed_file(self) -> None:
+        """
+        A file removed that sorts just before an unreadable directory
+        (C{secret.txt} before C{secret/}) is a Remove; the files the index
+        holds beneath the directory are still left alone (the scan does
+        not even name them as missing).
+        """
+        self.write("secret.txt")
+        self.write("secret/f")
+        self.stop(self.start())
+        os.unlink(os.path.join(self.root, "secret.txt"))
+        real_open = os.open
+
+        def refusing(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+            if path == "secret":
+                raise PermissionError(errno.EACCES, "Permission denied", path)
+            return real_open(path, flags, *args, **kwargs)
+
+        self.patch(scan.os, "open", refusing)
+        result = scan.scan_tree(self.root, "", None, self.db)
+        self.assertEqual(result.missing, ["secret.txt"])
+        self.start()
+        self.assertEqual(sorted(self.indexed()), ["secret/f"])
+
 
 class EventTests(_WatcherCase):
     """
