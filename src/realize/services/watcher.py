@@ -521,6 +521,11 @@ class ArenaWatcher:
             batch.append(path)
 
     def _release(self, paths: Iterable[str]) -> None:
+        if not self._again:
+            # Nothing touched while busy (a first indexing: thousands of
+            # paths a batch): one set operation.
+            self._busy.difference_update(paths)
+            return
         for path in paths:
             self._busy.discard(path)
             if path in self._again:
@@ -861,27 +866,33 @@ class ArenaWatcher:
         # hashing (which checks them again), unless something else is
         # under way for them.
         unhashed = []
-        direct = []
-        for item in result.changed:
-            path = item[0]
-            if (
-                path in self._busy
-                or path in self._pending
-                or path in self._due
-                or path in self._hints
-            ):
-                self.touch(path, 0)
-                continue
-            self._busy.add(path)
-            direct.append(item)
-            if item[1] >= self.unhashed_notice_size:
-                unhashed.append(item)
+        direct: list[tuple[str, int, int]] = []
+        if not (self._busy or self._pending or self._due or self._hints):
+            # Nothing under way (the catch-up at start): all of them, in
+            # set and list operations rather than a test per file.
+            direct = result.changed
+            self._busy.update(item[0] for item in direct)
+            unhashed = [i for i in direct if i[1] >= self.unhashed_notice_size]
+        else:
+            for item in result.changed:
+                path = item[0]
+                if (
+                    path in self._busy
+                    or path in self._pending
+                    or path in self._due
+                    or path in self._hints
+                ):
+                    self.touch(path, 0)
+                    continue
+                self._busy.add(path)
+                direct.append(item)
+                if item[1] >= self.unhashed_notice_size:
+                    unhashed.append(item)
         try:
             await self.index.record_unhashed(unhashed)
         finally:
-            for item in direct:
-                self._hash_queue.append(item)
-                self._hash_backlog += item[1]
+            self._hash_queue.extend(direct)
+            self._hash_backlog += sum(item[1] for item in direct)
             if self._running:
                 self._pump_hashing()
         self.log.info(
