@@ -17,7 +17,9 @@ How a change reaches the index:
        removed.  A directory is scanned.
     3. Hashing runs in the thread pool, in batches, and re-stats each file:
        a file whose size or mtime changed while it was hashed is not
-       recorded, it waits for the delay again.
+       recorded, it waits for the delay again.  A batch hashed is recorded
+       while the next ones hash (at most L{RECORD_BACKLOG} batches wait for
+       the db).
     4. A file the store just finished (L{StoreListener.file_finished},
        with its Merkle root) is recorded with that root, without hashing,
        if its size and mtime on disk are the ones the store gave.
@@ -99,6 +101,10 @@ HASH_BATCH_FILES = 512
 HASH_BATCH_BYTES = 16 << 20
 HASH_CONCURRENCY = 2
 
+#: Hashed batches waiting to be recorded at most: hashing goes on while
+#: the db records (new batches start only below this many).
+RECORD_BACKLOG = 2
+
 #: Hints from the store kept at most (the oldest go first).
 MAX_HINTS = 100_000
 
@@ -168,6 +174,7 @@ class ArenaWatcher:
     )
     _hash_backlog: int = field(default=0, init=False)
     _hashing: int = field(default=0, init=False)
+    _recording: int = field(default=0, init=False)
     _checking: bool = field(default=False, init=False)
     _timer: IDelayedCall | None = field(default=None, init=False)
     _rescan_timer: IDelayedCall | None = field(default=None, init=False)
@@ -255,6 +262,7 @@ class ArenaWatcher:
             or self._busy
             or self._hash_queue
             or self._hashing
+            or self._recording
             or self._checking
             or self._scans
             or self._scanning
@@ -733,7 +741,12 @@ class ArenaWatcher:
     # -- hashing -----------------------------------------------------------------
 
     def _pump_hashing(self) -> None:
-        while self._running and self._hash_queue and self._hashing < HASH_CONCURRENCY:
+        while (
+            self._running
+            and self._hash_queue
+            and self._hashing < HASH_CONCURRENCY
+            and self._recording < RECORD_BACKLOG
+        ):
             batch: list[tuple[str, int, int]] = []
             size = 0
             while self._hash_queue and len(batch) < HASH_BATCH_FILES:
@@ -752,10 +765,20 @@ class ArenaWatcher:
 
     async def _hash(self, batch: list[tuple[str, int, int]]) -> None:
         paths = [item[0] for item in batch]
+        recording = False
         try:
-            result = await self.run_in_thread(scan.hash_files, self.root, batch)
+            try:
+                result = await self.run_in_thread(scan.hash_files, self.root, batch)
+            finally:
+                self._hashing -= 1
             if not self._running:
                 return
+            # The thread is free: the next batch hashes while this one is
+            # recorded (the db's thread writes while ours hash; at most
+            # RECORD_BACKLOG batches wait for it).
+            self._recording += 1
+            recording = True
+            self._pump_hashing()
             notes = await self.index.record_versions(result.versions)
             if self.metrics is not None:
                 self.metrics.hashed(
@@ -787,7 +810,8 @@ class ArenaWatcher:
             self._release(paths)
             raise
         finally:
-            self._hashing -= 1
+            if recording:
+                self._recording -= 1
             if self._running:
                 self._pump_hashing()
                 self._schedule()
