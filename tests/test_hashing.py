@@ -110,6 +110,18 @@ class KnownAnswerTests(SynchronousTestCase):
         self.assertEqual(leaf_hash(b""), blake3(b"\x00").digest())
         self.assertNotEqual(leaf_hash(b""), EMPTY_ROOT)
 
+    def test_leaf_hash_small_and_large(self) -> None:
+        """
+        Small leaves (hashed in one call on a prefixed copy) and large ones
+        (hashed incrementally) give the same digest as the definition, on
+        either side of the size where the method changes.
+        """
+        data = os.urandom(LEAF_SIZE)
+        for size in (1, 4096, (64 << 10) - 1, 64 << 10, (64 << 10) + 1, LEAF_SIZE):
+            expected = blake3(b"\x00" + data[:size]).digest()
+            self.assertEqual(leaf_hash(data[:size]), expected, size)
+            self.assertEqual(leaf_hash(memoryview(data)[:size]), expected, size)
+
     def test_one_leaf(self) -> None:
         """
         The root of a single leaf is the leaf itself.

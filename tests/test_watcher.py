@@ -40,6 +40,7 @@ from realize.config import ArenaConfig, Config
 from realize.hashing import hash_fd_range, merkle_root
 from realize.metrics import HistoryMetrics, make_registry
 from realize.model import ADD, REMOVE, REPLACE, ArenaName
+from realize.services import watcher as watcher_module
 from realize.services.watcher import (
     RESCAN_INTERVAL,
     STABILITY_DELAY,
@@ -297,6 +298,53 @@ class CatchupTests(_WatcherCase):
         )
         self.successResultOf(watcher.wait_idle())
 
+    def test_hashing_goes_on_while_recording(self) -> None:
+        """
+        A batch hashed frees its thread before it is recorded: the next
+        batch hashes while the db records, up to L{RECORD_BACKLOG} batches
+        waiting for the db; everything is recorded once the db answers.
+        """
+        self.patch(watcher_module, "HASH_BATCH_FILES", 1)
+        self.patch(watcher_module, "HASH_CONCURRENCY", 1)
+        self.patch(watcher_module, "RECORD_BACKLOG", 2)
+        for name in ("a", "b", "c"):
+            self.write(name)
+        hashed: list[list[str]] = []
+
+        def counting(f: Callable[..., Any], /, *args: Any, **kw: Any) -> Any:
+            if f is scan.hash_files:
+                hashed.append([item[0] for item in args[1]])
+            return sync_run_in_thread(f, *args, **kw)
+
+        self.runner = counting
+        held: list[tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]] = []
+        pool = self.pool
+
+        class Holding:
+            def runInteraction(self, f: Callable[..., Any], *args: Any) -> Any:
+                if f.__name__ != "_txn_record_versions":
+                    return pool.runInteraction(f, *args)
+                d: Deferred[Any] = Deferred()
+                held.append((d, f, args))
+                return d
+
+            def close(self) -> None:
+                pool.close()
+
+        self.index.pool = Holding()
+        watcher = self.start()
+        # Two batches hashed, both waiting for the db; the third waits.
+        self.assertEqual(hashed, [["a"], ["b"]])
+        self.assertEqual(len(held), 2)
+        self.assertNoResult(watcher.wait_idle())
+        while held:
+            d, f, args = held.pop(0)
+            pool.runInteraction(f, *args).chainDeferred(d)
+            self.clock.advance(0)
+        self.assertEqual(hashed, [["a"], ["b"], ["c"]])
+        self.assertEqual(sorted(self.indexed()), ["a", "b", "c"])
+        self.successResultOf(watcher.wait_idle())
+
     def test_never_indexed(self) -> None:
         """
         Partial files, symlinks, FIFOs, sockets and the excluded workdir are
@@ -401,6 +449,30 @@ class CatchupTests(_WatcherCase):
         self.assertEqual(sorted(self.indexed()), ["ok/f", "ok/g", "secret/f"])
         warnings = [e for e in self.events if e.get("path") == "secret"]
         self.assertEqual(len(warnings), 1)
+
+    def test_unreadable_directory_after_a_removed_file(self) -> None:
+        """
+        A file removed that sorts just before an unreadable directory
+        (C{secret.txt} before C{secret/}) is a Remove; the files the index
+        holds beneath the directory are still left alone (the scan does
+        not even name them as missing).
+        """
+        self.write("secret.txt")
+        self.write("secret/f")
+        self.stop(self.start())
+        os.unlink(os.path.join(self.root, "secret.txt"))
+        real_open = os.open
+
+        def refusing(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+            if path == "secret":
+                raise PermissionError(errno.EACCES, "Permission denied", path)
+            return real_open(path, flags, *args, **kwargs)
+
+        self.patch(scan.os, "open", refusing)
+        result = scan.scan_tree(self.root, "", None, self.db)
+        self.assertEqual(result.missing, ["secret.txt"])
+        self.start()
+        self.assertEqual(sorted(self.indexed()), ["secret/f"])
 
 
 class EventTests(_WatcherCase):

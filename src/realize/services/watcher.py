@@ -17,7 +17,9 @@ How a change reaches the index:
        removed.  A directory is scanned.
     3. Hashing runs in the thread pool, in batches, and re-stats each file:
        a file whose size or mtime changed while it was hashed is not
-       recorded, it waits for the delay again.
+       recorded, it waits for the delay again.  A batch hashed is recorded
+       while the next ones hash (at most L{RECORD_BACKLOG} batches wait for
+       the db).
     4. A file the store just finished (L{StoreListener.file_finished},
        with its Merkle root) is recorded with that root, without hashing,
        if its size and mtime on disk are the ones the store gave.
@@ -99,6 +101,10 @@ HASH_BATCH_FILES = 512
 HASH_BATCH_BYTES = 16 << 20
 HASH_CONCURRENCY = 2
 
+#: Hashed batches waiting to be recorded at most: hashing goes on while
+#: the db records (new batches start only below this many).
+RECORD_BACKLOG = 2
+
 #: Hints from the store kept at most (the oldest go first).
 MAX_HINTS = 100_000
 
@@ -168,6 +174,7 @@ class ArenaWatcher:
     )
     _hash_backlog: int = field(default=0, init=False)
     _hashing: int = field(default=0, init=False)
+    _recording: int = field(default=0, init=False)
     _checking: bool = field(default=False, init=False)
     _timer: IDelayedCall | None = field(default=None, init=False)
     _rescan_timer: IDelayedCall | None = field(default=None, init=False)
@@ -255,6 +262,7 @@ class ArenaWatcher:
             or self._busy
             or self._hash_queue
             or self._hashing
+            or self._recording
             or self._checking
             or self._scans
             or self._scanning
@@ -521,6 +529,11 @@ class ArenaWatcher:
             batch.append(path)
 
     def _release(self, paths: Iterable[str]) -> None:
+        if not self._again:
+            # Nothing touched while busy (a first indexing: thousands of
+            # paths a batch): one set operation.
+            self._busy.difference_update(paths)
+            return
         for path in paths:
             self._busy.discard(path)
             if path in self._again:
@@ -728,7 +741,12 @@ class ArenaWatcher:
     # -- hashing -----------------------------------------------------------------
 
     def _pump_hashing(self) -> None:
-        while self._running and self._hash_queue and self._hashing < HASH_CONCURRENCY:
+        while (
+            self._running
+            and self._hash_queue
+            and self._hashing < HASH_CONCURRENCY
+            and self._recording < RECORD_BACKLOG
+        ):
             batch: list[tuple[str, int, int]] = []
             size = 0
             while self._hash_queue and len(batch) < HASH_BATCH_FILES:
@@ -747,10 +765,20 @@ class ArenaWatcher:
 
     async def _hash(self, batch: list[tuple[str, int, int]]) -> None:
         paths = [item[0] for item in batch]
+        recording = False
         try:
-            result = await self.run_in_thread(scan.hash_files, self.root, batch)
+            try:
+                result = await self.run_in_thread(scan.hash_files, self.root, batch)
+            finally:
+                self._hashing -= 1
             if not self._running:
                 return
+            # The thread is free: the next batch hashes while this one is
+            # recorded (the db's thread writes while ours hash; at most
+            # RECORD_BACKLOG batches wait for it).
+            self._recording += 1
+            recording = True
+            self._pump_hashing()
             notes = await self.index.record_versions(result.versions)
             if self.metrics is not None:
                 self.metrics.hashed(
@@ -782,7 +810,8 @@ class ArenaWatcher:
             self._release(paths)
             raise
         finally:
-            self._hashing -= 1
+            if recording:
+                self._recording -= 1
             if self._running:
                 self._pump_hashing()
                 self._schedule()
@@ -864,31 +893,39 @@ class ArenaWatcher:
         # (a store writing into it tells of each file it finishes
         # meanwhile, which then needs no hashing).
         unhashed = []
-        direct = []
-        fresh = reason == "directory"
-        for item in result.changed:
-            path = item[0]
-            if fresh and path not in self._busy:
-                self.touch(path, self.delay)
-                continue
-            if (
-                path in self._busy
-                or path in self._pending
-                or path in self._due
-                or path in self._hints
-            ):
-                self.touch(path, 0)
-                continue
-            self._busy.add(path)
-            direct.append(item)
-            if item[1] >= self.unhashed_notice_size:
-                unhashed.append(item)
+        direct: list[tuple[str, int, int]] = []
+        if reason == "directory":
+            for item in result.changed:
+                if item[0] in self._busy:
+                    self.touch(item[0], 0)
+                else:
+                    self.touch(item[0], self.delay)
+        elif not (self._busy or self._pending or self._due or self._hints):
+            # Nothing under way (the catch-up at start): all of them, in
+            # set and list operations rather than a test per file.
+            direct = result.changed
+            self._busy.update(item[0] for item in direct)
+            unhashed = [i for i in direct if i[1] >= self.unhashed_notice_size]
+        else:
+            for item in result.changed:
+                path = item[0]
+                if (
+                    path in self._busy
+                    or path in self._pending
+                    or path in self._due
+                    or path in self._hints
+                ):
+                    self.touch(path, 0)
+                    continue
+                self._busy.add(path)
+                direct.append(item)
+                if item[1] >= self.unhashed_notice_size:
+                    unhashed.append(item)
         try:
             await self.index.record_unhashed(unhashed)
         finally:
-            for item in direct:
-                self._hash_queue.append(item)
-                self._hash_backlog += item[1]
+            self._hash_queue.extend(direct)
+            self._hash_backlog += sum(item[1] for item in direct)
             if self._running:
                 self._pump_hashing()
         self.log.info(

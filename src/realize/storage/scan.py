@@ -33,13 +33,16 @@ from realize.hashing import (
     merkle_root,
 )
 from realize.model import (
+    MAX_INT64 as _MAX_INT64,
+)
+from realize.model import (
     MAX_NAME_BYTES,
     MAX_PATH_BYTES,
     check_path,
     clamp_mtime,
     is_partial_name,
 )
-from realize.storage.index import IndexEntry, Version, _txn_index_after
+from realize.storage.index import Version, prefix_range
 from realize.storage.overlaymeta import (
     is_metacopy,
     is_opaque,
@@ -63,9 +66,6 @@ __all__ = [
 
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-
-#: Index rows read per query during a scan.
-INDEX_PAGE = 5000
 
 #: Errors that mean "not there" (as opposed to "cannot look").
 _GONE = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
@@ -290,61 +290,77 @@ def hash_files(root: str, files: Sequence[tuple[str, int, int]]) -> HashResult:
     Hash files, each only if it still has the size and mtime expected, and
     still has them (at the same path, same inode) after hashing.
 
+    The loop runs once per file of a first indexing: names are bound
+    locally, and a file of one leaf is read whole and hashed in one call
+    (issue 9's benchmark, C{bench/history.py}).
+
     @param root: the arena root.
     @param files: C{(path, size, mtime_ns)} as last seen.
     @return: what was hashed, what changed, what went.
     """
     started = time.perf_counter()
     result = HashResult([], [], [], [], 0, 0.0)
+    versions = result.versions
+    changed = result.changed
+    gone = result.gone
+    errors = result.errors
+    hashed = 0
+    open_ = os.open
+    fstat = os.fstat
+    stat_ = os.stat
+    pread = os.pread
+    close = os.close
+    is_reg = stat.S_ISREG
     with _DirFds(root) as dirs:
         for path, size, mtime_ns in files:
             directory, _, name = path.rpartition("/")
             try:
                 dir_fd = dirs.get(directory)
-                fd = os.open(name, _O_READ, dir_fd=dir_fd)
+                fd = open_(name, _O_READ, dir_fd=dir_fd)
             except OSError as e:
                 if e.errno in _GONE:
-                    result.gone.append(path)
+                    gone.append(path)
                 else:
-                    result.errors.append((path, e.strerror or str(e)))
+                    errors.append((path, e.strerror or str(e)))
                 continue
             try:
-                before = os.fstat(fd)
-                if not stat.S_ISREG(before.st_mode):
-                    result.gone.append(path)
+                before = fstat(fd)
+                if not is_reg(before.st_mode):
+                    gone.append(path)
                     continue
-                if (before.st_size, clamp_mtime(before.st_mtime_ns)) != (
-                    size,
-                    mtime_ns,
+                if (
+                    before.st_size != size
+                    or clamp_mtime(before.st_mtime_ns) != mtime_ns
                 ):
-                    result.changed.append(path)
+                    changed.append(path)
                     continue
                 if size <= LEAF_SIZE:
                     # One leaf: read it whole (hash_fd_range allocates a
                     # leaf-sized buffer per call, costly for small files).
-                    data = os.pread(fd, size, 0)
+                    data = pread(fd, size, 0)
                     root_hash = leaf_hash(data) if data else EMPTY_ROOT
                 else:
                     root_hash = merkle_root(hash_fd_range(fd, 0, size))
-                result.size += size
-                after = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                hashed += size
+                after = stat_(name, dir_fd=dir_fd, follow_symlinks=False)
             except OSError as e:
                 if e.errno in _GONE:
-                    result.gone.append(path)
+                    gone.append(path)
                 else:
-                    result.errors.append((path, e.strerror or str(e)))
+                    errors.append((path, e.strerror or str(e)))
                 continue
             finally:
-                os.close(fd)
+                close(fd)
             if (
-                after.st_ino,
-                after.st_dev,
-                after.st_size,
-                after.st_mtime_ns,
-            ) != (before.st_ino, before.st_dev, before.st_size, before.st_mtime_ns):
-                result.changed.append(path)
+                after.st_mtime_ns != before.st_mtime_ns
+                or after.st_size != size
+                or after.st_ino != before.st_ino
+                or after.st_dev != before.st_dev
+            ):
+                changed.append(path)
                 continue
-            result.versions.append(Version(path, size, mtime_ns, root_hash))
+            versions.append(Version(path, size, mtime_ns, root_hash))
+    result.size = hashed
     result.seconds = time.perf_counter() - started
     return result
 
@@ -381,7 +397,8 @@ def _listing(
     A directory's entries as C{(sort key, name, is_dir)}, sorted: a
     directory's key is its name plus C{"/"}.
     """
-    items = []
+    items: list[tuple[str, str, bool]] = []
+    append = items.append
     with os.scandir(fd) as entries:
         for entry in entries:
             name = entry.name
@@ -391,7 +408,7 @@ def _listing(
                 is_dir = entry.is_dir(follow_symlinks=False)
             except OSError:
                 is_dir = False
-            items.append((name + "/" if is_dir else name, name, is_dir))
+            append((name + "/", name, True) if is_dir else (name, name, False))
     items.sort()
     return items
 
@@ -403,6 +420,10 @@ def _walk(
     The regular files beneath C{prefix}, in the index's path order: each
     directory's entries sorted by name, a directory sorting as its name
     plus C{"/"} (so C{a.txt} comes before C{a/x}, as in the index).
+
+    This loop runs once per file of the arena (the catch-up at start):
+    it avoids calls and attribute lookups where it can (issue 9's
+    benchmark, C{bench/history.py}).
     """
     try:
         top = _open_dir(root, prefix)
@@ -423,13 +444,14 @@ def _walk(
     out.directories.append(prefix)
     # Whether each directory of the stack is, or is beneath, an opaque one.
     inside = [_overlay_dir(top, prefix, out, False)]
-    # (fd, path, its length in bytes, its entries, next index)
+    # (fd, path, its length in bytes, its entries)
     stack: list[tuple[int, str, int, list[tuple[str, str, bool]]]] = [
         (top, prefix, len(prefix.encode("utf-8")), top_items)
     ]
     positions = [0]
     lstat = os.lstat
     is_reg = stat.S_ISREG
+    files = 0
     try:
         while stack:
             fd, directory, directory_bytes, items = stack[-1]
@@ -440,59 +462,84 @@ def _walk(
                 inside.pop()
                 os.close(fd)
                 continue
-            positions[-1] = i + 1
-            _, name, is_dir = items[i]
-            path = f"{directory}/{name}" if directory else name
-            path_bytes = _name_ok(name, directory_bytes)
-            if is_dir:
-                if path_bytes < 0 or path_bytes + 2 > MAX_PATH_BYTES:
-                    out.errors.append((path, "not a valid path"))
-                    yield (path + "/", path, -1, 0)
+            # The files of this directory up to its next subdirectory, in
+            # one inner loop.
+            opaque = inside[-1]
+            count = len(items)
+            while i < count:
+                _, name, is_dir = items[i]
+                if is_dir:
+                    break
+                i += 1
+                path = f"{directory}/{name}" if directory else name
+                if name.isascii():
+                    # One byte per character (a name has no NUL or "/").
+                    path_bytes = (
+                        directory_bytes + len(name) + (1 if directory_bytes else 0)
+                    )
+                    if len(name) > MAX_NAME_BYTES or path_bytes > MAX_PATH_BYTES:
+                        path_bytes = -1
+                else:
+                    path_bytes = _name_ok(name, directory_bytes)
+                if name[0] == "." and is_partial_name(name):
                     continue
                 try:
-                    child = os.open(name, _O_DIR, dir_fd=fd)
+                    st = lstat(name, dir_fd=fd)
                 except OSError as e:
                     if e.errno not in _GONE:
                         out.errors.append((path, e.strerror or str(e)))
-                        yield (path + "/", path, -1, 0)
+                        yield (path, path, -1, 0)
                     continue
-                try:
-                    children = _listing(child, False, exclude)
-                except OSError as e:
-                    os.close(child)
-                    out.errors.append((path, e.strerror or str(e)))
-                    yield (path + "/", path, -1, 0)
+                size = st.st_size
+                if not is_reg(st.st_mode) or (
+                    (size == 0 or st.st_blocks * 512 < size)
+                    and _overlay_file(root, path, st)
+                ):
+                    if path_bytes >= 0 and is_whiteout(os.path.join(root, path), st):
+                        mtime = clamp_mtime(os.fstat(fd).st_mtime_ns)
+                        out.whiteouts.append((path, mtime))
                     continue
-                out.directories.append(path)
-                inside.append(_overlay_dir(child, path, out, inside[-1]))
-                stack.append((child, path, path_bytes, children))
-                positions.append(0)
+                if path_bytes < 0:
+                    out.errors.append((path, "not a valid path"))
+                    continue
+                files += 1
+                if opaque:
+                    out.present.append(path)
+                mtime_ns = st.st_mtime_ns
+                if not -_MAX_INT64 <= mtime_ns <= _MAX_INT64:
+                    mtime_ns = clamp_mtime(mtime_ns)
+                yield (path, path, size, mtime_ns)
+            if i == count:
+                positions[-1] = i
                 continue
-            if name[0] == "." and is_partial_name(name):
+            positions[-1] = i + 1
+            _, name, _ = items[i]
+            path = f"{directory}/{name}" if directory else name
+            path_bytes = _name_ok(name, directory_bytes)
+            if path_bytes < 0 or path_bytes + 2 > MAX_PATH_BYTES:
+                out.errors.append((path, "not a valid path"))
+                yield (path + "/", path, -1, 0)
                 continue
             try:
-                st = lstat(name, dir_fd=fd)
+                child = os.open(name, _O_DIR, dir_fd=fd)
             except OSError as e:
                 if e.errno not in _GONE:
                     out.errors.append((path, e.strerror or str(e)))
-                    yield (path, path, -1, 0)
+                    yield (path + "/", path, -1, 0)
                 continue
-            if not is_reg(st.st_mode) or (
-                (st.st_size == 0 or st.st_blocks * 512 < st.st_size)
-                and _overlay_file(root, path, st)
-            ):
-                if path_bytes >= 0 and is_whiteout(os.path.join(root, path), st):
-                    mtime = clamp_mtime(os.fstat(fd).st_mtime_ns)
-                    out.whiteouts.append((path, mtime))
+            try:
+                children = _listing(child, False, exclude)
+            except OSError as e:
+                os.close(child)
+                out.errors.append((path, e.strerror or str(e)))
+                yield (path + "/", path, -1, 0)
                 continue
-            if path_bytes < 0:
-                out.errors.append((path, "not a valid path"))
-                continue
-            out.files += 1
-            if inside[-1]:
-                out.present.append(path)
-            yield (path, path, st.st_size, clamp_mtime(st.st_mtime_ns))
+            out.directories.append(path)
+            inside.append(_overlay_dir(child, path, out, inside[-1]))
+            stack.append((child, path, path_bytes, children))
+            positions.append(0)
     finally:
+        out.files += files
         for fd, _, _, _ in stack:
             os.close(fd)
 
@@ -523,22 +570,32 @@ def _overlay_file(root: str, path: str, st: os.stat_result) -> bool:
     return is_metacopy(full, st) or is_whiteout(full, st)
 
 
-def _index_pages(cursor: sqlite3.Cursor, prefix: str) -> Iterator[IndexEntry]:
-    after: str | None = None
-    while True:
-        page = _txn_index_after(cursor, after, INDEX_PAGE, prefix)
-        yield from page
-        if len(page) < INDEX_PAGE:
-            return
-        after = page[-1].path
+#: An index row as the scan reads it: C{(path, size, mtime_ns, hashed)}.
+_Row = tuple[str, int, int, int]
+
+
+def _index_rows(cursor: sqlite3.Cursor, prefix: str) -> Iterator[_Row]:
+    """
+    The index beneath C{prefix} in path order, as plain rows (no
+    L{IndexEntry} per file), streamed by one statement: sqlite steps it a
+    row at a time, so memory stays bounded.
+    """
+    low, high = prefix_range(prefix)
+    return iter(
+        cursor.execute(
+            "SELECT path, size, mtime_ns, hash IS NOT NULL FROM file_index "
+            "WHERE path >= ? AND path < ? ORDER BY path",
+            (low, high),
+        )
+    )
 
 
 def scan_tree(root: str, prefix: str, exclude: str | None, db_path: str) -> ScanResult:
     """
     Compare the disk beneath a directory with the index (the catch-up at
     start, after an overflow, after a directory appeared or went): one walk
-    in path order merged with the index read in path order, a page at a
-    time, through a read-only connection of this thread.
+    in path order merged with the index read in path order, through a
+    read-only connection of this thread.
 
     @param root: the arena root.
     @param prefix: the directory, C{""} for the whole arena.
@@ -551,36 +608,39 @@ def scan_tree(root: str, prefix: str, exclude: str | None, db_path: str) -> Scan
     @raise sqlite3.Error: if the db cannot be read.
     """
     out = ScanResult()
+    changed = out.changed
+    missing = out.missing
     connection = open_reader(db_path)
     try:
         cursor = connection.cursor()
         cursor.execute("BEGIN")
         disk = _walk(root, prefix, exclude, out)
-        index = _index_pages(cursor, prefix)
+        index = _index_rows(cursor, prefix)
         d = next(disk, None)
         i = next(index, None)
-        while d is not None or i is not None:
-            if d is not None and d[2] < 0:
+        while d is not None:
+            key, path, size, mtime_ns = d
+            while i is not None and i[0] < key:
+                missing.append(i[0])
+                i = next(index, None)
+            if size < 0:
                 # Unreadable: leave the index entries beneath it alone.
-                key = d[0]
                 while i is not None and (
-                    i.path.startswith(key) if key.endswith("/") else i.path == key
+                    i[0].startswith(key) if key.endswith("/") else i[0] == key
                 ):
                     i = next(index, None)
                 d = next(disk, None)
                 continue
-            if i is None or (d is not None and d[0] < i.path):
-                assert d is not None
-                out.changed.append((d[1], d[2], d[3]))
-                d = next(disk, None)
-            elif d is None or i.path < d[0]:
-                out.missing.append(i.path)
+            if i is not None and i[0] == key:
+                if i[1] != size or i[2] != mtime_ns or not i[3]:
+                    changed.append((path, size, mtime_ns))
                 i = next(index, None)
             else:
-                if (d[2], d[3]) != (i.size, i.mtime_ns) or i.hash is None:
-                    out.changed.append((d[1], d[2], d[3]))
-                d = next(disk, None)
-                i = next(index, None)
+                changed.append((path, size, mtime_ns))
+            d = next(disk, None)
+        while i is not None:
+            missing.append(i[0])
+            i = next(index, None)
         cursor.execute("COMMIT")
     finally:
         connection.close()
