@@ -122,7 +122,8 @@ class TrackingTests(SynchronousTestCase):
     def test_relevant_only(self) -> None:
         """
         A remote file marked watch is not queued; one marked own (or keep)
-        is; a local one is.
+        is; a local one marked watch is once another peer has its version
+        (it may then be unrealized), not before.
         """
         world = World(self)
         world.peer_adds(P, "w/f", b"watched")
@@ -130,6 +131,10 @@ class TrackingTests(SynchronousTestCase):
         world.run(_txn_change_mark, world.root, "o", "own", "view", 1)
         world.peer_adds(P, "o/f", b"owned")
         world.local_file("w/local", b"here")
+        self.assertEqual([r[0] for r in world.queue()], ["o/f"])
+        world.peer_adds(P, "w/local", b"other")
+        self.assertEqual([r[0] for r in world.queue()], ["o/f"])
+        world.peer_adds(P, "w/local", b"here", mtime_ns=6_000)
         self.assertEqual([r[0] for r in world.queue()], ["o/f", "w/local"])
 
     def test_events(self) -> None:

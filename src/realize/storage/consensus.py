@@ -466,16 +466,27 @@ def _txn_apply_tracked(
             found = file_path(cursor.connection, tree.root, inode)
             if found:
                 dirty.add(found)
-    _queue_relevant(cursor, dirty, default_mark, events)
+    _queue_relevant(cursor, dirty, default_mark, events, tree.root, me)
     return result
 
 
 def _queue_relevant(
-    cursor: Cursor, paths: Iterable[str], default_mark: str, events: set[str]
+    cursor: Cursor,
+    paths: Iterable[str],
+    default_mark: str,
+    events: set[str],
+    root: int | None = None,
+    me: str | None = None,
 ) -> int:
     """
-    Queue those of C{paths} a job may act on: a local copy (in the index),
-    an event, an effective mark C{own} or C{keep}, or already queued.
+    Queue those of C{paths} a job may act on: an event, an effective mark
+    C{own} or C{keep}, already queued, or a local copy (in the index).
+    With C{root} and C{me}, a local copy marked C{watch} only if another
+    peer has its version: the one thing a job may do about it is
+    unrealize it once enough peers hold it (L{realize.services.decisions}),
+    and the batch that brings a peer's copy queues it then.  (A move of
+    10,000 files into a datadir queued 10,000 jobs that each decided
+    nothing.)
     """
     wanted = sorted(set(paths))
     if not wanted:
@@ -491,15 +502,44 @@ def _queue_relevant(
             wanted[i : i + 500],
         )
     }
-    relevant = [
-        path
-        for path in wanted
-        if path in local
-        or path in events
-        or path in queued
-        or effective_in(marks, path, default_mark).mark in (MARK_OWN, MARK_KEEP)
-    ]
+    relevant = []
+    for path in wanted:
+        if (
+            path in events
+            or path in queued
+            or effective_in(marks, path, default_mark).mark in (MARK_OWN, MARK_KEEP)
+        ) or (
+            path in local
+            and (
+                root is None
+                or me is None
+                or _held_elsewhere(cursor, root, me, path, local[path][2])
+            )
+        ):
+            relevant.append(path)
     return _txn_mark_dirty(cursor, relevant)
+
+
+def _held_elsewhere(
+    cursor: Cursor, root: int, me: str, path: str, digest: bytes | None
+) -> bool:
+    """
+    @return: whether a peer other than C{me} has version C{digest} of the
+        file at C{path} in the Unreal's tables.
+    """
+    if digest is None:
+        return False
+    found = resolve(cursor, root, path)
+    if found is None or found[1] != KIND_FILE:
+        return False
+    return (
+        cursor.execute(
+            "SELECT 1 FROM file WHERE inode = ? AND peer NOT IN (?, ?) AND hash = ?"
+            " LIMIT 1",
+            (found[0], DEFAULT, me, digest),
+        ).fetchone()
+        is not None
+    )
 
 
 def _txn_change_mark(
