@@ -317,8 +317,8 @@ class ConsensusService(Service):
         earliest: float | None = None
         # The queue gauges: at most once a second (counting is a scan of
         # the queue, which a move of many files fills: counted at every
-        # look, it cost more than the rest of the daemon), and a second
-        # after the last look, so they end right.
+        # look, it was a tenth of the daemon's work during one), and a
+        # second after the last look, so they end right.
         counted = now - self._counted >= 1.0
         if counted:
             self._counted = now
