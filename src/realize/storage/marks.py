@@ -30,6 +30,7 @@ from attrs import frozen
 
 from realize.config import MARKS
 from realize.errors import BadRequest
+from realize.storage.unrealpaths import walk_files
 
 __all__ = [
     "MARKS",
@@ -212,8 +213,8 @@ def protected_files(
     """
     The files of an arena's Unreal tree whose effective mark is one of
     C{wanted} (the block cache protects those marked C{keep} or C{own}):
-    one walk of the C{directory} table (a recursive query), the marks
-    applied in memory.  Nothing is walked when neither the default nor
+    one walk of the tree (L{realize.storage.unrealpaths.walk_files}), the
+    marks applied in memory.  Nothing is walked when neither the default nor
     any mark set is wanted.
 
     @param connection: the arena db (any connection: this only reads).
@@ -225,21 +226,11 @@ def protected_files(
     marks = all_marks(connection)
     if default not in wanted and not wanted.intersection(marks.values()):
         return {}
-    rows = connection.execute(
-        "WITH RECURSIVE walk (inode, path, kind) AS ("
-        " SELECT inode, name, kind FROM directory WHERE parent = ?"
-        " UNION ALL"
-        " SELECT d.inode, walk.path || '/' || d.name, d.kind"
-        " FROM directory AS d JOIN walk ON d.parent = walk.inode"
-        " WHERE walk.kind = 'dir')"
-        " SELECT inode, path FROM walk WHERE kind = 'file'",
-        (root,),
-    )
     found: dict[int, str] = {}
-    for inode, path in rows:
-        mark = effective_in(marks, str(path), default).mark
+    for inode, path in walk_files(connection, root, ""):
+        mark = effective_in(marks, path, default).mark
         if mark in wanted:
-            found[int(inode)] = mark
+            found[inode] = mark
     return found
 
 

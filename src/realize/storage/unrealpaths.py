@@ -70,12 +70,22 @@ def files_beneath(connection: Connection, root: int, path: str) -> list[str]:
     @return: the files of the Unreal's tree at or beneath a path (the path
         itself if it is a file), with their paths.
     """
+    return [found for _, found in walk_files(connection, root, path)]
+
+
+def walk_files(connection: Connection, root: int, path: str) -> list[tuple[int, str]]:
+    """
+    The files of the Unreal's tree at or beneath a path (one recursive
+    query over the C{directory} table).
+
+    @return: C{(inode, path)} of each (the path itself if it is a file).
+    """
     found = resolve(connection, root, path)
     if found is None:
         return []
     inode, kind = found
     if kind == KIND_FILE:
-        return [path]
+        return [(inode, path)]
     prefix = f"{path}/" if path else ""
     rows = connection.execute(
         "WITH RECURSIVE walk(inode, path, kind) AS ("
@@ -84,10 +94,10 @@ def files_beneath(connection: Connection, root: int, path: str) -> list[str]:
         " SELECT d.inode, walk.path || '/' || d.name, d.kind"
         " FROM directory d JOIN walk ON d.parent = walk.inode"
         " WHERE walk.kind = 'dir')"
-        " SELECT path FROM walk WHERE kind = 'file'",
+        " SELECT inode, path FROM walk WHERE kind = 'file'",
         (prefix, inode),
     )
-    return [str(row[0]) for row in rows]
+    return [(int(row[0]), str(row[1])) for row in rows]
 
 
 def default_version(
