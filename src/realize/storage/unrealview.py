@@ -244,7 +244,17 @@ def file_version(
     if not path:
         return None
     digest = None if row[2] is None else bytes(row[2])
-    peers = tuple(
+    peers = _holders(connection, inode, digest)
+    return FileVersion(arena, inode, path, int(row[0]), int(row[1]), digest, peers)
+
+
+def _holders(
+    connection: Connection, inode: int, digest: bytes | None
+) -> tuple[PeerId, ...]:
+    """
+    @return: the peers whose row of a file has version C{digest}, sorted.
+    """
+    return tuple(
         PeerId(peer)
         for (peer,) in connection.execute(
             "SELECT peer FROM file WHERE inode = ? AND peer != ? AND hash IS ?"
@@ -252,7 +262,6 @@ def file_version(
             (inode, DEFAULT, digest),
         )
     )
-    return FileVersion(arena, inode, path, int(row[0]), int(row[1]), digest, peers)
 
 
 def conflicted_files(connection: Connection, root: int) -> list[list[tuple[str, int]]]:
@@ -347,14 +356,7 @@ def small_files_after(
     found = []
     for child, child_name, size, mtime_ns, digest in rows:
         digest = bytes(digest)
-        peers = tuple(
-            PeerId(peer)
-            for (peer,) in connection.execute(
-                "SELECT peer FROM file WHERE inode = ? AND peer != ? AND hash = ?"
-                " ORDER BY peer",
-                (child, DEFAULT, digest),
-            )
-        )
+        peers = _holders(connection, child, digest)
         path = f"{where}/{child_name}" if where else str(child_name)
         found.append(
             FileVersion(
