@@ -688,6 +688,12 @@ def main() -> None:
         raise SystemExit("run as root: FUSE mounts and sshd")
     ensure_tools()
     work = tempfile.mkdtemp(prefix="realize-bench-cache-", dir=args.dir)
+
+    def terminated(signum: int, frame: object) -> None:
+        # Through the finally below: the mounts go, as bench/fuse.py does.
+        raise SystemExit(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, terminated)
     data = os.path.join(work, "data")
     print(f"work directory {work}; {load()}", flush=True)
     sets = make_data(data)
