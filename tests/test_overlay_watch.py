@@ -14,7 +14,7 @@ import os
 import stat
 from typing import Any
 
-from twisted.internet.inotify import IN_CREATE, IN_ISDIR, IN_MOVED_TO
+from twisted.internet.inotify import IN_CLOSE_WRITE, IN_CREATE, IN_ISDIR, IN_MOVED_TO
 from twisted.trial.unittest import SynchronousTestCase
 
 from realize.model import ADD, REMOVE, REPLACE, Notification
@@ -457,6 +457,97 @@ class OverlayEventTests(_OverlayCase):
             sorted(self.entries()[2:]),
             [(REPLACE, "d/doc", self.old), (REPLACE, "link", self.old)],
         )
+
+
+class CopyUpOriginTests(_OverlayCase):
+    """
+    The version a copy-up replaces is the one the Unreal showed when the
+    file appeared in the datadir (an arena with an overlay), not the one
+    it shows when the file is recorded a stability delay later.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.old = self.peer_has("d/doc", b"doc")
+        os.makedirs(self.full("d"))
+        self.watcher = self.start(mountpoint="/nonexistent-overlay")
+        self.fake = self.notifiers[0]
+
+    def peer_replaces(self, path: str, old: bytes, data: bytes) -> bytes:
+        """
+        Peer C{c} replaces a version (its Replace reached this peer).
+        """
+        digest = root_of(data)
+        self.position += 1
+        note = Notification(
+            REPLACE,
+            A,
+            self.position,
+            path=path,
+            size=len(data),
+            mtime_ns=1_650_000_000 * 10**9,
+            hash=digest,
+            old_hash=old,
+        )
+        self.successResultOf(
+            self.pool.runInteraction(_txn_apply_batch, self.tree, "c", [note])
+        )
+        return digest
+
+    def test_replace_names_version_seen(self) -> None:
+        """
+        Another peer's Replace of the same version arriving between the
+        copy-up and its record does not make this edit follow it: the
+        Replace names the version the copy-up read (two edits of one
+        version stay a fork, docs/real.md).
+        """
+        self.write("d/doc", b"doc, edited here")
+        self.fake.emit(self.full("d"), IN_MOVED_TO, "doc")
+        self.clock.advance(0)
+        theirs = self.peer_replaces("d/doc", self.old, b"doc, edited there")
+        self.assertEqual(self.entries(), [])
+        self.settle()
+        self.assertEqual(self.entries(), [(REPLACE, "d/doc", self.old)])
+        self.assertNotEqual(theirs, self.old)
+
+    def test_new_file_stays_add(self) -> None:
+        """
+        A file made here where the Unreal showed nothing is an Add, even
+        if a peer's file of that name arrived before it was recorded.
+        """
+        self.write("d/new", b"mine")
+        self.fake.emit(self.full("d"), IN_CREATE, "new")
+        self.clock.advance(0)
+        self.peer_has("d/new", b"theirs", peer="c")
+        self.settle()
+        self.assertEqual(self.entries(), [(ADD, "d/new", None)])
+
+    def test_without_event_looked_up_when_recorded(self) -> None:
+        """
+        A file seen without a create or rename event (written in place)
+        gets the Unreal's version at the time it is recorded, as before.
+        """
+        self.write("d/doc", b"doc, edited here")
+        self.fake.emit(self.full("d"), IN_CLOSE_WRITE, "doc")
+        self.clock.advance(0)
+        theirs = self.peer_replaces("d/doc", self.old, b"doc, edited there")
+        self.settle()
+        self.assertEqual(self.entries(), [(REPLACE, "d/doc", theirs)])
+
+    def test_reserved_directory_not_indexed(self) -> None:
+        """
+        Files beneath a top-level C{.realize} (a conflict file of the view
+        copied up through the overlay) are never indexed, by events or by
+        a scan.
+        """
+        self.write(".realize/conflicts/d/doc/c-0123", b"x")
+        self.write("sub/.realize", b"a file of that name elsewhere")
+        self.fake.emit(self.root, IN_CREATE | IN_ISDIR, ".realize")
+        self.fake.emit(self.root, IN_CREATE | IN_ISDIR, "sub")
+        self.settle()
+        self.stop(self.watcher)
+        self.start()
+        self.assertEqual(sorted(self.indexed()), ["sub/.realize"])
 
 
 class RedirectTests(_OverlayCase):

@@ -30,6 +30,7 @@ __all__ = [
     "MAX_PATH_BYTES",
     "MIN_HOLE",
     "NOTIFICATION_KINDS",
+    "RESERVED_NAME",
     "ArenaName",
     "ByteRanges",
     "Entry",
@@ -90,6 +91,13 @@ def partial_name(name: str) -> str:
     @return: C{".<name>.part"}.
     """
     return f"{_PARTIAL_PREFIX}{name}{_PARTIAL_SUFFIX}"
+
+
+#: The top-level name of each arena that the FUSE view keeps for itself
+#: (C{.realize/conflicts/}): no peer's file is shown there, and no file
+#: of a datadir there is indexed (a conflict file opened for writing
+#: through the overlay is copied up there: docs/real.md).
+RESERVED_NAME: Final = ".realize"
 
 
 def is_partial_name(name: str) -> bool:

@@ -64,7 +64,7 @@ from twisted.python.failure import Failure
 from realize.config import Config
 from realize.interfaces import RunInThread, StoreListener
 from realize.metrics import HistoryMetrics
-from realize.model import ArenaName, is_partial_name
+from realize.model import RESERVED_NAME, ArenaName, is_partial_name
 from realize.services.notifier import WATCH_MASK, KernelNotifier, Notifier
 from realize.storage import scan
 from realize.storage.index import ArenaIndex, Version
@@ -184,6 +184,13 @@ class ArenaWatcher:
     _idle: list[Deferred[None]] = field(factory=list, init=False)
     _copying: list[str] = field(factory=list, init=False)
     _after_copy_up: list[tuple[str, int]] = field(factory=list, init=False)
+    #: For files that appeared in the datadir of an arena with an overlay:
+    #: the Unreal's default hash then (L{ArenaIndex.origins}), by path.
+    _seen: collections.OrderedDict[str, bytes | None] = field(
+        factory=collections.OrderedDict, init=False
+    )
+    _unseen: dict[str, None] = field(factory=dict, init=False)
+    _seeing: bool = field(default=False, init=False)
 
     # -- life ----------------------------------------------------------------
 
@@ -418,7 +425,7 @@ class ArenaWatcher:
                 )
             return
         text = os.fsdecode(name)
-        if not directory and text == self.exclude:
+        if not directory and text in (self.exclude, RESERVED_NAME):
             return
         path = f"{directory}/{text}" if directory else text
         is_dir = bool(mask & inotify.IN_ISDIR)
@@ -446,7 +453,57 @@ class ArenaWatcher:
             elif mask & (inotify.IN_CREATE | inotify.IN_MOVED_TO):
                 self._queue_scan(path, "directory")
             return
+        if self.mountpoint is not None and mask & (
+            inotify.IN_CREATE | inotify.IN_MOVED_TO
+        ):
+            self._see(path)
         self.touch(path, self.delay)
+
+    # -- origins of copy-ups -----------------------------------------------------
+
+    def _see(self, path: str) -> None:
+        """
+        A file appeared in the datadir (an overlay's copy-up lands as a
+        create or a rename into it, once its bytes are copied): note now
+        which version the Unreal shows there.  That is the version the
+        copy-up read, and the one its Replace names when it is recorded a
+        stability delay later, whatever peer's Replace arrives meanwhile
+        (docs/real.md, Conflicts).
+        """
+        if path in self._seen:
+            return
+        self._unseen[path] = None
+        if not self._seeing:
+            self._seeing = True
+            self.clock.callLater(0, self._look_at_unseen)
+
+    def _look_at_unseen(self) -> None:
+        self._seeing = False
+        paths = list(self._unseen)
+        self._unseen.clear()
+        if not self._running or not paths:
+            return
+
+        def found(origins: dict[str, bytes | None]) -> None:
+            for path, origin in origins.items():
+                self._seen.setdefault(path, origin)
+            while len(self._seen) > MAX_HINTS:
+                self._seen.popitem(last=False)
+
+        d = Deferred.fromCoroutine(self.index.origins(paths))
+        self._track(d.addCallback(found)).addErrback(
+            self._failed, "looking up what new files replace"
+        )
+
+    def _take_seen(self, paths: Iterable[str]) -> dict[str, bytes | None] | None:
+        """
+        @return: the origins noted for these paths (forgotten here), or
+            C{None} if none.
+        """
+        if not self._seen:
+            return None
+        taken = {p: self._seen.pop(p) for p in paths if p in self._seen}
+        return taken or None
 
     # -- the queue of paths ------------------------------------------------------
 
@@ -607,9 +664,13 @@ class ArenaWatcher:
                 # overlay is the index's Remove, not one more.
                 await self._record_hidden(whiteouts, [], [], cleared, None)
             await self.index.record_removals(removals)
-            await self.index.record_unhashed(unhashed)
+            await self.index.record_unhashed(
+                unhashed, self._take_seen(p for p, _, _ in unhashed)
+            )
             if from_store:
-                await self.index.record_versions(from_store)
+                await self.index.record_versions(
+                    from_store, self._take_seen(v.path for v in from_store)
+                )
                 if self.metrics is not None:
                     self.metrics.from_store(self.arena, len(from_store))
                 # One event per batch, as for the files hashed: a move
@@ -779,7 +840,9 @@ class ArenaWatcher:
             self._recording += 1
             recording = True
             self._pump_hashing()
-            notes = await self.index.record_versions(result.versions)
+            notes = await self.index.record_versions(
+                result.versions, self._take_seen(v.path for v in result.versions)
+            )
             if self.metrics is not None:
                 self.metrics.hashed(
                     self.arena, result.seconds, result.size, len(result.versions)

@@ -44,7 +44,7 @@ position is older gets a catch-up.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 from attrs import define, field, frozen
@@ -278,20 +278,42 @@ def _origins(cursor: sqlite3.Cursor, paths: Sequence[str]) -> dict[str, bytes]:
     return found
 
 
+def _txn_origins(
+    cursor: sqlite3.Cursor, paths: Sequence[str]
+) -> dict[str, bytes | None]:
+    """
+    @return: for each path the index does not hold, the Unreal's default
+        hash (C{None}: no hashed default).
+    """
+    held = _currents(cursor, paths)
+    new = [path for path in paths if path not in held]
+    found = _origins(cursor, new)
+    return {path: found.get(path) for path in new}
+
+
 def _record_many(
     cursor: sqlite3.Cursor,
     arena: ArenaName,
     files: Sequence[tuple[str, int, int, bytes | None]],
     time_ns: int,
     unhashed: bool,
+    seen: Mapping[str, bytes | None] | None = None,
 ) -> list[Notification]:
     """
     Record files as Add or Replace in one pass: one lookup per chunk of
     paths, the positions counted from the last one, and one C{executemany}
     each for the history and the index.
+
+    @param seen: for paths new in the datadir, the Unreal's default hash
+        when the file appeared (L{ArenaIndex.origins}; C{None}: none
+        then), which the file's Replace names rather than the default now.
     """
     current = _currents(cursor, [f[0] for f in files])
-    origins = _origins(cursor, [f[0] for f in files if f[0] not in current])
+    seen = seen or {}
+    origins = _origins(
+        cursor, [f[0] for f in files if f[0] not in current and f[0] not in seen]
+    )
+    origins.update((path, hash) for path, hash in seen.items() if hash is not None)
     position = _last_position(cursor)
     history_rows = []
     index_rows = []
@@ -349,18 +371,20 @@ def _txn_record_unhashed(
     arena: ArenaName,
     files: Iterable[tuple[str, int, int]],
     time_ns: int,
+    seen: Mapping[str, bytes | None] | None = None,
 ) -> list[Notification]:
     """
     Record files seen but not hashed yet, with no version (#musthash).
 
     @param files: C{(path, size, mtime_ns)} of each file.
     @param time_ns: now, ns since the epoch.
+    @param seen: see L{_record_many}.
     @return: the entries recorded: an Add (hash C{None}) per file not in
         the index; a Replace (hash C{None}, old hash the index's) per file
         whose size or mtime differ from the index's; nothing for the others.
     """
     rows = [(path, size, mtime_ns, None) for path, size, mtime_ns in files]
-    return _record_many(cursor, arena, rows, time_ns, unhashed=True)
+    return _record_many(cursor, arena, rows, time_ns, unhashed=True, seen=seen)
 
 
 def _txn_record_versions(
@@ -368,18 +392,20 @@ def _txn_record_versions(
     arena: ArenaName,
     versions: Iterable[Version],
     time_ns: int,
+    seen: Mapping[str, bytes | None] | None = None,
 ) -> list[Notification]:
     """
     Record hashed files.
 
     @param versions: each file's size, mtime and Merkle root.
     @param time_ns: now, ns since the epoch.
+    @param seen: see L{_record_many}.
     @return: the entries recorded: an Add per file not in the index, a
         Replace (old hash: the index's, C{None} for no version) per file
         whose size, mtime or hash differ; nothing for the others.
     """
     rows = [(v.path, v.size, v.mtime_ns, v.hash) for v in versions]
-    return _record_many(cursor, arena, rows, time_ns, unhashed=False)
+    return _record_many(cursor, arena, rows, time_ns, unhashed=False, seen=seen)
 
 
 def _remove(
@@ -761,33 +787,56 @@ class ArenaIndex:
         return notes
 
     async def record_unhashed(
-        self, files: Sequence[tuple[str, int, int]]
+        self,
+        files: Sequence[tuple[str, int, int]],
+        seen: Mapping[str, bytes | None] | None = None,
     ) -> list[Notification]:
         """
         L{_txn_record_unhashed}: files seen, not hashed yet.
 
         @param files: C{(path, size, mtime_ns)}.
+        @param seen: the origins found when new files appeared
+            (L{origins}), by path.
         @return: the entries recorded.
         """
         if not files:
             return []
         notes = await self.pool.runInteraction(
-            _txn_record_unhashed, self.arena, list(files), self.now_ns()
+            _txn_record_unhashed, self.arena, list(files), self.now_ns(), seen
         )
         return self._told(notes)
 
-    async def record_versions(self, versions: Sequence[Version]) -> list[Notification]:
+    async def record_versions(
+        self,
+        versions: Sequence[Version],
+        seen: Mapping[str, bytes | None] | None = None,
+    ) -> list[Notification]:
         """
         L{_txn_record_versions}: hashed files.
 
+        @param seen: as for L{record_unhashed}.
         @return: the entries recorded.
         """
         if not versions:
             return []
         notes = await self.pool.runInteraction(
-            _txn_record_versions, self.arena, list(versions), self.now_ns()
+            _txn_record_versions, self.arena, list(versions), self.now_ns(), seen
         )
         return self._told(notes)
+
+    async def origins(self, paths: Sequence[str]) -> dict[str, bytes | None]:
+        """
+        The versions that files just made in the datadir would replace:
+        for each path the index does not hold, the Unreal's default hash
+        now (C{None}: none).  Asked when a file appears (an overlay's
+        copy-up) and given to L{record_versions} later, so that its
+        Replace names the version the copy-up read even if a peer's
+        Replace arrived in between (docs/real.md).
+
+        @param paths: paths in the datadir.
+        @return: by path, for those the index does not hold.
+        """
+        return await self.pool.runInteraction(_txn_origins, list(paths))
 
     async def record_removals(
         self, removals: Sequence[tuple[str, int]]

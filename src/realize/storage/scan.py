@@ -7,9 +7,10 @@ looking at changed paths, hashing files with the re-stat check, and the
 What is indexed (DESIGN.md section 9): regular files with a valid path
 (L{realize.model.check_path}), not partial files (C{.name.part}), not
 beneath the excluded top-level name (the workdir when it lies inside the
-datadir).  Symlinks, devices, FIFOs and sockets are never indexed, and no
-symlink is followed: directories are opened one component at a time with
-C{O_NOFOLLOW}.
+datadir) nor beneath a top-level C{.realize}
+(L{realize.model.RESERVED_NAME}).  Symlinks, devices, FIFOs and sockets
+are never indexed, and no symlink is followed: directories are opened one
+component at a time with C{O_NOFOLLOW}.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from realize.model import (
 from realize.model import (
     MAX_NAME_BYTES,
     MAX_PATH_BYTES,
+    RESERVED_NAME,
     check_path,
     clamp_mtime,
     is_partial_name,
@@ -402,7 +404,7 @@ def _listing(
     with os.scandir(fd) as entries:
         for entry in entries:
             name = entry.name
-            if at_root and name == exclude:
+            if at_root and name in (exclude, RESERVED_NAME):
                 continue
             try:
                 is_dir = entry.is_dir(follow_symlinks=False)
@@ -669,7 +671,7 @@ def list_directories(root: str, exclude: str | None) -> list[str]:
         try:
             with os.scandir(fd) as entries:
                 for entry in entries:
-                    if not path and entry.name == exclude:
+                    if not path and entry.name in (exclude, RESERVED_NAME):
                         continue
                     try:
                         if entry.is_dir(follow_symlinks=False):

@@ -53,6 +53,7 @@ from realize.model import (
     KIND_FILE,
     REMOVE,
     REPLACE,
+    RESERVED_NAME,
     ArenaName,
     Notification,
     PeerId,
@@ -100,10 +101,6 @@ FORK: Final = "fork"
 #: Its path lies under L{RESERVED_NAME}: nothing changed (a warning is
 #: logged by the caller).
 RESERVED: Final = "reserved"
-
-#: The top-level name of each arena that the FUSE view keeps for itself
-#: (C{.realize/conflicts/}): no peer's file is shown there.
-RESERVED_NAME: Final = ".realize"
 
 #: Superseded versions kept per file (table C{superseded}).
 SUPERSEDED_KEPT: Final = 32
