@@ -204,3 +204,58 @@ class ConflictIntegrationTests(_RealCase):
                 )
 
         return Deferred.fromCoroutine(go())
+
+    def test_owner_edits_meanwhile(self) -> None:
+        """
+        The NAS edits its real file through its overlay while the laptop
+        is still writing its edit of the same version (copied up before
+        the NAS's edit reached it, recorded after): the laptop's edit is a
+        Replace of the version its copy-up read, not of the NAS's, so both
+        peers list a conflict and the NAS keeps its own edit on its disk.
+        """
+        self.nas.write("notes.txt", b"base\n")
+        laptop, nas = self.laptop, self.nas
+        ours = b"base\nfrom the NAS\n"
+
+        async def go() -> None:
+            await self.start("notes.txt")
+            self.assertEqual(
+                await deferToThread(read, laptop.mounted("notes.txt")), b"base\n"
+            )
+            base = os.getxattr(laptop.mounted("notes.txt"), VERSION)
+            f = await deferToThread(open, self.ov(laptop, "notes.txt"), "ab")
+            try:
+                written = b"base\nfrom the laptop"
+
+                def more(data: bytes) -> None:
+                    f.write(data)
+                    f.flush()
+
+                await deferToThread(more, written[len(b"base\n") :])
+                await deferToThread(write, self.ov(nas, "notes.txt"), ours)
+                # Each write restarts the laptop's stability delay: its
+                # edit is recorded only after the NAS's is in its view.
+                for _ in range(120):
+                    if os.getxattr(laptop.mounted("notes.txt"), VERSION) != base:
+                        break
+                    await deferToThread(more, b".")
+                    written += b"."
+                    await deferLater(reactor, 0.25, lambda: None)
+                else:
+                    self.fail("the NAS's edit never reached the laptop's view")
+            finally:
+                await deferToThread(f.close)
+            for peer in (nas, laptop):
+                names = await eventually(
+                    lambda peer=peer: conflicts(peer.mounted("notes.txt")),
+                    40,
+                    f"a conflict listed on {peer.name}",
+                )
+                self.assertEqual(len(names), 1, names)
+                shown = await read_when_served(peer.mounted("notes.txt"))
+                other = await read_when_served(self.conflict_file(peer, names[0]))
+                self.assertEqual({shown, other}, {ours, written}, peer.name)
+            self.assertEqual(self.disk(nas, "notes.txt"), ours)
+            self.assertEqual(self.disk(laptop, "notes.txt"), written)
+
+        return Deferred.fromCoroutine(go())
