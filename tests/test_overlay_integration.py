@@ -6,8 +6,10 @@ of a bad layout.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import time
 
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SkipTest, TestCase
@@ -15,6 +17,11 @@ from twisted.trial.unittest import SkipTest, TestCase
 from realize.overlay import mounted
 from tests.integration import REALIZED, run_command
 from tests.peers import Peers, eventually, need_fuse
+
+
+def read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def need_overlay() -> None:
@@ -124,5 +131,52 @@ class OverlayIntegrationTests(TestCase):
             self.assertEqual(run.code, 1, run)
             self.assertIn("different filesystems", run.err)
             self.assertIsNone(mounted(self.overlay))
+
+        return Deferred.fromCoroutine(go())
+
+    def test_daemon_restart(self) -> None:
+        """
+        A restart of b's daemon under its live overlay: the stop does not
+        wait for the overlay to let go of the view; in between, a peer's
+        file read through the overlay fails at once (ENOTCONN, not a
+        hang) while b's own files still read; once b's daemon is up
+        again, the same overlay directory shows both again, an edit made
+        before the restart is kept, and edits work.
+        """
+
+        async def go() -> None:
+            await self.start()
+            assert self.b.mountpoint is not None
+            run = await self.command("mountall", "--fuse", self.b.mountpoint)
+            self.assertEqual(run.code, 0, run)
+            remote = os.path.join(self.overlay, "remote.txt")
+            local = os.path.join(self.overlay, "local.txt")
+            self.assertEqual(read(remote), b"from a")
+            with open(local, "ab") as f:
+                f.write(b", edited")
+            started = time.monotonic()
+            await self.b.stop()
+            self.assertLess(time.monotonic() - started, 8)
+            started = time.monotonic()
+            with self.assertRaises(OSError) as caught:
+                read(remote)
+            self.assertEqual(caught.exception.errno, errno.ENOTCONN)
+            self.assertLess(time.monotonic() - started, 2)
+            self.assertEqual(read(local), b"on b, edited")
+            await self.b.start(fuse=True)
+            await self.b.wait_log(b"mounted it again", 15)
+            self.assertEqual(mounted(self.overlay), "overlay")
+            self.assertEqual(read(remote), b"from a")
+            self.assertEqual(read(local), b"on b, edited")
+            self.assertEqual(
+                sorted(os.listdir(self.overlay)), ["local.txt", "remote.txt"]
+            )
+            with open(remote, "ab") as f:
+                f.write(b", edited on b")
+            assert self.b.datadir is not None
+            self.assertEqual(
+                read(os.path.join(self.b.datadir, "remote.txt")),
+                b"from a, edited on b",
+            )
 
         return Deferred.fromCoroutine(go())

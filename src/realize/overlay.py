@@ -31,6 +31,7 @@ refuses an option, the option.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import subprocess
@@ -51,6 +52,7 @@ __all__ = [
     "mount_overlay",
     "mounted",
     "overlay_options",
+    "remount_stale",
     "unmount_all",
     "unmount_overlay",
 ]
@@ -131,6 +133,15 @@ def mounted(path: str, mounts: str = "/proc/self/mounts") -> str | None:
     """
     @return: the filesystem type mounted at C{path}, or C{None}.
     """
+    found = _mount_line(path, mounts)
+    return None if found is None else found[0]
+
+
+def _mount_line(path: str, mounts: str) -> tuple[str, str] | None:
+    """
+    @return: the type and options of the topmost mount at C{path}, or
+        C{None}.
+    """
     target = os.path.abspath(path)
     try:
         with open(mounts) as f:
@@ -140,8 +151,8 @@ def mounted(path: str, mounts: str = "/proc/self/mounts") -> str | None:
     found = None
     for line in lines:
         fields = line.split()
-        if len(fields) >= 3 and _unescape(fields[1]) == target:
-            found = fields[2]
+        if len(fields) >= 4 and _unescape(fields[1]) == target:
+            found = (fields[2], _unescape(fields[3]))
     return found
 
 
@@ -306,6 +317,53 @@ def unmount_all(config: Config, force: bool = False) -> list[str]:
                 done.append(str(arena.mountpoint))
         except OverlayError as e:
             errors.append(e)
+    if errors:
+        raise errors[0]
+    return done
+
+
+def remount_stale(
+    config: Config, fuse: str, mounts: str = "/proc/self/mounts"
+) -> list[str]:
+    """
+    Mount again, over a FUSE view just mounted, the overlays that
+    C{mountall} mounted over the previous one (a restarted daemon).  The
+    kernel keeps an overlay's lower layer by reference: after a restart it
+    is the old view's dead connection, and every file of a peer reads
+    C{ENOTCONN} through it until the overlay is mounted again.  Only
+    overlays whose C{lowerdir} is this view's directory of the arena, and
+    that do answer C{ENOTCONN}, are mounted again, in the mode they had
+    (C{userxattr} or not); files open in the old overlay keep failing,
+    new opens work.
+
+    @param fuse: the FUSE view's mountpoint.
+    @return: the mountpoints mounted again.
+    @raise OverlayError: the first that could not be mounted again (the
+        others are still tried).
+    """
+    done = []
+    errors = []
+    for arena in _with_mountpoint(config):
+        mountpoint = str(arena.mountpoint)
+        found = _mount_line(mountpoint, mounts)
+        lower = os.path.join(os.path.abspath(fuse), *arena.name.split("/"))
+        if found is None or found[0] != "overlay":
+            continue
+        if f"lowerdir={lower}" not in found[1].split(","):
+            continue
+        try:
+            os.listdir(mountpoint)
+            continue
+        except OSError as e:
+            if e.errno != errno.ENOTCONN:
+                continue
+        mode: Mode = "user" if "userxattr" in found[1].split(",") else "trusted"
+        try:
+            mount_overlay(plan(arena, fuse), mode)
+        except OverlayError as e:
+            errors.append(e)
+            continue
+        done.append(mountpoint)
     if errors:
         raise errors[0]
     return done

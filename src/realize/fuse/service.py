@@ -87,6 +87,14 @@ FUSERMOUNT: Final = "fusermount3"
 #: Seconds one C{fusermount3} run may take.
 UNMOUNT_TIMEOUT: Final = 10.0
 
+#: Where fusectl shows each FUSE connection (kernel doc
+#: filesystems/fuse.rst, "Control filesystem").
+FUSECTL: Final = "/sys/fs/fuse/connections"
+
+#: Seconds libfuse gets to return after the unmount before the mount is
+#: taken as still held (it returns at once when nothing holds it).
+HELD_WAIT: Final = 1.0
+
 #: Seconds to wait for libfuse to return after the unmount.
 JOIN_TIMEOUT: Final = 10.0
 
@@ -491,6 +499,7 @@ class FuseService(Service):
     def _unmount(self, thread: threading.Thread) -> None:
         # In a thread of its own, never the reactor's nor a FUSE thread.
         if thread.is_alive():
+            device = mount_device(self.mountpoint)
             result = _fusermount("-u", self.mountpoint)
             if result.returncode != 0 and thread.is_alive():
                 self.log.warn(
@@ -499,12 +508,58 @@ class FuseService(Service):
                     error=result.stderr.strip(),
                 )
                 _fusermount("-uz", self.mountpoint)
+            thread.join(HELD_WAIT)
+            # Still held (an overlay over the view keeps it even after a
+            # clean unmount; open files): libfuse would serve it until
+            # they go.  Ending the connection makes them fail at once
+            # (ENOTCONN), as they would once this process exits, instead
+            # of after JOIN_TIMEOUT.
+            if device is not None and thread.is_alive():
+                self._abort(device)
         thread.join(JOIN_TIMEOUT)
         if thread.is_alive():
             self.log.error(
                 "{mountpoint} is detached, but files are still open in it",
                 mountpoint=self.mountpoint,
             )
+
+    def _abort(self, device: str) -> None:
+        """
+        Abort the FUSE connection of a detached mount, through fusectl
+        (the C{abort} file of C{/sys/fs/fuse/connections/<minor>}, kernel
+        doc filesystems/fuse.rst), mounting fusectl first if it is not
+        (as systemd does at boot) and this process may.
+        """
+        connection = os.path.join(FUSECTL, device.split(":")[-1])
+        if not os.path.isdir(connection) and mounted_filesystem(FUSECTL) is None:
+            result = subprocess.run(
+                ["mount", "-t", "fusectl", "fusectl", FUSECTL],
+                capture_output=True,
+                text=True,
+                timeout=UNMOUNT_TIMEOUT,
+                check=False,
+            )
+            if result.returncode != 0:
+                self.log.info(
+                    "cannot mount fusectl at {fusectl}: {error}",
+                    fusectl=FUSECTL,
+                    error=result.stderr.strip(),
+                )
+        try:
+            with open(os.path.join(connection, "abort"), "w") as f:
+                f.write("1")
+        except OSError as e:
+            self.log.info(
+                "cannot abort the FUSE connection {connection}: {error}",
+                connection=connection,
+                error=e.strerror or str(e),
+            )
+            return
+        self.log.info(
+            "{mountpoint} was still held (an overlay over it, or open files): "
+            "its connection is ended, they now fail with ENOTCONN",
+            mountpoint=self.mountpoint,
+        )
 
     def _thread_done(self) -> None:
         # The cwd goes back even if libfuse failed after changing it.

@@ -319,6 +319,36 @@ class UnrealService(Service):
                 log.info(
                     "the Unreal is mounted at {mountpoint}", mountpoint=self.mountpoint
                 )
+                await self._remount_overlays()
+
+    async def _remount_overlays(self) -> None:
+        """
+        Overlays of C{mountall} left over the previous view (a restart):
+        mounted again over this one (L{realize.overlay.remount_stale}).
+        A failure is logged; the view stays up.
+        """
+        from realize.overlay import OverlayError, remount_stale
+
+        assert self.mountpoint is not None
+        fuse = os.path.abspath(self.mountpoint)
+        try:
+            again = await self.run_io(remount_stale, self.config, fuse)
+        except (OverlayError, OSError) as e:
+            log.error(
+                "an overlay over the previous view of {fuse} cannot be mounted "
+                "again: {error}; run realized mountall",
+                fuse=fuse,
+                error=str(e),
+            )
+            return
+        for mountpoint in again:
+            log.warn(
+                "the overlay at {mountpoint} was over the previous view (a "
+                "restart): mounted it again over {fuse}; files open in it "
+                "before must be opened again",
+                mountpoint=mountpoint,
+                fuse=fuse,
+            )
 
     def _consensus(
         self, caches: Mapping[ArenaName, ArenaCache], roots: Mapping[ArenaName, int]
