@@ -141,7 +141,8 @@ class OverlayIntegrationTests(TestCase):
         file read through the overlay fails at once (ENOTCONN, not a
         hang) while b's own files still read; once b's daemon is up
         again, the same overlay directory shows both again, an edit made
-        before the restart is kept, and edits work.
+        before the restart is kept, and edits work.  The same after the
+        daemon was killed.
         """
 
         async def go() -> None:
@@ -178,5 +179,16 @@ class OverlayIntegrationTests(TestCase):
                 read(os.path.join(self.b.datadir, "remote.txt")),
                 b"from a, edited on b",
             )
+            # Killed: the same once it is started again.
+            await self.b.stop(kill=True)
+            with self.assertRaises(OSError) as caught:
+                os.listdir(self.overlay)
+            self.assertEqual(caught.exception.errno, errno.ENOTCONN)
+            await self.b.start(fuse=True)
+            await self.b.wait_log(b"mounted it again", 15)
+            self.assertEqual(
+                sorted(os.listdir(self.overlay)), ["local.txt", "remote.txt"]
+            )
+            self.assertEqual(read(remote), b"from a, edited on b")
 
         return Deferred.fromCoroutine(go())
