@@ -103,6 +103,22 @@ class ConflictIntegrationTests(_RealCase):
     def conflict_file(self, peer: Peer, name: str) -> str:
         return peer.mounted(f".realize/conflicts/notes.txt/{name}")
 
+    async def one_conflict(self, peer: Peer, contents: set[bytes]) -> None:
+        """
+        Wait until C{notes.txt} lists one conflict on a peer, then check
+        that its view and the conflict file read the two C{contents}.
+        """
+        names = await eventually(
+            lambda: conflicts(peer.mounted("notes.txt")),
+            40,
+            f"a conflict listed on {peer.name}",
+        )
+        self.assertEqual(len(names), 1, names)
+        # Perhaps just joined again: the holders may still be connecting.
+        shown = await read_when_served(peer.mounted("notes.txt"))
+        other = await read_when_served(self.conflict_file(peer, names[0]))
+        self.assertEqual({shown, other}, contents, peer.name)
+
     def test_concurrent_edit(self) -> None:
         """
         Two laptops edit the NAS's version while they cannot see each
@@ -159,16 +175,7 @@ class ConflictIntegrationTests(_RealCase):
             two.transport.signalProcess("HUP")
 
             for peer in peers:
-                names = await eventually(
-                    lambda peer=peer: conflicts(peer.mounted("notes.txt")),
-                    40,
-                    f"a conflict listed on {peer.name}",
-                )
-                self.assertEqual(len(names), 1, names)
-                # Just joined again: the holders may still be connecting.
-                shown = await read_when_served(peer.mounted("notes.txt"))
-                other = await read_when_served(self.conflict_file(peer, names[0]))
-                self.assertEqual({shown, other}, set(mine.values()), peer.name)
+                await self.one_conflict(peer, set(mine.values()))
                 listed = await deferToThread(os.listdir, peer.mounted(""))
                 self.assertIn(".realize", listed)
                 # Never listed: a copy-up would carry it into the datadir.
@@ -246,15 +253,7 @@ class ConflictIntegrationTests(_RealCase):
             finally:
                 await deferToThread(f.close)
             for peer in (nas, laptop):
-                names = await eventually(
-                    lambda peer=peer: conflicts(peer.mounted("notes.txt")),
-                    40,
-                    f"a conflict listed on {peer.name}",
-                )
-                self.assertEqual(len(names), 1, names)
-                shown = await read_when_served(peer.mounted("notes.txt"))
-                other = await read_when_served(self.conflict_file(peer, names[0]))
-                self.assertEqual({shown, other}, {ours, written}, peer.name)
+                await self.one_conflict(peer, {ours, written})
             self.assertEqual(self.disk(nas, "notes.txt"), ours)
             self.assertEqual(self.disk(laptop, "notes.txt"), written)
 

@@ -207,20 +207,26 @@ class _OverlayCase(_WatcherCase):
         self.position = 0
         self.remote: dict[str, bytes] = {}
 
-    def peer_has(self, path: str, data: bytes, peer: str = PEER) -> bytes:
+    def peer_has(
+        self, path: str, data: bytes, peer: str = PEER, old: bytes | None = None
+    ) -> bytes:
         """
-        Peer C{b} adds a file (as the household would apply it).
+        A peer (C{b}) adds a file, or replaces version C{old} (as the
+        household would apply it).
+
+        @return: the new version's hash.
         """
         digest = root_of(data)
         self.position += 1
         note = Notification(
-            ADD,
+            ADD if old is None else REPLACE,
             A,
             self.position,
             path=path,
             size=len(data),
-            mtime_ns=1_600_000_000 * 10**9,
+            mtime_ns=(1_600_000_000 if old is None else 1_650_000_000) * 10**9,
             hash=digest,
+            old_hash=old,
         )
         self.successResultOf(
             self.pool.runInteraction(_txn_apply_batch, self.tree, peer, [note])
@@ -473,27 +479,6 @@ class CopyUpOriginTests(_OverlayCase):
         self.watcher = self.start(mountpoint="/nonexistent-overlay")
         self.fake = self.notifiers[0]
 
-    def peer_replaces(self, path: str, old: bytes, data: bytes) -> bytes:
-        """
-        Peer C{c} replaces a version (its Replace reached this peer).
-        """
-        digest = root_of(data)
-        self.position += 1
-        note = Notification(
-            REPLACE,
-            A,
-            self.position,
-            path=path,
-            size=len(data),
-            mtime_ns=1_650_000_000 * 10**9,
-            hash=digest,
-            old_hash=old,
-        )
-        self.successResultOf(
-            self.pool.runInteraction(_txn_apply_batch, self.tree, "c", [note])
-        )
-        return digest
-
     def test_replace_names_version_seen(self) -> None:
         """
         Another peer's Replace of the same version arriving between the
@@ -504,7 +489,7 @@ class CopyUpOriginTests(_OverlayCase):
         self.write("d/doc", b"doc, edited here")
         self.fake.emit(self.full("d"), IN_MOVED_TO, "doc")
         self.clock.advance(0)
-        theirs = self.peer_replaces("d/doc", self.old, b"doc, edited there")
+        theirs = self.peer_has("d/doc", b"doc, edited there", "c", self.old)
         self.assertEqual(self.entries(), [])
         self.settle()
         self.assertEqual(self.entries(), [(REPLACE, "d/doc", self.old)])
@@ -530,7 +515,7 @@ class CopyUpOriginTests(_OverlayCase):
         self.write("d/doc", b"doc, edited here")
         self.fake.emit(self.full("d"), IN_CLOSE_WRITE, "doc")
         self.clock.advance(0)
-        theirs = self.peer_replaces("d/doc", self.old, b"doc, edited there")
+        theirs = self.peer_has("d/doc", b"doc, edited there", "c", self.old)
         self.settle()
         self.assertEqual(self.entries(), [(REPLACE, "d/doc", theirs)])
 
