@@ -58,6 +58,25 @@ class StartupTests(SynchronousTestCase):
         ).stdout
         self.assertEqual(out.split(), ["False", "False", "True"])
 
+    def test_no_db_code(self) -> None:
+        """
+        Importing the command does not import the arena db code (sqlite
+        pools, schema, index: ~18 ms); only a look at a local arena db for
+        its uuid does.
+        """
+        code = (
+            "import sys, tempfile, pathlib\n"
+            "import realize.tap.move\n"
+            "from realize.tap.identity import local_uuid\n"
+            "print('realize.storage.pool' in sys.modules)\n"
+            "print(local_uuid(pathlib.Path(tempfile.mkdtemp())))\n"
+            "print('realize.storage.pool' in sys.modules)\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout
+        self.assertEqual(out.split(), ["False", "None", "False"])
+
     def test_no_prometheus(self) -> None:
         """
         A move that neither serves nor pushes its metrics does not make
