@@ -65,15 +65,18 @@ class StartupTests(SynchronousTestCase):
         its uuid does.
         """
         code = (
-            "import sys, tempfile, pathlib\n"
+            "import sys, pathlib\n"
             "import realize.tap.move\n"
             "from realize.tap.identity import local_uuid\n"
             "print('realize.storage.pool' in sys.modules)\n"
-            "print(local_uuid(pathlib.Path(tempfile.mkdtemp())))\n"
+            "print(local_uuid(pathlib.Path(sys.argv[1])))\n"
             "print('realize.storage.pool' in sys.modules)\n"
         )
         out = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+            [sys.executable, "-c", code, self.mktemp()],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
         self.assertEqual(out.split(), ["False", "None", "False"])
 
@@ -85,14 +88,15 @@ class StartupTests(SynchronousTestCase):
         them does.
         """
         code = (
-            "import os, sys, tempfile\n"
+            "import os, sys\n"
             "from twisted.internet import defer, task\n"
             "import realize.tap.move as m\n"
-            "src, dst = tempfile.mkdtemp(), tempfile.mkdtemp()\n"
+            "src, dst = sys.argv[1:3]\n"
+            "os.makedirs(src)\n"
             "open(os.path.join(src, 'f'), 'w').write('x')\n"
             "o = m.MoveOptions()\n"
             "o.parseOptions(['--src', 'local:' + src, '--dst', 'local:' + dst, "
-            "'--output', 'quiet', *sys.argv[1:], 'x'])\n"
+            "'--output', 'quiet', *sys.argv[3:], 'x'])\n"
             "async def go(reactor):\n"
             "    code = await m.run(reactor, o)\n"
             "    print(code, 'prometheus_client' in sys.modules, os.listdir(dst))\n"
@@ -101,7 +105,7 @@ class StartupTests(SynchronousTestCase):
 
         def move(*arguments: str) -> list[str]:
             return subprocess.run(
-                [sys.executable, "-c", code, *arguments],
+                [sys.executable, "-c", code, self.mktemp(), self.mktemp(), *arguments],
                 capture_output=True,
                 text=True,
                 check=True,
