@@ -51,7 +51,13 @@ that worktree's code.
 
 Usage: python bench/move_throughput.py [--shapes small,stdlib,many,big,sparse]
        [--rounds 3] [--dir DIR ...] [--size-mib 1024] [--files 10000]
-       [--many-files 100000]
+       [--many-files 100000] [--py-spy DIR]
+
+With C{--py-spy DIR}, every realize-move and its realized are profiled
+(py-spy C{--gil}, raw collapsed stacks at 250 Hz, one file per process and
+move, numbered in order): where each process's time goes, per file.  The
+profiler slows both and is counted in the client's CPU: time such a run
+for its profiles only.
 
 On a VM disk the time to create or delete many small files varies by 10x
 from run to run (ext4 mounted with C{discard} here): look at the spread.
@@ -425,9 +431,12 @@ class Realize:
     A realized on loopback plus the configs and keys to move into it.
     """
 
-    def __init__(self, work: str) -> None:
+    def __init__(self, work: str, py_spy: str | None = None) -> None:
         self.work = os.path.join(work, "realize")
         os.makedirs(self.work)
+        #: Where py-spy profiles of both processes go (C{--py-spy}).
+        self.py_spy = py_spy
+        self.profiles = 0
         for name in ("a", "b"):
             write_key_pair(self.work, name)
         self.daemon: subprocess.Popen[bytes] | None = None
@@ -501,6 +510,20 @@ class Realize:
         extra: Sequence[str],
     ) -> Result:
         self.start(daemon)
+        spy = None
+        prefix: list[str] = []
+        if self.py_spy is not None:
+            assert self.daemon is not None
+            self.profiles += 1
+            stem = os.path.join(self.py_spy, f"{self.profiles:02d}")
+            record = [_py_spy(), "record", "--gil", "-r", "250", "-f", "raw"]
+            spy = subprocess.Popen(
+                [*record, "-o", f"{stem}-realized.txt", "--pid", str(self.daemon.pid)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            prefix = [*record, "-o", f"{stem}-move.txt", "--"]
+            print(f"      py-spy: {stem}-move.txt, {stem}-realized.txt", flush=True)
         try:
             config = os.path.join(self.work, "a.toml")
             with open(config, "w") as f:
@@ -514,6 +537,7 @@ class Realize:
             daemon_cpu = cpu_seconds(self.daemon.pid)
             seconds, rss, _, cpu = run_measured(
                 [
+                    *prefix,
                     sys.executable,
                     "-m",
                     "realize.tap.move",
@@ -535,6 +559,8 @@ class Realize:
             server_cpu = cpu_seconds(self.daemon.pid) - daemon_cpu
         finally:
             self.stop()
+            if spy is not None:
+                spy.wait(30)
         target = daemon if dst == "b" else local
         size, files = tree_size(target)
         left = tree_size(source)[1]
@@ -631,6 +657,18 @@ class TlsCeiling:
             server_cpu,
             note=f"transfer alone {size / transfer / 1e6:.0f} MB/s",
         )
+
+
+def _py_spy() -> str:
+    """
+    @return: the py-spy beside this Python (a virtualenv's), else on the
+        C{PATH}.
+    """
+    beside = os.path.join(os.path.dirname(sys.executable), "py-spy")
+    found = beside if os.path.exists(beside) else shutil.which("py-spy")
+    if found is None:
+        raise SystemExit("--py-spy: py-spy is not installed (pip install py-spy)")
+    return found
 
 
 def fresh(path: str) -> str:
@@ -860,7 +898,17 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--files", type=int, default=10_000)
     parser.add_argument("--many-files", type=int, default=100_000)
+    parser.add_argument(
+        "--py-spy",
+        metavar="DIR",
+        help="profile realize-move and realized of every move with py-spy "
+        "(--gil, raw collapsed stacks, 250 Hz) into DIR; it slows them: "
+        "the timings of such a run are not the ones to report",
+    )
     args = parser.parse_args()
+    if args.py_spy is not None:
+        _py_spy()
+        os.makedirs(args.py_spy, exist_ok=True)
     wanted = args.shapes.split(",")
     chosen = [s for s in shapes(args) if s.name in wanted]
     if len(chosen) != len(wanted):
@@ -872,7 +920,7 @@ def main() -> None:
     for directory in args.dir or ["/dev/shm", tempfile.gettempdir()]:
         work = tempfile.mkdtemp(prefix="realize-bench-", dir=directory)
         sshd = Sshd(work)
-        realize = Realize(work)
+        realize = Realize(work, args.py_spy)
         try:
             sshd.start()
             for shape in chosen:

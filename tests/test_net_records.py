@@ -10,7 +10,14 @@ from hypothesis import strategies as st
 from twisted.protocols.amp import MAX_VALUE_LENGTH
 from twisted.trial.unittest import SynchronousTestCase
 
-from realize.net.commands import Records
+from realize.model import FileInfo, SmallFile
+from realize.net.commands import (
+    DeleteFiles,
+    Records,
+    WriteFiles,
+    pack_delete_files,
+    pack_write_files,
+)
 
 FIELDS = [("path", "text"), ("size", "uint"), ("mtime_ns", "int"), ("root", "blob")]
 
@@ -110,3 +117,66 @@ class RecordsTests(SynchronousTestCase):
         A field of an unknown kind is refused when the argument is made.
         """
         self.assertRaises(ValueError, Records, [("x", "float")])
+
+
+class PackedTests(SynchronousTestCase):
+    """
+    L{pack_write_files} and L{pack_delete_files} pack the records of a batch
+    as the commands' own L{Records} would pack their dicts, and a
+    L{Records} argument sends a L{Packed} as it is.
+    """
+
+    @settings(database=None, max_examples=200)
+    @given(
+        st.lists(
+            st.builds(
+                SmallFile,
+                st.text(max_size=50),
+                st.integers(0, 2**64 - 1),
+                st.integers(-(2**63), 2**63 - 1),
+                st.binary(max_size=40),
+            ),
+            max_size=20,
+        )
+    )
+    def test_write_files(self, files: list[SmallFile]) -> None:
+        """
+        The records of a WriteFiles call: what its argument packs of the
+        same files as dicts.
+        """
+        argument = dict(WriteFiles.arguments)[b"files"]
+        assert isinstance(argument, Records)
+        dicts = [
+            {"path": f.path, "size": f.size, "mtime_ns": f.mtime_ns, "root": f.root}
+            for f in files
+        ]
+        packed = pack_write_files(files)
+        self.assertEqual(packed.data, argument.pack(dicts))
+        self.assertEqual(argument.pack(packed), packed.data)
+        self.assertEqual(argument.unpack(packed.data), dicts)
+
+    @settings(database=None, max_examples=200)
+    @given(
+        st.lists(
+            st.builds(
+                FileInfo,
+                st.text(max_size=50),
+                st.integers(0, 2**64 - 1),
+                st.integers(-(2**63), 2**63 - 1),
+            ),
+            max_size=20,
+        )
+    )
+    def test_delete_files(self, files: list[FileInfo]) -> None:
+        """
+        The records of a DeleteFiles call: what its argument packs of the
+        same files as dicts.
+        """
+        argument = dict(DeleteFiles.arguments)[b"files"]
+        assert isinstance(argument, Records)
+        dicts = [
+            {"path": f.path, "size": f.size, "mtime_ns": f.mtime_ns} for f in files
+        ]
+        packed = pack_delete_files(files)
+        self.assertEqual(packed.data, argument.pack(dicts))
+        self.assertEqual(argument.unpack(packed.data), dicts)

@@ -58,6 +58,63 @@ class StartupTests(SynchronousTestCase):
         ).stdout
         self.assertEqual(out.split(), ["False", "False", "True"])
 
+    def test_no_db_code(self) -> None:
+        """
+        Importing the command does not import the arena db code (sqlite
+        pools, schema, index: ~18 ms); only a look at a local arena db for
+        its uuid does.
+        """
+        code = (
+            "import sys, pathlib\n"
+            "import realize.tap.move\n"
+            "from realize.tap.identity import local_uuid\n"
+            "print('realize.storage.pool' in sys.modules)\n"
+            "print(local_uuid(pathlib.Path(sys.argv[1])))\n"
+            "print('realize.storage.pool' in sys.modules)\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code, self.mktemp()],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        self.assertEqual(out.split(), ["False", "None", "False"])
+
+    def test_no_prometheus(self) -> None:
+        """
+        A move that neither serves nor pushes its metrics does not make
+        them (nothing would read them): it does not import
+        prometheus_client, which costs ~20 ms of start-up.  One that pushes
+        them does.
+        """
+        code = (
+            "import os, sys\n"
+            "from twisted.internet import defer, task\n"
+            "import realize.tap.move as m\n"
+            "src, dst = sys.argv[1:3]\n"
+            "os.makedirs(src)\n"
+            "open(os.path.join(src, 'f'), 'w').write('x')\n"
+            "o = m.MoveOptions()\n"
+            "o.parseOptions(['--src', 'local:' + src, '--dst', 'local:' + dst, "
+            "'--output', 'quiet', *sys.argv[3:], 'x'])\n"
+            "async def go(reactor):\n"
+            "    code = await m.run(reactor, o)\n"
+            "    print(code, 'prometheus_client' in sys.modules, os.listdir(dst))\n"
+            "task.react(lambda r: defer.Deferred.fromCoroutine(go(r)))\n"
+        )
+
+        def move(*arguments: str) -> list[str]:
+            return subprocess.run(
+                [sys.executable, "-c", code, self.mktemp(), self.mktemp(), *arguments],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.split()
+
+        self.assertEqual(move(), ["0", "False", "['f']"])
+        pushed = move("--metrics-pushgateway", "http://127.0.0.1:1")
+        self.assertEqual(pushed, ["12", "True", "['f']"])
+
     def test_default_job(self) -> None:
         """
         The default C{--metrics-job} of realize-move, spelled out so that

@@ -448,7 +448,9 @@ class RemoteStore:
         self, arena: ArenaName, files: Sequence[SmallFile], data: Sequence[bytes]
     ) -> list[RealizeError | None]:
         results: list[RealizeError | None] = [None] * len(files)
-        pairs = []
+        indexes: list[int] = []
+        sending: list[SmallFile] = []
+        contents: list[bytes] = []
         for index, (file, content) in enumerate(zip(files, data, strict=True)):
             if len(content) != file.size:
                 # As the store would answer it, for this file alone: the
@@ -458,25 +460,22 @@ class RemoteStore:
                     f"{file.size}-byte file"
                 )
             else:
-                pairs.append((index, file, content))
-        for part in batches(pairs, lambda entry: entry_cost(entry[1].path)):
+                indexes.append(index)
+                sending.append(file)
+                contents.append(content)
+        start = 0
+        for part in batches(sending, lambda file: entry_cost(file.path)):
+            end = start + len(part)
             answer = await self._call_sending(
                 commands.WriteFiles,
-                ChunkList(join_frames([content for _, _, content in part])),
+                ChunkList(join_frames(contents[start:end])),
                 arena=arena,
-                files=[
-                    {
-                        "path": file.path,
-                        "size": file.size,
-                        "mtime_ns": file.mtime_ns,
-                        "root": file.root,
-                    }
-                    for _, file, _ in part
-                ],
+                files=commands.pack_write_files(part),
             )
             outcomes = _decode_outcomes(answer["results"], len(part), self.label)
-            for (index, _, _), outcome in zip(part, outcomes, strict=True):
+            for index, outcome in zip(indexes[start:end], outcomes, strict=True):
                 results[index] = outcome
+            start = end
         return results
 
     async def delete_files(
@@ -490,10 +489,7 @@ class RemoteStore:
             answer = await self._call(
                 commands.DeleteFiles,
                 arena=arena,
-                files=[
-                    {"path": f.path, "size": f.size, "mtime_ns": f.mtime_ns}
-                    for f in part
-                ],
+                files=commands.pack_delete_files(part),
                 partials=None
                 if partials is None
                 else encode_flags([f.path in partials for f in part]),

@@ -15,7 +15,7 @@ listening side a cap on such connections in total and per source address.
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from attrs import define, field
 from twisted.internet.defer import Deferred
@@ -30,13 +30,16 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from realize.interfaces import RunInThread
-from realize.metrics import DaemonMetrics
 from realize.model import PeerId
 from realize.net.framing import Connection, ConnectionLimits
 from realize.net.locator import LocatorFactory
 from realize.net.registry import ConnectionRegistry
 from realize.net.throttle import ThrottlingFactory, find_throttle
 from realize.net.tls import ClientTLS, ServerTLS, auth_log, pinned_identity
+
+if TYPE_CHECKING:
+    # Only named: a client (realize-move) need not import prometheus_client.
+    from realize.metrics import DaemonMetrics
 
 __all__ = [
     "HANDSHAKE_TIMEOUT",

@@ -70,7 +70,6 @@ from realize.model import (
     FileState,
     Hole,
     SmallFile,
-    SmallRead,
 )
 from realize.services.budget import ByteBudget
 from realize.services.repair import DeltaRepairer, Repairer, differing_ranges
@@ -420,10 +419,19 @@ class Mover:
         partials: set[str],
     ) -> None:
         try:
+            started = self.observer.file_started
             for info in infos:
-                self.observer.file_started(arena, info.path, info.size)
-            for result in await self._move_batch(arena, infos, partials):
-                self._report(result, report)
+                started(arena, info.path, info.size)
+            results = await self._move_batch(arena, infos, partials)
+            done = self.observer.file_done
+            append = report.results.append
+            for result in results:
+                if result.status is FileStatus.MOVED and not self.log_moves:
+                    # What _report does for a moved file nobody logs.
+                    append(result)
+                    done(result)
+                else:
+                    self._report(result, report)
         finally:
             self.batches.release(1)
 
@@ -437,8 +445,15 @@ class Mover:
         source (of the file, and of its partial where C{partials}, the
         source's listed partial files, has one).  A file whose destination
         hash differs is copied once more on its own.
+
+        Only a file whose read matches its listing (size and mtime) is
+        sent; only one the destination answers as finished (its root
+        verified, durable) is deleted, and only if it still has the size
+        and mtime of its listing.
+
+        @return: the result of each file, in the order of C{infos}.
         """
-        results: dict[str, FileResult] = {}
+        results: list[FileResult | None] = [None] * len(infos)
         try:
             reads = await self.source.read_files(
                 arena, [(info.path, info.size) for info in infos]
@@ -446,63 +461,77 @@ class Mover:
         except Exception as e:
             error = self.sides.source_error(e)
             return [self._failed(arena, info, error) for info in infos]
-        sending: list[tuple[FileInfo, SmallRead]] = []
-        for info, read in zip(infos, reads, strict=True):
+        # The files sent: their indexes in infos, and what is written.
+        sent: list[int] = []
+        files: list[SmallFile] = []
+        contents: list[bytes] = []
+        for index, (info, read) in enumerate(zip(infos, reads, strict=True)):
             if isinstance(read, BaseException):
-                results[info.path] = self._failed(
+                results[index] = self._failed(
                     arena, info, self.sides.source_error(read)
                 )
             elif read.size != info.size or read.mtime_ns != info.mtime_ns:
-                results[info.path] = self._failed(
+                results[index] = self._failed(
                     arena, info, self.sides.source_error(changed(info, read.size))
                 )
             else:
-                sending.append((info, read))
-        self.ledger.handed(arena, [info for info, _ in sending])
+                sent.append(index)
+                files.append(SmallFile(info.path, info.size, info.mtime_ns, read.root))
+                contents.append(read.data)
+        del reads
+        self.ledger.handed(arena, [infos[index] for index in sent])
         outcomes: list[RealizeError | None] = []
-        if sending:
+        if sent:
             try:
-                outcomes = await self.destination.write_files(
-                    arena,
-                    [
-                        SmallFile(info.path, info.size, info.mtime_ns, read.root)
-                        for info, read in sending
-                    ],
-                    [read.data for _, read in sending],
-                )
+                outcomes = await self.destination.write_files(arena, files, contents)
             except Exception as e:
                 error = self.sides.destination_error(e)
-                for info, _ in sending:
-                    results[info.path] = self._failed(arena, info, error)
-                sending = []
-        finished: list[tuple[FileInfo, SmallRead]] = []
-        again: list[FileInfo] = []
-        for (info, read), outcome in zip(sending, outcomes, strict=True):
+                for index in sent:
+                    results[index] = self._failed(arena, infos[index], error)
+                sent, files = [], []
+        del contents
+        # The files finished at the destination: their indexes in infos,
+        # and their roots.
+        finished: list[int] = []
+        roots: list[bytes] = []
+        again: list[int] = []
+        for index, file, outcome in zip(sent, files, outcomes, strict=True):
             if outcome is None:
-                finished.append((info, read))
+                finished.append(index)
+                roots.append(file.root)
             elif isinstance(outcome, Conflict):
-                again.append(info)
+                again.append(index)
             else:
-                results[info.path] = self._failed(
-                    arena, info, self.sides.destination_error(outcome)
+                results[index] = self._failed(
+                    arena, infos[index], self.sides.destination_error(outcome)
                 )
         if finished:
             try:
                 deleted: Sequence[
                     BaseException | None
                 ] = await self.source.delete_files(
-                    arena, [info for info, _ in finished], partials
+                    arena, [infos[index] for index in finished], partials
                 )
             except Exception as e:
                 deleted = [e] * len(finished)
-            for (info, read), deletion in zip(finished, deleted, strict=True):
+            settle = self.ledger.settle
+            for index, root, deletion in zip(finished, roots, deleted, strict=True):
+                info = infos[index]
                 if deletion is None:
-                    results[info.path] = self._moved(arena, info, read.root)
+                    results[index] = FileResult(
+                        arena,
+                        info.path,
+                        info.size,
+                        FileStatus.MOVED,
+                        settle(arena, info.path),
+                        root,
+                    )
                 else:
-                    results[info.path] = self._failed(
+                    results[index] = self._failed(
                         arena, info, self.sides.source_error(deletion)
                     )
-        for info in again:
+        for index in again:
+            info = infos[index]
             log.warn(
                 "{arena}/{path}: destination hash differs, copying again",
                 arena=arena,
@@ -510,10 +539,10 @@ class Mover:
             )
             try:
                 # What the batch sent for it is counted in the result.
-                results[info.path] = await self._move_small(arena, info, attempts=1)
+                results[index] = await self._move_small(arena, info, attempts=1)
             except Exception as e:
-                results[info.path] = self._failed(arena, info, e)
-        return [results[info.path] for info in infos]
+                results[index] = self._failed(arena, info, e)
+        return cast(list[FileResult], results)
 
     async def _sparse_sides(self) -> tuple[SparseStore, SparseStore] | None:
         """

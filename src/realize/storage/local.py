@@ -514,12 +514,14 @@ class LocalStore:
             batch.delete_files, arena_dir, files, durable, partials
         )
         outcomes: list[RealizeError | None] = []
+        book = self.book
         for (path, _, _), result in zip(files, results, strict=True):
             if isinstance(result, RealizeError):
                 outcomes.append(result)
                 continue
             outcomes.append(None)
-            self.book.forget(arena_dir.key(path))
+            if len(book):
+                book.forget(arena_dir.key(path))
             if result and self.listener is not None:
                 self._tell(self.listener.file_deleted, arena, path)
         return outcomes

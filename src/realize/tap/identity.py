@@ -22,8 +22,6 @@ from realize.interfaces import Store
 from realize.model import ArenaName
 from realize.net.client import RemoteStore
 from realize.net.history import RemoteHistory
-from realize.storage.index import _txn_store_uuid
-from realize.storage.pool import open_reader
 
 __all__ = ["arena_uuid", "local_uuid"]
 
@@ -41,6 +39,11 @@ def local_uuid(workdir: Path) -> str | None:
     path = workdir / ARENA_DB
     if not path.is_file():
         return None
+    # Imported here: a move from a directory without a db (most) need not
+    # load the db code (~18 ms of start-up).
+    from realize.storage.index import _txn_store_uuid
+    from realize.storage.pool import open_reader
+
     try:
         connection = open_reader(path)
         try:

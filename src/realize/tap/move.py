@@ -57,7 +57,6 @@ from realize.logs import (
     NamespacePredicate,
     start_logging,
 )
-from realize.metrics import MoveMetrics, make_registry
 from realize.model import ArenaName, check_arena_name
 from realize.net.client import connect
 from realize.net.tls import ClientTLS, load_private_key
@@ -80,7 +79,10 @@ from realize.tap.identity import arena_uuid
 from realize.tap.output import Output, make_output
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
     from twisted.application.service import IService
+
+    from realize.metrics import MoveMetrics
 
 __all__ = ["IMoveReactor", "MoveOptions", "main", "makeService", "run"]
 
@@ -597,8 +599,17 @@ async def run(
             raise
         return source, destination
 
-    registry = make_registry()
-    metrics = MoveMetrics(registry)
+    # Metrics only if something reads them (served or pushed): nothing
+    # else would, and prometheus_client costs ~20 ms of start-up and a
+    # labelled counter per file.
+    metrics: MoveMetrics | None = None
+    registry: CollectorRegistry | None = None
+    served = options["metrics-addr"] is not None
+    if served or options["metrics-pushgateway"] is not None:
+        from realize.metrics import MoveMetrics, make_registry
+
+        registry = make_registry()
+        metrics = MoveMetrics(registry)
     observer = _Observers(output, metrics)
     # Held from before the first attempt to the end of the job, through
     # retries: another move from the same local arena waits or refuses.
@@ -615,6 +626,7 @@ async def run(
     )
     port = None
     if options["metrics-addr"] is not None:
+        assert registry is not None
         try:
             from realize.web import listen_metrics
 
@@ -623,8 +635,10 @@ async def run(
             pool.stop()
             output.error(describe(e))
             return EXIT_ERROR
-    catch_up = LoopingCall(metrics.update, job.stats)
-    catch_up.clock = reactor
+    catch_up = None
+    if metrics is not None:
+        catch_up = LoopingCall(metrics.update, job.stats)
+        catch_up.clock = reactor
 
     def stopper(reason: Outcome) -> Callable[[int, FrameType | None], None]:
         def handler(signum: int, frame: FrameType | None) -> None:
@@ -649,8 +663,9 @@ async def run(
     else:
         reactor.callWhenRunning(install)
     started = time.monotonic()
-    metrics.started(reactor.seconds())
-    catch_up.start(1.0, now=False)
+    if metrics is not None and catch_up is not None:
+        metrics.started(reactor.seconds())
+        catch_up.start(1.0, now=False)
     output.start()
     outcome = Outcome.FAILED
     try:
@@ -658,13 +673,15 @@ async def run(
     finally:
         locks.release()
         output.stop()
-        catch_up.stop()
+        if catch_up is not None:
+            catch_up.stop()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         if not pool.joined:
             pool.stop()
-        metrics.update(job.stats)
-        metrics.finished(outcome is Outcome.OK)
+        if metrics is not None:
+            metrics.update(job.stats)
+            metrics.finished(outcome is Outcome.OK)
         if port is not None:
             stopped = port.stopListening()
             if stopped is not None:
@@ -685,6 +702,7 @@ async def run(
         output.error(f"terminated; {kept}")
     code = EXIT_CODES[outcome]
     if options["metrics-pushgateway"] is not None:
+        assert registry is not None
         from realize.web import make_http_client, push_metrics
 
         try:
@@ -705,7 +723,8 @@ async def run(
 
 class _Observers:
     """
-    The job's observer: the output (what the user sees) and the metrics.
+    The job's observer: the output (what the user sees) and the metrics
+    (if the move has any: only one that serves or pushes them).
 
     A file that fails with a network error is held back, not shown: the
     job retries it (the lost connection is shown once, as a warning), and
@@ -713,7 +732,7 @@ class _Observers:
     (L{release}).
     """
 
-    def __init__(self, output: Output, metrics: MoveMetrics) -> None:
+    def __init__(self, output: Output, metrics: MoveMetrics | None) -> None:
         self.output = output
         self.metrics = metrics
         self._held: dict[tuple[ArenaName, str], FileResult] = {}
@@ -733,11 +752,13 @@ class _Observers:
         for result in report.failed:
             if held.get((result.arena, result.path)) is result:
                 self.output.file_done(result)
-                self.metrics.file_done(result.arena, result.status)
+                if self.metrics is not None:
+                    self.metrics.file_done(result.arena, result.status)
 
     def listed(self, arena: ArenaName, files: int, size: int) -> None:
         self.output.listed(arena, files, size)
-        self.metrics.listed(arena, files, size)
+        if self.metrics is not None:
+            self.metrics.listed(arena, files, size)
 
     def file_started(self, arena: ArenaName, path: str, size: int) -> None:
         self.output.file_started(arena, path, size)
@@ -746,17 +767,19 @@ class _Observers:
         self.output.transferred(arena, path, size)
 
     def file_done(self, result: FileResult) -> None:
-        key = (result.arena, result.path)
         if result.error is not None and is_retryable(result.error):
-            self._held[key] = result
+            self._held[(result.arena, result.path)] = result
             return
-        self._held.pop(key, None)
+        if self._held:
+            self._held.pop((result.arena, result.path), None)
         self.output.file_done(result)
-        self.metrics.file_done(result.arena, result.status)
+        if self.metrics is not None:
+            self.metrics.file_done(result.arena, result.status)
 
     def retrying(self, error: BaseException, delay: float, retry: int) -> None:
         self.output.retrying(error, delay, retry)
-        self.metrics.retried()
+        if self.metrics is not None:
+            self.metrics.retried()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
