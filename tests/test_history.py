@@ -15,6 +15,7 @@ from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from realize.config import ArenaConfig, Config, HistoryConfig, PeerConfig
@@ -403,6 +404,21 @@ class SubscriptionTests(_ServiceCase):
         )
         self.assertEqual(m("realize_history_position", arena="a"), 2)
         self.assertEqual(m("realize_history_held_entries", arena="a"), 2)
+
+    def test_recording_logged_once(self) -> None:
+        """
+        A recording is one debug event with its count and positions, not
+        an event per entry (a move records thousands a second).
+        """
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.add("a", "b", "c")
+        recorded = [e for e in events if "recorded" in e.get("log_format", "")]
+        self.assertEqual(
+            [(e["log_level"], e["count"], e["first"], e["last"]) for e in recorded],
+            [(LogLevel.debug, 3, 1, 3)],
+        )
 
 
 class BackPressureTests(_ServiceCase):

@@ -591,14 +591,15 @@ class HistoryService(Service):
             self.metrics.recorded_entries(arena, (n.kind for n in notes))
             self.metrics.position.labels(arena).set(self._last[arena])
             self.metrics.size.labels(arena).inc(len(notes))
-        for note in notes:
-            self.log.debug(
-                "arena {arena}: {kind} {path} at {position}",
-                arena=arena,
-                kind=note.kind,
-                path=note.path,
-                position=note.position,
-            )
+        # One event per recording, not per entry: a move records thousands
+        # of files a second (issue 15).
+        self.log.debug(
+            "arena {arena}: {count} entries recorded, positions {first} to {last}",
+            arena=arena,
+            count=len(notes),
+            first=notes[0].position,
+            last=notes[-1].position,
+        )
         self._wake(arena)
 
     def _wake(self, arena: ArenaName) -> None:
