@@ -850,6 +850,19 @@ class EventTests(_WatcherCase):
         ]
         self.assertEqual(len(warned), 1)
 
+    def test_partial_names_on_bytes(self) -> None:
+        """
+        Only files named as partials are dropped at their event: a
+        directory with such a name is scanned, a file named C{..part} (no
+        final name inside) is recorded.
+        """
+        self.write(".d.part/f")
+        self.write("..part")
+        self.fake.emit(self.root, IN_CREATE | IN_ISDIR, ".d.part")
+        self.fake.emit(self.root, IN_CLOSE_WRITE, "..part")
+        self.settle()
+        self.assertEqual(sorted(self.new()), [(ADD, "..part"), (ADD, ".d.part/f")])
+
     def test_attributes_hook(self) -> None:
         """
         C{IN_ATTRIB} calls the marks hook with the path.
