@@ -108,6 +108,10 @@ RECORD_BACKLOG = 2
 #: Hints from the store kept at most (the oldest go first).
 MAX_HINTS = 100_000
 
+#: Files recorded from hints remembered at most, for the scans under way
+#: (L{ArenaWatcher._covered}; the oldest go first).
+MAX_STORED = 10_000
+
 _ROOT_GONE = inotify.IN_DELETE_SELF | inotify.IN_MOVE_SELF | inotify.IN_UNMOUNT
 
 
@@ -670,7 +674,7 @@ class ArenaWatcher:
                     self.touch(version.path, self.delay)
             raise
         finally:
-            while len(self._stored) > MAX_HINTS:
+            while len(self._stored) > MAX_STORED:
                 self._stored.popitem(last=False)
             self._checking = False
             if self._running:
