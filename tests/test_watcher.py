@@ -691,22 +691,6 @@ class EventTests(_WatcherCase):
             2,
         )
 
-    def test_new_directory_scanned_once(self) -> None:
-        """
-        A directory that appears is watched at its event, before its scan:
-        one scan sees what came before the watch (none more for what came
-        between the walk and the watch).
-        """
-        self.write("n/f")
-        self.fake.emit(self.root, IN_CREATE | IN_ISDIR, "n")
-        self.settle()
-        self.assertEqual(self.new(), [(ADD, "n/f")])
-        self.fake.wd(os.path.join(self.root, "n"))
-        self.assertEqual(
-            self.metric("realize_watcher_rescans_total", arena="a", reason="directory"),
-            1,
-        )
-
     def test_store_file_scanned_not_looked_at_again(self) -> None:
         """
         A scan of a directory the store fills finds a file the store told

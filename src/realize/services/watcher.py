@@ -464,10 +464,10 @@ class ArenaWatcher:
                 # must read the files before their Remove).
                 self.touch(path, self.delay)
             elif mask & (inotify.IN_CREATE | inotify.IN_MOVED_TO):
-                # Watched before the scan, which then sees all that came
-                # before the watch: one scan, not a second one for what
-                # came between the walk and the watch (issue 15).
-                self._watch(path)
+                # Watched after its scan (which scans again what came
+                # between the walk and the watch): watched at once, a
+                # directory the store fills gave six events per file, and
+                # the store's every call paid for them (issue 15).
                 self._queue_scan(path, "directory")
             return
         self._stored.pop(path, None)
