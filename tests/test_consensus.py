@@ -37,7 +37,7 @@ from realize.storage.consensus import (
     queue_row,
 )
 from realize.storage.index import _txn_lookup
-from tests.consensus_world import ARENA, P, Q, World, root_of
+from tests.consensus_world import ARENA, ME, P, Q, World, root_of
 
 
 def bare_db(case: SynchronousTestCase) -> sqlite3.Connection:
@@ -168,6 +168,33 @@ class TrackingTests(SynchronousTestCase):
         # The local Remove clears the events of the local copy.
         self.assertEqual(kinds, {EVENT_REMOVED_LOCAL})
         self.assertNotIn(EVENT_REMOVED_REMOTE, kinds)
+
+    def test_events_in_one_batch(self) -> None:
+        """
+        Within one batch of this peer's own feed, the last change of an
+        event decides (the batch writes them at its end): a Remove then an
+        Add of the path leaves no C{removed_local}, an Add then a Remove
+        leaves it.  A local copy whose version another peer has is queued
+        when its Add is applied (the batch finds the file's inode itself).
+        """
+        world = World(self)
+        old = root_of(b"old")
+        world.peer_adds(P, "shared", b"same")
+        world.apply(
+            ME,
+            [
+                world.note("remove", "back", mtime_ns=10, old_hash=old),
+                world.note("add", "back", size=1, mtime_ns=20, hash=root_of(b"x")),
+                world.note("add", "gone", size=1, mtime_ns=20, hash=root_of(b"y")),
+                world.note("remove", "gone", mtime_ns=30, old_hash=root_of(b"y")),
+            ],
+        )
+        events = world.pool.connection.execute(
+            "SELECT path, kind, hash, mtime_ns FROM consensus_event ORDER BY path"
+        ).fetchall()
+        self.assertEqual(events, [("gone", EVENT_REMOVED_LOCAL, root_of(b"y"), 30)])
+        world.local_file("shared", b"same")
+        self.assertEqual([r[0] for r in world.queue()], ["shared"])
 
     def test_change_mark_queues_beneath(self) -> None:
         """

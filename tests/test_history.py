@@ -15,6 +15,7 @@ from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from realize.config import ArenaConfig, Config, HistoryConfig, PeerConfig
@@ -97,6 +98,8 @@ class _ServiceCase(SynchronousTestCase):
         return pool
 
     def make_service(self, config: Config, **kwargs: Any) -> HistoryService:
+        # Local readers read at once here, unless a test says otherwise.
+        kwargs.setdefault("local_settle", 0.0)
         service = HistoryService(
             config,
             self.clock,
@@ -403,6 +406,82 @@ class SubscriptionTests(_ServiceCase):
         )
         self.assertEqual(m("realize_history_position", arena="a"), 2)
         self.assertEqual(m("realize_history_held_entries", arena="a"), 2)
+
+    def settling(self) -> HistoryService:
+        """
+        A service whose local readers settle (0.5 s, at most 2 s).
+        """
+        base = os.path.abspath(self.mktemp())
+        return self.make_service(
+            make_config(base), local_settle=0.5, local_max_delay=2.0
+        )
+
+    def test_local_reader_settles(self) -> None:
+        """
+        A local reader woken by a change reads once the arena recorded
+        nothing for the settle delay, everything recorded meanwhile in
+        one pull; a peer's subscription reads at once.
+        """
+        service = self.settling()
+        index = service.index(A)
+        local = service.subscribe(A, None, None)
+        peer = service.subscribe(A, B, None)
+        self.pull(local)
+        self.pull(peer)
+        d, e = local.next_batch(), peer.next_batch()
+        self.wait(index.record_versions([Version("a", 1, 5, H1)]))
+        self.assertEqual([n.path for n in self.successResultOf(e)], ["a"])
+        self.clock.advance(0.4)
+        self.wait(index.record_versions([Version("b", 1, 5, H1)]))
+        self.clock.advance(0.4)
+        self.assertNoResult(d)
+        self.clock.advance(0.1)
+        self.assertEqual([n.path for n in self.successResultOf(d)], ["a", "b"])
+
+    def test_local_reader_at_most_delayed(self) -> None:
+        """
+        An arena that keeps recording delays a local reader by the most
+        delay at most; a reader closed or cancelled while it settles stops
+        (no timer left).
+        """
+        service = self.settling()
+        index = service.index(A)
+        timers = self.clock.getDelayedCalls()
+        local = service.subscribe(A, None, None)
+        self.pull(local)
+        d = local.next_batch()
+        for i in range(6):
+            self.wait(index.record_versions([Version(f"f{i}", 1, 5, H1)]))
+            self.clock.advance(0.3)
+        self.assertNoResult(d)
+        self.clock.advance(0.2)
+        self.assertEqual(len(self.successResultOf(d)), 6)
+        d = local.next_batch()
+        self.wait(index.record_versions([Version("g", 1, 5, H1)]))
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual(self.clock.getDelayedCalls(), timers)
+        self.assertEqual([n.path for n in self.pull(local)], ["g"])
+        d = local.next_batch()
+        self.wait(index.record_versions([Version("h", 1, 5, H1)]))
+        local.close()
+        self.failureResultOf(d, SubscriptionClosed)
+        self.assertEqual(self.clock.getDelayedCalls(), timers)
+
+    def test_recording_logged_once(self) -> None:
+        """
+        A recording is one debug event with its count and positions, not
+        an event per entry (a move records thousands a second).
+        """
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.add("a", "b", "c")
+        recorded = [e for e in events if "recorded" in e.get("log_format", "")]
+        self.assertEqual(
+            [(e["log_level"], e["count"], e["first"], e["last"]) for e in recorded],
+            [(LogLevel.debug, 3, 1, 3)],
+        )
 
 
 class BackPressureTests(_ServiceCase):

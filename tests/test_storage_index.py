@@ -18,9 +18,12 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from realize.model import ADD, CATCHUP, DROP, REMOVE, REPLACE, ArenaName
 from realize.storage import index as ix
+from realize.storage.globaldb import InodeRange
 from realize.storage.index import ArenaIndex, IndexEntry, Positions, Version
 from realize.storage.pool import BUSY_TIMEOUT_MS, configure, open_pool, open_reader
 from realize.storage.schema import UPGRADES, SchemaTooNew, schema_version, upgrade
+from realize.storage.unreal import ArenaTree, _txn_apply_batch
+from realize.storage.unrealpaths import set_unreal_root
 from tests.sqlite_helpers import SyncPool
 
 A = ArenaName("a")
@@ -316,6 +319,58 @@ class RecordTests(_DbCase):
         self.commit()
         [note] = ix._txn_record_versions(self.cursor, A, [Version("h", 1, 1, H1)], 0)
         self.assertEqual(note.position, 3)
+
+    def test_origins_by_directory(self) -> None:
+        """
+        Files new to the index where the Unreal shows a version are
+        Replaces of it, found a directory at a time: at the root, in
+        nested directories, not under a file, not for a directory, nor
+        for a version not hashed, nor once the index holds the path.
+        """
+        root = 7
+        set_unreal_root(self.cursor, root)
+        ranges = iter(range(100, 10_000, 100))
+
+        def alloc(end: int) -> InodeRange:
+            start = next(ranges)
+            return InodeRange(start, start + 100)
+
+        tree = ArenaTree(A, root, alloc, lambda: 1)
+        peer_files = {
+            "top": H1,
+            "d/f": H2,
+            "d/e/g": H3,
+            "file": H1,
+            "dir/x": H2,
+            "unhashed": None,
+            "known": H3,
+        }
+        notes = [
+            ix.Notification(ADD, A, i + 1, path=path, size=1, mtime_ns=1, hash=digest)
+            for i, (path, digest) in enumerate(peer_files.items())
+        ]
+        _txn_apply_batch(self.cursor, tree, "b", notes)
+        ix._txn_record_versions(self.cursor, A, [Version("known", 1, 1, H1)], 0)
+        new = ["top", "d/f", "d/e/g", "d/none", "file/under", "dir", "unhashed"]
+        recorded = ix._txn_record_versions(
+            self.cursor,
+            A,
+            [*(Version(p, 2, 2, b"9" * 32) for p in new), Version("known", 2, 2, H2)],
+            0,
+        )
+        self.assertEqual(
+            {n.path: (n.kind, n.old_hash) for n in recorded},
+            {
+                "top": (REPLACE, H1),
+                "d/f": (REPLACE, H2),
+                "d/e/g": (REPLACE, H3),
+                "d/none": (ADD, None),
+                "file/under": (ADD, None),
+                "dir": (ADD, None),
+                "unhashed": (ADD, None),
+                "known": (REPLACE, H1),
+            },
+        )
 
 
 class ReadTests(_DbCase):

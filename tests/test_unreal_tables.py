@@ -916,3 +916,52 @@ class BatchTests(SynchronousTestCase):
         self.assertRaises(
             BadRequest, _txn_connected, db.cursor(), make_tree(), P, START
         )
+
+    def test_batch_as_one_by_one(self) -> None:
+        """
+        A batch leaves the tables as its notifications applied one batch
+        each would (the batch writes the inode range, the directories'
+        mtimes and the progress once, at its end): with a range running
+        out within the batch, directories made and emptied, a catch-up and
+        a new subscription amid history entries.
+        """
+        notifications = [
+            add("d/a", 1, 10, h(1), pos=1),
+            add("d/e/b", 1, 10, h(2), pos=2),
+            add("x/y/z", 1, 10, h(3), pos=3),
+            replace("d/a", 2, 20, h(4), h(1), pos=4),
+            remove("x/y/z", 30, h(3), pos=5),
+            add("d/e", 1, 10, h(5), pos=6),
+            START,
+            catchup("d/a", 2, 20, h(4)),
+            catchup("n/m", 1, 10, h(6)),
+            complete(7),
+            add("x/w", 1, 10, h(7), pos=8),
+            connected("u2"),
+            add("x/v", 1, 10, h(8), pos=9),
+            drop("d/a", h(4), pos=10),
+            add("q", 3, 40, h(9), pos=11),
+            START,
+        ]
+        clock = [5000]
+        one = arena_db(self)
+        tree = make_tree(alloc=Ranges(size=2), clock=clock)
+        outcomes = [
+            run(one, _txn_apply_batch, tree, P, [n]).outcomes[0] for n in notifications
+        ]
+        batched = arena_db(self)
+        tree = make_tree(alloc=Ranges(size=2), clock=clock)
+        result = run(batched, _txn_apply_batch, tree, P, notifications)
+        self.assertEqual(list(result.outcomes), outcomes)
+        self.assertIn(CONFLICT, outcomes)
+        self.assertEqual(dump(batched), dump(one))
+        self.assertEqual(peer_progress(batched, P), ("u2", 11))
+        # The directories emptied (x/y, d/e) have no mtime left.
+        directories = {
+            inode
+            for (inode,) in batched.execute(
+                "SELECT inode FROM directory WHERE kind = 'dir'"
+            )
+        }
+        mtimes = {inode for (inode,) in batched.execute("SELECT inode FROM dir_mtime")}
+        self.assertEqual(mtimes, directories | {ROOT})

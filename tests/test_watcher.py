@@ -141,12 +141,14 @@ class HeldRunner:
         self.hold = set(hold)
         self.held: list[tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]] = []
         self.calls: list[Callable[..., Any]] = []
+        self.log: list[tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]] = []
 
     def __call__(self, f: Callable[..., Any], /, *args: Any, **kw: Any) -> Any:
         self.calls.append(f)
         if f in self.hold:
             d: Deferred[Any] = Deferred()
             self.held.append((d, f, args))
+            self.log.append((d, f, args))
             return d
         return sync_run_in_thread(f, *args, **kw)
 
@@ -689,6 +691,30 @@ class EventTests(_WatcherCase):
             2,
         )
 
+    def test_store_file_scanned_not_looked_at_again(self) -> None:
+        """
+        A scan of a directory the store fills finds a file the store told
+        of (its look under way) with the size and mtime of the store's
+        hint: it is not looked at again.  A file the scan finds otherwise
+        is.
+        """
+        runner = HeldRunner(scan.check_paths)
+        self.watcher.run_in_thread = runner
+        self.write("n/got", b"from the store")
+        st = self.stat("n/got")
+        self.watcher.known("n/got", st.st_size, st.st_mtime_ns, b"R" * 32)
+        self.clock.advance(0)
+        self.assertEqual(len(runner.held), 1)
+        self.write("n/other", b"not the store's")
+        self.fake.emit(self.root, IN_CREATE | IN_ISDIR, "n")
+        runner.release()
+        self.settle()
+        runner.release()
+        looked = [args[1] for _, f, args in runner.log if f is scan.check_paths]
+        self.assertEqual(looked, [["n/got"], ["n/other"]])
+        self.assertEqual(sorted(self.new()), [(ADD, "n/got"), (ADD, "n/other")])
+        self.assertEqual(self.indexed()["n/got"][2], b"R" * 32)
+
     def test_new_directory_waits(self) -> None:
         """
         The files a scan finds in a directory that just appeared are new:
@@ -807,6 +833,19 @@ class EventTests(_WatcherCase):
             e for e in self.events if "not a valid path" in e.get("log_format", "")
         ]
         self.assertEqual(len(warned), 1)
+
+    def test_partial_names_on_bytes(self) -> None:
+        """
+        Only files named as partials are dropped at their event: a
+        directory with such a name is scanned, a file named C{..part} (no
+        final name inside) is recorded.
+        """
+        self.write(".d.part/f")
+        self.write("..part")
+        self.fake.emit(self.root, IN_CREATE | IN_ISDIR, ".d.part")
+        self.fake.emit(self.root, IN_CLOSE_WRITE, "..part")
+        self.settle()
+        self.assertEqual(sorted(self.new()), [(ADD, "..part"), (ADD, ".d.part/f")])
 
     def test_attributes_hook(self) -> None:
         """

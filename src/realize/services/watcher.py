@@ -108,6 +108,10 @@ RECORD_BACKLOG = 2
 #: Hints from the store kept at most (the oldest go first).
 MAX_HINTS = 100_000
 
+#: Files recorded from hints remembered at most, for the scans under way
+#: (L{ArenaWatcher._covered}; the oldest go first).
+MAX_STORED = 10_000
+
 _ROOT_GONE = inotify.IN_DELETE_SELF | inotify.IN_MOVE_SELF | inotify.IN_UNMOUNT
 
 
@@ -167,6 +171,11 @@ class ArenaWatcher:
     _busy: set[str] = field(factory=set, init=False)
     _again: set[str] = field(factory=set, init=False)
     _hints: collections.OrderedDict[str, tuple[int, int, bytes]] = field(
+        factory=collections.OrderedDict, init=False
+    )
+    #: Files recorded from the store's hints, with the size and mtime
+    #: recorded, until an event or a look names them again (L{_covered}).
+    _stored: collections.OrderedDict[str, tuple[int, int]] = field(
         factory=collections.OrderedDict, init=False
     )
     _hash_queue: collections.deque[tuple[str, int, int]] = field(
@@ -398,12 +407,23 @@ class ArenaWatcher:
     # -- events ----------------------------------------------------------------
 
     def _event(self, wd: int, mask: int, cookie: int, name: bytes) -> None:
+        if (
+            name.endswith(b".part")
+            and name[:1] == b"."
+            and len(name) > 6
+            and not mask & inotify.IN_ISDIR
+        ):
+            # A partial file (is_partial_name, on the bytes): never looked
+            # at.  Five of the six events of each file a store writes are
+            # its partial's (issue 15).
+            return
         if not self._running:
             return
         if mask & inotify.IN_Q_OVERFLOW:
             self.log.warn(
                 "arena {arena}: inotify queue overflowed; rescanning", arena=self.arena
             )
+            self._stored.clear()
             self._queue_scan("", "overflow")
             return
         directory = self._wd_dir.get(wd)
@@ -451,12 +471,17 @@ class ArenaWatcher:
                 # must read the files before their Remove).
                 self.touch(path, self.delay)
             elif mask & (inotify.IN_CREATE | inotify.IN_MOVED_TO):
+                # Watched after its scan (which scans again what came
+                # between the walk and the watch): watched at once, a
+                # directory the store fills gave six events per file, and
+                # the store's every call paid for them (issue 15).
                 self._queue_scan(path, "directory")
             return
         if self.mountpoint is not None and mask & (
             inotify.IN_CREATE | inotify.IN_MOVED_TO
         ):
             self._see(path)
+        self._stored.pop(path, None)
         self.touch(path, self.delay)
 
     # -- origins of copy-ups -----------------------------------------------------
@@ -536,6 +561,18 @@ class ArenaWatcher:
             self._hints.popitem(last=False)
         self.touch(path, 0)
 
+    def _covered(self, path: str, size: int, mtime_ns: int) -> bool:
+        """
+        Whether a scan's sight of a file is one the store's hint already
+        accounts for: the hint waiting for it, or the version recorded from
+        one (since then, no event named the file and no look found it
+        otherwise), has this size and mtime.
+        """
+        hint = self._hints.get(path)
+        if hint is not None and hint[:2] == (size, mtime_ns):
+            return True
+        return self._stored.get(path) == (size, mtime_ns)
+
     def _schedule(self) -> None:
         if not self._running or self._checking:
             return
@@ -603,6 +640,7 @@ class ArenaWatcher:
         )
 
     async def _check(self, paths: list[str]) -> None:
+        from_store: list[Version] = []
         try:
             results = await self.run_in_thread(scan.check_paths, self.root, paths)
             if not self._running:
@@ -611,13 +649,13 @@ class ArenaWatcher:
             removals: list[tuple[str, int]] = []
             whiteouts: list[tuple[str, int]] = []
             cleared: list[str] = []
-            from_store: list[Version] = []
             unhashed: list[tuple[str, int, int]] = []
             to_hash: list[tuple[str, int, int]] = []
             done: list[str] = []
             for result in results:
                 path = result.path
                 hint = self._hints.pop(path, None)
+                self._stored.pop(path, None)
                 if result.kind == scan.ERROR:
                     self._warn_once(
                         path,
@@ -646,6 +684,7 @@ class ArenaWatcher:
                     from_store.append(
                         Version(path, result.size, result.mtime_ns, hint[2])
                     )
+                    self._stored[path] = hint[:2]
                     done.append(path)
                     continue
                 entry = entries.get(path)
@@ -690,8 +729,14 @@ class ArenaWatcher:
                 self._hash_backlog += item[1]
         except BaseException:
             self._release(paths)
+            for version in from_store:
+                # Not recorded: scans no longer take it as accounted for.
+                if self._stored.pop(version.path, None) is not None:
+                    self.touch(version.path, self.delay)
             raise
         finally:
+            while len(self._stored) > MAX_STORED:
+                self._stored.popitem(last=False)
             self._checking = False
             if self._running:
                 self._pump_hashing()
@@ -957,8 +1002,14 @@ class ArenaWatcher:
         # meanwhile, which then needs no hashing).
         unhashed = []
         direct: list[tuple[str, int, int]] = []
+        # A file the store finished (its hint waits, or it was recorded
+        # since the scan read the index) with the size and mtime the scan
+        # saw is not looked at again: a directory the store fills is
+        # scanned while it writes (issue 15: most files of a move were
+        # looked at twice).
+        changed = [i for i in result.changed if not self._covered(*i)]
         if reason == "directory":
-            for item in result.changed:
+            for item in changed:
                 if item[0] in self._busy:
                     self.touch(item[0], 0)
                 else:
@@ -966,11 +1017,11 @@ class ArenaWatcher:
         elif not (self._busy or self._pending or self._due or self._hints):
             # Nothing under way (the catch-up at start): all of them, in
             # set and list operations rather than a test per file.
-            direct = result.changed
+            direct = changed
             self._busy.update(item[0] for item in direct)
             unhashed = [i for i in direct if i[1] >= self.unhashed_notice_size]
         else:
-            for item in result.changed:
+            for item in changed:
                 path = item[0]
                 if (
                     path in self._busy
@@ -998,7 +1049,7 @@ class ArenaWatcher:
             prefix=prefix or ".",
             reason=reason,
             files=result.files,
-            changed=len(result.changed),
+            changed=len(changed),
             missing=len(result.missing),
         )
         self._report()

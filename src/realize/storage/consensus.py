@@ -39,7 +39,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 
-from attrs import frozen
+from attrs import define, field, frozen
 
 from realize.model import (
     ADD,
@@ -63,7 +63,7 @@ from realize.storage.marks import (
     create_mark_table,
     effective_in,
 )
-from realize.storage.unreal import DEFAULT, ArenaTree, BatchResult, _txn_apply_batch
+from realize.storage.unreal import DEFAULT, ArenaTree, BatchResult, _apply_rules
 from realize.storage.unrealpaths import files_beneath, resolve
 from realize.storage.unrealview import file_path
 
@@ -383,6 +383,58 @@ def _index_of(
     return found
 
 
+@define
+class _EventChanges:
+    """
+    The consensus events a batch sets and clears, in order, written at its
+    end: each key C{(path, kind)} takes the last change made to it (a set
+    overwrites the row, a clear deletes it, so the last one decides), and
+    clearing a key that has no row writes nothing (a move's local feed
+    cleared C{removed_local} of every file it added, one statement each).
+    """
+
+    _changes: dict[tuple[str, str], tuple[bytes | None, int | None] | None] = field(
+        factory=dict
+    )
+
+    def set(
+        self, path: str, kind: str, digest: bytes | None, mtime_ns: int | None
+    ) -> None:
+        self._changes[(path, kind)] = (digest, mtime_ns)
+
+    def clear(self, path: str, kinds: Iterable[str]) -> None:
+        for kind in kinds:
+            self._changes[(path, kind)] = None
+
+    def write(self, cursor: Cursor) -> None:
+        cleared = sorted(
+            {key[0] for key, value in self._changes.items() if value is None}
+        )
+        existing: set[tuple[str, str]] = set()
+        for i in range(0, len(cleared), _IN_CHUNK):
+            chunk = cleared[i : i + _IN_CHUNK]
+            existing.update(
+                (str(path), str(kind))
+                for path, kind in cursor.execute(
+                    "SELECT path, kind FROM consensus_event WHERE path IN"
+                    f" ({','.join('?' * len(chunk))})",
+                    chunk,
+                )
+            )
+        cursor.executemany(
+            "DELETE FROM consensus_event WHERE path = ? AND kind = ?",
+            [key for key, v in self._changes.items() if v is None and key in existing],
+        )
+        for (path, kind), value in self._changes.items():
+            if value is not None:
+                _txn_set_event(cursor, path, kind, *value)
+        self._changes.clear()
+
+
+#: Paths per C{IN (...)} query (below sqlite's variable limit).
+_IN_CHUNK = 500
+
+
 def _txn_apply_tracked(
     cursor: Cursor,
     tree: ArenaTree,
@@ -416,7 +468,8 @@ def _txn_apply_tracked(
     before = (
         {} if mine else {path: _default_hash(cursor, tree.root, path) for path in local}
     )
-    result = _txn_apply_batch(cursor, tree, peer, notifications, me)
+    result, rules = _apply_rules(cursor, tree, peer, notifications, me)
+    changes = _EventChanges()
     events: set[str] = set()
     for n in notifications:
         if n.path is None:
@@ -424,17 +477,13 @@ def _txn_apply_tracked(
         entry = local.get(n.path)
         if mine:
             if n.kind in (ADD, REPLACE, CATCHUP):
-                _txn_clear_events(cursor, n.path, [EVENT_REMOVED_LOCAL])
+                changes.clear(n.path, [EVENT_REMOVED_LOCAL])
             elif n.kind in (REMOVE, DROP):
-                _txn_clear_events(
-                    cursor,
-                    n.path,
-                    [EVENT_SUPERSEDED, EVENT_REALIZED, EVENT_REMOVED_REMOTE],
+                changes.clear(
+                    n.path, [EVENT_SUPERSEDED, EVENT_REALIZED, EVENT_REMOVED_REMOTE]
                 )
                 if n.kind == REMOVE:
-                    _txn_set_event(
-                        cursor, n.path, EVENT_REMOVED_LOCAL, n.old_hash, n.mtime_ns
-                    )
+                    changes.set(n.path, EVENT_REMOVED_LOCAL, n.old_hash, n.mtime_ns)
         elif (
             n.kind == REMOVE
             and entry is not None
@@ -443,7 +492,7 @@ def _txn_apply_tracked(
             and n.mtime_ns is not None
             and entry[1] <= n.mtime_ns
         ):
-            _txn_set_event(cursor, n.path, EVENT_REMOVED_REMOTE, entry[2], n.mtime_ns)
+            changes.set(n.path, EVENT_REMOVED_REMOTE, entry[2], n.mtime_ns)
             events.add(n.path)
     if not mine:
         for path, entry in local.items():
@@ -452,8 +501,9 @@ def _txn_apply_tracked(
                 continue
             has, new = _default_hash(cursor, tree.root, path)
             if not has or new != entry[2]:
-                _txn_set_event(cursor, path, EVENT_SUPERSEDED, entry[2], None)
+                changes.set(path, EVENT_SUPERSEDED, entry[2], None)
                 events.add(path)
+    changes.write(cursor)
     dirty = set(paths)
     # A CatchupComplete removes rows of files it does not name: their
     # defaults may have moved.
@@ -466,7 +516,17 @@ def _txn_apply_tracked(
             found = file_path(cursor.connection, tree.root, inode)
             if found:
                 dirty.add(found)
-    _queue_relevant(cursor, dirty, default_mark, events, tree.root, me)
+    _queue_relevant(
+        cursor,
+        dirty,
+        default_mark,
+        events,
+        tree.root,
+        me,
+        # The index did not change: the batch wrote the Unreal's tables.
+        local if dirty == set(paths) else None,
+        rules.inode_of,
+    )
     return result
 
 
@@ -477,6 +537,8 @@ def _queue_relevant(
     events: set[str],
     root: int | None = None,
     me: str | None = None,
+    local: dict[str, tuple[int, int, bytes | None]] | None = None,
+    inode_of: Callable[[str], int | None] | None = None,
 ) -> int:
     """
     Queue those of C{paths} a job may act on: an event, an effective mark
@@ -487,59 +549,90 @@ def _queue_relevant(
     and the batch that brings a peer's copy queues it then.  (A move of
     10,000 files into a datadir queued 10,000 jobs that each decided
     nothing.)
+
+    @param local: the index entries of C{paths} if already read.
+    @param inode_of: finds a path's file inode in the Unreal's tree (the
+        batch's rules, which know it), else it is looked up.
     """
     wanted = sorted(set(paths))
     if not wanted:
         return 0
     marks = all_marks(cursor)
-    local = _index_of(cursor, wanted)
+    if local is None:
+        local = _index_of(cursor, wanted)
     queued = {
         str(row[0])
-        for i in range(0, len(wanted), 500)
+        for i in range(0, len(wanted), _IN_CHUNK)
         for row in cursor.execute(
             "SELECT path FROM consensus_queue WHERE path IN "
-            f"({','.join('?' * len(wanted[i : i + 500]))})",
-            wanted[i : i + 500],
+            f"({','.join('?' * len(wanted[i : i + _IN_CHUNK]))})",
+            wanted[i : i + _IN_CHUNK],
         )
     }
     relevant = []
+    candidates = []
     for path in wanted:
         if (
             path in events
             or path in queued
-            or effective_in(marks, path, default_mark).mark in (MARK_OWN, MARK_KEEP)
-        ) or (
-            path in local
-            and (
-                root is None
-                or me is None
-                or _held_elsewhere(cursor, root, me, path, local[path][2])
+            or (
+                marks
+                and effective_in(marks, path, default_mark).mark
+                in (MARK_OWN, MARK_KEEP)
             )
+            or (not marks and default_mark in (MARK_OWN, MARK_KEEP))
         ):
             relevant.append(path)
+        elif path in local:
+            if root is None or me is None:
+                relevant.append(path)
+            else:
+                candidates.append(path)
+    if candidates:
+        assert root is not None and me is not None
+        held = _held_elsewhere(cursor, root, me, candidates, local, inode_of)
+        relevant.extend(path for path in candidates if path in held)
     return _txn_mark_dirty(cursor, relevant)
 
 
 def _held_elsewhere(
-    cursor: Cursor, root: int, me: str, path: str, digest: bytes | None
-) -> bool:
+    cursor: Cursor,
+    root: int,
+    me: str,
+    paths: Sequence[str],
+    local: dict[str, tuple[int, int, bytes | None]],
+    inode_of: Callable[[str], int | None] | None = None,
+) -> set[str]:
     """
-    @return: whether a peer other than C{me} has version C{digest} of the
-        file at C{path} in the Unreal's tables.
+    @param local: the index entry of each path (its version).
+    @param inode_of: finds a path's file inode, or C{None} to look it up.
+    @return: those of C{paths} whose index version a peer other than
+        C{me} has in the Unreal's tables.
     """
-    if digest is None:
-        return False
-    found = resolve(cursor, root, path)
-    if found is None or found[1] != KIND_FILE:
-        return False
-    return (
-        cursor.execute(
-            "SELECT 1 FROM file WHERE inode = ? AND peer NOT IN (?, ?) AND hash = ?"
-            " LIMIT 1",
-            (found[0], DEFAULT, me, digest),
-        ).fetchone()
-        is not None
-    )
+    inodes: dict[int, str] = {}
+    for path in paths:
+        if local[path][2] is None:
+            continue
+        if inode_of is not None:
+            inode = inode_of(path)
+        else:
+            found = resolve(cursor, root, path)
+            inode = None if found is None or found[1] != KIND_FILE else found[0]
+        if inode is not None:
+            inodes[inode] = path
+    held = set()
+    numbers = list(inodes)
+    for i in range(0, len(numbers), _IN_CHUNK):
+        chunk = numbers[i : i + _IN_CHUNK]
+        for inode, digest in cursor.execute(
+            "SELECT inode, hash FROM file WHERE peer NOT IN (?, ?) AND inode IN"
+            f" ({','.join('?' * len(chunk))})",
+            (DEFAULT, me, *chunk),
+        ):
+            path = inodes[int(inode)]
+            if digest is not None and bytes(digest) == local[path][2]:
+                held.add(path)
+    return held
 
 
 def _txn_change_mark(

@@ -56,6 +56,8 @@ from realize.model import (
     ADD,
     CATCHUP,
     DROP,
+    KIND_DIR,
+    KIND_FILE,
     REMOVE,
     REPLACE,
     ArenaName,
@@ -63,7 +65,7 @@ from realize.model import (
     NotificationKind,
     PeerId,
 )
-from realize.storage.unrealpaths import default_version, unreal_root
+from realize.storage.unrealpaths import resolve, unreal_root
 
 __all__ = [
     "ArenaIndex",
@@ -240,6 +242,10 @@ _LOOKUP_CHUNK = 500
 
 _State = tuple[int, int, bytes | None]
 
+#: The peer of a file's default row in the Unreal's tables
+#: (L{realize.storage.unreal.DEFAULT}).
+_UNREAL_DEFAULT = ""
+
 
 def _currents(cursor: sqlite3.Cursor, paths: Sequence[str]) -> dict[str, _State]:
     found: dict[str, _State] = {}
@@ -263,6 +269,10 @@ def _origins(cursor: sqlite3.Cursor, paths: Sequence[str]) -> dict[str, bytes]:
     versions an overlay edit replaces), if an Unreal stored its root here
     (L{realize.storage.unrealpaths.UNREAL_ROOT}).
 
+    Looked up a directory at a time (a move records thousands of new files
+    in few directories, issue 15): each directory once, then its names in
+    one query, then their default rows in one.
+
     @return: the default hash by path, for those with a hashed default.
     """
     if not paths:
@@ -270,11 +280,36 @@ def _origins(cursor: sqlite3.Cursor, paths: Sequence[str]) -> dict[str, bytes]:
     root = unreal_root(cursor)
     if root is None:
         return {}
-    found = {}
+    by_directory: dict[str, list[str]] = {}
     for path in dict.fromkeys(paths):
-        version = default_version(cursor, root, path)
-        if version is not None and version[3] is not None:
-            found[path] = version[3]
+        directory, _, name = path.rpartition("/")
+        by_directory.setdefault(directory, []).append(name)
+    inodes: dict[int, str] = {}
+    for directory, names in by_directory.items():
+        parent = _unreal_directory(cursor, root, directory)
+        if parent is None:
+            continue
+        prefix = f"{directory}/" if directory else ""
+        for i in range(0, len(names), _LOOKUP_CHUNK):
+            chunk = names[i : i + _LOOKUP_CHUNK]
+            rows = cursor.execute(
+                "SELECT name, inode FROM directory WHERE parent = ? AND kind = ?"
+                f" AND name IN ({','.join('?' * len(chunk))})",
+                (parent, KIND_FILE, *chunk),
+            )
+            for name, inode in rows:
+                inodes[int(inode)] = prefix + str(name)
+    found = {}
+    numbers = list(inodes)
+    for i in range(0, len(numbers), _LOOKUP_CHUNK):
+        group = numbers[i : i + _LOOKUP_CHUNK]
+        rows = cursor.execute(
+            "SELECT inode, hash FROM file WHERE peer = ? AND hash IS NOT NULL"
+            f" AND inode IN ({','.join('?' * len(group))})",
+            (_UNREAL_DEFAULT, *group),
+        )
+        for inode, digest in rows:
+            found[inodes[int(inode)]] = bytes(digest)
     return found
 
 
@@ -289,6 +324,14 @@ def _txn_origins(
     new = [path for path in paths if path not in held]
     found = _origins(cursor, new)
     return {path: found.get(path) for path in new}
+
+
+def _unreal_directory(cursor: sqlite3.Cursor, root: int, path: str) -> int | None:
+    """
+    @return: the inode of a directory of the Unreal's tree, or C{None}.
+    """
+    found = resolve(cursor, root, path)
+    return None if found is None or found[1] != KIND_DIR else found[0]
 
 
 def _record_many(

@@ -58,7 +58,6 @@ from realize.model import (
     Notification,
     PeerId,
     check_notification,
-    check_path,
 )
 from realize.storage.blobs import _txn_mark_outdated, create_blob_tables
 from realize.storage.globaldb import InodeRange
@@ -254,23 +253,38 @@ def _txn_alloc_inode(cursor: Cursor, alloc_range: Callable[[int], InodeRange]) -
     row = cursor.execute(
         "SELECT start, end, next FROM inode_alloc WHERE id = 1"
     ).fetchone()
-    if row is None or row[2] >= row[1]:
-        given = alloc_range(0 if row is None else row[1])
-        if row is not None and given.start < row[1]:
-            raise BadRequest(
-                f"inode range [{given.start}, {given.end}) does not follow "
-                f"[{row[0]}, {row[1]})"
-            )
-        start, end, inode = given.start, given.end, given.start
-    else:
-        start, end, inode = row
+    current = _usable_range(None if row is None else list(row), alloc_range)
+    _store_range(cursor, [current[0], current[1], current[2] + 1])
+    return current[2]
+
+
+def _usable_range(
+    current: list[int] | None, alloc_range: Callable[[int], InodeRange]
+) -> list[int]:
+    """
+    @param current: C{[start, end, next]} of the arena's range, or C{None}.
+    @return: C{current} if it has a free inode, else a new range from
+        C{alloc_range}, as C{[start, end, next]}.
+    @raise BadRequest: if the new range does not follow the current one.
+    """
+    if current is not None and current[2] < current[1]:
+        return current
+    given = alloc_range(0 if current is None else current[1])
+    if current is not None and given.start < current[1]:
+        raise BadRequest(
+            f"inode range [{given.start}, {given.end}) does not follow "
+            f"[{current[0]}, {current[1]})"
+        )
+    return [given.start, given.end, given.start]
+
+
+def _store_range(cursor: Cursor, current: list[int]) -> None:
     cursor.execute(
         "INSERT INTO inode_alloc (id, start, end, next) VALUES (1, ?, ?, ?)"
         " ON CONFLICT (id) DO UPDATE SET"
         " start = excluded.start, end = excluded.end, next = excluded.next",
-        (start, end, inode + 1),
+        current,
     )
-    return int(inode)
 
 
 def _check_peer(peer: str) -> PeerId:
@@ -294,10 +308,19 @@ class _Rules:
     The notification rules for one peer, within one transaction.
 
     The entries of the C{directory} table looked up are remembered for the
-    batch (a batch names the same directories again and again: a path's
-    every segment is looked up twice per notification), kept right by the
+    batch (a batch names the same directories again and again), kept
+    right by the
     rules' own inserts and deletes, the only writers of the table during
     the transaction.
+
+    What only the end of a batch needs is written once, at L{flush}
+    (the caller's last step, in the same transaction; issue 15: a move's
+    local feed applied ~15 statements per new file): the inode range's
+    next free inode (allocated here, from the range read once), the
+    directories' mtimes (the last one set wins, as when each was written
+    at once) and the peer's progress (the position of the last history
+    entry of a run of them: each would overwrite the one before).  No rule
+    reads them back within the batch.
     """
 
     cursor: Cursor
@@ -308,6 +331,14 @@ class _Rules:
     entries: set[tuple[int, str]] = field(factory=set)
     _children: dict[tuple[int, str], tuple[int, str] | None] = field(factory=dict)
     forked: set[int] = field(factory=set)
+    #: C{[start, end, next]} of the inode range once read (C{None} inside
+    #: when the db has none yet); whether C{next} moved since.
+    _alloc: list[list[int] | None] = field(factory=list)
+    _alloc_moved: bool = False
+    #: Directory mtimes to write, by inode.
+    _mtimes: dict[int, int] = field(factory=dict)
+    #: The position of the last history entry applied, not written yet.
+    _position: int | None = None
 
     # Reading.
 
@@ -336,13 +367,18 @@ class _Rules:
         """
         Find a file's directory, creating the directories it needs.
 
+        A conflict is found before anything is created: directories are
+        created only below the first missing one, where nothing can cross
+        a file or name a directory.
+
+        @param path: a path already checked (L{_validate}).
         @param create: create missing directories.
         @return: C{(parent inode, name, file inode or None)}; C{None} if
             a directory is missing (and C{create} is false) or if the path
             crosses a file or names a directory (a conflict: nothing was
             created).
         """
-        segments = check_path(path)
+        segments = path.split("/")
         parent = self.tree.root
         for segment in segments[:-1]:
             child = self._child(parent, segment)
@@ -362,34 +398,69 @@ class _Rules:
             return None
         return parent, name, child[0]
 
-    def _is_conflict(self, path: str) -> bool:
+    def inode_of(self, path: str) -> int | None:
         """
-        Whether a path crosses a file or names a directory.
+        @param path: a path already checked.
+        @return: the inode of the file at C{path} now, or C{None} (from
+            the entries this batch looked up, else from the table).
         """
-        parent = self.tree.root
-        segments = check_path(path)
-        for i, segment in enumerate(segments):
-            child = self._child(parent, segment)
-            if child is None:
-                return False
-            last = i == len(segments) - 1
-            if (child[1] == KIND_DIR) == last:
-                return True
-            parent = child[0]
-        return False
+        resolved = self._resolve(path, create=False)
+        return None if resolved is None else resolved[2]
 
     # Writing.
 
     def _touch_dir(self, inode: int) -> None:
-        self.cursor.execute(
-            "INSERT INTO dir_mtime (inode, mtime_ns) VALUES (?, ?)"
-            " ON CONFLICT (inode) DO UPDATE SET mtime_ns = excluded.mtime_ns",
-            (inode, self.tree.now_ns()),
-        )
+        self._mtimes[inode] = self.tree.now_ns()
         self.inodes.add(inode)
 
+    def _alloc_inode(self) -> int:
+        """
+        L{_txn_alloc_inode}, with the range read once per batch and its
+        next free inode written at L{flush}.
+        """
+        if not self._alloc:
+            row = self.cursor.execute(
+                "SELECT start, end, next FROM inode_alloc WHERE id = 1"
+            ).fetchone()
+            self._alloc.append(None if row is None else [int(x) for x in row])
+        current = self._alloc[0] = _usable_range(self._alloc[0], self.tree.alloc_range)
+        inode = current[2]
+        current[2] += 1
+        self._alloc_moved = True
+        return inode
+
+    def _store_position(self) -> None:
+        if self._position is not None:
+            self.cursor.execute(
+                "INSERT INTO peer_progress (peer, uuid, position, catchup)"
+                " VALUES (?, NULL, ?, 0) ON CONFLICT (peer) DO UPDATE SET"
+                " position = excluded.position WHERE catchup = 0",
+                (self.peer, self._position),
+            )
+            self._position = None
+
+    def flush(self) -> None:
+        """
+        Write what the batch left for its end (see the class docstring).
+        Call it once the batch is applied, before anything else in the
+        transaction reads these tables.
+        """
+        self._store_position()
+        if self._mtimes:
+            self.cursor.executemany(
+                "INSERT INTO dir_mtime (inode, mtime_ns) VALUES (?, ?)"
+                " ON CONFLICT (inode) DO UPDATE SET mtime_ns = excluded.mtime_ns",
+                list(self._mtimes.items()),
+            )
+            self._mtimes.clear()
+        if self._alloc_moved:
+            current = self._alloc[0]
+            assert current is not None
+            _store_range(self.cursor, current)
+            self._alloc_moved = False
+
     def _create_entry(self, parent: int, name: str, kind: str) -> int:
-        inode = _txn_alloc_inode(self.cursor, self.tree.alloc_range)
+        inode = self._alloc_inode()
         self.cursor.execute(
             "INSERT INTO directory (parent, name, inode, kind) VALUES (?, ?, ?, ?)",
             (parent, name, inode, kind),
@@ -505,9 +576,24 @@ class _Rules:
         )
 
     def _create_file(self, parent: int, name: str, value: Notification) -> str:
+        """
+        A new file: the peer's row and the default, in one statement (a
+        new inode has no rows, forks, superseded versions or blobs for
+        L{_set_default} to look at).
+        """
         inode = self._create_entry(parent, name, KIND_FILE)
-        self._set_row(inode, self.peer, value)
-        self._set_default(inode, value)
+        self.cursor.execute(
+            "INSERT INTO file (inode, peer, size, mtime_ns, hash)"
+            " VALUES (?, ?, ?, ?, ?), (?, ?, ?, ?, ?)"
+            " ON CONFLICT (inode, peer) DO UPDATE SET"
+            " size = excluded.size, mtime_ns = excluded.mtime_ns,"
+            " hash = excluded.hash",
+            (
+                *(inode, self.peer, value.size, value.mtime_ns, value.hash),
+                *(inode, DEFAULT, value.size, value.mtime_ns, value.hash),
+            ),
+        )
+        self.inodes.add(inode)
         return APPLIED
 
     def _remove_file(self, inode: int) -> None:
@@ -537,6 +623,7 @@ class _Rules:
             ).fetchone()
             if above is None:
                 break
+            self._mtimes.pop(parent, None)
             self.cursor.execute("DELETE FROM dir_mtime WHERE inode = ?", (parent,))
             self._remove_entry(parent, above[0], above[1])
             parent = int(above[0])
@@ -579,10 +666,9 @@ class _Rules:
         default follows (the peer replaced the only copy).
         """
         assert value.path is not None and value.mtime_ns is not None
-        if self._is_conflict(value.path):
-            return CONFLICT
         resolved = self._resolve(value.path, create=True)
-        assert resolved is not None
+        if resolved is None:
+            return CONFLICT
         parent, name, inode = resolved
         if inode is None:
             return self._create_file(parent, name, value)
@@ -621,10 +707,9 @@ class _Rules:
         or removed it); a fork that becomes the default is no conflict.
         """
         assert value.path is not None and value.mtime_ns is not None
-        if self._is_conflict(value.path):
-            return CONFLICT
         resolved = self._resolve(value.path, create=True)
-        assert resolved is not None
+        if resolved is None:
+            return CONFLICT
         parent, name, inode = resolved
         if inode is None:
             return self._create_file(parent, name, value)
@@ -754,10 +839,9 @@ class _Rules:
         the default follows (as a Replace of it would).
         """
         assert value.path is not None and value.mtime_ns is not None
-        if self._is_conflict(value.path):
-            return CONFLICT
         resolved = self._resolve(value.path, create=True)
-        assert resolved is not None
+        if resolved is None:
+            return CONFLICT
         parent, name, inode = resolved
         if inode is None:
             return self._create_file(parent, name, value)
@@ -809,19 +893,21 @@ class _Rules:
         it then).  A path under L{RESERVED_NAME} changes nothing
         (L{RESERVED}).
         """
+        history = value.kind in _HISTORY_KINDS
+        if not history:
+            # Connected and the catch-up's rules write the progress.
+            self._store_position()
         if value.path is not None and value.path.split("/")[0] == RESERVED_NAME:
             outcome = RESERVED
         else:
             outcome = _RULES[value.kind](self, value)
-        if value.kind in (ADD, REPLACE, REMOVE, DROP):
-            self.cursor.execute(
-                "INSERT INTO peer_progress (peer, uuid, position, catchup)"
-                " VALUES (?, NULL, ?, 0) ON CONFLICT (peer) DO UPDATE SET"
-                " position = excluded.position WHERE catchup = 0",
-                (self.peer, value.position),
-            )
+        if history:
+            self._position = value.position
         return outcome
 
+
+#: The kinds of history entries (each stores the peer's progress).
+_HISTORY_KINDS: Final = frozenset((ADD, REPLACE, REMOVE, DROP))
 
 _RULES: dict[str, Callable[[_Rules, Notification], str]] = {
     ADD: _Rules.add,
@@ -860,18 +946,35 @@ def _txn_apply_batch(
         size, mtime, position, hash or uuid, missing field, another arena).
     @raise InvalidPath: a notification's path is malformed.
     """
+    return _apply_rules(cursor, tree, peer, notifications, me)[0]
+
+
+def _apply_rules(
+    cursor: Cursor,
+    tree: ArenaTree,
+    peer: str,
+    notifications: Sequence[Notification],
+    me: PeerId | None = None,
+) -> tuple[BatchResult, _Rules]:
+    """
+    L{_txn_apply_batch}, also returning the rules it applied (whose
+    L{_Rules.inode_of} finds the batch's files without asking the db
+    again).
+    """
     checked = _check_peer(peer)
     for notification in notifications:
         _validate(tree, notification)
     rules = _Rules(cursor, tree, checked, me)
     outcomes = tuple(rules.apply(n) for n in notifications)
-    return BatchResult(
+    rules.flush()
+    result = BatchResult(
         outcomes,
         frozenset(rules.inodes),
         frozenset(rules.entries),
         count_conflicts(cursor),
         frozenset(rules.forked),
     )
+    return result, rules
 
 
 def _txn_apply(

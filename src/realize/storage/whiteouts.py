@@ -106,7 +106,10 @@ def _txn_record_hidden(
         return []
     hidden = hidden_paths(cursor, root, whiteouts, opaques, present)
     stale: set[str] = set()
-    for prefix in [*cleared, *([] if scope is None else [scope])]:
+    # Nothing recorded as hidden (no overlay, or no deletion through it):
+    # nothing to forget, no query per path (issue 15).
+    anything = cursor.execute("SELECT 1 FROM overlay_removed LIMIT 1").fetchone()
+    for prefix in [*cleared, *([] if scope is None else [scope])] if anything else []:
         low, high = prefix_range(prefix)
         rows = cursor.execute(
             "SELECT path FROM overlay_removed WHERE path = ? OR"
