@@ -68,6 +68,7 @@ from realize.tap._common import (
     GnuOptions,
     exit_after_shutdown,
     raise_fd_limit,
+    tune_gil,
     tune_malloc,
 )
 from realize.tap.overlay import MountAllOptions, UnmountAllOptions
@@ -593,6 +594,7 @@ def makeService(options: DaemonOptions) -> IService:
     if options.subCommand is not None:
         return _OverlayCommand(options.subOptions)
     tune_malloc()
+    tune_gil()
     raise_fd_limit()
 
     try:
