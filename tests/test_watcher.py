@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import sqlite3
+import tempfile
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -361,7 +362,12 @@ class CatchupTests(_WatcherCase):
         os.mkfifo(os.path.join(self.root, "fifo"))
         s = socket.socket(socket.AF_UNIX)
         self.addCleanup(s.close)
-        s.bind(os.path.join(self.root, "sock"))
+        # A short path to the same place: a socket's path is at most 107
+        # bytes, and a deep checkout's temporary directory may be longer.
+        short = tempfile.mkdtemp(prefix="rw")
+        self.addCleanup(shutil.rmtree, short)
+        os.symlink(self.root, os.path.join(short, "r"))
+        s.bind(os.path.join(short, "r", "sock"))
         self.start(exclude=".work")
         self.assertEqual(self.kinds(), [(ADD, "keep")])
         watched = {os.path.basename(p) for p in self.notifiers[0].watches.values()}
