@@ -64,7 +64,7 @@ from twisted.python.failure import Failure
 from realize.config import Config
 from realize.interfaces import RunInThread, StoreListener
 from realize.metrics import HistoryMetrics
-from realize.model import RESERVED_NAME, ArenaName, is_partial_name
+from realize.model import RESERVED_NAME, ArenaName
 from realize.services.notifier import WATCH_MASK, KernelNotifier, Notifier
 from realize.storage import scan
 from realize.storage.index import ArenaIndex, Version
@@ -198,8 +198,8 @@ class ArenaWatcher:
     _seen: collections.OrderedDict[str, bytes | None] = field(
         factory=collections.OrderedDict, init=False
     )
+    #: Paths whose origin is looked up at the next turn of the reactor.
     _unseen: dict[str, None] = field(factory=dict, init=False)
-    _seeing: bool = field(default=False, init=False)
 
     # -- life ----------------------------------------------------------------
 
@@ -413,9 +413,9 @@ class ArenaWatcher:
             and len(name) > 6
             and not mask & inotify.IN_ISDIR
         ):
-            # A partial file (is_partial_name, on the bytes): never looked
-            # at.  Five of the six events of each file a store writes are
-            # its partial's (issue 15).
+            # A partial file (realize.model.is_partial_name, on the
+            # bytes): never looked at.  Five of the six events of each
+            # file a store writes are its partial's (issue 15).
             return
         if not self._running:
             return
@@ -449,8 +449,6 @@ class ArenaWatcher:
             return
         path = f"{directory}/{text}" if directory else text
         is_dir = bool(mask & inotify.IN_ISDIR)
-        if not is_dir and is_partial_name(text):
-            return
         if not (scan.valid_directory(path) if is_dir else scan.valid_file(path)):
             self._warn_once(
                 path,
@@ -497,13 +495,11 @@ class ArenaWatcher:
         """
         if path in self._seen:
             return
-        self._unseen[path] = None
-        if not self._seeing:
-            self._seeing = True
+        if not self._unseen:
             self.clock.callLater(0, self._look_at_unseen)
+        self._unseen[path] = None
 
     def _look_at_unseen(self) -> None:
-        self._seeing = False
         paths = list(self._unseen)
         self._unseen.clear()
         if not self._running or not paths:
