@@ -160,6 +160,13 @@ def _unescape(field: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
+def _lower(fuse: str, arena: str) -> str:
+    """
+    @return: an arena's directory in the FUSE view mounted at C{fuse}.
+    """
+    return os.path.join(os.path.abspath(fuse), *arena.split("/"))
+
+
 def plan(arena: ArenaConfig, fuse: str) -> Planned:
     """
     Check one arena's overlay before anything is mounted.
@@ -176,7 +183,7 @@ def plan(arena: ArenaConfig, fuse: str) -> Planned:
     mountpoint = str(arena.mountpoint)
     upper = str(arena.datadir)
     work = str(arena.workdir / OVERLAY_WORK)
-    lower = os.path.join(os.path.abspath(fuse), *name.split("/"))
+    lower = _lower(fuse, name)
     if not os.path.isdir(mountpoint):
         raise OverlayError(
             f"arena {name!r}: mountpoint {mountpoint} does not exist or is not a "
@@ -346,10 +353,10 @@ def remount_stale(
     for arena in _with_mountpoint(config):
         mountpoint = str(arena.mountpoint)
         found = _mount_line(mountpoint, mounts)
-        lower = os.path.join(os.path.abspath(fuse), *arena.name.split("/"))
         if found is None or found[0] != "overlay":
             continue
-        if f"lowerdir={lower}" not in found[1].split(","):
+        options = found[1].split(",")
+        if f"lowerdir={_lower(fuse, arena.name)}" not in options:
             continue
         try:
             os.listdir(mountpoint)
@@ -357,7 +364,7 @@ def remount_stale(
         except OSError as e:
             if e.errno != errno.ENOTCONN:
                 continue
-        mode: Mode = "user" if "userxattr" in found[1].split(",") else "trusted"
+        mode: Mode = "user" if "userxattr" in options else "trusted"
         try:
             mount_overlay(plan(arena, fuse), mode)
         except OverlayError as e:
