@@ -17,7 +17,6 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
-from tests.integration import REALIZED, run_command
 from tests.peers import Peer, eventually, free_port
 from tests.test_real_integration import _RealCase, read, write
 
@@ -67,21 +66,6 @@ class ConflictIntegrationTests(_RealCase):
         os.makedirs(overlay)
         self.laptop2.arena_lines.append(f'mountpoint = "{overlay}"')
         self.overlays["laptop2"] = overlay
-
-    async def mount(self, peer: Peer) -> None:
-        assert peer.mountpoint is not None
-        run = await run_command(
-            [
-                *REALIZED,
-                "mountall",
-                "--config",
-                peer.config(),
-                "--fuse",
-                peer.mountpoint,
-            ]
-        )
-        self.assertEqual(run.code, 0, run)
-        self.addCleanup(self.unmount, self.ov(peer))
 
     async def start_isolated(self, peer: Peer) -> None:
         """

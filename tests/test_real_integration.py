@@ -80,21 +80,27 @@ class _RealCase(TestCase):
         # history (a first catch-up carries the index only: docs/real.md).
         await self.nas.wait_log(b"subscribed to arena docs of laptop", 30)
         for peer in (self.nas, self.laptop):
-            assert peer.mountpoint is not None
-            run = await run_command(
-                [
-                    *REALIZED,
-                    "mountall",
-                    "--config",
-                    peer.config(),
-                    "--fuse",
-                    peer.mountpoint,
-                ]
-            )
-            self.assertEqual(run.code, 0, run)
-            # Cleanups run last first: the overlay goes before the FUSE view.
-            self.addCleanup(self.unmount, self.ov(peer))
-            self.assertEqual(mounted(self.ov(peer)), "overlay")
+            await self.mount(peer)
+
+    async def mount(self, peer: Peer) -> None:
+        """
+        C{realized mountall} for a peer: its overlay over its view.
+        """
+        assert peer.mountpoint is not None
+        run = await run_command(
+            [
+                *REALIZED,
+                "mountall",
+                "--config",
+                peer.config(),
+                "--fuse",
+                peer.mountpoint,
+            ]
+        )
+        self.assertEqual(run.code, 0, run)
+        # Cleanups run last first: the overlay goes before the FUSE view.
+        self.addCleanup(self.unmount, self.ov(peer))
+        self.assertEqual(mounted(self.ov(peer)), "overlay")
 
     def unmount(self, overlay: str) -> None:
         if mounted(overlay):
