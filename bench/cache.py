@@ -63,6 +63,7 @@ from contextlib import contextmanager, suppress
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "src"))
 
+from _tools import ensure_tools, free_port  # noqa: E402
 from realize.storage.cache import tolerance  # noqa: E402
 from realize.tap.keygen import write_key_pair  # noqa: E402
 
@@ -71,26 +72,11 @@ GIB = 1 << 30
 ARENA = "bench"
 
 
-def ensure_tools() -> None:
-    missing = [
-        package
-        for command, package in (
-            ("rclone", "rclone"),
-            ("/usr/sbin/sshd", "openssh-server"),
-            ("fusermount3", "fuse3"),
-        )
-        if shutil.which(command) is None
-    ]
-    if missing:
-        print(f"installing {' '.join(missing)} ...", flush=True)
-        subprocess.run(["apt-get", "update", "-qq"], check=False)
-        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+TOOLS = (
+    ("rclone", "rclone"),
+    ("/usr/sbin/sshd", "openssh-server"),
+    ("fusermount3", "fuse3"),
+)
 
 
 def wait_for(check: Callable[[], object], seconds: float, what: str) -> None:
@@ -686,7 +672,7 @@ def main() -> None:
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: FUSE mounts and sshd")
-    ensure_tools()
+    ensure_tools(TOOLS)
     work = tempfile.mkdtemp(prefix="realize-bench-cache-", dir=args.dir)
 
     def terminated(signum: int, frame: object) -> None:

@@ -82,6 +82,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "src"))
 sys.path.insert(0, HERE)
 
+from _tools import ensure_tools  # noqa: E402
 from move_throughput import Sshd  # noqa: E402
 from realize.fuse.service import mounted_filesystem  # noqa: E402
 from realize.tap.keygen import write_key_pair  # noqa: E402
@@ -110,24 +111,12 @@ def load() -> str:
     return f"{one:.2f} {five:.2f} {fifteen:.2f}"
 
 
-def ensure_tools() -> None:
-    missing = [
-        package
-        for command, package in (
-            ("sshfs", "sshfs"),
-            ("rclone", "rclone"),
-            ("/usr/sbin/sshd", "openssh-server"),
-            ("fusermount3", "fuse3"),
-        )
-        if shutil.which(command) is None
-    ]
-    if missing:
-        log(f"installing {' '.join(missing)} ...")
-        subprocess.run(["apt-get", "update", "-qq"], check=False)
-        subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "openssh-client", *missing],
-            check=True,
-        )
+TOOLS = (
+    ("sshfs", "sshfs"),
+    ("rclone", "rclone"),
+    ("/usr/sbin/sshd", "openssh-server"),
+    ("fusermount3", "fuse3"),
+)
 
 
 def drop_caches() -> bool:
@@ -861,7 +850,7 @@ def main() -> None:
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: FUSE mounts of sshfs and rclone, drop_caches")
-    ensure_tools()
+    ensure_tools(TOOLS, also=("openssh-client",), say=log)
     tools_wanted = args.tools.split(",")
     only = set(args.only.split(","))
     work = os.path.abspath(args.work or tempfile.mkdtemp(prefix="realize-fuse-"))

@@ -88,6 +88,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.normpath(os.path.join(HERE, "..", "src"))
 sys.path.insert(0, SRC)
 
+import _tools  # noqa: E402
+from _tools import free_port  # noqa: E402
 from realize.tap.keygen import write_key_pair  # noqa: E402
 
 MiB = 1 << 20
@@ -143,21 +145,14 @@ class Summary:
         return self.results[0].files / self.seconds
 
 
+TOOLS = (("rsync", "rsync"), ("/usr/sbin/sshd", "openssh-server"))
+
+
 def ensure_tools() -> None:
-    missing = [
-        package
-        for command, package in (
-            ("rsync", "rsync"),
-            ("/usr/sbin/sshd", "openssh-server"),
-        )
-        if shutil.which(command) is None
-    ]
-    if missing:
-        print(f"installing {' '.join(missing)} ...", flush=True)
-        subprocess.run(["apt-get", "update", "-qq"], check=False)
-        subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "openssh-client", *missing], check=True
-        )
+    """
+    rsync and an sshd (for this bench, bench/repair.py, bench/throttle.py).
+    """
+    _tools.ensure_tools(TOOLS, also=("openssh-client",))
 
 
 def compile_sources() -> None:
@@ -166,12 +161,6 @@ def compile_sources() -> None:
     has it), whatever C{PYTHONDONTWRITEBYTECODE} says.
     """
     compileall.compile_dir(os.path.join(SRC, "realize"), quiet=1)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def load() -> str:
