@@ -55,9 +55,9 @@ Usage: python bench/move_throughput.py [--shapes small,stdlib,many,big,sparse]
 
 With C{--py-spy DIR}, every realize-move and its realized are profiled
 (py-spy C{--gil}, raw collapsed stacks at 250 Hz, one file per process and
-move, numbered in order): where each process's time goes, per file.  The
-profiler slows both and is counted in the client's CPU: time such a run
-for its profiles only.
+move, numbered in order; the daemon's ends when the move does): where
+each process's time goes, per file.  The profiler slows both and is
+counted in the client's CPU: time such a run for its profiles only.
 
 On a VM disk the time to create or delete many small files varies by 10x
 from run to run (ext4 mounted with C{discard} here): look at the spread.
@@ -415,6 +415,18 @@ class Sshd:
             self.process = None
 
 
+def forget_arena(datadir: str) -> None:
+    """
+    Delete the state of the arena at C{datadir} (its index and history, in
+    its default workdir C{.<name>.realize} beside it), so that it is
+    served as a new arena.  Else a daemon serving the destination of a
+    move would start by recording the removal of every file of the
+    previous round, while it is timed.
+    """
+    parent, name = os.path.split(os.path.normpath(datadir))
+    shutil.rmtree(os.path.join(parent, f".{name}.realize"), ignore_errors=True)
+
+
 class Realize:
     """
     A realized on loopback plus the configs and keys to move into it.
@@ -547,9 +559,12 @@ class Realize:
             server_rss = peak_rss(self.daemon.pid)
             server_cpu = cpu_seconds(self.daemon.pid) - daemon_cpu
         finally:
-            self.stop()
             if spy is not None:
+                # The daemon's profile ends with the move (not with its
+                # stop, whose work is not timed).
+                spy.send_signal(signal.SIGINT)
                 spy.wait(30)
+            self.stop()
         target = daemon if dst == "b" else local
         size, files = tree_size(target)
         left = tree_size(source)[1]
@@ -767,8 +782,12 @@ def measure_shape(
     def destination(name: str) -> str:
         return fresh(os.path.join(work, name))
 
+    def new_arena(name: str) -> str:
+        forget_arena(os.path.join(work, name))
+        return destination(name)
+
     runs: list[tuple[str, Callable[[], Result]]] = [
-        ("realize-move", lambda: realize.move(linked(), destination("dst-realize")))
+        ("realize-move", lambda: realize.move(linked(), new_arena("dst-realize")))
     ]
     if shape.sparse:
         runs += [
