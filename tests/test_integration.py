@@ -54,6 +54,17 @@ class MoveIntegrationTests(TestCase):
         )
         self.assertIn(f"{len(files)} file(s) moved", run.out)
         self.assertEqual(run.err, "")
+        # The daemon does not take realize-move (which serves no history)
+        # for a peer whose feed failed.
+        daemon = household.daemon
+        assert daemon is not None
+        await household.stop_daemon()
+        self.assertNotIn(b"failed", daemon.out)
+        self.assertIn(
+            b"a serves no history on this connection (a realize-move, or a "
+            b"realized older than history): no feed of arena docs",
+            daemon.out,
+        )
         # mtimes are preserved
         source_tree = make_tree(household.root + "/again")
         del source_tree

@@ -28,6 +28,7 @@ from attrs import define, field
 from twisted.application.service import IService, Service
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.protocols import amp
 
 from realize.config import ArenaConfig, Config, PeerConfig
 from realize.errors import (
@@ -290,6 +291,16 @@ class HouseholdService(Service):
             await self._feed(feed, peer, cache)
         except (NetworkError, SubscriptionClosed):
             pass
+        except amp.UnhandledCommand:
+            # realize-move is a peer that moves files and serves no
+            # history; it dials in like a deaf peer's daemon.
+            log.info(
+                "{peer} serves no history on this connection (a realize-move, or a "
+                "realized older than history): "
+                "no feed of arena {arena}",
+                peer=peer,
+                arena=arena,
+            )
         except (NotFound, Unauthorized) as e:
             log.info(
                 "{peer} does not publish arena {arena} to us: {error}",
