@@ -37,8 +37,9 @@ rotates from round to round) and each shape is measured in every
 directory given (default: /dev/shm, where fsync and discard are free, and
 the temporary directory's disk).  Printed per shape and directory: for
 each tool the min/median/max of the wall time, the median MB/s and files/s,
-the CPU seconds of both processes (user + system: robust to a loaded
-machine, unlike the wall time), the largest peak RSS of each process and,
+the CPU seconds of both sides (user + system: robust to a loaded
+machine, unlike the wall time; realized's with its worker process's),
+the largest peak RSS of each process and,
 for C{sparse}, what the destination allocates; then the ratios of the
 medians against the targets of issue 15.  The load average is printed
 with every round: the machine may be shared.
@@ -70,6 +71,7 @@ from __future__ import annotations
 
 import argparse
 import compileall
+import contextlib
 import os
 import re
 import shutil
@@ -212,6 +214,45 @@ def cpu_seconds(pid: int, children: bool = False) -> float:
         fields = f.read().rsplit(")", 1)[1].split()
     first = 13 if children else 11
     return (int(fields[first]) + int(fields[first + 1])) / os.sysconf("SC_CLK_TCK")
+
+
+def family(pid: int) -> list[int]:
+    """
+    @return: a running process and its descendants (realized's worker
+        process, L{realize.processes}).
+    """
+    found = [pid]
+    for parent in found:
+        with (
+            contextlib.suppress(OSError),
+            open(f"/proc/{parent}/task/{parent}/children") as f,
+        ):
+            found.extend(int(child) for child in f.read().split())
+    return found
+
+
+def family_cpu_seconds(pid: int) -> float:
+    """
+    @return: the CPU seconds (L{cpu_seconds}) of a running process and of
+        its running descendants, summed.
+    """
+    total = 0.0
+    for member in family(pid):
+        with contextlib.suppress(OSError):  # it ended meanwhile
+            total += cpu_seconds(member)
+    return total
+
+
+def family_peak_rss(pid: int) -> int:
+    """
+    @return: the largest peak RSS (L{peak_rss}, KiB) of a running process
+        and its running descendants.
+    """
+    peaks = [0]
+    for member in family(pid):
+        with contextlib.suppress(OSError):
+            peaks.append(peak_rss(member))
+    return max(peaks)
 
 
 def wait_children(pid: int, timeout: float = 5.0) -> None:
@@ -535,7 +576,7 @@ class Realize:
                     f'[[arena]]\nname = "bench"\ndatadir = "{local}"\n'
                 )
             assert self.daemon is not None
-            daemon_cpu = cpu_seconds(self.daemon.pid)
+            daemon_cpu = family_cpu_seconds(self.daemon.pid)
             seconds, rss, _, cpu = run_measured(
                 [
                     *prefix,
@@ -556,8 +597,8 @@ class Realize:
                     "bench",
                 ]
             )
-            server_rss = peak_rss(self.daemon.pid)
-            server_cpu = cpu_seconds(self.daemon.pid) - daemon_cpu
+            server_rss = family_peak_rss(self.daemon.pid)
+            server_cpu = family_cpu_seconds(self.daemon.pid) - daemon_cpu
         finally:
             if spy is not None:
                 # The daemon's profile ends with the move (not with its
@@ -947,7 +988,8 @@ def main() -> None:
         report(shape, summaries)
     print(
         "\nRSS: peak resident set; client = realize-move / local rsync, "
-        "server = realized / remote rsync.  CPU: user + system seconds."
+        "server = realized (the largest of it and its worker process) / remote "
+        "rsync.  CPU: user + system seconds (realized's with its worker's)."
     )
 
 
