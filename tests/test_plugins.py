@@ -85,6 +85,7 @@ class PluginTests(SynchronousTestCase):
                 "ArenaDbs",
                 "ThreadPoolService",
                 "ThreadPoolService",
+                "WorkerService",
                 "StoreService",
                 "HistoryService",
                 "WatcherService",

@@ -10,12 +10,13 @@ group commit) are in L{tests.test_storage_real}.
 from __future__ import annotations
 
 import os
+import pickle
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.trial.unittest import SynchronousTestCase
 
 from realize.config import parse_config
@@ -31,7 +32,7 @@ from realize.model import (
     WriteResult,
     partial_name,
 )
-from realize.services.store import StoreService
+from realize.services.store import PeerView, StoreService
 from realize.storage.arena import ArenaDir
 from realize.storage.local import LocalStore
 from realize.storage.memory import MemoryFile, MemoryStore
@@ -1165,6 +1166,61 @@ class LocalStoreContractTests(StoreContractMixin, SynchronousTestCase):
         self.assertEqual(single.describe(), f"local:{self.directories[A]}")
 
 
+def pickled_runner(calls: list[str]) -> Any:
+    """
+    A synchronous runner that treats a call as L{realize.processes.
+    WorkerService} does: the function, its arguments, its result and its
+    error go through pickle (a worker process gets copies).
+
+    @param calls: gets the name of each function run.
+    """
+
+    def run(f: Any, /, *args: Any, **kwargs: Any) -> Deferred[Any]:
+        f, args, kwargs = pickle.loads(pickle.dumps((f, args, kwargs)))
+        calls.append(f.__name__)
+        try:
+            result = f(*args, **kwargs)
+        except Exception as e:
+            return fail(pickle.loads(pickle.dumps(e)))
+        return succeed(pickle.loads(pickle.dumps(result)))
+
+    return run
+
+
+class WorkerBatchContractTests(LocalStoreContractTests):
+    """
+    The L{Store} contract for a L{LocalStore} whose small-file batches run
+    as in the daemon's worker process (L{pickled_runner}).
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.batches: list[str] = []
+        self.store = LocalStore(
+            self.store.arena_dirs,
+            sync_run_in_thread,
+            run_batch=pickled_runner(self.batches),
+        )
+
+    def test_batch_in_worker(self) -> None:
+        """
+        write_files runs its batch with C{run_batch}, its arena directory
+        pickled as its name, directory and exclude.
+        """
+        files = [SmallFile("x/y", 2, MTIME, leaf_hash(b"xy"))]
+        self.assertEqual(
+            result_of(self, self.store.write_files(A, files, [b"xy"])), [None]
+        )
+        self.assertEqual(self.batches, ["write_files"])
+        self.assertEqual(self.stored("x/y"), b"xy")
+        arena_dir = ArenaDir(A, self.directories[A], "work")
+        copy = pickle.loads(pickle.dumps(arena_dir))
+        self.assertEqual(
+            (copy.name, copy.directory, copy.exclude), (A, self.directories[A], "work")
+        )
+        self.assertIsNot(copy.partials, arena_dir.partials)
+
+
 class PeerViewContractTests(LocalStoreContractTests):
     """
     The L{Store} contract for the L{realize.services.store.PeerView} of a
@@ -1192,6 +1248,39 @@ class PeerViewContractTests(LocalStoreContractTests):
         A view describes itself as the daemon seen by its peer.
         """
         self.assertEqual(self.store.describe(), "daemon (as seen by p)")
+
+    def test_batch_runners(self) -> None:
+        """
+        A view runs small-file batches with its connection's batch runner
+        if it has one, else with the daemon's.
+        """
+        daemon: list[str] = []
+        connection: list[str] = []
+        assert isinstance(self.store, PeerView)
+        service = StoreService(
+            self.store.service.config,
+            sync_run_in_thread,
+            run_batch=pickled_runner(daemon),
+        )
+        files = [SmallFile("f", 1, MTIME, leaf_hash(b"f"))]
+        for view, calls in [
+            (service.view(PeerId("p")), daemon),
+            (
+                service.view(
+                    PeerId("p"),
+                    sync_run_in_thread,
+                    run_batch=pickled_runner(connection),
+                ),
+                connection,
+            ),
+            (service.view(PeerId("p"), sync_run_in_thread), daemon),
+        ]:
+            before = len(calls)
+            self.assertEqual(
+                result_of(self, view.write_files(A, files, [b"f"])), [None]
+            )
+            self.assertEqual(len(calls), before + 1)
+        self.assertEqual((len(daemon), len(connection)), (2, 1))
 
 
 class FaultyStoreContractTests(LocalStoreContractTests):

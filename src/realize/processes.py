@@ -9,7 +9,9 @@ turns on one lock thousands of times a second.  On the 2-core machines
 this runs on, the futex waits and context switches of those turns cost
 more CPU than the writes themselves: 38% of the daemon's CPU under
 C{perf} while 10,000 files of 4 KiB were moved in (issue 15).  A process
-of its own makes the same calls without that lock.
+of its own makes the same calls without that lock: with it, that move
+took a median of 1.49 s instead of 1.74 s (5 interleaved rounds on
+/dev/shm), and 100,000 files of 1 KiB 8.6 s instead of 11.5 s.
 
 L{WorkerService} spawns C{python -m realize.worker} (L{realize.worker}:
 the protocol) with Twisted's C{spawnProcess} when the service starts, and

@@ -38,6 +38,8 @@ class StoreService(Service):
     @ivar run_cpu: runs its hashing and delta work (default:
         C{run_in_thread}).
     @ivar listener: told of every file finished or deleted.
+    @ivar run_batch: runs the writes of small-file batches (a worker
+        process), or C{None} for C{run_in_thread}.
     @ivar store: the local store of the arenas that have a datadir.
     """
 
@@ -47,6 +49,7 @@ class StoreService(Service):
     run_in_thread: RunInThread
     run_cpu: RunInThread | None = None
     listener: StoreListener | None = None
+    run_batch: RunInThread | None = None
     store: LocalStore = field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -56,6 +59,7 @@ class StoreService(Service):
             "daemon",
             run_cpu=self.run_cpu,
             listener=self.listener,
+            run_batch=self.run_batch,
         )
 
     def reconfigure(self, config: Config) -> None:
@@ -76,6 +80,7 @@ class StoreService(Service):
         peer: PeerId,
         run_io: RunInThread | None = None,
         run_cpu: RunInThread | None = None,
+        run_batch: RunInThread | None = None,
     ) -> PeerView:
         """
         @param peer: an authenticated peer.
@@ -85,9 +90,11 @@ class StoreService(Service):
             connection meanwhile (views without runners all count as one).
         @param run_cpu: the CPU runner of this peer's connection (default
             C{run_io}, or the daemon's).
+        @param run_batch: the small-file batch runner of this peer's
+            connection (default the daemon's).
         @return: the store as that peer may use it.
         """
-        return PeerView.of(self, peer, run_io, run_cpu)
+        return PeerView.of(self, peer, run_io, run_cpu, run_batch)
 
 
 @define(eq=False)
@@ -112,15 +119,19 @@ class PeerView(LocalStore):
         peer: PeerId,
         run_io: RunInThread | None = None,
         run_cpu: RunInThread | None = None,
+        run_batch: RunInThread | None = None,
     ) -> PeerView:
         """
         @return: the view of a peer (see L{StoreService.view}).
         """
         store = service.store
         if run_io is not None:
-            store = store.with_runners(run_io, run_cpu)
-        elif run_cpu is not None:
-            store = attrs.evolve(store, run_cpu=run_cpu)
+            store = store.with_runners(run_io, run_cpu, run_batch=run_batch)
+        else:
+            if run_cpu is not None:
+                store = attrs.evolve(store, run_cpu=run_cpu)
+            if run_batch is not None:
+                store = attrs.evolve(store, run_batch=run_batch)
         shared = attrs.asdict(store, recurse=False)
         return cls(**shared, service=service, peer=peer)
 

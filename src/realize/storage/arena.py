@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 from attrs import define, field, frozen
 
@@ -192,6 +193,14 @@ class ArenaDir:
 
     def __attrs_post_init__(self) -> None:
         self.partials = Partials(self.name)
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str, str | None]]:
+        """
+        Pickled as its name, directory and exclude (a batch runs in a
+        worker process, L{realize.processes}); the copy has partials of
+        its own (their lock is per process).
+        """
+        return (ArenaDir, (self.name, self.directory, self.exclude))
 
     # -- resolution -----------------------------------------------------
 

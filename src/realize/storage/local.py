@@ -136,6 +136,9 @@ class LocalStore:
     @ivar book: leaves known of the files being written, shared.
     @ivar counts: what the store did, shared.
     @ivar owner: the writer this view is (L{WriterRegistry}).
+    @ivar run_batch: runs the writes of a batch of small files (a worker
+        process, L{realize.processes}: its arguments are pickled), or
+        C{None} for C{run_in_thread}.
     """
 
     log: ClassVar[Logger] = Logger()
@@ -150,6 +153,7 @@ class LocalStore:
     book: LeafBook = field(factory=LeafBook, kw_only=True)
     counts: StoreCounts = field(factory=StoreCounts, kw_only=True)
     owner: object = field(factory=object, kw_only=True)
+    run_batch: RunInThread | None = field(default=None, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         if self.run_cpu is None:
@@ -166,6 +170,7 @@ class LocalStore:
         *,
         run_cpu: RunInThread | None = None,
         listener: StoreListener | None = None,
+        run_batch: RunInThread | None = None,
     ) -> LocalStore:
         """
         Serve every arena of a config that has a datadir.
@@ -175,6 +180,8 @@ class LocalStore:
         @param label: name of this store in messages.
         @param run_cpu: the CPU thread pool runner.
         @param listener: told of files finished and deleted.
+        @param run_batch: the runner of small-file batches (default
+            C{run_in_thread}).
         """
         return cls(
             arena_dirs_from_config(config),
@@ -182,6 +189,7 @@ class LocalStore:
             label,
             run_cpu=run_cpu,  # type: ignore[arg-type]
             listener=listener,
+            run_batch=run_batch,
         )
 
     @classmethod
@@ -214,6 +222,7 @@ class LocalStore:
         run_cpu: RunInThread | None = None,
         *,
         owner: object | None = None,
+        run_batch: RunInThread | None = None,
     ) -> LocalStore:
         """
         A view of this store whose commands run in other threads (e.g. a
@@ -223,12 +232,15 @@ class LocalStore:
         @param run_cpu: default C{run_in_thread}.
         @param owner: the writer the view is; default a new one, so that
             another view's command cannot write a file it is writing.
+        @param run_batch: the runner of small-file batches; default this
+            store's (C{None}: C{run_in_thread}).
         """
         return attrs.evolve(
             self,
             run_in_thread=run_in_thread,
             run_cpu=run_cpu or run_in_thread,
             owner=object() if owner is None else owner,
+            run_batch=run_batch or self.run_batch,
         )
 
     def with_arena_dirs(self, arena_dirs: dict[ArenaName, ArenaDir]) -> LocalStore:
@@ -598,7 +610,8 @@ class LocalStore:
                     results[index] = e
                 else:
                     todo.append(index)
-            written = await self.run_in_thread(
+            run = self.run_batch or self.run_in_thread
+            written = await run(
                 batch.write_files,
                 arena_dir,
                 [files[i] for i in todo],

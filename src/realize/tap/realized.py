@@ -53,6 +53,7 @@ from realize.net.registry import ConnectionRegistry
 from realize.net.server import StoreResponders
 from realize.net.throttle import ThrottlingFactory
 from realize.net.tls import ClientTLS, ServerTLS, load_private_key, public_key_pem
+from realize.processes import WorkerService
 from realize.services.history import HistoryService
 from realize.services.lifecycle import (
     ConnectionsService,
@@ -450,8 +451,10 @@ def assemble(
     top.add(dbs)
     io = ThreadPoolService(reactor, "realized-io", IO_THREADS)
     cpu = ThreadPoolService(reactor, "realized-cpu", CPU_THREADS)
+    batches = WorkerService(reactor, "realized-worker")
     top.add(io)
     top.add(cpu)
+    top.add(batches)
     registry_ = make_registry()
     metrics = DaemonMetrics(registry_)
     history_metrics = HistoryMetrics(registry_)
@@ -467,7 +470,9 @@ def assemble(
         lambda: KernelNotifier(reactor),
         history_metrics,
     )
-    store = StoreService(config, io.run_in_thread, listener=watchers)
+    store = StoreService(
+        config, io.run_in_thread, listener=watchers, run_batch=batches.run
+    )
     store.name = "store"
     top.add(store)
     top.add(history)
@@ -484,10 +489,12 @@ def assemble(
         label = f"peer {connection.peer or connection.address}"
         run_io = BoundedRunner(io.run_in_thread, CONNECTION_IO_JOBS, label)
         run_cpu = BoundedRunner(cpu.run_in_thread, CONNECTION_CPU_JOBS, label)
+        run_batch = BoundedRunner(batches.run, CONNECTION_IO_JOBS, label)
 
         def closed(result: object) -> object:
             run_io.close()
             run_cpu.close()
+            run_batch.close()
             return result
 
         connection.lost.addBoth(closed)
@@ -499,7 +506,7 @@ def assemble(
             # ranges of a file in parallel; another connection may not
             # write that file meanwhile).
             if peer not in views:
-                views[peer] = store.view(peer, run_io, run_cpu)
+                views[peer] = store.view(peer, run_io, run_cpu, run_batch)
             return views[peer]
 
         return CompositeLocator(
