@@ -696,6 +696,41 @@ class EventTests(_WatcherCase):
             self.metric("realize_watcher_rescans_total", arena="a", reason="directory"),
             2,
         )
+        # Scans that found files to look at are logged as news.
+        self.assertEqual(
+            [(e["prefix"], e["changed"], e["log_level"]) for e in self.scans()],
+            [("n", 2, LogLevel.info), ("n", 2, LogLevel.info)],
+        )
+
+    def test_store_directory_scan_quiet(self) -> None:
+        """
+        The scans of a new directory whose files the store told of find
+        nothing to look at: they are logged at debug level, not info (a
+        move makes them for every directory it fills).
+        """
+        self.write("n/got", b"from the store")
+        st = self.stat("n/got")
+        self.watcher.known("n/got", st.st_size, st.st_mtime_ns, b"R" * 32)
+        self.fake.emit(self.root, IN_CREATE | IN_ISDIR, "n")
+        self.settle()
+        self.assertEqual(self.new(), [(ADD, "n/got")])
+        scans = self.scans()
+        self.assertEqual(len(scans), 2)
+        self.assertEqual(
+            {(e["files"], e["changed"], e["log_level"]) for e in scans},
+            {(1, 0, LogLevel.debug)},
+        )
+
+    def scans(self, reason: str = "directory") -> list[dict[str, Any]]:
+        """
+        @return: the log events of the scans made for C{reason}.
+        """
+        return [
+            e
+            for e in self.events
+            if "scanned {prefix}" in e.get("log_format", "")
+            and e.get("reason") == reason
+        ]
 
     def test_store_file_scanned_not_looked_at_again(self) -> None:
         """

@@ -1038,7 +1038,11 @@ class ArenaWatcher:
             self._hash_backlog += sum(item[1] for item in direct)
             if self._running:
                 self._pump_hashing()
-        self.log.info(
+        # A scan that found nothing to do (a directory a move is filling:
+        # the store told of its files) is not news, and a move makes one
+        # per directory.
+        quiet = reason != "start" and not changed and not result.missing
+        (self.log.debug if quiet else self.log.info)(
             "arena {arena}: scanned {prefix} ({reason}): {files} files, "
             "{changed} changed, {missing} gone",
             arena=self.arena,
