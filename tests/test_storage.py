@@ -1211,8 +1211,23 @@ class WorkerBatchContractTests(LocalStoreContractTests):
         self.assertEqual(
             result_of(self, self.store.write_files(A, files, [b"xy"])), [None]
         )
-        self.assertEqual(self.batches, ["write_files"])
+        self.assertEqual(self.batches, ["write_packed"])
+        self.batches.clear()
         self.assertEqual(self.stored("x/y"), b"xy")
+        # A file whose bytes are short, between two others, fails alone.
+        contents = [b"first", b"shor", b"last"]
+        files = [
+            SmallFile("one", 5, MTIME, leaf_hash(b"first")),
+            SmallFile("two", 5, MTIME, leaf_hash(b"short")),
+            SmallFile("three", 4, MTIME, leaf_hash(b"last")),
+        ]
+        outcomes = result_of(self, self.store.write_files(A, files, contents))
+        self.assertIsNone(outcomes[0])
+        self.assertIsInstance(outcomes[1], Conflict)
+        self.assertIsNone(outcomes[2])
+        self.assertEqual(
+            (self.stored("one"), self.stored("three")), (b"first", b"last")
+        )
         arena_dir = ArenaDir(A, self.directories[A], "work")
         copy = pickle.loads(pickle.dumps(arena_dir))
         self.assertEqual(

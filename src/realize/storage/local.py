@@ -610,13 +610,23 @@ class LocalStore:
                     results[index] = e
                 else:
                     todo.append(index)
-            run = self.run_batch or self.run_in_thread
-            written = await run(
-                batch.write_files,
-                arena_dir,
-                [files[i] for i in todo],
-                [data[i] for i in todo],
-            )
+            if self.run_batch is None:
+                written = await self.run_in_thread(
+                    batch.write_files,
+                    arena_dir,
+                    [files[i] for i in todo],
+                    [data[i] for i in todo],
+                )
+            else:
+                written = await self.run_batch(
+                    batch.write_packed,
+                    arena_dir,
+                    [
+                        (file.path, file.size, file.mtime_ns, file.root, len(data[i]))
+                        for i, file in ((i, files[i]) for i in todo)
+                    ],
+                    b"".join(data[i] for i in todo),
+                )
             listener, book = self.listener, self.book
             for index, outcome in zip(todo, written, strict=True):
                 results[index] = outcome
