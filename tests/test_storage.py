@@ -29,6 +29,7 @@ from realize.model import (
     FileState,
     PeerId,
     SmallFile,
+    SmallRead,
     WriteResult,
     partial_name,
 )
@@ -1228,6 +1229,17 @@ class WorkerBatchContractTests(LocalStoreContractTests):
         self.assertEqual(
             (self.stored("one"), self.stored("three")), (b"first", b"last")
         )
+        # Reads and deletions of batches go there too.
+        self.batches.clear()
+        [read, missing] = result_of(
+            self, self.store.read_files(A, [("one", 100), ("nothing", 100)])
+        )
+        assert isinstance(read, SmallRead)
+        self.assertEqual((read.data, read.size, read.mtime_ns), (b"first", 5, MTIME))
+        self.assertIsInstance(missing, NotFound)
+        result_of(self, self.store.delete_files(A, [FileInfo("one", 5, MTIME)]))
+        self.assertIsNone(self.stored("one"))
+        self.assertEqual(self.batches, ["read_packed", "delete_files"])
         arena_dir = ArenaDir(A, self.directories[A], "work")
         copy = pickle.loads(pickle.dumps(arena_dir))
         self.assertEqual(

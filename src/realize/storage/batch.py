@@ -76,6 +76,51 @@ def read_files(
     return results
 
 
+def read_packed(
+    arena_dir: ArenaDir, files: list[tuple[str, int]]
+) -> tuple[list[tuple[int, int, bytes, int] | RealizeError], bytes]:
+    """
+    L{read_files} in the form the daemon's worker process answers it
+    (L{realize.processes}; see L{write_packed}): each file's size, mtime,
+    root and the length of its data read, or its error, and the data of
+    all the files joined in one buffer, in order.  L{unpack_reads} makes
+    L{SmallRead}s of it again.
+    """
+    reads = read_files(arena_dir, files)
+    meta: list[tuple[int, int, bytes, int] | RealizeError] = [
+        read
+        if isinstance(read, RealizeError)
+        else (read.size, read.mtime_ns, read.root, len(read.data))
+        for read in reads
+    ]
+    return meta, b"".join(
+        read.data for read in reads if not isinstance(read, RealizeError)
+    )
+
+
+def unpack_reads(
+    packed: tuple[list[tuple[int, int, bytes, int] | RealizeError], bytes],
+) -> list[SmallRead | RealizeError]:
+    """
+    @param packed: what L{read_packed} returned.
+    @return: what L{read_files} returned.
+    """
+    meta, data = packed
+    view = memoryview(data)
+    reads: list[SmallRead | RealizeError] = []
+    offset = 0
+    for entry in meta:
+        if isinstance(entry, RealizeError):
+            reads.append(entry)
+            continue
+        size, mtime_ns, root, length = entry
+        reads.append(
+            SmallRead(bytes(view[offset : offset + length]), size, mtime_ns, root)
+        )
+        offset += length
+    return reads
+
+
 def write_files(
     arena_dir: ArenaDir,
     files: list[SmallFile],

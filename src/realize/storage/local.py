@@ -136,9 +136,9 @@ class LocalStore:
     @ivar book: leaves known of the files being written, shared.
     @ivar counts: what the store did, shared.
     @ivar owner: the writer this view is (L{WriterRegistry}).
-    @ivar run_batch: runs the writes of a batch of small files (a worker
-        process, L{realize.processes}: its arguments are pickled), or
-        C{None} for C{run_in_thread}.
+    @ivar run_batch: runs the batches of small files (their reads, writes
+        and deletions) in a worker process (L{realize.processes}: its
+        arguments are pickled), or C{None} for C{run_in_thread}.
     """
 
     log: ClassVar[Logger] = Logger()
@@ -522,9 +522,8 @@ class LocalStore:
     ) -> list[RealizeError | None]:
         arena_dir = self.arena_dir(arena)
         durable = self.listener is not None
-        results = await self.run_in_thread(
-            batch.delete_files, arena_dir, files, durable, partials
-        )
+        run = self.run_batch or self.run_in_thread
+        results = await run(batch.delete_files, arena_dir, files, durable, partials)
         outcomes: list[RealizeError | None] = []
         book = self.book
         for (path, _, _), result in zip(files, results, strict=True):
@@ -593,7 +592,10 @@ class LocalStore:
         self, arena: ArenaName, files: Sequence[tuple[str, int]]
     ) -> list[SmallRead | RealizeError]:
         arena_dir = self.arena_dir(arena)
-        return await self.run_in_thread(batch.read_files, arena_dir, list(files))
+        if self.run_batch is None:
+            return await self.run_in_thread(batch.read_files, arena_dir, list(files))
+        packed = await self.run_batch(batch.read_packed, arena_dir, list(files))
+        return batch.unpack_reads(packed)
 
     async def write_files(
         self, arena: ArenaName, files: Sequence[SmallFile], data: Sequence[bytes]
