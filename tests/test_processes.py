@@ -142,3 +142,26 @@ class WorkerServiceTests(TestCase):
         self.assertTrue(alive(pid))
         parent.kill()
         await eventually(lambda: not alive(pid), 10, "the worker to end")
+
+    async def test_unloadable(self) -> None:
+        """
+        A call whose function the worker cannot import (a module only this
+        process has) fails with an error that says so; the worker goes on.
+        """
+        directory = self.mktemp()
+        os.makedirs(directory)
+        with open(os.path.join(directory, "only_here_module.py"), "w") as f:
+            f.write("def answer():\n    return 42\n")
+        sys.path.insert(0, directory)
+        self.addCleanup(sys.path.remove, directory)
+        self.addCleanup(sys.modules.pop, "only_here_module", None)
+        import only_here_module  # type: ignore[import-not-found]
+
+        pid = await self.service.run(os.getpid)
+        with self.assertRaises(RuntimeError) as raised:
+            await self.service.run(only_here_module.answer)
+        self.assertIn(
+            "the worker process cannot load the call: ModuleNotFoundError",
+            str(raised.exception),
+        )
+        self.assertEqual(await self.service.run(os.getpid), pid)

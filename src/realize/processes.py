@@ -1,8 +1,9 @@
 """
-A worker process for the daemon's batches of small files.
+A worker process for the daemon's batches of small files (the reads,
+writes and deletions of ReadFiles, WriteFiles and DeleteFiles).
 
-A batch of small files (WriteFiles) is a few hundred short system calls
-(create, write, utime, close, rename) and a little Python between them.
+A batch of small files is a few hundred short system calls (for a write:
+create, write, utime, close, rename) and a little Python between them.
 In a thread of the daemon, each of those calls gives the GIL up and takes
 it again while the reactor thread receives the next batch: the two take
 turns on one lock thousands of times a second.  On the 2-core machines

@@ -77,6 +77,10 @@ def answer(function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> byte
     return pickle.dumps((True, result), pickle.HIGHEST_PROTOCOL)
 
 
+def _unloadable(error: str) -> None:
+    raise RuntimeError(f"the worker process cannot load the call: {error}")
+
+
 def main() -> None:
     """
     Answer calls from stdin on stdout until stdin ends.
@@ -91,7 +95,13 @@ def main() -> None:
         frame = read_frame(calls)
         if frame is None:
             return
-        function, args, kwargs = pickle.loads(frame)
+        try:
+            function, args, kwargs = pickle.loads(frame)
+        except Exception as e:
+            # A call this worker cannot load (its module missing here):
+            # answered as an error, in its turn, like any other.
+            write_frame(answers, answer(_unloadable, (f"{type(e).__name__}: {e}",), {}))
+            continue
         del frame
         write_frame(answers, answer(function, args, kwargs))
 

@@ -38,8 +38,9 @@ class StoreService(Service):
     @ivar run_cpu: runs its hashing and delta work (default:
         C{run_in_thread}).
     @ivar listener: told of every file finished or deleted.
-    @ivar run_batch: runs the writes of small-file batches (a worker
-        process), or C{None} for C{run_in_thread}.
+    @ivar run_batch: runs the batches of small files (their reads,
+        writes and deletions) in a worker process, or C{None} for
+        C{run_in_thread}.
     @ivar store: the local store of the arenas that have a datadir.
     """
 

@@ -624,8 +624,8 @@ class LocalStore:
                     batch.write_packed,
                     arena_dir,
                     [
-                        (file.path, file.size, file.mtime_ns, file.root, len(data[i]))
-                        for i, file in ((i, files[i]) for i in todo)
+                        (f.path, f.size, f.mtime_ns, f.root, len(data[i]))
+                        for i, f in zip(todo, (files[i] for i in todo), strict=True)
                     ],
                     b"".join(data[i] for i in todo),
                 )
