@@ -24,7 +24,7 @@ from realize.errors import (
 from realize.hashing import LEAF_SIZE, LeafHasher, merkle_root
 from realize.model import MAX_DELTA_RANGE, ArenaName, FileInfo
 from realize.services.budget import ByteBudget
-from realize.services.mover import BATCH_FILE, BATCH_FILES, Mover
+from realize.services.mover import BATCH_FILE, BATCH_FILES, BATCHES_IN_FLIGHT, Mover
 from realize.services.repair import CopyRepairer
 from realize.services.report import FileResult, FileStatus
 from realize.storage.memory import MemoryStore
@@ -874,10 +874,46 @@ class WaitingStore(MemoryStore):
         return await super().write(*args, **kwargs)
 
 
+class WaitingBatchStore(MemoryStore):
+    """
+    A destination whose batch writes wait until the test lets them go.
+    """
+
+    waiting: list[Deferred[None]]
+
+    async def write_files(self, *args: Any, **kwargs: Any) -> Any:
+        d: Deferred[None] = Deferred()
+        self.waiting.append(d)
+        await d
+        return await super().write_files(*args, **kwargs)
+
+
 class ConcurrencyTests(SynchronousTestCase):
     """
     Files move concurrently within the budget.
     """
+
+    def test_batches_in_flight(self) -> None:
+        """
+        At most BATCHES_IN_FLIGHT batches of small files are in flight at
+        once; the others start as they finish.
+        """
+        count = BATCH_FILES * (BATCHES_IN_FLIGHT + 3)
+        source = MemoryStore.with_files(
+            "a", {f"d/{i}": data(10, i) for i in range(count)}, label="src"
+        )
+        destination = WaitingBatchStore.with_files("a", label="dst")
+        waiting = destination.waiting = []
+        done = Deferred.fromCoroutine(Mover(source, destination).move([A]))
+        self.assertEqual(len(waiting), BATCHES_IN_FLIGHT)
+        released = 0
+        while waiting:
+            waiting.pop(0).callback(None)
+            released += 1
+            self.assertLessEqual(len(waiting), BATCHES_IN_FLIGHT)
+        self.assertEqual(released, BATCHES_IN_FLIGHT + 3)
+        report = self.successResultOf(done)
+        self.assertEqual(len(report.moved), count)
 
     def test_batches_beside_large_file(self) -> None:
         """

@@ -100,7 +100,7 @@ log = Logger(namespace="realize.move")
 #: Bytes of large files (above L{BATCH_FILE}) in flight at once: many move
 #: together, the largest one at a time (#sizegate).  Batches of small files
 #: are bounded apart, by L{BATCHES_IN_FLIGHT} of at most L{BATCH_BYTES}
-#: (16 MiB): 32 MiB in flight in all.
+#: (32 MiB): 48 MiB in flight in all.
 BYTE_BUDGET = 16 << 20
 
 #: Files in flight at once, whatever their size.
@@ -120,9 +120,12 @@ BATCH_FILES = 256
 #: Most bytes of data in one batch.
 BATCH_BYTES = 4 << 20
 
-#: Batches in flight at once: enough to keep both sides busy (one being
-#: read, one on the wire, one being written), few enough to bound memory.
-BATCHES_IN_FLIGHT = 4
+#: Batches in flight at once: enough to keep both sides busy (being read,
+#: on the wire, received, written by the daemon's worker process, answered),
+#: few enough to bound memory.  8 rather than 4 since the daemon writes
+#: batches in a worker process: 100,000 files of 1 KiB moved in a median
+#: of 8.96 s instead of 9.67 s (3 interleaved rounds; issue 15).
+BATCHES_IN_FLIGHT = 8
 
 
 def _value(failure: object) -> BaseException:
