@@ -79,6 +79,24 @@ class RecordsTests(SynchronousTestCase):
         self.records.fromBox(b"files", strings, objects, None)
         self.assertEqual(objects["files"], values)
 
+    def test_field_orders(self) -> None:
+        """
+        Fixed fields before, between and after variable ones, and lists of
+        only fixed or only variable fields, come back as they were packed.
+        """
+        for fields, record in [
+            (
+                [("a", "uint"), ("b", "text"), ("c", "int"), ("d", "int")],
+                {"a": 1, "b": "x", "c": -2, "d": 3},
+            ),
+            ([("a", "int"), ("b", "uint")], {"a": -1, "b": 2**64 - 1}),
+            ([("a", "blob"), ("b", "text")], {"a": b"\0\1", "b": "é"}),
+        ]:
+            records = Records(fields)
+            packed = records.pack([record, record])
+            self.assertEqual(records.unpack(packed), [record, record])
+            self.assertRaises(ValueError, records.unpack, packed[:-1])
+
     def test_malformed(self) -> None:
         """
         Truncated data raises ValueError.
