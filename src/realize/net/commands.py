@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FEATURE_SPARSE",
+    "OUTCOME",
     "ApplyDelta",
     "ArenaId",
     "Arenas",
@@ -516,7 +517,9 @@ class Hash(_StoreCommand):
 #: Per-file outcome in the answer of a batch command: an empty C{code} for
 #: success, else an error code of L{realize.errors.WIRE_ERRORS} and its
 #: message.
-_OUTCOME = [("code", "blob"), ("message", "text")]
+#: The fields of one file's outcome in a batch answer: an error code
+#: (empty: success) and its message.
+OUTCOME = [("code", "blob"), ("message", "text")]
 
 
 class ReadFiles(_StoreCommand):
@@ -537,7 +540,7 @@ class ReadFiles(_StoreCommand):
             b"results",
             Records(
                 [
-                    *_OUTCOME,
+                    *OUTCOME,
                     ("size", "uint"),
                     ("mtime_ns", "int"),
                     ("root", "blob"),
@@ -572,7 +575,7 @@ class WriteFiles(_StoreCommand):
             ),
         ),
     ]
-    response = [(b"results", Records(_OUTCOME, MAX_BATCH_FILES))]
+    response = [(b"results", Records(OUTCOME, MAX_BATCH_FILES))]
 
 
 class DeleteFiles(_StoreCommand):
@@ -594,7 +597,7 @@ class DeleteFiles(_StoreCommand):
         ),
         (b"partials", String(optional=True)),
     ]
-    response = [(b"results", Records(_OUTCOME, MAX_BATCH_FILES))]
+    response = [(b"results", Records(OUTCOME, MAX_BATCH_FILES))]
 
 
 class Signature(_StoreCommand):

@@ -11,7 +11,7 @@ as an I/O failure, so that nothing a client sends can kill the daemon.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, DeferredSemaphore
@@ -387,7 +387,7 @@ class StoreResponders(Responders):
             self._transferred(arena, COPY, WRITTEN, total)
             if self.metrics is not None:
                 self.metrics.file_finished(arena, outcomes.count(None))
-            return {"results": [_outcome(o) for o in outcomes]}
+            return {"results": _outcomes(outcomes)}
 
         return self._respond("WriteFiles", go())
 
@@ -410,7 +410,7 @@ class StoreResponders(Responders):
             )
             if self.metrics is not None:
                 self.metrics.file_deleted(arena, outcomes.count(None))
-            return {"results": [_outcome(o) for o in outcomes]}
+            return {"results": _outcomes(outcomes)}
 
         return self._respond("DeleteFiles", go())
 
@@ -549,6 +549,29 @@ def _outcome(error: BaseException | None) -> dict[str, Any]:
             log.error("unexpected error in a batch: {error!r}", error=error)
         error = IOFailure("internal error")
     return {"code": error.code, "message": str(error)[:500]}
+
+
+#: The records of a batch answer's outcomes.
+_OUTCOME_RECORDS = commands.Records(commands.OUTCOME)
+
+#: A success packed as L{_OUTCOME_RECORDS} packs it: an empty code and
+#: an empty message.
+_SUCCESS = _OUTCOME_RECORDS.pack([_outcome(None)])
+
+
+def _outcomes(errors: Sequence[BaseException | None]) -> commands.Packed:
+    """
+    @return: the wire form of a batch answer's outcomes, packed: a
+        success, what nearly every file of a batch is, as bytes made once
+        (packing 256 records as dicts took ~4% of the daemon's reactor
+        during a move of small files, issue 15).
+    """
+    return commands.Packed(
+        b"".join(
+            _SUCCESS if error is None else _OUTCOME_RECORDS.pack([_outcome(error)])
+            for error in errors
+        )
+    )
 
 
 def store_responders(
