@@ -100,7 +100,7 @@ log = Logger(namespace="realize.move")
 #: Bytes of large files (above L{BATCH_FILE}) in flight at once: many move
 #: together, the largest one at a time (#sizegate).  Batches of small files
 #: are bounded apart, by L{BATCHES_IN_FLIGHT} of at most L{BATCH_BYTES}
-#: (32 MiB): 48 MiB in flight in all.
+#: (16 MiB): 32 MiB in flight in all.
 BYTE_BUDGET = 16 << 20
 
 #: Files in flight at once, whatever their size.
@@ -117,8 +117,10 @@ BATCH_FILE = 256 << 10
 #: Most files in one batch.
 BATCH_FILES = 256
 
-#: Most bytes of data in one batch.
-BATCH_BYTES = 4 << 20
+#: Most bytes of data in one batch: with L{BATCHES_IN_FLIGHT}, 16 MiB of
+#: small files in flight (each held a few times over on the way: read,
+#: sent, received, handed to the daemon's worker process).
+BATCH_BYTES = 2 << 20
 
 #: Batches in flight at once: enough to keep both sides busy (being read,
 #: on the wire, received, written by the daemon's worker process, answered),
