@@ -24,7 +24,14 @@ from realize.storage.commit import CommitItem, commit_group
 from realize.storage.fs import Filesystems, pwrite_all, read_whole
 from realize.storage.paths import DirCache, not_regular, where
 
-__all__ = ["delete_files", "read_files", "write_files"]
+__all__ = [
+    "delete_files",
+    "read_files",
+    "read_packed",
+    "unpack_reads",
+    "write_files",
+    "write_packed",
+]
 
 #: A placeholder in a list of results, each filled in before it returns.
 _UNSET: Any = None
