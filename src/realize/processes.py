@@ -36,7 +36,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -130,14 +130,11 @@ class WorkerService(Service):
 
     @ivar reactor: spawns the worker, delivers its answers.
     @ivar name: for the log and errors.
-    @ivar argv: the worker's command line (default: this Python running
-        L{realize.worker}).
     """
 
-    def __init__(self, reactor: Any, name: str, argv: list[str] | None = None) -> None:
+    def __init__(self, reactor: Any, name: str) -> None:
         self.reactor = reactor
         self.name = name
-        self.argv = argv or [sys.executable, "-m", "realize.worker"]
         self._worker: _Worker | None = None
 
     def startService(self) -> None:
@@ -146,10 +143,12 @@ class WorkerService(Service):
 
     def _spawn(self) -> _Worker:
         worker = _Worker(str(self.name))
+        # This Python, running realize.worker.
+        argv = [sys.executable, "-m", "realize.worker"]
         process: Any = self.reactor.spawnProcess(
             worker,
-            self.argv[0],
-            self.argv,
+            argv[0],
+            argv,
             env=dict(os.environ),
             childFDs={0: "w", 1: "r", 2: 2},
         )
@@ -189,15 +188,9 @@ class WorkerService(Service):
             running.
         """
         if not self.running:
-            return _failed(IOFailure(f"{self.name}: not running"))
+            return fail(IOFailure(f"{self.name}: not running"))
         worker = self._worker
         if worker is None or worker.gone:
             log.info("{name}: starting a new worker process", name=self.name)
             worker = self._spawn()
         return worker.call(pickle.dumps((f, args, kwargs), pickle.HIGHEST_PROTOCOL))
-
-
-def _failed(error: BaseException) -> Deferred[Any]:
-    d: Deferred[Any] = Deferred()
-    d.errback(error)
-    return d

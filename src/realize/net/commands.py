@@ -210,15 +210,15 @@ class Records(Argument):
         count = 0
         offset = 0
         end = len(data)
-        fields = self.fields
+        plan = self._plan
         try:
             while offset < end:
-                for _, kind in fields:
-                    if kind in ("text", "blob"):
+                for _, fixed, _ in plan:
+                    if fixed is not None:
+                        offset += fixed.size
+                    else:
                         (length,) = _LENGTH.unpack_from(data, offset)
                         offset += 2 + length
-                    else:
-                        offset += 8
                 count += 1
         except struct.error as e:
             raise ValueError(f"malformed records: {e}") from None
