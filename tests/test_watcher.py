@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.inotify import (
     IN_ATTRIB,
     IN_CLOSE_WRITE,
@@ -43,6 +43,7 @@ from realize.metrics import HistoryMetrics, make_registry
 from realize.model import ADD, REMOVE, REPLACE, ArenaName
 from realize.services import watcher as watcher_module
 from realize.services.watcher import (
+    RENAME_EVENT_WAIT,
     RESCAN_INTERVAL,
     STABILITY_DELAY,
     ArenaWatcher,
@@ -122,13 +123,22 @@ class FakeNotifier:
                 return wd
         raise KeyError(directory)
 
-    def emit(self, directory: str, mask: int, name: str | bytes = b"") -> None:
+    def emit(
+        self, directory: str, mask: int, name: str | bytes = b"", cookie: int = 0
+    ) -> None:
         """
         Deliver an event for C{name} in the watched C{directory}.
         """
         assert self.callback is not None
         raw = name if isinstance(name, bytes) else os.fsencode(name)
-        self.callback(self.wd(directory), mask, 0, raw)
+        self.callback(self.wd(directory), mask, cookie, raw)
+
+    def rename(self, directory: str, old: str, new: str, cookie: int) -> None:
+        """
+        Deliver the two events of a rename within C{directory}.
+        """
+        self.emit(directory, IN_MOVED_FROM, old, cookie)
+        self.emit(directory, IN_MOVED_TO, new, cookie)
 
 
 class HeldRunner:
@@ -143,9 +153,11 @@ class HeldRunner:
         self.held: list[tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]] = []
         self.calls: list[Callable[..., Any]] = []
         self.log: list[tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]] = []
+        self.every: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
 
     def __call__(self, f: Callable[..., Any], /, *args: Any, **kw: Any) -> Any:
         self.calls.append(f)
+        self.every.append((f, args))
         if f in self.hold:
             d: Deferred[Any] = Deferred()
             self.held.append((d, f, args))
@@ -743,6 +755,8 @@ class EventTests(_WatcherCase):
         self.watcher.run_in_thread = runner
         self.write("n/got", b"from the store")
         st = self.stat("n/got")
+        # A look under way: something named the file before the store's word.
+        self.watcher.touch("n/got", 0)
         self.watcher.known("n/got", st.st_size, st.st_mtime_ns, b"R" * 32)
         self.clock.advance(0)
         self.assertEqual(len(runner.held), 1)
@@ -775,6 +789,8 @@ class EventTests(_WatcherCase):
         self.assertEqual(self.new(), [(ADD, "n/got")])
         self.assertEqual(self.indexed()["n/got"][2], b"R" * 32)
         self.assertNotIn(scan.hash_files, runner.calls)
+        # The scan saw the size and mtime the store gave: not looked at.
+        self.assertNotIn(scan.check_paths, runner.calls)
 
     def test_overflow(self) -> None:
         """
@@ -813,11 +829,128 @@ class EventTests(_WatcherCase):
             1,
         )
         self.write("other", b"changed since")
+        self.fake.emit(self.root, IN_CLOSE_WRITE, "other")
         self.watcher.known("other", 1, 1, b"S" * 32)
         self.clock.advance(0)
         self.assertIn(scan.hash_files, runner.calls)
         self.assertEqual(self.indexed()["other"][2], root_of(b"changed since"))
         self.settle()
+
+    def looks(self, runner: HeldRunner) -> list[list[str]]:
+        """
+        @return: the paths of each look (C{check_paths}) C{runner} ran.
+        """
+        return [args[1] for f, args in runner.every if f is scan.check_paths]
+
+    def test_store_word_not_looked_at(self) -> None:
+        """
+        A file the store finished that no other event named is recorded
+        with the store's root without a look, whether the event of its
+        partial file's rename into place comes after the store's word or
+        before it.
+        """
+        runner = HeldRunner(scan.check_paths)
+        self.watcher.run_in_thread = runner
+        self.write("first", b"word first")
+        st = self.stat("first")
+        self.watcher.known("first", st.st_size, st.st_mtime_ns, b"F" * 32)
+        self.clock.advance(0)
+        self.assertEqual(self.new(), [(ADD, "first")])
+        self.fake.rename(self.root, ".first.part", "first", 7)
+        self.write("second", b"event first")
+        self.fake.rename(self.root, ".second.part", "second", 8)
+        st = self.stat("second")
+        self.watcher.known("second", st.st_size, st.st_mtime_ns, b"S" * 32)
+        self.clock.advance(0)
+        self.clock.advance(STABILITY_DELAY * 2)
+        self.assertEqual(self.new(), [(ADD, "first"), (ADD, "second")])
+        self.assertEqual(self.indexed()["second"][2], b"S" * 32)
+        self.assertEqual(runner.calls, [])
+        self.assertTrue(self.watcher._is_idle())
+
+    def test_store_word_after_other_event(self) -> None:
+        """
+        A file an event other than its rename named before the store's
+        word is looked at: one the disk shows otherwise than the store
+        said is hashed.
+        """
+        runner = HeldRunner()
+        self.watcher.run_in_thread = runner
+        self.write("f", b"changed after the rename")
+        self.fake.rename(self.root, ".f.part", "f", 9)
+        self.fake.emit(self.root, IN_CLOSE_WRITE, "f")
+        self.watcher.known("f", 3, 1_000_000_000, b"R" * 32)
+        self.settle()
+        self.assertIn(scan.hash_files, runner.calls)
+        self.assertEqual(self.indexed()["f"][2], root_of(b"changed after the rename"))
+
+    def test_store_rename_without_word(self) -> None:
+        """
+        A partial file renamed into place with no word of the store (it
+        failed to tell) is looked at and hashed after the delay.
+        """
+        self.write("f", b"renamed")
+        self.fake.rename(self.root, ".f.part", "f", 10)
+        self.clock.advance(0)
+        self.assertEqual(self.new(), [])
+        self.settle()
+        self.assertEqual(self.new(), [(ADD, "f")])
+        self.assertEqual(self.indexed()["f"][2], root_of(b"renamed"))
+
+    def test_store_word_late_rename(self) -> None:
+        """
+        The event of a rename into place long after the store's word for
+        the file (its directory was not watched then) is news again; so
+        is any rename of a file recorded from the store's word once its
+        own rename's event came.
+        """
+        runner = HeldRunner()
+        self.watcher.run_in_thread = runner
+        self.write("f", b"stored")
+        st = self.stat("f")
+        self.watcher.known("f", st.st_size, st.st_mtime_ns, root_of(b"stored"))
+        self.clock.advance(RENAME_EVENT_WAIT + 1)
+        self.assertEqual(self.looks(runner), [])
+        self.fake.rename(self.root, ".f.part", "f", 11)
+        self.settle()
+        self.assertEqual(self.looks(runner), [["f"]])
+        self.write("g", b"stored")
+        st = self.stat("g")
+        self.watcher.known("g", st.st_size, st.st_mtime_ns, root_of(b"stored"))
+        self.fake.rename(self.root, ".g.part", "g", 12)
+        self.write("g", b"a partial file of another program, renamed")
+        self.fake.rename(self.root, ".g.part", "g", 13)
+        self.settle()
+        self.assertEqual(self.looks(runner), [["f"], ["g"]])
+        self.assertEqual(
+            self.indexed()["g"][2],
+            root_of(b"a partial file of another program, renamed"),
+        )
+
+    def test_store_word_not_recorded(self) -> None:
+        """
+        A file recorded from the store's word whose recording failed is
+        looked at again after the delay.
+        """
+        self.write("f", b"stored")
+        st = self.stat("f")
+        index = self.watcher.index
+
+        class Failing:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(index, name)
+
+            def record_versions(self, *args: Any) -> Deferred[None]:
+                return fail(OSError("disk full"))
+
+        self.watcher.index = Failing()  # type: ignore[assignment]
+        self.watcher.known("f", st.st_size, st.st_mtime_ns, root_of(b"stored"))
+        self.clock.advance(0)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.watcher.index = index
+        self.assertEqual(self.new(), [])
+        self.settle()
+        self.assertEqual(self.new(), [(ADD, "f")])
 
     def test_store_finished_logged_per_batch(self) -> None:
         """
@@ -1085,7 +1218,7 @@ class WatcherServiceTests(_WatcherCase):
         service.file_deleted(A, "f")
         service.file_deleted(ArenaName("other"), "f")
         self.clock.advance(0)
-        self.assertEqual(self.kinds()[1:], [(REMOVE, "f"), (ADD, "g")])
+        self.assertEqual(self.kinds()[1:], [(ADD, "g"), (REMOVE, "f")])
         self.assertEqual(self.indexed()["g"][2], b"G" * 32)
 
     def test_attributes(self) -> None:

@@ -21,8 +21,15 @@ How a change reaches the index:
        while the next ones hash (at most L{RECORD_BACKLOG} batches wait for
        the db).
     4. A file the store just finished (L{StoreListener.file_finished},
-       with its Merkle root) is recorded with that root, without hashing,
-       if its size and mtime on disk are the ones the store gave.
+       with its Merkle root) is recorded with that root, without hashing
+       and without looking at it, when nothing but the store's own rename
+       of its partial file into place (or a scan's sight of that very
+       size and mtime) named it since: the store set that size and mtime
+       before the rename, and any later change to the file is an event
+       (or, in a directory not watched yet, the scan's sight) that makes
+       it looked at as usual.  A file named by another event is looked
+       at, and recorded with the store's root if its size and mtime on
+       disk are the ones the store gave.
 
 Renames are resolved by stat: the old path is gone (Remove), the new one
 is there (Add); a directory renamed is a scan of both places, so a Remove
@@ -71,6 +78,7 @@ from realize.storage.index import ArenaIndex, Version
 from realize.storage.whiteouts import _txn_record_hidden
 
 __all__ = [
+    "RENAME_EVENT_WAIT",
     "RESCAN_INTERVAL",
     "STABILITY_DELAY",
     "UNHASHED_NOTICE_SIZE",
@@ -111,6 +119,15 @@ MAX_HINTS = 100_000
 #: Files recorded from hints remembered at most, for the scans under way
 #: (L{ArenaWatcher._covered}; the oldest go first).
 MAX_STORED = 10_000
+
+#: Seconds a file recorded from the store's word waits for the event of
+#: its rename into place, which then is not news (it arrives within
+#: milliseconds, unless the directory was not watched yet).
+RENAME_EVENT_WAIT = 30.0
+
+#: Cookies of partial files' C{IN_MOVED_FROM} kept, for the C{IN_MOVED_TO}
+#: that follows (renames in several directories at once may interleave).
+MAX_PARTIAL_COOKIES = 64
 
 _ROOT_GONE = inotify.IN_DELETE_SELF | inotify.IN_MOVE_SELF | inotify.IN_UNMOUNT
 
@@ -200,6 +217,24 @@ class ArenaWatcher:
     )
     #: Paths whose origin is looked up at the next turn of the reactor.
     _unseen: dict[str, None] = field(factory=dict, init=False)
+    #: Paths waiting (in C{_pending} or C{_due}) only because of the
+    #: store's rename of their partial file into place (C{None}) or a
+    #: new directory's scan that saw this size and mtime: the store's
+    #: word for the same file makes their look needless (L{known}).
+    _renamed: dict[str, tuple[int, int] | None] = field(factory=dict, init=False)
+    #: Files recorded from the store's word before the event of their
+    #: rename came, with the time of the word: that event is not news.
+    _expected: collections.OrderedDict[str, float] = field(
+        factory=collections.OrderedDict, init=False
+    )
+    #: Cookies of the partial files' renames seen last (L{_event}).
+    _partial_cookies: collections.OrderedDict[int, None] = field(
+        factory=collections.OrderedDict, init=False
+    )
+    #: Files to record from the store's word at the next turn of the
+    #: reactor, and how many such recordings are under way.
+    _from_store: list[Version] = field(factory=list, init=False)
+    _storing: int = field(default=0, init=False)
 
     # -- life ----------------------------------------------------------------
 
@@ -254,6 +289,9 @@ class ArenaWatcher:
         self._due.clear()
         self._hash_queue.clear()
         self._scans.clear()
+        self._renamed.clear()
+        self._expected.clear()
+        self._from_store.clear()
         idle, self._idle = self._idle, []
         for d in idle:
             d.callback(None)
@@ -282,6 +320,8 @@ class ArenaWatcher:
             or self._checking
             or self._scans
             or self._scanning
+            or self._from_store
+            or self._storing
         )
 
     def _maybe_idle(self) -> None:
@@ -415,7 +455,13 @@ class ArenaWatcher:
         ):
             # A partial file (realize.model.is_partial_name, on the
             # bytes): never looked at.  Five of the six events of each
-            # file a store writes are its partial's (issue 15).
+            # file a store writes are its partial's (issue 15).  The
+            # cookie of its rename tells the sixth, its final name's.
+            if mask & inotify.IN_MOVED_FROM:
+                cookies = self._partial_cookies
+                cookies[cookie] = None
+                if len(cookies) > MAX_PARTIAL_COOKIES:
+                    cookies.popitem(last=False)
             return
         if not self._running:
             return
@@ -424,6 +470,8 @@ class ArenaWatcher:
                 "arena {arena}: inotify queue overflowed; rescanning", arena=self.arena
             )
             self._stored.clear()
+            self._expected.clear()
+            self._renamed.clear()
             self._queue_scan("", "overflow")
             return
         directory = self._wd_dir.get(wd)
@@ -479,8 +527,36 @@ class ArenaWatcher:
             inotify.IN_CREATE | inotify.IN_MOVED_TO
         ):
             self._see(path)
+        if (
+            mask & inotify.IN_MOVED_TO
+            and self._partial_cookies
+            and self._partial_cookies.pop(cookie, False) is None
+        ):
+            # A partial file renamed into place: the store finishing it.
+            self._finished(path)
+            return
         self._stored.pop(path, None)
+        self._expected.pop(path, None)
         self.touch(path, self.delay)
+
+    def _finished(self, path: str) -> None:
+        """
+        The event of a partial file renamed to C{path}: a store finished
+        it.  Not news if the store's word for it came first (L{known});
+        else it is looked at after the delay, unless the store's word
+        comes meanwhile.
+        """
+        expected = self._expected.pop(path, None)
+        if (
+            expected is not None
+            and self.clock.seconds() - expected <= RENAME_EVENT_WAIT
+        ):
+            return
+        self._stored.pop(path, None)
+        waiting = path in self._pending or path in self._due or path in self._busy
+        self.touch(path, self.delay)
+        if not waiting:
+            self._renamed[path] = None
 
     # -- origins of copy-ups -----------------------------------------------------
 
@@ -536,6 +612,7 @@ class ArenaWatcher:
         """
         if not self._running:
             return
+        self._renamed.pop(path, None)
         if delay <= 0 or path in self._hints:
             self._pending.pop(path, None)
             self._due[path] = None
@@ -547,15 +624,94 @@ class ArenaWatcher:
 
     def known(self, path: str, size: int, mtime_ns: int, root: bytes) -> None:
         """
-        The store finished a file with this size, mtime and Merkle root: it
-        is recorded with that root, without hashing, if the disk still
-        shows that size and mtime.
+        The store finished a file with this size, mtime and Merkle root
+        (it renamed its partial file into place, with that size and mtime,
+        just before): it is recorded with that root, without hashing.
+
+        If nothing else named the file since (only the event of that
+        rename, or a scan that saw this size and mtime), it is recorded at
+        the next turn of the reactor without being looked at.  Otherwise
+        (another event, a look under way, an arena with an overlay whose
+        new files' origins are looked up) it is looked at first, and
+        recorded with that root if the disk shows that size and mtime.
         """
+        if not self._running:
+            return
+        waiting = path in self._pending or path in self._due
+        cause = self._renamed.get(path, False)
+        if (
+            self.mountpoint is None
+            and path not in self._busy
+            and (not waiting or cause is None or cause == (size, mtime_ns))
+        ):
+            if waiting:
+                self._pending.pop(path, None)
+                self._due.pop(path, None)
+                del self._renamed[path]
+            else:
+                self._expected[path] = self.clock.seconds()
+                self._expected.move_to_end(path)
+                while len(self._expected) > MAX_HINTS:
+                    self._expected.popitem(last=False)
+            self._stored[path] = (size, mtime_ns)
+            self._stored.move_to_end(path)
+            if not self._from_store:
+                self.clock.callLater(0, self._record_from_store)
+            self._from_store.append(Version(path, size, mtime_ns, root))
+            return
         self._hints[path] = (size, mtime_ns, root)
         self._hints.move_to_end(path)
         while len(self._hints) > MAX_HINTS:
             self._hints.popitem(last=False)
         self.touch(path, 0)
+
+    def _record_from_store(self) -> None:
+        versions, self._from_store = self._from_store, []
+        if not self._running or not versions:
+            return
+        self._storing += 1
+
+        async def record() -> None:
+            try:
+                await self._record_stored(versions)
+            except BaseException:
+                for version in versions:
+                    # Not recorded: looked at again.
+                    self._expected.pop(version.path, None)
+                    if self._stored.pop(version.path, None) is not None:
+                        self.touch(version.path, self.delay)
+                raise
+            finally:
+                self._storing -= 1
+                while len(self._stored) > MAX_STORED:
+                    self._stored.popitem(last=False)
+                if self._running:
+                    self._schedule()
+
+        self._track(Deferred.fromCoroutine(record())).addErrback(
+            self._failed, "recording the files the store finished"
+        )
+
+    async def _record_stored(self, versions: list[Version]) -> None:
+        """
+        Record files the store finished, with the roots it gave.
+        """
+        await self.index.record_versions(
+            versions, self._take_seen(v.path for v in versions)
+        )
+        if self.metrics is not None:
+            self.metrics.from_store(self.arena, len(versions))
+        # One event per batch, as for the files hashed: a move
+        # finishes thousands of files a second, and an info event
+        # per file cost the daemon ~35 us each (issue 15).
+        self.log.debug(
+            "arena {arena}: {files} files finished by the store, "
+            "recorded without hashing",
+            arena=self.arena,
+            files=len(versions),
+            size=sum(version.size for version in versions),
+            source="store",
+        )
 
     def _covered(self, path: str, size: int, mtime_ns: int) -> bool:
         """
@@ -612,6 +768,7 @@ class ArenaWatcher:
         )
 
     def _take(self, path: str, batch: list[str]) -> None:
+        self._renamed.pop(path, None)
         if path in self._busy:
             self._again.add(path)
         else:
@@ -703,22 +860,7 @@ class ArenaWatcher:
                 unhashed, self._take_seen(p for p, _, _ in unhashed)
             )
             if from_store:
-                await self.index.record_versions(
-                    from_store, self._take_seen(v.path for v in from_store)
-                )
-                if self.metrics is not None:
-                    self.metrics.from_store(self.arena, len(from_store))
-                # One event per batch, as for the files hashed: a move
-                # finishes thousands of files a second, and an info event
-                # per file cost the daemon ~35 us each (issue 15).
-                self.log.debug(
-                    "arena {arena}: {files} files finished by the store, "
-                    "recorded without hashing",
-                    arena=self.arena,
-                    files=len(from_store),
-                    size=sum(version.size for version in from_store),
-                    source="store",
-                )
+                await self._record_stored(from_store)
             self._release(done)
             for item in to_hash:
                 self._hash_queue.append(item)
@@ -1005,11 +1147,19 @@ class ArenaWatcher:
         # looked at twice).
         changed = [i for i in result.changed if not self._covered(*i)]
         if reason == "directory":
-            for item in changed:
-                if item[0] in self._busy:
-                    self.touch(item[0], 0)
+            for path, size, mtime_ns in changed:
+                if path in self._busy:
+                    self.touch(path, 0)
                 else:
-                    self.touch(item[0], self.delay)
+                    waiting = path in self._pending or path in self._due
+                    cause = self._renamed.get(path, False)
+                    self.touch(path, self.delay)
+                    if not waiting:
+                        # Perhaps the store's, its word on the way.
+                        self._renamed[path] = (size, mtime_ns)
+                    elif cause is None or cause == (size, mtime_ns):
+                        # Seen again as it was (a directory's second scan).
+                        self._renamed[path] = cause
         elif not (self._busy or self._pending or self._due or self._hints):
             # Nothing under way (the catch-up at start): all of them, in
             # set and list operations rather than a test per file.
