@@ -142,15 +142,18 @@ def raise_fd_limit() -> int:
     return soft
 
 
-def make_thread_pool(reactor: Any, name: str) -> tuple[ThreadPool, RunInThread]:
+def make_thread_pool(
+    reactor: Any, name: str, threads: int = IO_THREADS
+) -> tuple[ThreadPool, RunInThread]:
     """
     Start a dedicated thread pool for blocking work.
 
     @param reactor: the reactor the results are delivered to.
     @param name: the pool's name (thread names).
+    @param threads: its threads at most.
     @return: the pool (stop it when done) and a L{RunInThread} using it.
     """
-    pool = ThreadPool(minthreads=0, maxthreads=IO_THREADS, name=name)
+    pool = ThreadPool(minthreads=0, maxthreads=threads, name=name)
     pool.start()
 
     # Whatever stops the reactor, its threads must not keep the process
