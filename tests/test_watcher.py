@@ -51,7 +51,7 @@ from realize.services.watcher import (
     WatcherService,
 )
 from realize.storage import scan
-from realize.storage.index import ArenaIndex
+from realize.storage.index import ArenaIndex, Version
 from realize.storage.pool import open_pool
 from tests.helpers import sync_run_in_thread
 from tests.sqlite_helpers import SyncPool
@@ -267,6 +267,32 @@ class CatchupTests(_WatcherCase):
     """
     The scan at start: what is on disk against the index.
     """
+
+    def test_reader_kept(self) -> None:
+        """
+        Scans through an L{scan.IndexReader} share its connection, each in
+        a transaction of its own (it sees what was recorded since the
+        last); a scan that fails closes it, and the next opens another.
+        """
+        reader = scan.IndexReader(self.db)
+        self.addCleanup(reader.close)
+        self.write("f", b"1")
+        first = scan.scan_tree(self.root, "", None, reader)
+        self.assertEqual([c[0] for c in first.changed], ["f"])
+        connection = reader.connection()
+        st = self.stat("f")
+        self.successResultOf(
+            Deferred.fromCoroutine(
+                self.index.record_versions(
+                    [Version("f", st.st_size, st.st_mtime_ns, root_of(b"1"))]
+                )
+            )
+        )
+        self.assertEqual(scan.scan_tree(self.root, "", None, reader).changed, [])
+        self.assertIs(reader.connection(), connection)
+        shutil.rmtree(self.root)
+        self.assertRaises(OSError, scan.scan_tree, self.root, "", None, reader)
+        self.assertIsNot(reader.connection(), connection)
 
     def test_first_indexing(self) -> None:
         """
@@ -841,6 +867,21 @@ class EventTests(_WatcherCase):
         @return: the paths of each look (C{check_paths}) C{runner} ran.
         """
         return [args[1] for f, args in runner.every if f is scan.check_paths]
+
+    def test_stop_closes_reader(self) -> None:
+        """
+        The scans' connection to the index is closed when the watcher
+        stops.
+        """
+        self.write("n/f")
+        self.fake.emit(self.root, IN_CREATE | IN_ISDIR, "n")
+        self.settle()
+        reader = self.watcher._reader
+        assert reader is not None
+        connection = reader.connection()
+        self.successResultOf(self.watcher.stop())
+        self.assertIsNone(self.watcher._reader)
+        self.assertRaises(sqlite3.ProgrammingError, connection.execute, "SELECT 1")
 
     def test_store_word_not_looked_at(self) -> None:
         """

@@ -235,6 +235,8 @@ class ArenaWatcher:
     #: reactor, and how many such recordings are under way.
     _from_store: list[Version] = field(factory=list, init=False)
     _storing: int = field(default=0, init=False)
+    #: The index's connection of the scans (one at a time), once one ran.
+    _reader: scan.IndexReader | None = field(default=None, init=False)
 
     # -- life ----------------------------------------------------------------
 
@@ -296,7 +298,11 @@ class ArenaWatcher:
         for d in idle:
             d.callback(None)
         work = list(self._work)
-        return DeferredList(work, consumeErrors=True).addCallback(lambda _: None)
+        done = DeferredList(work, consumeErrors=True)
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            done.addCallback(lambda _: self.run_in_thread(reader.close))
+        return done.addCallback(lambda _: None)
 
     def wait_idle(self) -> Deferred[None]:
         """
@@ -1096,9 +1102,11 @@ class ArenaWatcher:
         """
         if self.metrics is not None:
             self.metrics.rescanned(self.arena, reason)
+        if self._reader is None:
+            self._reader = scan.IndexReader(self.index.path)
         result = await self._track(
             self.run_in_thread(
-                scan.scan_tree, self.root, prefix, self.exclude, self.index.path
+                scan.scan_tree, self.root, prefix, self.exclude, self._reader
             )
         )
         if not self._running:

@@ -56,6 +56,7 @@ from realize.storage.pool import open_reader
 __all__ = [
     "CheckResult",
     "HashResult",
+    "IndexReader",
     "ScanResult",
     "check_paths",
     "hash_files",
@@ -592,60 +593,109 @@ def _index_rows(cursor: sqlite3.Cursor, prefix: str) -> Iterator[_Row]:
     )
 
 
-def scan_tree(root: str, prefix: str, exclude: str | None, db_path: str) -> ScanResult:
+@define
+class IndexReader:
+    """
+    A read-only connection to an arena db for a series of scans, one at a
+    time (from any thread): opened at the first, kept for the next ones.
+    A new connection for each scan of a directory of 100 files cost half
+    of its ~1 ms, most of it sqlite parsing the schema at its first
+    statement; a move makes two scans of each directory it fills (issue
+    15).
+
+    @ivar path: the db file.
+    """
+
+    path: str
+    _connection: sqlite3.Connection | None = field(default=None, init=False)
+
+    def connection(self) -> sqlite3.Connection:
+        """
+        @return: the connection, opened now if it is not (blocking).
+        @raise sqlite3.OperationalError: if the db cannot be opened.
+        """
+        if self._connection is None:
+            self._connection = open_reader(self.path)
+        return self._connection
+
+    def close(self) -> None:
+        """
+        Close the connection, if open (blocking); the next scan opens
+        another.
+        """
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close()
+
+
+def scan_tree(
+    root: str, prefix: str, exclude: str | None, db: str | IndexReader
+) -> ScanResult:
     """
     Compare the disk beneath a directory with the index (the catch-up at
     start, after an overflow, after a directory appeared or went): one walk
-    in path order merged with the index read in path order, through a
-    read-only connection of this thread.
+    in path order merged with the index read in path order, in one
+    read-only transaction.
 
     @param root: the arena root.
     @param prefix: the directory, C{""} for the whole arena.
     @param exclude: a top-level name never indexed (the workdir), or
         C{None}.
-    @param db_path: the arena db.
+    @param db: the arena db: its path (a connection is opened and closed
+        for this scan), or an L{IndexReader} whose connection is used (and
+        closed if the scan fails).
     @return: the differences.
     @raise OSError: if the arena root cannot be opened or listed (nothing
         is taken as removed then).
     @raise sqlite3.Error: if the db cannot be read.
     """
+    reader = IndexReader(db) if isinstance(db, str) else db
+    try:
+        out = _scan_tree(root, prefix, exclude, reader.connection())
+    except BaseException:
+        reader.close()
+        raise
+    if reader is not db:
+        reader.close()
+    return out
+
+
+def _scan_tree(
+    root: str, prefix: str, exclude: str | None, connection: sqlite3.Connection
+) -> ScanResult:
     out = ScanResult()
     changed = out.changed
     missing = out.missing
-    connection = open_reader(db_path)
-    try:
-        cursor = connection.cursor()
-        cursor.execute("BEGIN")
-        disk = _walk(root, prefix, exclude, out)
-        index = _index_rows(cursor, prefix)
-        d = next(disk, None)
-        i = next(index, None)
-        while d is not None:
-            key, path, size, mtime_ns = d
-            while i is not None and i[0] < key:
-                missing.append(i[0])
-                i = next(index, None)
-            if size < 0:
-                # Unreadable: leave the index entries beneath it alone.
-                while i is not None and (
-                    i[0].startswith(key) if key.endswith("/") else i[0] == key
-                ):
-                    i = next(index, None)
-                d = next(disk, None)
-                continue
-            if i is not None and i[0] == key:
-                if i[1] != size or i[2] != mtime_ns or not i[3]:
-                    changed.append((path, size, mtime_ns))
-                i = next(index, None)
-            else:
-                changed.append((path, size, mtime_ns))
-            d = next(disk, None)
-        while i is not None:
+    cursor = connection.cursor()
+    cursor.execute("BEGIN")
+    disk = _walk(root, prefix, exclude, out)
+    index = _index_rows(cursor, prefix)
+    d = next(disk, None)
+    i = next(index, None)
+    while d is not None:
+        key, path, size, mtime_ns = d
+        while i is not None and i[0] < key:
             missing.append(i[0])
             i = next(index, None)
-        cursor.execute("COMMIT")
-    finally:
-        connection.close()
+        if size < 0:
+            # Unreadable: leave the index entries beneath it alone.
+            while i is not None and (
+                i[0].startswith(key) if key.endswith("/") else i[0] == key
+            ):
+                i = next(index, None)
+            d = next(disk, None)
+            continue
+        if i is not None and i[0] == key:
+            if i[1] != size or i[2] != mtime_ns or not i[3]:
+                changed.append((path, size, mtime_ns))
+            i = next(index, None)
+        else:
+            changed.append((path, size, mtime_ns))
+        d = next(disk, None)
+    while i is not None:
+        missing.append(i[0])
+        i = next(index, None)
+    cursor.execute("COMMIT")
     return out
 
 
