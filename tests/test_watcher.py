@@ -43,6 +43,7 @@ from realize.metrics import HistoryMetrics, make_registry
 from realize.model import ADD, REMOVE, REPLACE, ArenaName
 from realize.services import watcher as watcher_module
 from realize.services.watcher import (
+    NEW_DIRECTORY_DELAY,
     RENAME_EVENT_WAIT,
     RESCAN_INTERVAL,
     STABILITY_DELAY,
@@ -237,7 +238,11 @@ class _WatcherCase(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def settle(self, seconds: float = STABILITY_DELAY) -> None:
+        """
+        Let new directories be watched and scanned, then C{seconds} pass.
+        """
         self.clock.advance(0)
+        self.clock.advance(NEW_DIRECTORY_DELAY)
         self.clock.advance(seconds)
         self.clock.advance(0)
 
@@ -720,15 +725,20 @@ class EventTests(_WatcherCase):
 
     def test_new_directory(self) -> None:
         """
-        A directory that appears with files in it (made before its watch)
-        is scanned: its files are added, it is watched, and it is scanned
-        once more after the watch.
+        A directory that appears is watched L{NEW_DIRECTORY_DELAY} later,
+        then scanned: the files made in it before (its watch) are added;
+        a directory found in it, not watched yet, is watched and scanned
+        once more.
         """
         self.write("n/m/f1")
         self.write("n/f2")
         self.fake.emit(self.root, IN_CREATE | IN_ISDIR, "n")
+        self.clock.advance(NEW_DIRECTORY_DELAY * 0.9)
+        self.assertRaises(KeyError, self.fake.wd, os.path.join(self.root, "n"))
+        self.assertEqual(self.scans(), [])
         self.settle()
         self.assertEqual(sorted(self.new()), [(ADD, "n/f2"), (ADD, "n/m/f1")])
+        self.fake.wd(os.path.join(self.root, "n"))
         self.fake.wd(os.path.join(self.root, "n/m"))
         self.assertEqual(
             self.metric("realize_watcher_rescans_total", arena="a", reason="directory"),
@@ -737,14 +747,29 @@ class EventTests(_WatcherCase):
         # Scans that found files to look at are logged as news.
         self.assertEqual(
             [(e["prefix"], e["changed"], e["log_level"]) for e in self.scans()],
-            [("n", 2, LogLevel.info), ("n", 2, LogLevel.info)],
+            [("n", 2, LogLevel.info), ("n/m", 1, LogLevel.info)],
         )
+
+    def test_new_directory_gone(self) -> None:
+        """
+        A directory that went before its watch is neither watched nor
+        scanned (its removal's event is a scan of its path).
+        """
+        self.write("n/f")
+        self.fake.emit(self.root, IN_CREATE | IN_ISDIR, "n")
+        shutil.rmtree(os.path.join(self.root, "n"))
+        self.fake.emit(self.root, IN_DELETE | IN_ISDIR, "n")
+        self.settle()
+        self.assertRaises(KeyError, self.fake.wd, os.path.join(self.root, "n"))
+        self.assertEqual(self.new(), [])
+        self.assertEqual(len(self.scans()), 1)
+        self.assertTrue(self.watcher._is_idle())
 
     def test_store_directory_scan_quiet(self) -> None:
         """
-        The scans of a new directory whose files the store told of find
-        nothing to look at: they are logged at debug level, not info (a
-        move makes them for every directory it fills).
+        The scan of a new directory whose files the store told of finds
+        nothing to look at: it is logged at debug level, not info (a move
+        makes one for every directory it fills).
         """
         self.write("n/got", b"from the store")
         st = self.stat("n/got")
@@ -753,7 +778,7 @@ class EventTests(_WatcherCase):
         self.settle()
         self.assertEqual(self.new(), [(ADD, "n/got")])
         scans = self.scans()
-        self.assertEqual(len(scans), 2)
+        self.assertEqual(len(scans), 1)
         self.assertEqual(
             {(e["files"], e["changed"], e["log_level"]) for e in scans},
             {(1, 0, LogLevel.debug)},

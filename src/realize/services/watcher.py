@@ -78,6 +78,7 @@ from realize.storage.index import ArenaIndex, Version
 from realize.storage.whiteouts import _txn_record_hidden
 
 __all__ = [
+    "NEW_DIRECTORY_DELAY",
     "RENAME_EVENT_WAIT",
     "RESCAN_INTERVAL",
     "STABILITY_DELAY",
@@ -119,6 +120,14 @@ MAX_HINTS = 100_000
 #: Files recorded from hints remembered at most, for the scans under way
 #: (L{ArenaWatcher._covered}; the oldest go first).
 MAX_STORED = 10_000
+
+#: Seconds between a directory's appearance and its watch, then its scan.
+#: A directory a move fills is full by then (a batch of files takes a few
+#: milliseconds), so that the one scan after the watch sees all its files,
+#: and none of them gives an event.  Watched at once, each file the store
+#: wrote in it gave six events; watched after a first scan, it took a
+#: second scan for what came between the walk and the watch (issue 15).
+NEW_DIRECTORY_DELAY = 0.2
 
 #: Seconds a file recorded from the store's word waits for the event of
 #: its rename into place, which then is not news (it arrives within
@@ -235,6 +244,9 @@ class ArenaWatcher:
     #: reactor, and how many such recordings are under way.
     _from_store: list[Version] = field(factory=list, init=False)
     _storing: int = field(default=0, init=False)
+    #: Directories that appeared, to watch then scan (L{NEW_DIRECTORY_DELAY}).
+    _new_directories: dict[str, None] = field(factory=dict, init=False)
+    _new_timer: IDelayedCall | None = field(default=None, init=False)
     #: The index's connection of the scans (one at a time), once one ran.
     _reader: scan.IndexReader | None = field(default=None, init=False)
 
@@ -280,10 +292,11 @@ class ArenaWatcher:
         the next start's catch-up.
         """
         self._running = False
-        for timer in (self._timer, self._rescan_timer):
+        for timer in (self._timer, self._rescan_timer, self._new_timer):
             if timer is not None and timer.active():
                 timer.cancel()
-        self._timer = self._rescan_timer = None
+        self._timer = self._rescan_timer = self._new_timer = None
+        self._new_directories.clear()
         if self._notifier is not None:
             self._notifier.close()
             self._notifier = None
@@ -328,6 +341,7 @@ class ArenaWatcher:
             or self._scanning
             or self._from_store
             or self._storing
+            or self._new_directories
         )
 
     def _maybe_idle(self) -> None:
@@ -514,6 +528,7 @@ class ArenaWatcher:
             self.on_attributes(path)
         if is_dir:
             if mask & (inotify.IN_DELETE | inotify.IN_MOVED_FROM):
+                self._new_directories.pop(path, None)
                 self._forget(path)
                 self._queue_scan(path, "directory")
                 # An overlay renaming or deleting a peer's directory puts a
@@ -523,11 +538,14 @@ class ArenaWatcher:
                 # must read the files before their Remove).
                 self.touch(path, self.delay)
             elif mask & (inotify.IN_CREATE | inotify.IN_MOVED_TO):
-                # Watched after its scan (which scans again what came
-                # between the walk and the watch): watched at once, a
-                # directory the store fills gave six events per file, and
-                # the store's every call paid for them (issue 15).
-                self._queue_scan(path, "directory")
+                # Watched, then scanned, NEW_DIRECTORY_DELAY later (see
+                # there): the scan after the watch sees all that came
+                # before it.
+                if not self._new_directories:
+                    self._new_timer = self.clock.callLater(
+                        NEW_DIRECTORY_DELAY, self._watch_new_directories
+                    )
+                self._new_directories[path] = None
             return
         if self.mountpoint is not None and mask & (
             inotify.IN_CREATE | inotify.IN_MOVED_TO
@@ -544,6 +562,17 @@ class ArenaWatcher:
         self._stored.pop(path, None)
         self._expected.pop(path, None)
         self.touch(path, self.delay)
+
+    def _watch_new_directories(self) -> None:
+        self._new_timer = None
+        directories = list(self._new_directories)
+        self._new_directories.clear()
+        for directory in directories:
+            if directory in self._dir_wd:
+                # Watched by a scan of its parent, which scans it again.
+                continue
+            self._watch(directory)
+            self._queue_scan(directory, "directory")
 
     def _finished(self, path: str) -> None:
         """
