@@ -56,6 +56,27 @@ class WorkerServiceTests(TestCase):
         self.assertNotEqual(pid, os.getpid())
         self.assertEqual(await self.service.run(int, "ff", base=16), 255)
 
+    async def test_preload(self) -> None:
+        """
+        The modules a service names are imported by each worker before its
+        first call (C{realize.storage.batch} loads blake3's extension); one
+        that cannot be imported does not stop the worker.
+        """
+
+        def blake3_loaded(pid: int) -> bool:
+            with open(f"/proc/{pid}/maps") as f:
+                return "blake3" in f.read()
+
+        self.assertFalse(blake3_loaded(await self.service.run(os.getpid)))
+        preloading = WorkerService(
+            reactor, "preloading", preload=["realize.storage.batch", "no.such"]
+        )
+        preloading.startService()
+        try:
+            self.assertTrue(blake3_loaded(await preloading.run(os.getpid)))
+        finally:
+            await preloading.stopService()
+
     async def test_error(self) -> None:
         """
         What the call raises is raised again here, the same class.

@@ -32,7 +32,7 @@ import os
 import pickle
 import sys
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from twisted.application.service import Service
@@ -130,11 +130,14 @@ class WorkerService(Service):
 
     @ivar reactor: spawns the worker, delivers its answers.
     @ivar name: for the log and errors.
+    @ivar preload: modules each worker imports as it starts, before its
+        first call (those of the functions it will run).
     """
 
-    def __init__(self, reactor: Any, name: str) -> None:
+    def __init__(self, reactor: Any, name: str, preload: Sequence[str] = ()) -> None:
         self.reactor = reactor
         self.name = name
+        self.preload = tuple(preload)
         self._worker: _Worker | None = None
 
     def startService(self) -> None:
@@ -144,7 +147,7 @@ class WorkerService(Service):
     def _spawn(self) -> _Worker:
         worker = _Worker(str(self.name))
         # This Python, running realize.worker.
-        argv = [sys.executable, "-m", "realize.worker"]
+        argv = [sys.executable, "-m", "realize.worker", *self.preload]
         process: Any = self.reactor.spawnProcess(
             worker,
             argv[0],

@@ -63,6 +63,7 @@ from realize.services.lifecycle import (
 from realize.services.notifier import KernelNotifier
 from realize.services.store import StoreService
 from realize.services.watcher import WatcherService
+from realize.storage import batch
 from realize.storage.pool import open_pool
 from realize.tap._common import (
     EXIT_ERROR,
@@ -451,7 +452,7 @@ def assemble(
     top.add(dbs)
     io = ThreadPoolService(reactor, "realized-io", IO_THREADS)
     cpu = ThreadPoolService(reactor, "realized-cpu", CPU_THREADS)
-    batches = WorkerService(reactor, "realized-worker")
+    batches = WorkerService(reactor, "realized-worker", preload=[batch.__name__])
     top.add(io)
     top.add(cpu)
     top.add(batches)
