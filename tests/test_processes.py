@@ -5,8 +5,10 @@ process on the real reactor.
 
 from __future__ import annotations
 
+import io
 import operator
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -14,10 +16,17 @@ import time
 
 from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from realize.errors import IOFailure
 from realize.processes import WorkerService
+from realize.worker import (
+    OUT_OF_BAND,
+    dumps,
+    frame_parts,
+    read_frame,
+    split_frame,
+)
 
 from .peers import eventually
 
@@ -76,6 +85,18 @@ class WorkerServiceTests(TestCase):
             self.assertTrue(blake3_loaded(await preloading.run(os.getpid)))
         finally:
             await preloading.stopService()
+
+    async def test_large(self) -> None:
+        """
+        Large byte strings (sent out of band) reach the worker and come
+        back whole, as arguments and inside results.
+        """
+        big = os.urandom(3 * OUT_OF_BAND)
+        self.assertEqual(await self.service.run(len, big), len(big))
+        self.assertEqual(
+            await self.service.run(operator.add, (1,), (big, b"small")),
+            (1, big, b"small"),
+        )
 
     async def test_error(self) -> None:
         """
@@ -186,3 +207,50 @@ class WorkerServiceTests(TestCase):
             str(raised.exception),
         )
         self.assertEqual(await self.service.run(os.getpid), pid)
+
+
+class FrameTests(SynchronousTestCase):
+    """
+    The frames of L{realize.worker}: a pickle and its out-of-band buffers.
+    """
+
+    def test_out_of_band(self) -> None:
+        """
+        Byte strings of at least L{OUT_OF_BAND} bytes, at the top or one or
+        two tuples down, leave the pickle; the rest stay in it.
+        """
+        big = b"b" * OUT_OF_BAND
+        value = (big, (1, big + b"2", [big]), b"small")
+        data, buffers = dumps(value)
+        self.assertEqual(buffers, [big, big + b"2"])
+        self.assertLess(len(data), 2 * OUT_OF_BAND)
+        self.assertEqual(pickle.loads(data, buffers=buffers), value)
+
+    def test_split(self) -> None:
+        """
+        A frame is taken off the front of a buffer only once it is whole,
+        byte by byte; what follows it stays.
+        """
+        first = dumps((b"x" * OUT_OF_BAND, "first"))
+        second = dumps("second")
+        stream = b"".join(frame_parts(first) + frame_parts(second))
+        buffer = bytearray()
+        frames = []
+        for i in range(len(stream)):
+            buffer += stream[i : i + 1]
+            frame = split_frame(buffer)
+            if frame is not None:
+                frames.append(frame)
+        self.assertEqual(frames, [first, second])
+        self.assertEqual(buffer, b"")
+        self.assertEqual(read_frame(io.BytesIO(stream)), first)
+
+    def test_truncated(self) -> None:
+        """
+        A stream that ends inside a frame is an error for the worker's
+        reader; one that ends between frames is the end.
+        """
+        stream = b"".join(frame_parts(dumps((b"y" * OUT_OF_BAND,))))
+        self.assertIsNone(read_frame(io.BytesIO(b"")))
+        for cut in (3, 20, len(stream) - 1):
+            self.assertRaises(EOFError, read_frame, io.BytesIO(stream[:cut]))

@@ -42,7 +42,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from realize.errors import IOFailure
-from realize.worker import HEADER
+from realize.worker import Pickled, dumps, frame_parts, split_frame
 
 __all__ = ["WorkerService"]
 
@@ -75,32 +75,26 @@ class _Worker(ProcessProtocol):
         #: Whether the process ended.
         self.gone = False
 
-    def call(self, data: bytes) -> Deferred[Any]:
+    def call(self, pickled: Pickled) -> Deferred[Any]:
         d: Deferred[Any] = Deferred()
         assert self.transport is not None
-        self.transport.write(HEADER.pack(len(data)))
-        self.transport.write(data)
+        self.transport.writeSequence(frame_parts(pickled))
         self.pending.append(d)
         return d
 
     def outReceived(self, data: bytes) -> None:
         buffer = self.buffer
         buffer += data
-        while len(buffer) >= HEADER.size:
-            (length,) = HEADER.unpack_from(buffer)
-            end = HEADER.size + length
-            if len(buffer) < end:
-                return
-            frame = bytes(buffer[HEADER.size : end])
-            del buffer[:end]
+        while (frame := split_frame(buffer)) is not None:
             self._answered(frame)
 
-    def _answered(self, frame: bytes) -> None:
+    def _answered(self, frame: Pickled) -> None:
         if not self.pending:
             log.error("{name}: an answer nobody asked for", name=self.name)
             return
         d = self.pending.popleft()
-        ok, value = pickle.loads(frame)
+        data, buffers = frame
+        ok, value = pickle.loads(data, buffers=buffers)
         if ok:
             d.callback(value)
         else:
@@ -196,4 +190,4 @@ class WorkerService(Service):
         if worker is None or worker.gone:
             log.info("{name}: starting a new worker process", name=self.name)
             worker = self._spawn()
-        return worker.call(pickle.dumps((f, args, kwargs), pickle.HIGHEST_PROTOCOL))
+        return worker.call(dumps((f, args, kwargs)))

@@ -4,10 +4,17 @@ blocking calls the daemon sends it, one at a time, in order, and answers
 each.  The daemon's side is L{realize.processes.WorkerService}.
 
 Protocol, over the worker's stdin (calls) and stdout (answers): frames of
-an 8-byte big-endian length and that many bytes of a pickle.  A call is
-C{(function, args, kwargs)}, a module-level function and its arguments; its
-answer is C{(True, result)} or C{(False, exception)}.  Only the daemon
-that spawned the worker writes to it, so the pickles are trusted.
+a header (the 8-byte big-endian length of a pickle, the 4-byte count of
+its out-of-band buffers), that pickle (protocol 5), then each buffer as an
+8-byte length and its bytes.  A call is C{(function, args, kwargs)}, a
+module-level function and its arguments; its answer is C{(True, result)}
+or C{(False, exception)}.  Only the daemon that spawned the worker writes
+to it, so the pickles are trusted.
+
+Large byte strings (a batch's joined contents, a read batch's data) go
+out of band (PEP 574, L{dumps}): pickled in band, 2 MiB took ~1 ms of the
+daemon's reactor to copy into the pickle, where the frame's own copy
+takes ~0.07 ms.
 
 The worker ignores SIGINT and SIGTERM (a terminal and systemd send them
 to the whole process group: the daemon finishes what its worker is doing
@@ -33,15 +40,111 @@ import sys
 from collections.abc import Sequence
 from typing import Any, BinaryIO
 
-__all__ = ["HEADER", "main", "read_frame", "write_frame"]
+__all__ = [
+    "HEADER",
+    "LENGTH",
+    "OUT_OF_BAND",
+    "dumps",
+    "frame_parts",
+    "main",
+    "read_frame",
+    "split_frame",
+    "write_frame",
+]
 
-#: The header of a frame: the length of its pickle.
-HEADER = struct.Struct("!Q")
+#: The header of a frame: the length of its pickle, its buffers' count.
+HEADER = struct.Struct("!QI")
+
+#: The length before each out-of-band buffer.
+LENGTH = struct.Struct("!Q")
+
+#: Byte strings at least this long go out of band (L{dumps}).
+OUT_OF_BAND = 64 << 10
+
+#: A pickled value: the pickle and its out-of-band buffers, in order.
+Pickled = tuple[bytes, list[bytes]]
 
 
-def read_frame(stream: BinaryIO) -> bytes | None:
+def dumps(value: Any) -> Pickled:
     """
-    @return: the next frame's bytes, or C{None} at the end of the stream.
+    Pickle a value (protocol 5) with its large byte strings out of band:
+    those of at least L{OUT_OF_BAND} bytes that are the value, or an item
+    of a tuple that is the value or is one of its items (a call's
+    arguments, a read batch's answer).
+
+    @return: the pickle and the byte strings sent out of band, in order.
+    """
+    large: list[bytes] = []
+
+    def wrap(item: Any, depth: int) -> Any:
+        if type(item) is bytes and len(item) >= OUT_OF_BAND:
+            large.append(item)
+            return pickle.PickleBuffer(item)
+        if depth and type(item) is tuple:
+            return tuple([wrap(x, depth - 1) for x in item])
+        return item
+
+    wrapped = wrap(value, 2)
+    called: list[pickle.PickleBuffer] = []
+    data = pickle.dumps(wrapped, 5, buffer_callback=called.append)
+    assert len(called) == len(large)
+    return data, large
+
+
+def frame_parts(pickled: Pickled) -> list[bytes]:
+    """
+    @return: the byte strings of a frame, to be written one after the
+        other.
+    """
+    data, buffers = pickled
+    parts = [HEADER.pack(len(data), len(buffers)), data]
+    for buffer in buffers:
+        parts.append(LENGTH.pack(len(buffer)))
+        parts.append(buffer)
+    return parts
+
+
+def split_frame(buffer: bytearray) -> Pickled | None:
+    """
+    Take the first whole frame off the front of C{buffer}.
+
+    @return: its pickle and buffers, or C{None} if C{buffer} does not
+        hold a whole frame yet (it is left as it was).
+    """
+    if len(buffer) < HEADER.size:
+        return None
+    length, count = HEADER.unpack_from(buffer)
+    end = HEADER.size + length
+    spans = []
+    for _ in range(count):
+        if len(buffer) < end + LENGTH.size:
+            return None
+        (size,) = LENGTH.unpack_from(buffer, end)
+        spans.append((end + LENGTH.size, end + LENGTH.size + size))
+        end += LENGTH.size + size
+    if len(buffer) < end:
+        return None
+    view = memoryview(buffer)
+    try:
+        data = bytes(view[HEADER.size : HEADER.size + length])
+        buffers = [bytes(view[start:stop]) for start, stop in spans]
+    finally:
+        view.release()
+    del buffer[:end]
+    return data, buffers
+
+
+def _read(stream: BinaryIO, length: int) -> bytes:
+    data = stream.read(length)
+    if len(data) < length:
+        raise EOFError("stream ends inside a frame")
+    return data
+
+
+def read_frame(stream: BinaryIO) -> Pickled | None:
+    """
+    @return: the next frame's pickle and buffers, or C{None} at the end of
+        the stream.
     @raise EOFError: if the stream ends inside a frame.
     """
     header = stream.read(HEADER.size)
@@ -49,25 +152,27 @@ def read_frame(stream: BinaryIO) -> bytes | None:
         return None
     if len(header) < HEADER.size:
         raise EOFError("stream ends inside a frame header")
-    (length,) = HEADER.unpack(header)
-    data = stream.read(length)
-    if len(data) < length:
-        raise EOFError("stream ends inside a frame")
-    return data
+    length, count = HEADER.unpack(header)
+    data = _read(stream, length)
+    buffers = []
+    for _ in range(count):
+        (size,) = LENGTH.unpack(_read(stream, LENGTH.size))
+        buffers.append(_read(stream, size))
+    return data, buffers
 
 
-def write_frame(stream: BinaryIO, data: bytes) -> None:
+def write_frame(stream: BinaryIO, pickled: Pickled) -> None:
     """
     Write one frame and flush it.
     """
-    stream.write(HEADER.pack(len(data)))
-    stream.write(data)
+    for part in frame_parts(pickled):
+        stream.write(part)
     stream.flush()
 
 
-def answer(function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+def answer(function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Pickled:
     """
-    Run a call and pickle its answer.
+    Run a call and pickle its answer (L{dumps}).
 
     @return: the pickled C{(True, result)} or C{(False, exception)}; an
         exception that cannot be pickled is sent as a C{RuntimeError}
@@ -77,11 +182,10 @@ def answer(function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> byte
         result = function(*args, **kwargs)
     except Exception as e:
         try:
-            return pickle.dumps((False, e), pickle.HIGHEST_PROTOCOL)
+            return dumps((False, e))
         except Exception:
-            error = RuntimeError(f"{type(e).__name__}: {e}")
-            return pickle.dumps((False, error), pickle.HIGHEST_PROTOCOL)
-    return pickle.dumps((True, result), pickle.HIGHEST_PROTOCOL)
+            return dumps((False, RuntimeError(f"{type(e).__name__}: {e}")))
+    return dumps((True, result))
 
 
 def _unloadable(error: str) -> None:
@@ -111,14 +215,15 @@ def main(preload: Sequence[str] = ()) -> None:
         frame = read_frame(calls)
         if frame is None:
             return
+        data, buffers = frame
         try:
-            function, args, kwargs = pickle.loads(frame)
+            function, args, kwargs = pickle.loads(data, buffers=buffers)
         except Exception as e:
             # A call this worker cannot load (its module missing here):
             # answered as an error, in its turn, like any other.
             write_frame(answers, answer(_unloadable, (f"{type(e).__name__}: {e}",), {}))
             continue
-        del frame
+        del frame, data, buffers
         write_frame(answers, answer(function, args, kwargs))
 
 
