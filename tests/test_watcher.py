@@ -750,6 +750,30 @@ class EventTests(_WatcherCase):
             [("n", 2, LogLevel.info), ("n/m", 1, LogLevel.info)],
         )
 
+    def test_new_directories_scanned_together(self) -> None:
+        """
+        Directories that appear together are scanned in one call of a
+        thread; one whose scan fails is logged, the others are recorded.
+        """
+        runner = HeldRunner()
+        self.watcher.run_in_thread = runner
+        for name in ("n1", "n2", "n3"):
+            self.write(f"{name}/f")
+            self.fake.emit(self.root, IN_CREATE | IN_ISDIR, name)
+        scan_tree = scan.scan_tree
+
+        def failing(root: str, prefix: str, *args: Any) -> scan.ScanResult:
+            if prefix == "n2":
+                raise OSError(errno.EIO, "I/O error")
+            return scan_tree(root, prefix, *args)
+
+        self.patch(scan, "scan_tree", failing)
+        self.settle()
+        scans = [args[1] for f, args in runner.every if f is scan.scan_trees]
+        self.assertEqual(scans, [["n1", "n2", "n3"]])
+        self.assertEqual(sorted(self.new()), [(ADD, "n1/f"), (ADD, "n3/f")])
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
     def test_new_directory_gone(self) -> None:
         """
         A directory that went before its watch is neither watched nor

@@ -121,6 +121,9 @@ MAX_HINTS = 100_000
 #: (L{ArenaWatcher._covered}; the oldest go first).
 MAX_STORED = 10_000
 
+#: Directories that appeared (or went) scanned in one thread call at most.
+SCAN_BATCH = 64
+
 #: Seconds between a directory's appearance and its watch, then its scan.
 #: A directory a move fills is full by then (a batch of files takes a few
 #: milliseconds), so that the one scan after the watch sees all its files,
@@ -572,7 +575,8 @@ class ArenaWatcher:
                 # Watched by a scan of its parent, which scans it again.
                 continue
             self._watch(directory)
-            self._queue_scan(directory, "directory")
+            self._queue_scan(directory, "directory", start=False)
+        self._start_scans()
 
     def _finished(self, path: str) -> None:
         """
@@ -1099,7 +1103,14 @@ class ArenaWatcher:
 
     # -- scans -------------------------------------------------------------------
 
-    def _queue_scan(self, prefix: str, reason: str) -> None:
+    def _queue_scan(self, prefix: str, reason: str, start: bool = True) -> None:
+        """
+        Scan C{prefix} after the scans queued (unless one of them covers
+        it).
+
+        @param start: start the scans now if none is under way (C{False}:
+            the caller queues more, then calls L{_start_scans}).
+        """
         if not self._running:
             return
         for queued, _ in self._scans:
@@ -1108,7 +1119,11 @@ class ArenaWatcher:
         if prefix == "":
             self._scans.clear()
         self._scans.append((prefix, reason))
-        if not self._scanning:
+        if start:
+            self._start_scans()
+
+    def _start_scans(self) -> None:
+        if self._running and self._scans and not self._scanning:
             self._track(Deferred.fromCoroutine(self._run_scans())).addErrback(
                 self._failed, "scanning"
             )
@@ -1118,28 +1133,69 @@ class ArenaWatcher:
         try:
             while self._running and self._scans:
                 prefix, reason = self._scans.pop(0)
-                await self._scan_now(prefix, reason)
+                if reason != "directory":
+                    await self._scan_now(prefix, reason)
+                    continue
+                # The new directories of a turn of the watch timer, in one
+                # call of a thread (a move makes ~30 a second).
+                prefixes = [prefix]
+                while (
+                    self._scans
+                    and self._scans[0][1] == "directory"
+                    and len(prefixes) < SCAN_BATCH
+                ):
+                    prefixes.append(self._scans.pop(0)[0])
+                await self._scan_directories(prefixes)
         finally:
             self._scanning = False
             self._schedule()
 
+    async def _scan(
+        self, prefixes: list[str], reason: str
+    ) -> list[scan.ScanResult | Exception]:
+        if self.metrics is not None:
+            for _ in prefixes:
+                self.metrics.rescanned(self.arena, reason)
+        if self._reader is None:
+            self._reader = scan.IndexReader(self.index.path)
+        results: list[scan.ScanResult | Exception] = await self._track(
+            self.run_in_thread(
+                scan.scan_trees, self.root, prefixes, self.exclude, self._reader
+            )
+        )
+        return results
+
     async def _scan_now(self, prefix: str, reason: str) -> None:
         """
         Compare the tree beneath C{prefix} with the index and queue what
-        differs; watch the directories found (and scan again those that
-        were not watched yet, for what changed before their watch).
+        differs (L{_scanned}).
         """
-        if self.metrics is not None:
-            self.metrics.rescanned(self.arena, reason)
-        if self._reader is None:
-            self._reader = scan.IndexReader(self.index.path)
-        result = await self._track(
-            self.run_in_thread(
-                scan.scan_tree, self.root, prefix, self.exclude, self._reader
-            )
-        )
-        if not self._running:
-            return
+        (result,) = await self._scan([prefix], reason)
+        if isinstance(result, Exception):
+            raise result
+        if self._running:
+            await self._scanned(prefix, reason, result)
+
+    async def _scan_directories(self, prefixes: list[str]) -> None:
+        """
+        Scan directories that appeared or went, in one thread call; a scan
+        that failed is logged, the others go on.
+        """
+        results = await self._scan(prefixes, "directory")
+        for prefix, result in zip(prefixes, results, strict=True):
+            if not self._running:
+                return
+            if isinstance(result, Exception):
+                self._failed(Failure(result), f"scanning {prefix}")
+            else:
+                await self._scanned(prefix, "directory", result)
+
+    async def _scanned(self, prefix: str, reason: str, result: scan.ScanResult) -> None:
+        """
+        Queue what a scan of the tree beneath C{prefix} found different
+        from the index; watch the directories found (and scan again those
+        that were not watched yet, for what changed before their watch).
+        """
         for path, message in result.errors:
             self._warn_once(
                 path,

@@ -62,6 +62,7 @@ __all__ = [
     "hash_files",
     "list_directories",
     "scan_tree",
+    "scan_trees",
     "unlink_mtime",
     "valid_directory",
     "valid_file",
@@ -658,6 +659,31 @@ def scan_tree(
     if reader is not db:
         reader.close()
     return out
+
+
+def scan_trees(
+    root: str, prefixes: Sequence[str], exclude: str | None, db: str | IndexReader
+) -> list[ScanResult | Exception]:
+    """
+    L{scan_tree} of several directories, one after the other, through one
+    connection (one call of a thread for a turn of the watcher's new
+    directories: a call cost the reactor more than the scan of a small
+    directory cost its thread, issue 15).
+
+    @return: per prefix, its result or what its scan raised.
+    """
+    reader = IndexReader(db) if isinstance(db, str) else db
+    results: list[ScanResult | Exception] = []
+    try:
+        for prefix in prefixes:
+            try:
+                results.append(scan_tree(root, prefix, exclude, reader))
+            except (OSError, sqlite3.Error) as e:
+                results.append(e)
+    finally:
+        if reader is not db:
+            reader.close()
+    return results
 
 
 def _scan_tree(
