@@ -28,7 +28,7 @@ from realize.errors import (
     PermissionDenied,
 )
 from realize.hashing import LEAF_SIZE, MAX_HASH_LEAVES, leaf_hash, merkle_root
-from realize.model import MAX_INT64, ArenaName, FileInfo, SmallFile
+from realize.model import MAX_INT64, MAX_NAME_BYTES, ArenaName, FileInfo, SmallFile
 from realize.storage import partials
 from realize.storage.local import LocalStore
 from tests.helpers import failure_of, result_of, sync_run_in_thread
@@ -177,6 +177,12 @@ class ListingTests(_StoreCase):
             with open(os.path.join(root, b"bad\xff%d" % index), "wb"):
                 pass
         os.makedirs(os.path.join(root, b"dir\xfe"))
+        # Names longer than MAX_NAME_BYTES, a directory's and a file's.
+        long = b"L" * (MAX_NAME_BYTES + 1)
+        os.makedirs(os.path.join(root, long))
+        for path in (os.path.join(root, long, b"f"), os.path.join(root, long + b"F")):
+            with open(path, "wb"):
+                pass
         self.put(self.at("ok"), b"ok")
         events: list[dict[str, Any]] = []
         globalLogPublisher.addObserver(events.append)
@@ -185,7 +191,7 @@ class ListingTests(_StoreCase):
         self.assertEqual([f.path for f in files], ["ok"])
         warnings = [e for e in events if e.get("arena") == "a"]
         self.assertEqual(len(warnings), 1)
-        self.assertEqual(warnings[0]["count"], 51)
+        self.assertEqual(warnings[0]["count"], 53)
 
 
 class DeepPathTests(_StoreCase):

@@ -23,6 +23,8 @@ from twisted.logger import Logger
 
 from realize.errors import InvalidPath, IOFailure, PermissionDenied, RealizeError
 from realize.model import (
+    MAX_INT64,
+    MAX_NAME_BYTES,
     MAX_PATH_BYTES,
     FileInfo,
     check_path,
@@ -74,6 +76,8 @@ def list_tree(arena: str, directory: str, exclude: str | None) -> list[FileInfo]
         while pending:
             segments = pending.pop()
             prefix = "".join(f"{segment}/" for segment in segments)
+            # Room left for an ASCII name (one byte a character).
+            room = min(MAX_PATH_BYTES - len(prefix.encode("utf-8")), MAX_NAME_BYTES)
             fd = _open(dirs, segments, prefix)
             if fd is None:
                 continue
@@ -92,22 +96,28 @@ def list_tree(arena: str, directory: str, exclude: str | None) -> list[FileInfo]
                             continue
                         if not entry.is_file(follow_symlinks=False):
                             continue
-                        partial = is_partial_name(name)
-                        path = prefix + (final_name(name) if partial else name)
-                        try:
-                            check_path(path)
-                        except InvalidPath:
-                            skipped.append(path)
-                            continue
+                        partial = name[0] == "." and is_partial_name(name)
+                        if partial or not (name.isascii() and len(name) <= room):
+                            # The common case (an ASCII name of a listed
+                            # directory, which was checked) needs no check
+                            # of the whole path: 30% of listing 100,000
+                            # files took check_path (issue 15).
+                            path = prefix + (final_name(name) if partial else name)
+                            try:
+                                check_path(path)
+                            except InvalidPath:
+                                skipped.append(path)
+                                continue
+                        else:
+                            path = prefix + name
                         try:
                             st = entry.stat(follow_symlinks=False)
                         except FileNotFoundError:
                             continue
-                        files.append(
-                            FileInfo(
-                                path, st.st_size, clamp_mtime(st.st_mtime_ns), partial
-                            )
-                        )
+                        mtime_ns = st.st_mtime_ns
+                        if not -MAX_INT64 - 1 <= mtime_ns <= MAX_INT64:
+                            mtime_ns = clamp_mtime(mtime_ns)
+                        files.append(FileInfo(path, st.st_size, mtime_ns, partial))
             except OSError as e:
                 raise _cannot_list(arena, prefix.rstrip("/"), e) from None
     if skipped:
@@ -137,9 +147,13 @@ def _open(dirs: DirCache, segments: tuple[str, ...], prefix: str) -> int | None:
 def _valid_directory(path: str) -> bool:
     """
     Whether files below a directory can have valid paths: its path is
-    UTF-8 and leaves room for a name.
+    UTF-8, its name not longer than L{MAX_NAME_BYTES}, and it leaves room
+    for a name (the names of the files of a valid directory are all that
+    L{list_tree} checks).
     """
     try:
-        return len(path.encode("utf-8")) < MAX_PATH_BYTES - 1
+        encoded = path.encode("utf-8")
     except UnicodeEncodeError:
         return False
+    name = encoded.rpartition(b"/")[2]
+    return len(encoded) < MAX_PATH_BYTES - 1 and len(name) <= MAX_NAME_BYTES
