@@ -97,8 +97,8 @@ class OpenRegularTests(_FilesCase):
 
     def test_regular(self) -> None:
         """
-        A regular file opens, blocking (C{O_NONBLOCK} cleared), with its
-        status.
+        A regular file opens, blocking (C{O_NONBLOCK} cleared) unless told
+        not to, with its status.
         """
         with open(os.path.join(self.dir, "f"), "wb") as f:
             f.write(b"data")
@@ -109,6 +109,12 @@ class OpenRegularTests(_FilesCase):
                 self.assertEqual(fcntl_flags(fd) & os.O_NONBLOCK, 0)
             finally:
                 os.close(fd)
+        fd, _ = open_regular("f", self.dir_fd, fs.O_READ, blocking=False)
+        try:
+            self.assertEqual(fcntl_flags(fd) & os.O_NONBLOCK, os.O_NONBLOCK)
+            self.assertEqual(os.read(fd, 10), b"data")
+        finally:
+            os.close(fd)
 
     def test_fifo(self) -> None:
         """

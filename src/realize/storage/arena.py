@@ -269,10 +269,17 @@ class ArenaDir:
             return dirs.take(segments[:-1], path, create), segments[-1]
 
     def open_either(
-        self, dir_fd: int, name: str, path: str, prefer_partial: bool
+        self,
+        dir_fd: int,
+        name: str,
+        path: str,
+        prefer_partial: bool,
+        blocking: bool = True,
     ) -> tuple[int, bool, os.stat_result]:
         """
         Open the final or partial file of a name for reading.
+
+        @param blocking: see L{realize.storage.fs.open_regular}.
 
         @return: the descriptor, whether it is the partial, and its status.
         @raise NotFound: if neither exists.
@@ -283,7 +290,7 @@ class ArenaDir:
             order.reverse()
         for candidate, is_partial in order:
             try:
-                fd, st = open_regular(candidate, dir_fd, O_READ)
+                fd, st = open_regular(candidate, dir_fd, O_READ, blocking=blocking)
             except FileNotFoundError:
                 continue
             except OSError as e:

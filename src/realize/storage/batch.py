@@ -65,7 +65,11 @@ def read_files(
                 if isinstance(segments, RealizeError):
                     raise segments
                 dir_fd = dirs.open(segments[:-1], path, create=False)
-                fd, _, st = arena_dir.open_either(dir_fd, segments[-1], path, False)
+                # Read at once and closed: left O_NONBLOCK (one system call
+                # less a file, each a turn of the GIL with the reactor).
+                fd, _, st = arena_dir.open_either(
+                    dir_fd, segments[-1], path, False, blocking=False
+                )
                 try:
                     data = b""
                     if st.st_size <= limit:

@@ -142,7 +142,7 @@ class Stamp:
 
 
 def open_regular(
-    name: str, dir_fd: int, flags: int, mode: int = 0o666
+    name: str, dir_fd: int, flags: int, mode: int = 0o666, *, blocking: bool = True
 ) -> tuple[int, os.stat_result]:
     """
     Open a regular file of a directory safely (see the module docstring).
@@ -151,7 +151,12 @@ def open_regular(
     @param dir_fd: the open directory.
     @param flags: L{O_READ} or L{O_WRITE}, maybe with C{O_CREAT}/C{O_EXCL}.
     @param mode: permissions of a file created.
-    @return: the descriptor (blocking) and the file's status.
+    @param blocking: clear the C{O_NONBLOCK} the flags open with (which
+        keeps the open of a FIFO from blocking).  C{False}: leave it, one
+        system call less, for a descriptor read at once and closed
+        (C{O_NONBLOCK} does not change reads of a regular file).
+    @return: the descriptor (blocking, unless C{blocking} is C{False}) and
+        the file's status.
     @raise NotRegularFile: if it is not a regular file.
     @raise OSError: C{ENOENT}, C{ELOOP} (a symlink), ...
     """
@@ -169,7 +174,7 @@ def open_regular(
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise NotRegularFile(errno.EINVAL, "not a regular file", name)
-        if flags & os.O_NONBLOCK:
+        if blocking and flags & os.O_NONBLOCK:
             # Of the flags F_SETFL changes, we only ever set O_NONBLOCK.
             fcntl.fcntl(fd, fcntl.F_SETFL, 0)
     except BaseException:
