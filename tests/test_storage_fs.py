@@ -14,8 +14,16 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from realize.errors import InvalidPath, NotFound
-from realize.hashing import LEAF_SIZE, hash_fd_range, leaf_hash, zero_leaf_hash
-from realize.storage import fs
+from realize.hashing import (
+    LEAF_SIZE,
+    hash_fd_range,
+    leaf_hash,
+    merkle_root,
+    zero_leaf_hash,
+)
+from realize.model import ArenaName, SmallFile
+from realize.storage import batch, fs
+from realize.storage.arena import ArenaDir
 from realize.storage.fs import (
     NotRegularFile,
     copy_file,
@@ -391,6 +399,18 @@ class DirCacheTests(_FilesCase):
         os.close(fd)
         self.addCleanup(remove_tree, os.path.join(self.dir, "d"))
 
+    def test_created(self) -> None:
+        """
+        The directories the cache made are in L{DirCache.created}; those
+        that were there are not.
+        """
+        os.makedirs(os.path.join(self.dir, "old"))
+        self.addCleanup(remove_tree, os.path.join(self.dir, "old"))
+        with DirCache("a", self.dir) as dirs:
+            dirs.open(["old", "new", "deeper"], "", create=True)
+            dirs.open(["old"], "", create=False)
+            self.assertEqual(dirs.created, {("old", "new"), ("old", "new", "deeper")})
+
     def test_errors(self) -> None:
         """
         A missing directory is L{NotFound} unless created; a symlink or a
@@ -416,3 +436,42 @@ def remove_tree(path: str) -> None:
     import subprocess
 
     subprocess.run(["rm", "-rf", path], check=True)
+
+
+class FreshPartialTests(_FilesCase):
+    """
+    L{batch.write_files} makes each file's partial with
+    L{realize.storage.partials.Partials.fresh}.
+    """
+
+    def test_new_directory(self) -> None:
+        """
+        Into a directory the batch made, files are written without a look
+        at their final names (there is none); into one that was there, a
+        directory at a final's name is refused.
+        """
+        os.makedirs(os.path.join(self.dir, "old", "taken"))
+        self.addCleanup(remove_tree, os.path.join(self.dir, "old"))
+        self.addCleanup(remove_tree, os.path.join(self.dir, "new"))
+        looked: list[str] = []
+        real_stat = os.stat
+
+        def recording(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+            looked.append(os.fsdecode(path))
+            return real_stat(path, *args, **kwargs)
+
+        self.patch(os, "stat", recording)
+        files = [
+            SmallFile(path, 1, 10**18, merkle_root([leaf_hash(b"x")]))
+            for path in ("new/a", "new/b", "old/taken")
+        ]
+        outcomes = batch.write_files(
+            ArenaDir(ArenaName("a"), self.dir), files, [b"x"] * 3
+        )
+        self.assertEqual(outcomes[:2], [None, None])
+        self.assertIsInstance(outcomes[2], InvalidPath)
+        self.assertNotIn("a", looked)
+        self.assertNotIn("b", looked)
+        self.assertIn("taken", looked)
+        with open(os.path.join(self.dir, "new", "a"), "rb") as f:
+            self.assertEqual(f.read(), b"x")

@@ -170,7 +170,9 @@ def write_files(
                         f"sent for a {file.size}-byte file"
                     )
                 dir_fd = dirs.open(segments[:-1], path, create=True)
-                fd = arena_dir.partials.fresh(dir_fd, segments[-1], path)
+                fd = arena_dir.partials.fresh(
+                    dir_fd, segments[-1], path, tuple(segments[:-1]) in dirs.created
+                )
                 try:
                     pwrite_all(fd, content, 0)
                     if _root(content) != file.root:

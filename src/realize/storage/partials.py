@@ -223,21 +223,27 @@ class Partials:
             raise
         return fd
 
-    def fresh(self, dir_fd: int, name: str, path: str) -> int:
+    def fresh(
+        self, dir_fd: int, name: str, path: str, new_directory: bool = False
+    ) -> int:
         """
         A new, empty partial file for a whole new content (WriteFiles): an
         existing regular partial is replaced, never truncated (it may have
         other links); the final, if any, must be a regular file.
 
+        @param new_directory: the directory was just made (by this batch):
+            it has no final file to look at (a move into a new tree spares
+            a C{stat} per file).
         @raise InvalidPath: if the final or the partial is not a regular
             file.
         """
         partial = partial_name(name)
         try:
-            with contextlib.suppress(FileNotFoundError):
-                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-                if not stat.S_ISREG(st.st_mode):
-                    raise not_regular(self.arena, path)
+            if not new_directory:
+                with contextlib.suppress(FileNotFoundError):
+                    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                    if not stat.S_ISREG(st.st_mode):
+                        raise not_regular(self.arena, path)
             try:
                 return os.open(partial, O_CREATE, 0o666, dir_fd=dir_fd)
             except FileExistsError:

@@ -12,7 +12,6 @@ segment (issue 14, item 6).
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 from collections.abc import Sequence
@@ -119,6 +118,8 @@ class DirCache:
 
     A descriptor returned by L{open} belongs to the cache and is valid
     until the next call of L{open}; L{take} hands one over instead.
+
+    @ivar created: the directories (their segments) the cache made.
     """
 
     #: Depth between two anchors.
@@ -143,6 +144,7 @@ class DirCache:
         # What the last call returned: a batch in directory order asks for
         # the same directory again and again.
         self._last: tuple[tuple[str, ...], int] | None = None
+        self.created: set[tuple[str, ...]] = set()
 
     def __enter__(self) -> DirCache:
         return self
@@ -227,7 +229,9 @@ class DirCache:
                 fd = open_directory(self.arena, self.directory)
                 self._keep((), fd)
         for index in range(depth, len(key)):
-            fd = _open_child(fd, key[index], create)
+            fd, made = _open_child(fd, key[index], create)
+            if made:
+                self.created.add(key[: index + 1])
             self._keep(key[: index + 1], fd)
         return fd
 
@@ -253,12 +257,18 @@ class DirCache:
                 os.close(fd)
 
 
-def _open_child(parent: int, name: str, create: bool) -> int:
+def _open_child(parent: int, name: str, create: bool) -> tuple[int, bool]:
+    """
+    @return: the directory's descriptor, and whether it was made now.
+    """
     try:
-        return os.open(name, O_DIR, dir_fd=parent)
+        return os.open(name, O_DIR, dir_fd=parent), False
     except FileNotFoundError:
         if not create:
             raise
-    with contextlib.suppress(FileExistsError):
+    made = True
+    try:
         os.mkdir(name, 0o777, dir_fd=parent)
-    return os.open(name, O_DIR, dir_fd=parent)
+    except FileExistsError:
+        made = False
+    return os.open(name, O_DIR, dir_fd=parent), made
