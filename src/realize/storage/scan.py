@@ -601,8 +601,7 @@ class IndexReader:
     time (from any thread): opened at the first, kept for the next ones.
     A new connection for each scan of a directory of 100 files cost half
     of its ~1 ms, most of it sqlite parsing the schema at its first
-    statement; a move makes two scans of each directory it fills (issue
-    15).
+    statement; a move scans each directory it fills (issue 15).
 
     @ivar path: the db file.
     """
