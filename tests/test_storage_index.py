@@ -188,6 +188,29 @@ class RecordTests(_DbCase):
             self.db.execute("SELECT time_ns FROM history").fetchall(), [(99,)]
         )
 
+    def test_many_versions(self) -> None:
+        """
+        Files recorded together (more than L{ix.INSERT_CHUNK}) all enter
+        the history and the index, in a few multi-row statements rather
+        than a statement per row.
+        """
+        statements: list[str] = []
+        cursor = self.cursor
+
+        class Counting:
+            def execute(self, sql: str, *args: Any) -> Any:
+                statements.append(sql)
+                return cursor.execute(sql, *args)
+
+        count = 2 * ix.INSERT_CHUNK + 3
+        versions = [Version(f"d/f{i:04}", i, i, H1) for i in range(count)]
+        notes = ix._txn_record_versions(Counting(), A, versions, 7)  # type: ignore[arg-type]
+        self.assertEqual([n.position for n in notes], list(range(1, count + 1)))
+        self.assertEqual(len(self.history()), count)
+        self.assertEqual(self.index()["d/f0258"], (258, 258, H1, 259))
+        inserts = [sql for sql in statements if sql.startswith("INSERT")]
+        self.assertEqual(len(inserts), 6)
+
     def test_unhashed_unchanged(self) -> None:
         """
         A file seen unhashed with the index's size and mtime records
