@@ -318,6 +318,24 @@ class RecordTests(_DbCase):
         self.assertEqual(self.index(), {})
         self.assertEqual(self.history()[-1], (2, REMOVE, "f", H1, 40))
 
+    def test_many_removals(self) -> None:
+        """
+        Many removals at once (more than a chunk of each statement), a
+        path named twice among them, each get one Remove, in order, with
+        the positions that follow; the index keeps the others.
+        """
+        count = 2 * ix.INSERT_CHUNK + 600
+        versions = [Version(f"f{i:04}", 1, 1, H1) for i in range(count + 1)]
+        ix._txn_record_versions(self.cursor, A, versions, 0)
+        removals = [(f"f{i:04}", i) for i in range(count)] + [("f0000", 9)]
+        notes = ix._txn_record_removals(self.cursor, A, removals, 0)
+        self.assertEqual(
+            [(n.position, n.path, n.mtime_ns) for n in notes],
+            [(count + 2 + i, f"f{i:04}", i) for i in range(count)],
+        )
+        self.assertEqual(list(self.index()), [f"f{count:04}"])
+        self.assertEqual(ix._txn_positions(self.cursor).last, 2 * count + 1)
+
     def test_drop(self) -> None:
         """
         A drop is a Drop with the old hash; the file leaves the index.

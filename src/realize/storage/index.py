@@ -230,13 +230,6 @@ def _append(
     return position
 
 
-def _current(cursor: sqlite3.Cursor, path: str) -> tuple[int, int, bytes | None] | None:
-    row = cursor.execute(
-        "SELECT size, mtime_ns, hash FROM file_index WHERE path = ?", (path,)
-    ).fetchone()
-    return None if row is None else (row[0], row[1], row[2])
-
-
 #: Paths per C{IN (...)} query (below sqlite's variable limit).
 _LOOKUP_CHUNK = 500
 
@@ -483,22 +476,53 @@ def _txn_record_versions(
     return _record_many(cursor, arena, rows, time_ns, unhashed=False, seen=seen)
 
 
-def _remove(
+def _remove_many(
     cursor: sqlite3.Cursor,
     arena: ArenaName,
     kind: NotificationKind,
-    path: str,
-    mtime_ns: int | None,
+    removals: Iterable[tuple[str, int | None]],
     time_ns: int,
-) -> Notification | None:
-    old = _current(cursor, path)
-    if old is None:
-        return None
-    position = _append(cursor, kind, path, old[2], mtime_ns, time_ns)
-    cursor.execute("DELETE FROM file_index WHERE path = ?", (path,))
-    return Notification(
-        kind, arena, position, path=path, mtime_ns=mtime_ns, old_hash=old[2]
+) -> list[Notification]:
+    """
+    Take files out of the index, each with a history entry of C{kind}: one
+    lookup per chunk of paths, one multi-row C{INSERT} per chunk of
+    entries and one C{DELETE} per chunk of paths, not three statements a
+    file (each gives the GIL up: see L{insert_rows}).
+
+    @param removals: C{(path, mtime_ns)}; a path the index does not hold
+        (or named twice) records nothing.
+    @return: the entries recorded, in order.
+    """
+    removals = list(removals)
+    current = _currents(cursor, [path for path, _ in removals])
+    position = _last_position(cursor)
+    rows = []
+    gone = []
+    notes = []
+    for path, mtime_ns in removals:
+        old = current.pop(path, None)
+        if old is None:
+            continue
+        position += 1
+        rows.append((position, kind, path, old[2], mtime_ns, time_ns))
+        gone.append(path)
+        notes.append(
+            Notification(
+                kind, arena, position, path=path, mtime_ns=mtime_ns, old_hash=old[2]
+            )
+        )
+    insert_rows(
+        cursor,
+        "INSERT INTO history (position, kind, path, old_hash, mtime_ns, time_ns)",
+        rows,
     )
+    for start in range(0, len(gone), _LOOKUP_CHUNK):
+        chunk = gone[start : start + _LOOKUP_CHUNK]
+        cursor.execute(
+            f"DELETE FROM file_index WHERE path IN ({','.join('?' * len(chunk))})",
+            chunk,
+        )
+    return notes
 
 
 def _txn_record_removals(
@@ -516,12 +540,7 @@ def _txn_record_removals(
     @return: a Remove (old hash: the index's) per path the index held;
         nothing for the others.
     """
-    recorded = []
-    for path, mtime_ns in removals:
-        note = _remove(cursor, arena, REMOVE, path, mtime_ns, time_ns)
-        if note is not None:
-            recorded.append(note)
-    return recorded
+    return _remove_many(cursor, arena, REMOVE, removals, time_ns)
 
 
 def _txn_record_drops(
@@ -538,12 +557,7 @@ def _txn_record_drops(
     @param time_ns: now, ns since the epoch.
     @return: a Drop (old hash: the index's) per path the index held.
     """
-    recorded = []
-    for path in paths:
-        note = _remove(cursor, arena, DROP, path, None, time_ns)
-        if note is not None:
-            recorded.append(note)
-    return recorded
+    return _remove_many(cursor, arena, DROP, [(path, None) for path in paths], time_ns)
 
 
 # -- reading -------------------------------------------------------------
