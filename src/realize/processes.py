@@ -150,9 +150,9 @@ class WorkerService(Service):
             childFDs={0: "w", 1: "r", 2: 2},
         )
         self._worker = worker
-        # A batch (up to 4 MiB) goes through the pipe in a few writes, not
-        # one per 64 KiB (Linux's default pipe size), each a turn of both
-        # processes.
+        # A batch (up to 2 MiB, mover.BATCH_BYTES) goes through the pipe in
+        # a few writes, not one per 64 KiB (Linux's default pipe size), each
+        # a turn of both processes.
         for pipe in process.pipes.values():
             with contextlib.suppress(OSError):
                 fcntl.fcntl(pipe.fileno(), F_SETPIPE_SZ, PIPE_SIZE)

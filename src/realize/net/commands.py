@@ -517,8 +517,6 @@ class Hash(_StoreCommand):
 #: Per-file outcome in the answer of a batch command: an empty C{code} for
 #: success, else an error code of L{realize.errors.WIRE_ERRORS} and its
 #: message.
-#: The fields of one file's outcome in a batch answer: an error code
-#: (empty: success) and its message.
 OUTCOME = [("code", "blob"), ("message", "text")]
 
 

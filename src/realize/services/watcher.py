@@ -714,11 +714,7 @@ class ArenaWatcher:
             try:
                 await self._record_stored(versions)
             except BaseException:
-                for version in versions:
-                    # Not recorded: looked at again.
-                    self._expected.pop(version.path, None)
-                    if self._stored.pop(version.path, None) is not None:
-                        self.touch(version.path, self.delay)
+                self._not_recorded(versions)
                 raise
             finally:
                 self._storing -= 1
@@ -730,6 +726,16 @@ class ArenaWatcher:
         self._track(Deferred.fromCoroutine(record())).addErrback(
             self._failed, "recording the files the store finished"
         )
+
+    def _not_recorded(self, versions: list[Version]) -> None:
+        """
+        Files the store finished whose recording failed: scans no longer
+        take them as accounted for, and they are looked at again.
+        """
+        for version in versions:
+            self._expected.pop(version.path, None)
+            if self._stored.pop(version.path, None) is not None:
+                self.touch(version.path, self.delay)
 
     async def _record_stored(self, versions: list[Version]) -> None:
         """
@@ -906,10 +912,7 @@ class ArenaWatcher:
                 self._hash_backlog += item[1]
         except BaseException:
             self._release(paths)
-            for version in from_store:
-                # Not recorded: scans no longer take it as accounted for.
-                if self._stored.pop(version.path, None) is not None:
-                    self.touch(version.path, self.delay)
+            self._not_recorded(from_store)
             raise
         finally:
             while len(self._stored) > MAX_STORED:

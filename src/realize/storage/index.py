@@ -389,11 +389,7 @@ def _record_many(
             )
         )
     if history_rows:
-        insert_rows(
-            cursor,
-            "INSERT INTO history (position, kind, path, old_hash, mtime_ns, time_ns)",
-            history_rows,
-        )
+        insert_rows(cursor, _INSERT_HISTORY, history_rows)
         insert_rows(
             cursor,
             "INSERT OR REPLACE INTO file_index (path, size, mtime_ns, hash, position)",
@@ -401,6 +397,11 @@ def _record_many(
         )
     return notes
 
+
+#: History entries with their positions, as L{insert_rows} takes them.
+_INSERT_HISTORY = (
+    "INSERT INTO history (position, kind, path, old_hash, mtime_ns, time_ns)"
+)
 
 #: Rows of one multi-row C{INSERT} (L{insert_rows}) at most: 128 rows of 6
 #: columns stay below sqlite's oldest limit of 999 parameters a statement.
@@ -511,11 +512,7 @@ def _remove_many(
                 kind, arena, position, path=path, mtime_ns=mtime_ns, old_hash=old[2]
             )
         )
-    insert_rows(
-        cursor,
-        "INSERT INTO history (position, kind, path, old_hash, mtime_ns, time_ns)",
-        rows,
-    )
+    insert_rows(cursor, _INSERT_HISTORY, rows)
     for start in range(0, len(gone), _LOOKUP_CHUNK):
         chunk = gone[start : start + _LOOKUP_CHUNK]
         cursor.execute(
