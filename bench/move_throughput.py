@@ -12,7 +12,9 @@ Shapes (generated once per directory, random content):
     - C{big}: one 1 GiB file; the same run also times a bare Twisted TLS
       1.3 transfer of the same file between two processes on loopback
       (bench/tls_ceiling.py: realize's TLS settings, a push producer, 1 MiB
-      chunks), the ceiling of realize's own stack;
+      chunks), the ceiling of realize's own stack; and the same TLS
+      context over a blocking socket with no reactor (C{--blocking}: what
+      a transfer outside Twisted's memory-BIO transport could reach);
     - C{sparse}: a 2 GiB file holding 5 bytes at offset 1 GB (a VM image
       or database file looks like this).
 
@@ -639,8 +641,12 @@ class TlsCeiling:
     def __init__(self, realize: Realize) -> None:
         self.keys = realize.work
 
-    def push(self, path: str) -> Result:
+    def push(self, path: str, blocking: bool = False) -> Result:
+        """
+        @param blocking: both sides on blocking sockets, no reactor.
+        """
         script = os.path.join(HERE, "tls_ceiling.py")
+        mode = ["--blocking"] if blocking else []
         size = os.path.getsize(path)
         server = subprocess.Popen(
             [
@@ -653,6 +659,7 @@ class TlsCeiling:
                 os.path.join(self.keys, "a.pub"),
                 "--bytes",
                 str(size),
+                *mode,
             ],
             stdout=subprocess.PIPE,
             env=ENV,
@@ -674,6 +681,7 @@ class TlsCeiling:
                     os.path.join(self.keys, "b.pub"),
                     "--port",
                     port,
+                    *mode,
                     path,
                 ],
                 stdout=subprocess.PIPE,
@@ -692,7 +700,7 @@ class TlsCeiling:
             raise SystemExit(f"tls_ceiling.py failed: {out}")
         transfer = float(out.split()[1])
         return Result(
-            "Twisted TLS alone",
+            "TLS, blocking socket" if blocking else "Twisted TLS alone",
             seconds,
             size,
             1,
@@ -856,9 +864,9 @@ def measure_shape(
             ),
         ]
     if shape.ceiling:
-        runs.append(
-            ("Twisted TLS alone", lambda: ceiling.push(os.path.join(master, "big.bin")))
-        )
+        big = os.path.join(master, "big.bin")
+        runs.append(("Twisted TLS alone", lambda: ceiling.push(big)))
+        runs.append(("TLS, blocking socket", lambda: ceiling.push(big, blocking=True)))
     summaries = {name: Summary(name) for name, _ in runs}
     for number in range(rounds):
         print(f"  round {number + 1}/{rounds}, {load()}", flush=True)
@@ -924,6 +932,8 @@ def report(shape: Shape, summaries: list[Summary]) -> None:
             f"{ours.mbps / bare.mbps:.0%} of the bare TLS transfer, end to end "
             "(target >= 80%)"
         )
+        blocking = by_name["TLS, blocking socket"]
+        lines.append(f"{ours.mbps / blocking.mbps:.0%} of TLS on a blocking socket")
     if shape.max_rss_mib:
         worst = max(max(r.rss_client, r.rss_server) for r in ours.results) // 1024
         lines.append(f"peak RSS {worst} MiB (target <= {shape.max_rss_mib} MiB)")
