@@ -1054,6 +1054,28 @@ class StoreContractMixin(_Base):
         self.assertIsNone(self.stored("wrong"))
         self.assertEqual(self.stored("wrong", partial=True), b"abc")
 
+    def test_write_files_views(self) -> None:
+        """
+        write_files takes each content as a view of one buffer (as the
+        daemon's WriteFiles responder passes them) and keeps none of it:
+        the buffer changed afterwards changes no file.
+        """
+        contents = {"v/one": b"first file", "v/two": b"second", "v/three": b"3"}
+        buffer = bytearray(b"".join(contents.values()))
+        views, offset = [], 0
+        for content in contents.values():
+            views.append(memoryview(buffer)[offset : offset + len(content)])
+            offset += len(content)
+        files = [
+            SmallFile(path, len(data), MTIME, merkle_root([leaf_hash(data)]))
+            for path, data in contents.items()
+        ]
+        outcomes = result_of(self, self.store.write_files(A, files, views))
+        self.assertEqual(outcomes, [None, None, None])
+        buffer[:] = bytes(len(buffer))
+        for path, content in contents.items():
+            self.assertEqual(self.stored(path), content)
+
     def test_delete_files(self) -> None:
         """
         delete_files deletes each file that still has its size and mtime,

@@ -296,14 +296,18 @@ class Store(Protocol):
         """
 
     async def write_files(
-        self, arena: ArenaName, files: Sequence[SmallFile], data: Sequence[bytes]
+        self,
+        arena: ArenaName,
+        files: Sequence[SmallFile],
+        data: Sequence[bytes | memoryview],
     ) -> list[RealizeError | None]:
         """
         Write whole small files in one batch: each goes to a new partial
         file, is hashed and, if its root is the expected one, is finished
         durably with its mtime (replacing the final file, if any).
 
-        @param data: the content of each file.
+        @param data: the content of each file (a view is only read during
+            the call, never kept).
         @return: per file, C{None} if it is finished, else its error
             (L{Conflict} if its hash differs: it stays partial).
         """

@@ -445,12 +445,15 @@ class RemoteStore:
         return results
 
     async def write_files(
-        self, arena: ArenaName, files: Sequence[SmallFile], data: Sequence[bytes]
+        self,
+        arena: ArenaName,
+        files: Sequence[SmallFile],
+        data: Sequence[bytes | memoryview],
     ) -> list[RealizeError | None]:
         results: list[RealizeError | None] = [None] * len(files)
         indexes: list[int] = []
         sending: list[SmallFile] = []
-        contents: list[bytes] = []
+        contents: list[bytes | memoryview] = []
         for index, (file, content) in enumerate(zip(files, data, strict=True)):
             if len(content) != file.size:
                 # As the store would answer it, for this file alone: the

@@ -249,14 +249,14 @@ def decode_flags(data: bytes, count: int) -> list[bool]:
     return [bool(data[index >> 3] & (1 << (index & 7))) for index in range(count)]
 
 
-def join_frames(contents: Sequence[bytes]) -> list[bytes]:
+def join_frames(contents: Sequence[bytes | memoryview]) -> list[bytes]:
     """
     Concatenate small contents into chunks of about L{MAX_DATA_FRAME}
     bytes (a larger single content stays whole: the sender splits it into
     frames).
     """
     frames: list[bytes] = []
-    pending: list[bytes] = []
+    pending: list[bytes | memoryview] = []
     size = 0
     for content in contents:
         if size + len(content) > MAX_DATA_FRAME and pending:

@@ -370,11 +370,12 @@ class StoreResponders(Responders):
                 connection.close_incoming(stream)
             if held != total:
                 raise Conflict(f"WriteFiles: {held} bytes received, {total} announced")
+            # Each file's content is a view of the joined data, not a copy.
             data = memoryview(b"".join(received))
             contents = []
             offset = 0
             for f in files:
-                contents.append(bytes(data[offset : offset + f["size"]]))
+                contents.append(data[offset : offset + f["size"]])
                 offset += f["size"]
             outcomes = await self._store().write_files(
                 ArenaName(arena),

@@ -598,7 +598,10 @@ class LocalStore:
         return batch.unpack_reads(packed)
 
     async def write_files(
-        self, arena: ArenaName, files: Sequence[SmallFile], data: Sequence[bytes]
+        self,
+        arena: ArenaName,
+        files: Sequence[SmallFile],
+        data: Sequence[bytes | memoryview],
     ) -> list[RealizeError | None]:
         arena_dir = self.arena_dir(arena)
         results: list[RealizeError | None] = [None] * len(files)

@@ -396,7 +396,10 @@ class MemoryStore:
         return results
 
     async def write_files(
-        self, arena: ArenaName, files: Sequence[SmallFile], data: Sequence[bytes]
+        self,
+        arena: ArenaName,
+        files: Sequence[SmallFile],
+        data: Sequence[bytes | memoryview],
     ) -> list[RealizeError | None]:
         self.calls.append("write_files")
         self._arena(arena)
