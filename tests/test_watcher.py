@@ -1017,6 +1017,32 @@ class EventTests(_WatcherCase):
             root_of(b"a partial file of another program, renamed"),
         )
 
+    def test_store_word_unwatched_directory(self) -> None:
+        """
+        The store's word for a file in a directory not watched yet waits
+        for no rename event (none can come): a partial file another
+        program renames onto it once the directory is watched, soon after,
+        is looked at and recorded with its own root.
+        """
+        runner = HeldRunner()
+        self.watcher.run_in_thread = runner
+        self.write("n/f", b"stored")
+        st = self.stat("n/f")
+        self.watcher.known("n/f", st.st_size, st.st_mtime_ns, root_of(b"stored"))
+        self.clock.advance(0)
+        self.fake.emit(self.root, IN_CREATE | IN_ISDIR, "n")
+        self.settle()
+        self.assertEqual(self.indexed()["n/f"][2], root_of(b"stored"))
+        self.assertEqual(self.looks(runner), [])
+        self.write("n/f", b"a partial file of another program, renamed")
+        self.fake.rename(os.path.join(self.root, "n"), ".f.part", "f", 14)
+        self.settle()
+        self.assertEqual(self.looks(runner), [["n/f"]])
+        self.assertEqual(
+            self.indexed()["n/f"][2],
+            root_of(b"a partial file of another program, renamed"),
+        )
+
     def test_store_word_not_recorded(self) -> None:
         """
         A file recorded from the store's word whose recording failed is

@@ -687,7 +687,11 @@ class ArenaWatcher:
                 self._pending.pop(path, None)
                 self._due.pop(path, None)
                 del self._renamed[path]
-            else:
+            elif path.rpartition("/")[0] in self._dir_wd:
+                # The rename's event is on its way.  In a directory not
+                # watched yet (a new one, NEW_DIRECTORY_DELAY), none can
+                # come: nothing is waited for, so that a later rename
+                # onto the path is news.
                 self._expected[path] = self.clock.seconds()
                 self._expected.move_to_end(path)
                 while len(self._expected) > MAX_HINTS:
