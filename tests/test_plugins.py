@@ -4,6 +4,7 @@ Tests for the twistd plugins in C{src/twisted/plugins/realize_plugins.py}.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -12,6 +13,7 @@ from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
+from realize.collector import GC_THRESHOLD
 from realize.tap._common import SWITCH_INTERVAL
 from realize.tap.keygen import write_key_pair
 
@@ -70,11 +72,14 @@ class PluginTests(SynchronousTestCase):
         before = sys.getswitchinterval()
         self.addCleanup(sys.setswitchinterval, before)
         sys.setswitchinterval(0.005)
+        self.keep_gc_threshold()
         service = maker.makeService(options)
         self.assertTrue(IService.providedBy(service))
         self.assertIsInstance(service, MultiService)
         # Its threads take turns on the GIL every 1 ms, not 5 (issue 15).
         self.assertEqual(sys.getswitchinterval(), SWITCH_INTERVAL)
+        # Its collector runs every 50,000 allocations, not 700 (issue 15).
+        self.assertEqual(gc.get_threshold()[0], GC_THRESHOLD)
         # The daemon, inside the service that makes twistd log our way.
         [daemon] = list(service)  # type: ignore[call-overload]
         names = [type(s).__name__ for s in daemon]
@@ -97,6 +102,15 @@ class PluginTests(SynchronousTestCase):
             ],
         )
 
+    def keep_gc_threshold(self) -> None:
+        """
+        Put Python's default threshold back after the test, and set it
+        now, so that the test sees a plugin change it.
+        """
+        before = gc.get_threshold()
+        self.addCleanup(gc.set_threshold, *before)
+        gc.set_threshold(700, *before[1:])
+
     def test_realized_requires_options(self) -> None:
         """
         realized without --config or --privkey is a usage error.
@@ -117,7 +131,9 @@ class PluginTests(SynchronousTestCase):
         self.assertEqual(options["arenas"], ["docs"])
         self.assertEqual(options["output"], "quiet")
         self.assertEqual(options["dst"], "local:/b")
+        self.keep_gc_threshold()
         self.assertTrue(IService.providedBy(maker.makeService(options)))
+        self.assertEqual(gc.get_threshold()[0], GC_THRESHOLD)
 
     def test_realize_move_throttle_options(self) -> None:
         """

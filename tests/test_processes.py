@@ -5,6 +5,7 @@ process on the real reactor.
 
 from __future__ import annotations
 
+import gc
 import io
 import operator
 import os
@@ -18,6 +19,7 @@ from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from realize.collector import GC_THRESHOLD
 from realize.errors import IOFailure
 from realize.processes import WorkerService
 from realize.worker import (
@@ -64,6 +66,14 @@ class WorkerServiceTests(TestCase):
         pid = await self.service.run(os.getpid)
         self.assertNotEqual(pid, os.getpid())
         self.assertEqual(await self.service.run(int, "ff", base=16), 255)
+
+    async def test_gc_threshold(self) -> None:
+        """
+        The worker's collector runs every L{GC_THRESHOLD} allocations, not
+        Python's default 700 (issue 15).
+        """
+        threshold = await self.service.run(gc.get_threshold)
+        self.assertEqual(threshold[0], GC_THRESHOLD)
 
     async def test_preload(self) -> None:
         """

@@ -40,6 +40,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any, BinaryIO
 
+from realize.collector import tune_gc
+
 __all__ = [
     "HEADER",
     "LENGTH",
@@ -202,6 +204,7 @@ def main(preload: Sequence[str] = ()) -> None:
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    tune_gc()
     for module in preload:
         try:
             importlib.import_module(module)

@@ -41,6 +41,7 @@ from twisted.logger import (
 )
 from twisted.python import usage
 
+from realize.collector import tune_gc
 from realize.config import Config, load_config, parse_duration, parse_rate
 from realize.errors import (
     ConfigError,
@@ -804,6 +805,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(EXIT_ERROR)
 
     tune_malloc()
+    tune_gc()
     settings = options["log"]
     # The output shows the move's own events (files, failures) already.
     exclude = _log_exclude(settings)
@@ -834,6 +836,7 @@ def makeService(options: MoveOptions) -> IService:
     from twisted.application.service import Service
 
     tune_malloc()
+    tune_gc()
 
     class MoveService(Service):
         def startService(self) -> None:

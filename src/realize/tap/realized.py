@@ -32,6 +32,7 @@ from twisted.internet.interfaces import IListeningPort, IReactorFromThreads
 from twisted.logger import Logger
 from twisted.python import usage
 
+from realize.collector import tune_gc
 from realize.config import Config, PeerConfig, load_config, public_key_spki
 from realize.errors import RealizeError
 from realize.interfaces import RunInThread, Store
@@ -603,6 +604,7 @@ def makeService(options: DaemonOptions) -> IService:
         return _OverlayCommand(options.subOptions)
     tune_malloc()
     tune_gil()
+    tune_gc()
     raise_fd_limit()
 
     try:
