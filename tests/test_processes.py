@@ -236,6 +236,18 @@ class FrameTests(SynchronousTestCase):
         self.assertLess(len(data), 2 * OUT_OF_BAND)
         self.assertEqual(pickle.loads(data, buffers=buffers), value)
 
+    def test_dumps_leaves_no_cycle(self) -> None:
+        """
+        Pickling leaves no reference cycle behind, so that the buffers of
+        a batch are freed as soon as its frame is written, not at the
+        collector's next pass.
+        """
+        gc.collect()
+        gc.disable()
+        self.addCleanup(gc.enable)
+        dumps((b"b" * OUT_OF_BAND, (1, b"c" * OUT_OF_BAND)))
+        self.assertEqual(gc.collect(), 0)
+
     def test_split(self) -> None:
         """
         A frame is taken off the front of a buffer only once it is whole,

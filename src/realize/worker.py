@@ -77,20 +77,28 @@ def dumps(value: Any) -> Pickled:
     @return: the pickle and the byte strings sent out of band, in order.
     """
     large: list[bytes] = []
-
-    def wrap(item: Any, depth: int) -> Any:
-        if type(item) is bytes and len(item) >= OUT_OF_BAND:
-            large.append(item)
-            return pickle.PickleBuffer(item)
-        if depth and type(item) is tuple:
-            return tuple([wrap(x, depth - 1) for x in item])
-        return item
-
-    wrapped = wrap(value, 2)
+    wrapped = _out_of_band(value, 2, large)
     called: list[pickle.PickleBuffer] = []
     data = pickle.dumps(wrapped, 5, buffer_callback=called.append)
     assert len(called) == len(large)
     return data, large
+
+
+def _out_of_band(item: Any, depth: int, large: list[bytes]) -> Any:
+    """
+    L{dumps}'s wrapping of large byte strings, C{depth} tuples deep: a
+    module function, not a closure (a closure that calls itself is a
+    reference cycle, which kept each call's buffers alive until the next
+    collection: twice realized's peak resident set, issue 15).
+
+    @param large: where the wrapped byte strings are appended, in order.
+    """
+    if type(item) is bytes and len(item) >= OUT_OF_BAND:
+        large.append(item)
+        return pickle.PickleBuffer(item)
+    if depth and type(item) is tuple:
+        return tuple([_out_of_band(x, depth - 1, large) for x in item])
+    return item
 
 
 def frame_parts(pickled: Pickled) -> list[bytes]:
