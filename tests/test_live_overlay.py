@@ -74,6 +74,17 @@ class _LiveCase(SynchronousTestCase):
         self.addCleanup(self.unmount)
         self.assertEqual(mounted(self.ov), "overlay")
 
+    def pin(self, path: str) -> None:
+        """
+        Keep the overlay's dentry of C{path} in use (an C{O_PATH}
+        descriptor) to the end of the test: a test of what the kernel does
+        when nothing is dropped must not see another test's drop
+        (L{drop_dentries} drops every unused dentry of the machine, and
+        the suite runs two tests at once).
+        """
+        fd = os.open(os.path.join(self.ov, path), os.O_PATH)
+        self.addCleanup(os.close, fd)
+
     def unmount(self) -> None:
         if mounted(self.ov):
             subprocess.run(["umount", "-l", self.ov], check=False)
@@ -134,6 +145,7 @@ class LiveOverlayTests(_LiveCase):
             f.write(b"lower")
         self.mount()
         self.assertEqual(self.read(self.ov, "a"), b"lower")
+        self.pin("a")
         blob = self.blob("1", b"realized")
         realize_blob(
             self.arena, "a", blob, 8, MTIME, None, None, LiveOverlay(self.ov, False)
@@ -167,6 +179,7 @@ class LiveOverlayTests(_LiveCase):
         self.both("b", b"real")
         self.mount()
         self.assertEqual(self.read(self.ov, "b"), b"real")
+        self.pin("b")
         os.rename(os.path.join(self.data, "b"), os.path.join(self.blobs, "2"))
         self.append("b", b" edited")
         self.assertEqual(self.read(self.blobs, "2"), b"real edited")
