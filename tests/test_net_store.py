@@ -938,6 +938,21 @@ class MemoryServedTests(RemoteTestCase):
         self.assertTrue(served.cancelled)
         self.assertEqual(served.pulled, 1)
 
+    def test_lost_during_call(self) -> None:
+        """
+        A call waiting for its answer when the connection is lost fails
+        with the connection's own error, as its streams do: it names the
+        peer and the reason.
+        """
+        remote = self.serve(MemoryStore.with_files("docs", {"f": b"x"}))
+        # Not flushed: the question is still on its way.
+        d = Deferred.fromCoroutine(remote.arenas())
+        self.assertNoResult(d)
+        self.link.client_wire.loseConnection()
+        self.link.flush()
+        error = self.failureResultOf(d, NetworkError).value
+        self.assertRegex(str(error), r"^connection to \S+ lost: ")
+
     def test_lost_during_write(self) -> None:
         """
         When the connection is lost while a write waits to send more, the

@@ -95,6 +95,10 @@ def _decode_outcomes(
     ]
 
 
+#: What a remote call fails with when its connection is lost.
+_LOST = neterror.ConnectionDone | neterror.ConnectionLost | amp.ProtocolSwitched
+
+
 def _translate(failure: Failure, label: str) -> BaseException:
     """
     Turn the failure of a remote call into an error of our hierarchy.
@@ -102,9 +106,7 @@ def _translate(failure: Failure, label: str) -> BaseException:
     value = failure.value
     if isinstance(value, RealizeError):
         return value
-    if isinstance(
-        value, neterror.ConnectionDone | neterror.ConnectionLost | amp.ProtocolSwitched
-    ):
+    if isinstance(value, _LOST):
         return NetworkError("connection lost")
     if isinstance(value, neterror.ConnectError | neterror.ConnectionClosed):
         return NetworkError(f"connection failed: {value}")
@@ -218,6 +220,13 @@ class RemoteStore:
         return self.label
 
     def _error(self, failure: Failure) -> BaseException:
+        if isinstance(failure.value, _LOST):
+            # The connection's own error, as its streams fail with: it
+            # names the peer and why (the same loss reads the same,
+            # whichever call fails first).
+            lost = self.connection.lost_error()
+            if lost is not None:
+                return lost
         return _translate(failure, self.label)
 
     async def _call(

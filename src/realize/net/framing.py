@@ -435,6 +435,13 @@ class Connection(Protocol):
         else:
             transport.loseConnection()
 
+    def lost_error(self) -> NetworkError | None:
+        """
+        @return: once the connection is lost, a fresh error naming its peer
+            and the reason (what its waiters fail with); C{None} before.
+        """
+        return self._lost_error() if self._lost else None
+
     def _lost_error(self) -> NetworkError:
         """
         @return: a fresh error for one waiter of a lost connection.
