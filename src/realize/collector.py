@@ -32,7 +32,11 @@ def tune_gc(threshold: int = GC_THRESHOLD) -> None:
     process; with 50,000, 0.07 s, 0.07 s and 0.02-0.03 s.  That is ~0.65 s
     of the move's ~14 s of CPU; its time changed within this machine's
     noise (issue 15).  At most that many objects in cycles wait to be
-    freed (a few MB).
+    freed: a few MB, unless a cycle holds a large buffer, which then
+    waits as long (the worker's pickling made one per batch and doubled
+    realized's peak resident set until it was fixed; with C{gc.DEBUG_SAVEALL},
+    a move and C{realize-demo}'s FUSE reads left no garbage holding a
+    buffer of more than 10 KB).
 
     @param threshold: the youngest generation's threshold.
     """
