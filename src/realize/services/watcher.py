@@ -144,6 +144,16 @@ MAX_PARTIAL_COOKIES = 64
 _ROOT_GONE = inotify.IN_DELETE_SELF | inotify.IN_MOVE_SELF | inotify.IN_UNMOUNT
 
 
+def _trim(entries: collections.OrderedDict[Any, Any], limit: int) -> None:
+    """
+    Forget the oldest entries of a bounded bookkeeping dict beyond
+    C{limit} (the first ones: entries are moved to the end as they are
+    renewed).
+    """
+    while len(entries) > limit:
+        entries.popitem(last=False)
+
+
 @define(eq=False)
 class ArenaWatcher:
     """
@@ -483,8 +493,7 @@ class ArenaWatcher:
             if mask & inotify.IN_MOVED_FROM:
                 cookies = self._partial_cookies
                 cookies[cookie] = None
-                if len(cookies) > MAX_PARTIAL_COOKIES:
-                    cookies.popitem(last=False)
+                _trim(cookies, MAX_PARTIAL_COOKIES)
             return
         if not self._running:
             return
@@ -592,7 +601,7 @@ class ArenaWatcher:
         ):
             return
         self._stored.pop(path, None)
-        waiting = path in self._pending or path in self._due or path in self._busy
+        waiting = self._waiting(path) or path in self._busy
         self.touch(path, self.delay)
         if not waiting:
             self._renamed[path] = None
@@ -623,8 +632,7 @@ class ArenaWatcher:
         def found(origins: dict[str, bytes | None]) -> None:
             for path, origin in origins.items():
                 self._seen.setdefault(path, origin)
-            while len(self._seen) > MAX_HINTS:
-                self._seen.popitem(last=False)
+            _trim(self._seen, MAX_HINTS)
 
         d = Deferred.fromCoroutine(self.index.origins(paths))
         self._track(d.addCallback(found)).addErrback(
@@ -661,6 +669,13 @@ class ArenaWatcher:
             self._pending.move_to_end(path)
         self._schedule()
 
+    def _waiting(self, path: str) -> bool:
+        """
+        @return: whether a look at C{path} is queued (pending its delay,
+            or due).
+        """
+        return path in self._pending or path in self._due
+
     def known(self, path: str, size: int, mtime_ns: int, root: bytes) -> None:
         """
         The store finished a file with this size, mtime and Merkle root
@@ -676,7 +691,7 @@ class ArenaWatcher:
         """
         if not self._running:
             return
-        waiting = path in self._pending or path in self._due
+        waiting = self._waiting(path)
         cause = self._renamed.get(path, False)
         if (
             self.mountpoint is None
@@ -694,8 +709,7 @@ class ArenaWatcher:
                 # onto the path is news.
                 self._expected[path] = self.clock.seconds()
                 self._expected.move_to_end(path)
-                while len(self._expected) > MAX_HINTS:
-                    self._expected.popitem(last=False)
+                _trim(self._expected, MAX_HINTS)
             self._stored[path] = (size, mtime_ns)
             self._stored.move_to_end(path)
             if not self._from_store:
@@ -704,8 +718,7 @@ class ArenaWatcher:
             return
         self._hints[path] = (size, mtime_ns, root)
         self._hints.move_to_end(path)
-        while len(self._hints) > MAX_HINTS:
-            self._hints.popitem(last=False)
+        _trim(self._hints, MAX_HINTS)
         self.touch(path, 0)
 
     def _record_from_store(self) -> None:
@@ -722,8 +735,7 @@ class ArenaWatcher:
                 raise
             finally:
                 self._storing -= 1
-                while len(self._stored) > MAX_STORED:
-                    self._stored.popitem(last=False)
+                _trim(self._stored, MAX_STORED)
                 if self._running:
                     self._schedule()
 
@@ -919,8 +931,7 @@ class ArenaWatcher:
             self._not_recorded(from_store)
             raise
         finally:
-            while len(self._stored) > MAX_STORED:
-                self._stored.popitem(last=False)
+            _trim(self._stored, MAX_STORED)
             self._checking = False
             if self._running:
                 self._pump_hashing()
@@ -1251,7 +1262,7 @@ class ArenaWatcher:
                 if path in self._busy:
                     self.touch(path, 0)
                 else:
-                    waiting = path in self._pending or path in self._due
+                    waiting = self._waiting(path)
                     cause = self._renamed.get(path, False)
                     self.touch(path, self.delay)
                     if not waiting:
