@@ -760,14 +760,15 @@ class EventTests(_WatcherCase):
         for name in ("n1", "n2", "n3"):
             self.write(f"{name}/f")
             self.fake.emit(self.root, IN_CREATE | IN_ISDIR, name)
-        scan_tree = scan.scan_tree
+        scan_tree = scan._scan_tree
 
         def failing(root: str, prefix: str, *args: Any) -> scan.ScanResult:
             if prefix == "n2":
                 raise OSError(errno.EIO, "I/O error")
             return scan_tree(root, prefix, *args)
 
-        self.patch(scan, "scan_tree", failing)
+        # Each directory's scan of scan_trees.
+        self.patch(scan, "_scan_tree", failing)
         self.settle()
         scans = [args[1] for f, args in runner.every if f is scan.scan_trees]
         self.assertEqual(scans, [["n1", "n2", "n3"]])

@@ -649,15 +649,10 @@ def scan_tree(
         is taken as removed then).
     @raise sqlite3.Error: if the db cannot be read.
     """
-    reader = IndexReader(db) if isinstance(db, str) else db
-    try:
-        out = _scan_tree(root, prefix, exclude, reader.connection())
-    except BaseException:
-        reader.close()
-        raise
-    if reader is not db:
-        reader.close()
-    return out
+    (result,) = scan_trees(root, [prefix], exclude, db)
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 def scan_trees(
@@ -676,8 +671,12 @@ def scan_trees(
     try:
         for prefix in prefixes:
             try:
-                results.append(scan_tree(root, prefix, exclude, reader))
-            except (OSError, sqlite3.Error) as e:
+                results.append(_scan_tree(root, prefix, exclude, reader.connection()))
+            except BaseException as e:
+                # The connection of a failed scan is not used again.
+                reader.close()
+                if not isinstance(e, OSError | sqlite3.Error):
+                    raise
                 results.append(e)
     finally:
         if reader is not db:
